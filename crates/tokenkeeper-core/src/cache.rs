@@ -1,0 +1,369 @@
+//! Cache records: the versioned JSON document a cache layer stores, and the key
+//! that says which tokens are interchangeable.
+//!
+//! A record looks like this (`version` 1):
+//!
+//! ```json
+//! {"format":"tokenkeeper-cache-record","version":1,
+//!  "key":"9f1c…","source":"[\"v1\",\"https://auth.example/token\",…]",
+//!  "token":{"access_token":"…","token_type":"Bearer","refresh_token":null,"id_token":null,
+//!           "scope":"read","issued_ms":…,"stale_ms":…,"expiry_ms":…,"extra":{}}}
+//! ```
+//!
+//! Decoding never panics: corrupt, truncated, oversized, future-version and
+//! foreign documents are typed [`RecordError`]s, which the refresher treats as
+//! a miss.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use zeroize::Zeroizing;
+
+use crate::hash::fnv1a_128;
+use crate::oauth2::OAuth2Client;
+use crate::secret::{AccessToken, IdToken, RefreshToken};
+use crate::time::Timestamp;
+use crate::token::TokenRecord;
+
+/// The `format` marker of a record.
+pub const RECORD_FORMAT: &str = "tokenkeeper-cache-record";
+/// The record version this crate writes, and the newest it reads.
+pub const RECORD_VERSION: u32 = 1;
+/// Records larger than this are rejected unread.
+pub const MAX_RECORD_BYTES: usize = 1024 * 1024;
+
+/// Names a cache slot: everything that makes two tokens interchangeable.
+///
+/// Two clients share a key exactly when they have the same token URL, client
+/// id, grant, scope (as a set), audience, resources (as a set) and extra
+/// parameters (as a set). Secrets and the authentication method are not part
+/// of it: they change how a token is asked for, not what it grants.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct CacheKey {
+    description: String,
+    id: String,
+}
+
+impl fmt::Debug for CacheKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "CacheKey({})", self.id)
+    }
+}
+
+impl fmt::Display for CacheKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.id)
+    }
+}
+
+impl CacheKey {
+    /// The key of an OAuth2 client.
+    pub fn for_client(client: &OAuth2Client) -> Self {
+        let mut scope: Vec<&str> = client
+            .requested_scope()
+            .unwrap_or_default()
+            .split_whitespace()
+            .collect();
+        scope.sort_unstable();
+        scope.dedup();
+        let mut resources: Vec<&str> = client
+            .requested_resources()
+            .iter()
+            .map(String::as_str)
+            .collect();
+        resources.sort_unstable();
+        resources.dedup();
+        let mut extra: Vec<(&str, &str)> = client
+            .extra_params()
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        extra.sort_unstable();
+        let description = serde_json::json!([
+            "v1",
+            client.token_url().as_str(),
+            client.client_id().as_str(),
+            client.grant().as_str(),
+            scope.join(" "),
+            client.requested_audience().unwrap_or_default(),
+            resources,
+            extra,
+        ])
+        .to_string();
+        Self::from_description(description)
+    }
+
+    /// A key for a custom token source: a namespace and any distinguishing parts.
+    pub fn custom(namespace: &str, parts: &[&str]) -> Self {
+        Self::from_description(serde_json::json!(["custom", namespace, parts]).to_string())
+    }
+
+    fn from_description(description: String) -> Self {
+        let id = format!("{:032x}", fnv1a_128(description.as_bytes()));
+        CacheKey { description, id }
+    }
+
+    /// A 32-character hex name, fit for a file name or a Redis key.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The canonical description the id is derived from (no secrets in it).
+    pub fn description(&self) -> &str {
+        &self.description
+    }
+}
+
+/// Why a stored record cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RecordError {
+    /// Larger than [`MAX_RECORD_BYTES`].
+    #[error("the cache record is {size} bytes, more than the {max} allowed")]
+    TooLarge {
+        /// Its size.
+        size: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The document ends early (a torn write from another tool, say).
+    #[error("the cache record is truncated")]
+    Truncated,
+    /// Not JSON, or not the shape of a record.
+    #[error("the cache record is corrupt: {0}")]
+    Corrupt(String),
+    /// Written by a newer tokenkeeper.
+    #[error("the cache record has version {found}; this version reads up to {supported}")]
+    FutureVersion {
+        /// The version found.
+        found: u64,
+        /// The newest version this crate reads.
+        supported: u32,
+    },
+    /// Not a tokenkeeper record, or one for another client.
+    #[error("the cache record belongs to something else: {0}")]
+    Foreign(String),
+    /// The instants are out of order.
+    #[error("the cache record's times are inconsistent")]
+    InconsistentTimes,
+}
+
+/// An encoded record, ready to store. Its bytes hold secrets: they are zeroed
+/// on drop and hidden from `Debug`.
+#[derive(Clone)]
+pub struct EncodedRecord {
+    bytes: Zeroizing<Vec<u8>>,
+    expiry: Timestamp,
+}
+
+impl fmt::Debug for EncodedRecord {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EncodedRecord")
+            .field("len", &self.bytes.len())
+            .field("expiry", &self.expiry)
+            .finish()
+    }
+}
+
+impl EncodedRecord {
+    /// The bytes to store.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// When the token expires: a store may drop the record then (a Redis TTL).
+    pub fn expiry(&self) -> Timestamp {
+        self.expiry
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct TokenWire {
+    access_token: String,
+    token_type: String,
+    #[serde(default)]
+    refresh_token: Option<String>,
+    #[serde(default)]
+    id_token: Option<String>,
+    #[serde(default)]
+    scope: Option<String>,
+    issued_ms: u64,
+    stale_ms: u64,
+    expiry_ms: u64,
+    #[serde(default)]
+    extra: Map<String, Value>,
+}
+
+/// Encodes `record` for the slot named by `key`.
+pub fn encode_record(key: &CacheKey, record: &TokenRecord) -> EncodedRecord {
+    let token = TokenWire {
+        access_token: record.access_token.expose_secret().to_owned(),
+        token_type: record.token_type.clone(),
+        refresh_token: record.refresh_token.as_ref().map(|t| t.expose_secret().to_owned()),
+        id_token: record.id_token.as_ref().map(|t| t.expose_secret().to_owned()),
+        scope: record.scope.clone(),
+        issued_ms: record.issued.as_millis(),
+        stale_ms: record.stale.as_millis(),
+        expiry_ms: record.expiry.as_millis(),
+        extra: record.extra.clone(),
+    };
+    let doc = serde_json::json!({
+        "format": RECORD_FORMAT,
+        "version": RECORD_VERSION,
+        "key": key.id(),
+        "source": key.description(),
+        "token": token,
+    });
+    // Serialising a `Value` cannot fail.
+    let bytes = serde_json::to_vec(&doc).unwrap_or_default();
+    // The strings copied into `doc` are dropped here without zeroing; the
+    // bytes that live on are zeroed.
+    EncodedRecord {
+        bytes: Zeroizing::new(bytes),
+        expiry: record.expiry,
+    }
+}
+
+/// Decodes a stored record and checks that it belongs to `key`.
+pub fn decode_record(key: &CacheKey, bytes: &[u8]) -> Result<TokenRecord, RecordError> {
+    if bytes.len() > MAX_RECORD_BYTES {
+        return Err(RecordError::TooLarge {
+            size: bytes.len(),
+            max: MAX_RECORD_BYTES,
+        });
+    }
+    let doc: Value = serde_json::from_slice(bytes).map_err(|e| {
+        if e.is_eof() {
+            RecordError::Truncated
+        } else {
+            RecordError::Corrupt(format!("not JSON (line {}, column {})", e.line(), e.column()))
+        }
+    })?;
+    let Value::Object(mut doc) = doc else {
+        return Err(RecordError::Corrupt("not a JSON object".into()));
+    };
+    match doc.get("format").and_then(Value::as_str) {
+        Some(RECORD_FORMAT) => {}
+        Some(other) => return Err(RecordError::Foreign(format!("format {other:?}"))),
+        None => return Err(RecordError::Foreign("no format marker".into())),
+    }
+    match doc.get("version").and_then(Value::as_u64) {
+        Some(v) if v == u64::from(RECORD_VERSION) => {}
+        Some(v) if v > u64::from(RECORD_VERSION) => {
+            return Err(RecordError::FutureVersion {
+                found: v,
+                supported: RECORD_VERSION,
+            });
+        }
+        _ => return Err(RecordError::Corrupt("missing or unknown version".into())),
+    }
+    if doc.get("key").and_then(Value::as_str) != Some(key.id())
+        || doc.get("source").and_then(Value::as_str) != Some(key.description())
+    {
+        return Err(RecordError::Foreign("a record for another client".into()));
+    }
+    let token = doc
+        .remove("token")
+        .ok_or_else(|| RecordError::Corrupt("no token".into()))?;
+    let t: TokenWire = serde_json::from_value(token)
+        .map_err(|e| RecordError::Corrupt(format!("bad token fields: {e}")))?;
+    if t.access_token.is_empty() {
+        return Err(RecordError::Corrupt("empty access token".into()));
+    }
+    if !(t.issued_ms <= t.stale_ms && t.stale_ms <= t.expiry_ms) {
+        return Err(RecordError::InconsistentTimes);
+    }
+    Ok(TokenRecord {
+        access_token: AccessToken::new(t.access_token),
+        token_type: t.token_type,
+        refresh_token: t.refresh_token.map(RefreshToken::new),
+        id_token: t.id_token.map(IdToken::new),
+        scope: t.scope,
+        issued: Timestamp::from_millis(t.issued_ms),
+        stale: Timestamp::from_millis(t.stale_ms),
+        expiry: Timestamp::from_millis(t.expiry_ms),
+        extra: t.extra,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::secret::{ClientId, ClientSecret};
+    use crate::token::TokenGrant;
+    use crate::policy::LifetimePolicy;
+    use std::time::Duration;
+
+    fn client(scope: &str) -> OAuth2Client {
+        OAuth2Client::client_credentials(
+            "https://a.example/token",
+            ClientId::new("c"),
+            ClientSecret::new("s"),
+        )
+        .unwrap()
+        .scope(scope)
+    }
+
+    fn record() -> TokenRecord {
+        let mut grant = TokenGrant::bearer(AccessToken::new("at-1"), Some(Duration::from_secs(60)))
+            .with_refresh_token(RefreshToken::new("rt-1"));
+        grant.extra.insert("x".into(), Value::from(1));
+        LifetimePolicy::default().record(grant, Timestamp::from_secs(5), None)
+    }
+
+    #[test]
+    fn round_trip() {
+        let key = CacheKey::for_client(&client("a b"));
+        let rec = record();
+        let enc = encode_record(&key, &rec);
+        assert!(!format!("{enc:?}").contains("at-1"));
+        assert_eq!(enc.expiry(), rec.expiry);
+        assert_eq!(decode_record(&key, enc.bytes()).unwrap(), rec);
+    }
+
+    #[test]
+    fn keys_identify_interchangeable_tokens() {
+        assert_eq!(CacheKey::for_client(&client("a b")), CacheKey::for_client(&client("b  a")));
+        assert_ne!(CacheKey::for_client(&client("a")), CacheKey::for_client(&client("b")));
+        let other_secret = OAuth2Client::client_credentials(
+            "https://a.example/token",
+            ClientId::new("c"),
+            ClientSecret::new("other"),
+        )
+        .unwrap()
+        .scope("a");
+        assert_eq!(CacheKey::for_client(&other_secret), CacheKey::for_client(&client("a")));
+        let with_audience = client("a").audience("x");
+        assert_ne!(CacheKey::for_client(&with_audience), CacheKey::for_client(&client("a")));
+        assert_eq!(CacheKey::for_client(&client("a")).id().len(), 32);
+    }
+
+    #[test]
+    fn bad_records_are_typed_errors() {
+        let key = CacheKey::for_client(&client("a"));
+        let good = encode_record(&key, &record());
+        let bytes = good.bytes();
+        for cut in [1, 10, bytes.len() / 2, bytes.len() - 1] {
+            assert_eq!(decode_record(&key, &bytes[..cut]), Err(RecordError::Truncated), "{cut}");
+        }
+        assert!(matches!(decode_record(&key, b"\xff\xfe garbage"), Err(RecordError::Corrupt(_))));
+        assert!(matches!(decode_record(&key, b"[]"), Err(RecordError::Corrupt(_))));
+        assert!(matches!(
+            decode_record(&key, br#"{"format":"other"}"#),
+            Err(RecordError::Foreign(_))
+        ));
+        let other = CacheKey::for_client(&client("b"));
+        assert!(matches!(decode_record(&other, bytes), Err(RecordError::Foreign(_))));
+        let text = String::from_utf8(bytes.to_vec()).unwrap();
+        let future = text.replace("\"version\":1", "\"version\":7");
+        assert_eq!(
+            decode_record(&key, future.as_bytes()),
+            Err(RecordError::FutureVersion { found: 7, supported: 1 })
+        );
+        let bad_times = text.replace("\"issued_ms\":5000", "\"issued_ms\":999999999");
+        assert_eq!(decode_record(&key, bad_times.as_bytes()), Err(RecordError::InconsistentTimes));
+        let huge = vec![b' '; MAX_RECORD_BYTES + 1];
+        assert!(matches!(decode_record(&key, &huge), Err(RecordError::TooLarge { .. })));
+    }
+}

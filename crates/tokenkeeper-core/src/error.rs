@@ -1,0 +1,275 @@
+//! Why a fetch failed, and whether trying again soon can help.
+//!
+//! A failed fetch is an *input* to the engine, not a Rust error of its API:
+//! drivers report transport failures with [`FetchError`], and the OAuth2
+//! response parser turns bad answers into one.
+
+use std::time::Duration;
+
+use crate::time::Timestamp;
+
+/// Whether an error may go away by itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorClass {
+    /// Worth retrying with backoff: transport failures, timeouts, 408, 429,
+    /// 5xx, unparseable bodies.
+    Transient,
+    /// The authority rejected the client or grant; retried only at the backoff
+    /// cap, and reported as such.
+    Permanent,
+}
+
+/// The OAuth2 error codes (RFC 6749 §5.2) that mean retrying cannot help.
+pub const PERMANENT_OAUTH_ERRORS: [&str; 5] = [
+    "invalid_client",
+    "unauthorized_client",
+    "invalid_grant",
+    "invalid_scope",
+    "unsupported_grant_type",
+];
+
+/// An error answer in the format of RFC 6749 §5.2.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct OAuthError {
+    /// The `error` code, such as `invalid_client`.
+    pub error: String,
+    /// The `error_description`, when given.
+    pub description: Option<String>,
+    /// The `error_uri`, when given.
+    pub uri: Option<String>,
+}
+
+impl std::fmt::Display for OAuthError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.error)?;
+        if let Some(d) = &self.description {
+            write!(f, ": {d}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Why a token could not be had from the authority.
+///
+/// No variant ever holds a secret: body snippets are taken only from error
+/// answers, never from a success body that might hold a token.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum FetchError {
+    /// The connection could not be made or broke (DNS, refused, reset, TLS).
+    #[error("could not reach the token endpoint: {message}")]
+    Transport {
+        /// What went wrong.
+        message: String,
+    },
+    /// No complete answer within the time allowed.
+    #[error("the token endpoint did not answer within {after:?}")]
+    Timeout {
+        /// The time allowed.
+        after: Duration,
+    },
+    /// The authority answered with an OAuth2 error.
+    #[error("the authority refused the token request (HTTP {status}): {error}")]
+    OAuth {
+        /// The HTTP status.
+        status: u16,
+        /// The parsed error body.
+        error: OAuthError,
+        /// When the authority asked us to come back, if it did.
+        retry_after: Option<Timestamp>,
+    },
+    /// An error status without an OAuth2 error body.
+    #[error("the token endpoint answered HTTP {status}{}", snippet_suffix(.snippet))]
+    Status {
+        /// The HTTP status.
+        status: u16,
+        /// The start of the body, sanitised.
+        snippet: String,
+        /// When the authority asked us to come back, if it did.
+        retry_after: Option<Timestamp>,
+    },
+    /// A success status whose body is not a usable token response.
+    #[error("the token endpoint sent an unusable answer (HTTP {status}): {reason}")]
+    InvalidBody {
+        /// The HTTP status.
+        status: u16,
+        /// What is wrong with it (never the body itself).
+        reason: String,
+    },
+    /// The body exceeded the size cap.
+    #[error("the token endpoint's answer exceeded {limit} bytes")]
+    BodyTooLarge {
+        /// The cap.
+        limit: usize,
+    },
+    /// The token is not a bearer token.
+    #[error("the authority issued a token of unsupported type {token_type:?}")]
+    UnsupportedTokenType {
+        /// The type received.
+        token_type: String,
+    },
+    /// The refresh-token grant has no refresh token to send.
+    #[error("no refresh token is available for the refresh_token grant")]
+    NoRefreshToken,
+    /// A custom token source failed.
+    #[error("the token source failed: {message}")]
+    Source {
+        /// What went wrong.
+        message: String,
+        /// Whether retrying soon can help.
+        class: ErrorClass,
+    },
+}
+
+fn snippet_suffix(snippet: &str) -> String {
+    if snippet.is_empty() {
+        String::new()
+    } else {
+        format!(": {snippet}")
+    }
+}
+
+fn status_class(status: u16) -> ErrorClass {
+    match status {
+        408 | 429 | 500..=599 => ErrorClass::Transient,
+        400..=499 => ErrorClass::Permanent,
+        _ => ErrorClass::Transient,
+    }
+}
+
+impl FetchError {
+    /// Whether retrying soon can help.
+    ///
+    /// OAuth2 errors listed in [`PERMANENT_OAUTH_ERRORS`] are permanent
+    /// whatever the status; otherwise 408, 429 and 5xx are transient and
+    /// other 4xx statuses permanent (the request itself is wrong).
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            FetchError::Transport { .. }
+            | FetchError::Timeout { .. }
+            | FetchError::InvalidBody { .. }
+            | FetchError::BodyTooLarge { .. } => ErrorClass::Transient,
+            FetchError::OAuth { status, error, .. } => {
+                if PERMANENT_OAUTH_ERRORS.contains(&error.error.as_str()) {
+                    ErrorClass::Permanent
+                } else {
+                    status_class(*status)
+                }
+            }
+            FetchError::Status { status, .. } => status_class(*status),
+            FetchError::UnsupportedTokenType { .. } | FetchError::NoRefreshToken => {
+                ErrorClass::Permanent
+            }
+            FetchError::Source { class, .. } => *class,
+        }
+    }
+
+    /// Whether this error is permanent.
+    pub fn is_permanent(&self) -> bool {
+        self.class() == ErrorClass::Permanent
+    }
+
+    /// The instant before which the authority asked not to be asked again.
+    pub fn retry_after(&self) -> Option<Timestamp> {
+        match self {
+            FetchError::OAuth { retry_after, .. } | FetchError::Status { retry_after, .. } => {
+                *retry_after
+            }
+            _ => None,
+        }
+    }
+
+    /// The OAuth2 error body, when the authority sent one.
+    pub fn oauth_error(&self) -> Option<&OAuthError> {
+        match self {
+            FetchError::OAuth { error, .. } => Some(error),
+            _ => None,
+        }
+    }
+}
+
+/// A cache layer that could not be read or written, as reported by a driver.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{kind:?}: {message}")]
+pub struct CacheError {
+    /// What sort of failure.
+    pub kind: CacheErrorKind,
+    /// A human-readable account, without secrets.
+    pub message: String,
+}
+
+impl CacheError {
+    /// A cache error of the given kind.
+    pub fn new(kind: CacheErrorKind, message: impl Into<String>) -> Self {
+        CacheError {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+/// The sort of a [`CacheError`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum CacheErrorKind {
+    /// The store could not be reached (a Redis server down, say).
+    Unavailable,
+    /// The store did not answer in time.
+    Timeout,
+    /// Reading or writing failed (permissions, disk full, ...).
+    Io,
+    /// Anything else.
+    Other,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn oauth(status: u16, code: &str) -> FetchError {
+        FetchError::OAuth {
+            status,
+            error: OAuthError {
+                error: code.into(),
+                description: None,
+                uri: None,
+            },
+            retry_after: None,
+        }
+    }
+
+    #[test]
+    fn classification_follows_the_design() {
+        for code in PERMANENT_OAUTH_ERRORS {
+            assert_eq!(oauth(400, code).class(), ErrorClass::Permanent, "{code}");
+            assert_eq!(oauth(503, code).class(), ErrorClass::Permanent, "{code}");
+        }
+        assert_eq!(oauth(503, "temporarily_unavailable").class(), ErrorClass::Transient);
+        assert_eq!(oauth(400, "invalid_request").class(), ErrorClass::Permanent);
+        for status in [408, 429, 500, 502, 503, 504] {
+            let e = FetchError::Status {
+                status,
+                snippet: String::new(),
+                retry_after: None,
+            };
+            assert_eq!(e.class(), ErrorClass::Transient, "{status}");
+        }
+        assert_eq!(
+            FetchError::Timeout {
+                after: Duration::from_secs(1)
+            }
+            .class(),
+            ErrorClass::Transient
+        );
+        assert_eq!(
+            FetchError::InvalidBody {
+                status: 200,
+                reason: "x".into()
+            }
+            .class(),
+            ErrorClass::Transient
+        );
+    }
+}

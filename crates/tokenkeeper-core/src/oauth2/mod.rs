@@ -1,0 +1,383 @@
+//! The OAuth2 token endpoint codec (RFC 6749, RFC 8707): what to send, and how
+//! to read what comes back. Pure functions over `http` types; no I/O.
+
+mod base64;
+mod request;
+mod response;
+
+pub use request::TokenRequest;
+pub use response::{DEFAULT_MAX_BODY_BYTES, parse_token_response};
+
+use std::net::IpAddr;
+
+use url::Url;
+
+use crate::secret::{ClientId, ClientSecret, RefreshToken};
+
+/// How the client proves its identity to the token endpoint (RFC 6749 §2.3.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum AuthMethod {
+    /// HTTP Basic with the form-urlencoded id and secret (the default).
+    #[default]
+    ClientSecretBasic,
+    /// `client_id` and `client_secret` in the request body.
+    ClientSecretPost,
+}
+
+impl AuthMethod {
+    /// The registered name, `client_secret_basic` or `client_secret_post`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthMethod::ClientSecretBasic => "client_secret_basic",
+            AuthMethod::ClientSecretPost => "client_secret_post",
+        }
+    }
+}
+
+/// Which grant the client uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum GrantType {
+    /// `client_credentials` (RFC 6749 §4.4).
+    ClientCredentials,
+    /// `refresh_token` (RFC 6749 §6).
+    RefreshToken,
+}
+
+impl GrantType {
+    /// The `grant_type` value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GrantType::ClientCredentials => "client_credentials",
+            GrantType::RefreshToken => "refresh_token",
+        }
+    }
+}
+
+/// A client configuration that cannot work.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The token URL does not parse.
+    #[error("the token URL is not a valid URL: {0}")]
+    InvalidUrl(String),
+    /// Plain `http://` to a host that is not loopback, without explicit consent.
+    #[error(
+        "the token URL uses plain http to {host}, which would expose the client secret; use https, or allow insecure http explicitly"
+    )]
+    InsecureUrl {
+        /// The host named in the URL.
+        host: String,
+    },
+    /// A scheme other than http or https.
+    #[error("the token URL must use https (or http for loopback), not {0:?}")]
+    UnsupportedScheme(String),
+    /// Credentials embedded in the URL would leak into logs.
+    #[error("the token URL must not carry a user name or password")]
+    CredentialsInUrl,
+    /// A parameter the codec sets itself was given as an extra parameter.
+    #[error("the extra parameter {0:?} is reserved")]
+    ReservedParameter(String),
+}
+
+/// A validated token endpoint URL.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct TokenUrl(Url);
+
+impl std::fmt::Debug for TokenUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TokenUrl({})", self.0)
+    }
+}
+
+impl std::fmt::Display for TokenUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl TokenUrl {
+    /// Parses and checks a token URL: `https`, or `http` to a loopback host
+    /// (`localhost`, 127.0.0.0/8, `::1`), or `http` anywhere when
+    /// `allow_insecure_http` is set. No user info; any fragment is dropped.
+    pub fn parse(url: &str, allow_insecure_http: bool) -> Result<Self, ConfigError> {
+        let mut parsed = Url::parse(url).map_err(|e| ConfigError::InvalidUrl(e.to_string()))?;
+        if !parsed.username().is_empty() || parsed.password().is_some() {
+            return Err(ConfigError::CredentialsInUrl);
+        }
+        let host = parsed.host_str().unwrap_or_default().to_owned();
+        match parsed.scheme() {
+            "https" => {}
+            "http" if allow_insecure_http || is_loopback(&host) => {}
+            "http" => return Err(ConfigError::InsecureUrl { host }),
+            other => return Err(ConfigError::UnsupportedScheme(other.to_owned())),
+        }
+        if host.is_empty() {
+            return Err(ConfigError::InvalidUrl("the URL has no host".into()));
+        }
+        parsed.set_fragment(None);
+        Ok(TokenUrl(parsed))
+    }
+
+    /// The URL.
+    pub fn as_url(&self) -> &Url {
+        &self.0
+    }
+
+    /// The URL as text.
+    pub fn as_str(&self) -> &str {
+        self.0.as_str()
+    }
+}
+
+fn is_loopback(host: &str) -> bool {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || bare.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Everything needed to ask a token endpoint for a token.
+///
+/// ```
+/// use tokenkeeper_core::oauth2::{OAuth2Client, AuthMethod};
+/// use tokenkeeper_core::{ClientId, ClientSecret};
+///
+/// let client = OAuth2Client::client_credentials(
+///     "https://auth.example.com/oauth/token",
+///     ClientId::new("my-service"),
+///     ClientSecret::new("s3cret"),
+/// )?
+/// .scope("read write")
+/// .audience("https://api.example.com")
+/// .auth_method(AuthMethod::ClientSecretPost);
+/// assert_eq!(client.token_url().as_str(), "https://auth.example.com/oauth/token");
+/// # Ok::<(), tokenkeeper_core::oauth2::ConfigError>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct OAuth2Client {
+    pub(crate) token_url: TokenUrl,
+    pub(crate) client_id: ClientId,
+    pub(crate) client_secret: Option<ClientSecret>,
+    pub(crate) auth_method: AuthMethod,
+    pub(crate) grant: GrantType,
+    pub(crate) scope: Option<String>,
+    pub(crate) audience: Option<String>,
+    pub(crate) resources: Vec<String>,
+    pub(crate) extra_params: Vec<(String, String)>,
+    pub(crate) max_body_bytes: usize,
+}
+
+const RESERVED: [&str; 7] = [
+    "grant_type",
+    "client_id",
+    "client_secret",
+    "refresh_token",
+    "scope",
+    "audience",
+    "resource",
+];
+
+impl OAuth2Client {
+    /// A client-credentials client (RFC 6749 §4.4). Plain http is accepted for
+    /// loopback hosts only; see [`OAuth2Client::allow_insecure_http`].
+    pub fn client_credentials(
+        token_url: &str,
+        client_id: ClientId,
+        client_secret: ClientSecret,
+    ) -> Result<Self, ConfigError> {
+        Ok(Self::new(
+            TokenUrl::parse(token_url, false)?,
+            client_id,
+            Some(client_secret),
+            GrantType::ClientCredentials,
+        ))
+    }
+
+    /// A refresh-token client (RFC 6749 §6). The refresh token itself is state,
+    /// not configuration: give the first one to the refresher.
+    /// `client_secret` is `None` for public clients.
+    pub fn refresh_token(
+        token_url: &str,
+        client_id: ClientId,
+        client_secret: Option<ClientSecret>,
+    ) -> Result<Self, ConfigError> {
+        Ok(Self::new(
+            TokenUrl::parse(token_url, false)?,
+            client_id,
+            client_secret,
+            GrantType::RefreshToken,
+        ))
+    }
+
+    /// A client from parts.
+    pub fn new(
+        token_url: TokenUrl,
+        client_id: ClientId,
+        client_secret: Option<ClientSecret>,
+        grant: GrantType,
+    ) -> Self {
+        OAuth2Client {
+            token_url,
+            client_id,
+            client_secret,
+            auth_method: AuthMethod::default(),
+            grant,
+            scope: None,
+            audience: None,
+            resources: Vec::new(),
+            extra_params: Vec::new(),
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+        }
+    }
+
+    /// Re-parses the token URL allowing plain http to any host. Only for
+    /// networks you trust: the client secret travels in clear text.
+    pub fn allow_insecure_http(mut self) -> Result<Self, ConfigError> {
+        self.token_url = TokenUrl::parse(self.token_url.as_str(), true)?;
+        Ok(self)
+    }
+
+    /// Sets the client authentication method.
+    pub fn auth_method(mut self, method: AuthMethod) -> Self {
+        self.auth_method = method;
+        self
+    }
+
+    /// Requests a scope (space-separated list).
+    pub fn scope(mut self, scope: impl Into<String>) -> Self {
+        self.scope = Some(scope.into());
+        self
+    }
+
+    /// Requests an audience (the `audience` parameter many authorities accept).
+    pub fn audience(mut self, audience: impl Into<String>) -> Self {
+        self.audience = Some(audience.into());
+        self
+    }
+
+    /// Adds a resource indicator (RFC 8707); may be given several times.
+    pub fn resource(mut self, resource: impl Into<String>) -> Self {
+        self.resources.push(resource.into());
+        self
+    }
+
+    /// Adds an extra form parameter. The names the codec sets itself are refused.
+    pub fn extra_param(
+        mut self,
+        name: impl Into<String>,
+        value: impl Into<String>,
+    ) -> Result<Self, ConfigError> {
+        let name = name.into();
+        if RESERVED.contains(&name.as_str()) {
+            return Err(ConfigError::ReservedParameter(name));
+        }
+        self.extra_params.push((name, value.into()));
+        Ok(self)
+    }
+
+    /// Caps the size of the response body (default [`DEFAULT_MAX_BODY_BYTES`]).
+    pub fn max_body_bytes(mut self, limit: usize) -> Self {
+        self.max_body_bytes = limit;
+        self
+    }
+
+    /// The token URL.
+    pub fn token_url(&self) -> &TokenUrl {
+        &self.token_url
+    }
+
+    /// The client id.
+    pub fn client_id(&self) -> &ClientId {
+        &self.client_id
+    }
+
+    /// The grant.
+    pub fn grant(&self) -> GrantType {
+        self.grant
+    }
+
+    /// The requested scope.
+    pub fn requested_scope(&self) -> Option<&str> {
+        self.scope.as_deref()
+    }
+
+    /// The requested audience.
+    pub fn requested_audience(&self) -> Option<&str> {
+        self.audience.as_deref()
+    }
+
+    /// The requested resources.
+    pub fn requested_resources(&self) -> &[String] {
+        &self.resources
+    }
+
+    /// The extra parameters.
+    pub fn extra_params(&self) -> &[(String, String)] {
+        &self.extra_params
+    }
+
+    /// The body size cap.
+    pub fn body_limit(&self) -> usize {
+        self.max_body_bytes
+    }
+
+    /// Builds the token request. For the refresh-token grant, `refresh_token`
+    /// must be given, or [`crate::FetchError::NoRefreshToken`] is returned.
+    pub fn build_request(
+        &self,
+        refresh_token: Option<&RefreshToken>,
+    ) -> Result<TokenRequest, crate::FetchError> {
+        request::build(self, refresh_token)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_url_rules() {
+        assert!(TokenUrl::parse("https://auth.example.com/token", false).is_ok());
+        assert!(TokenUrl::parse("http://127.0.0.1:8080/token", false).is_ok());
+        assert!(TokenUrl::parse("http://127.9.9.9/token", false).is_ok());
+        assert!(TokenUrl::parse("http://localhost/token", false).is_ok());
+        assert!(TokenUrl::parse("http://[::1]:9/token", false).is_ok());
+        assert_eq!(
+            TokenUrl::parse("http://auth.example.com/token", false),
+            Err(ConfigError::InsecureUrl {
+                host: "auth.example.com".into()
+            })
+        );
+        assert!(TokenUrl::parse("http://auth.example.com/token", true).is_ok());
+        assert_eq!(
+            TokenUrl::parse("https://u:p@auth.example.com/", false),
+            Err(ConfigError::CredentialsInUrl)
+        );
+        assert!(matches!(
+            TokenUrl::parse("ftp://auth.example.com/", false),
+            Err(ConfigError::UnsupportedScheme(_))
+        ));
+        assert!(matches!(
+            TokenUrl::parse("not a url", false),
+            Err(ConfigError::InvalidUrl(_))
+        ));
+        // A name that merely starts like loopback is not loopback.
+        assert!(TokenUrl::parse("http://127.0.0.1.evil.example/token", false).is_err());
+    }
+
+    #[test]
+    fn reserved_extra_params_are_refused() {
+        let c = OAuth2Client::client_credentials(
+            "https://a.example/t",
+            ClientId::new("c"),
+            ClientSecret::new("s"),
+        )
+        .unwrap();
+        assert_eq!(
+            c.clone().extra_param("grant_type", "x").unwrap_err(),
+            ConfigError::ReservedParameter("grant_type".into())
+        );
+        assert!(c.extra_param("tenant", "t1").is_ok());
+    }
+}

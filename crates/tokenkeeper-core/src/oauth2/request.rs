@@ -1,0 +1,206 @@
+//! Building token requests.
+
+use std::fmt;
+
+use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE};
+use http::{HeaderValue, Method, Request};
+use url::form_urlencoded;
+use zeroize::Zeroize;
+
+use super::{AuthMethod, GrantType, OAuth2Client, base64};
+use crate::error::FetchError;
+use crate::secret::RefreshToken;
+
+/// A token request ready to send: `POST`, form-encoded, with client
+/// authentication. Its `Debug` hides the body and the `Authorization` header,
+/// and the body is zeroed on drop unless taken out with [`TokenRequest::into_http`].
+pub struct TokenRequest {
+    inner: Request<Vec<u8>>,
+}
+
+impl TokenRequest {
+    /// The request, for inspection.
+    pub fn as_http(&self) -> &Request<Vec<u8>> {
+        &self.inner
+    }
+
+    /// Takes the request out to send it. The body holds secrets.
+    pub fn into_http(mut self) -> Request<Vec<u8>> {
+        std::mem::replace(&mut self.inner, Request::new(Vec::new()))
+    }
+}
+
+impl Drop for TokenRequest {
+    fn drop(&mut self) {
+        self.inner.body_mut().zeroize();
+    }
+}
+
+impl fmt::Debug for TokenRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenRequest")
+            .field("method", self.inner.method())
+            .field("uri", self.inner.uri())
+            .field("body_len", &self.inner.body().len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// RFC 6749 §2.3.1: the id and secret are form-urlencoded before base64.
+fn form_encode(value: &str) -> String {
+    form_urlencoded::byte_serialize(value.as_bytes()).collect()
+}
+
+pub(super) fn build(
+    client: &OAuth2Client,
+    refresh_token: Option<&RefreshToken>,
+) -> Result<TokenRequest, FetchError> {
+    let mut form = form_urlencoded::Serializer::new(String::new());
+    form.append_pair("grant_type", client.grant.as_str());
+    if client.grant == GrantType::RefreshToken {
+        let rt = refresh_token.ok_or(FetchError::NoRefreshToken)?;
+        form.append_pair("refresh_token", rt.expose_secret());
+    }
+    if let Some(scope) = &client.scope {
+        form.append_pair("scope", scope);
+    }
+    if let Some(audience) = &client.audience {
+        form.append_pair("audience", audience);
+    }
+    for resource in &client.resources {
+        form.append_pair("resource", resource);
+    }
+    for (k, v) in &client.extra_params {
+        form.append_pair(k, v);
+    }
+    let mut authorization = None;
+    match (&client.client_secret, client.auth_method) {
+        (Some(secret), AuthMethod::ClientSecretBasic) => {
+            let mut pair = format!(
+                "{}:{}",
+                form_encode(client.client_id.as_str()),
+                form_encode(secret.expose_secret())
+            );
+            let mut value = format!("Basic {}", base64::encode(pair.as_bytes()));
+            pair.zeroize();
+            let header = HeaderValue::from_str(&value);
+            value.zeroize();
+            let mut header = header.map_err(|_| FetchError::Transport {
+                message: "the client credentials do not fit in a header".into(),
+            })?;
+            header.set_sensitive(true);
+            authorization = Some(header);
+        }
+        (Some(secret), AuthMethod::ClientSecretPost) => {
+            form.append_pair("client_id", client.client_id.as_str());
+            form.append_pair("client_secret", secret.expose_secret());
+        }
+        // A public client identifies itself in the body (RFC 6749 §3.2.1).
+        (None, _) => {
+            form.append_pair("client_id", client.client_id.as_str());
+        }
+    }
+    let body = form.finish().into_bytes();
+    let mut builder = Request::builder()
+        .method(Method::POST)
+        .uri(client.token_url.as_str())
+        .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .header(ACCEPT, "application/json");
+    if let Some(h) = authorization {
+        builder = builder.header(AUTHORIZATION, h);
+    }
+    let inner = builder.body(body).map_err(|e| FetchError::Transport {
+        message: format!("could not build the request: {e}"),
+    })?;
+    Ok(TokenRequest { inner })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::secret::{ClientId, ClientSecret};
+
+    fn form(req: &TokenRequest) -> Vec<(String, String)> {
+        form_urlencoded::parse(req.as_http().body())
+            .into_owned()
+            .collect()
+    }
+
+    #[test]
+    fn basic_auth_encodes_before_base64() {
+        let client = OAuth2Client::client_credentials(
+            "https://a.example/token",
+            ClientId::new("my client:1"),
+            ClientSecret::new("p@ss+wörd"),
+        )
+        .unwrap();
+        let req = client.build_request(None).unwrap();
+        let auth = req.as_http().headers()[AUTHORIZATION].to_str().unwrap();
+        // "my+client%3A1:p%40ss%2Bw%C3%B6rd", base64-encoded.
+        assert_eq!(
+            auth,
+            format!(
+                "Basic {}",
+                base64::encode(b"my+client%3A1:p%40ss%2Bw%C3%B6rd")
+            )
+        );
+        assert!(req.as_http().headers()[AUTHORIZATION].is_sensitive());
+        assert_eq!(form(&req), vec![("grant_type".into(), "client_credentials".into())]);
+        assert_eq!(req.as_http().method(), Method::POST);
+        assert_eq!(
+            req.as_http().headers()[CONTENT_TYPE],
+            "application/x-www-form-urlencoded"
+        );
+    }
+
+    #[test]
+    fn post_auth_and_all_parameters() {
+        let client = OAuth2Client::client_credentials(
+            "https://a.example/token",
+            ClientId::new("cid"),
+            ClientSecret::new("a&b=c"),
+        )
+        .unwrap()
+        .auth_method(AuthMethod::ClientSecretPost)
+        .scope("read write")
+        .audience("https://api.example")
+        .resource("https://r1.example")
+        .resource("https://r2.example")
+        .extra_param("tenant", "t 1")
+        .unwrap();
+        let req = client.build_request(None).unwrap();
+        assert!(req.as_http().headers().get(AUTHORIZATION).is_none());
+        let pairs = form(&req);
+        let expect = |k: &str, v: &str| {
+            assert!(pairs.contains(&(k.to_owned(), v.to_owned())), "{k}={v} missing");
+        };
+        expect("grant_type", "client_credentials");
+        expect("client_id", "cid");
+        expect("client_secret", "a&b=c");
+        expect("scope", "read write");
+        expect("audience", "https://api.example");
+        expect("resource", "https://r1.example");
+        expect("resource", "https://r2.example");
+        expect("tenant", "t 1");
+    }
+
+    #[test]
+    fn refresh_grant_needs_and_sends_the_refresh_token() {
+        let client = OAuth2Client::refresh_token(
+            "https://a.example/token",
+            ClientId::new("public"),
+            None,
+        )
+        .unwrap();
+        assert_eq!(client.build_request(None).unwrap_err(), FetchError::NoRefreshToken);
+        let req = client
+            .build_request(Some(&RefreshToken::new("rt-1")))
+            .unwrap();
+        let pairs = form(&req);
+        assert!(pairs.contains(&("grant_type".into(), "refresh_token".into())));
+        assert!(pairs.contains(&("refresh_token".into(), "rt-1".into())));
+        assert!(pairs.contains(&("client_id".into(), "public".into())));
+        let shown = format!("{req:?}");
+        assert!(!shown.contains("rt-1"), "{shown}");
+    }
+}

@@ -1,0 +1,185 @@
+//! What a [`Refresher`](super::Refresher) is built from.
+
+use std::time::Duration;
+
+use crate::backoff::BackoffPolicy;
+use crate::cache::CacheKey;
+use crate::jitter::Jitter;
+use crate::oauth2::OAuth2Client;
+use crate::policy::LifetimePolicy;
+use crate::secret::RefreshToken;
+
+/// Where tokens come from.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum Source {
+    /// An OAuth2 token endpoint: the refresher builds the requests
+    /// ([`Effect::SendRequest`](super::Effect::SendRequest)) and reads the answers.
+    OAuth2(OAuth2Client),
+    /// Anything else: the refresher asks the driver for a grant
+    /// ([`Effect::Fetch`](super::Effect::Fetch)).
+    Custom,
+}
+
+/// Settings of a layer's lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseSettings {
+    /// How long a lease lives if its holder never releases it (default 30 s).
+    /// Keep it longer than a fetch may take.
+    pub ttl: Duration,
+    /// How long to wait before re-reading the layer when another holds the
+    /// lease (default 1 s; each wait is drawn from `[retry / 2, retry]`).
+    pub retry: Duration,
+    /// After a failed fetch, keep the lease until the retry (at most until it
+    /// expires) instead of releasing it at once (default `true`). Then a fleet
+    /// facing a failing authority backs off as one: the others keep waiting
+    /// and re-reading rather than each taking its turn at the authority.
+    pub hold_through_backoff: bool,
+}
+
+impl Default for LeaseSettings {
+    fn default() -> Self {
+        LeaseSettings {
+            ttl: Duration::from_secs(30),
+            retry: Duration::from_secs(1),
+            hold_through_backoff: true,
+        }
+    }
+}
+
+/// A cache layer as the refresher sees it: a name for logs, and whether it
+/// offers a lease. The driver owns the store itself and answers for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layer {
+    name: String,
+    lease: Option<LeaseSettings>,
+}
+
+impl Layer {
+    /// A layer without a lease.
+    pub fn new(name: impl Into<String>) -> Self {
+        Layer {
+            name: name.into(),
+            lease: None,
+        }
+    }
+
+    /// Offers a lease on this layer, so that only one of the refreshers
+    /// sharing it fetches at a time.
+    pub fn with_lease(mut self, settings: LeaseSettings) -> Self {
+        self.lease = Some(settings);
+        self
+    }
+
+    /// The layer's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The lease settings, when the layer has a lease.
+    pub fn lease(&self) -> Option<LeaseSettings> {
+        self.lease
+    }
+}
+
+/// The configuration of a [`Refresher`](super::Refresher).
+#[derive(Debug, Clone)]
+pub struct RefresherConfig {
+    pub(crate) source: Source,
+    pub(crate) key: CacheKey,
+    pub(crate) policy: LifetimePolicy,
+    pub(crate) jitter: Jitter,
+    pub(crate) backoff: BackoffPolicy,
+    pub(crate) layers: Vec<Layer>,
+    pub(crate) refresh_now_min_interval: Duration,
+    pub(crate) initial_refresh_token: Option<RefreshToken>,
+}
+
+impl RefresherConfig {
+    /// Tokens from an OAuth2 endpoint, cached under the client's key.
+    pub fn oauth2(client: OAuth2Client) -> Self {
+        let key = CacheKey::for_client(&client);
+        Self::with_source(Source::OAuth2(client), key)
+    }
+
+    /// Tokens from a custom source, cached under `key`.
+    pub fn custom(key: CacheKey) -> Self {
+        Self::with_source(Source::Custom, key)
+    }
+
+    fn with_source(source: Source, key: CacheKey) -> Self {
+        RefresherConfig {
+            source,
+            key,
+            policy: LifetimePolicy::default(),
+            jitter: Jitter::default(),
+            backoff: BackoffPolicy::default(),
+            layers: Vec::new(),
+            refresh_now_min_interval: Duration::from_secs(10),
+            initial_refresh_token: None,
+        }
+    }
+
+    /// Sets the lifetime policy.
+    pub fn lifetime_policy(mut self, policy: LifetimePolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// Sets the refresh jitter.
+    pub fn jitter(mut self, jitter: Jitter) -> Self {
+        self.jitter = jitter;
+        self
+    }
+
+    /// Sets the error backoff.
+    pub fn backoff(mut self, backoff: BackoffPolicy) -> Self {
+        self.backoff = backoff;
+        self
+    }
+
+    /// Appends a cache layer; layers are read in the order they are added.
+    pub fn layer(mut self, layer: Layer) -> Self {
+        self.layers.push(layer);
+        self
+    }
+
+    /// The shortest time between two refreshes asked for with
+    /// [`Refresher::refresh_now`](super::Refresher::refresh_now) (default 10 s).
+    pub fn refresh_now_min_interval(mut self, interval: Duration) -> Self {
+        self.refresh_now_min_interval = interval;
+        self
+    }
+
+    /// The refresh token to start from (refresh-token grant). A newer one found
+    /// in a cache wins.
+    pub fn initial_refresh_token(mut self, token: RefreshToken) -> Self {
+        self.initial_refresh_token = Some(token);
+        self
+    }
+
+    /// The key under which records are cached.
+    pub fn cache_key(&self) -> &CacheKey {
+        &self.key
+    }
+
+    /// The layers, in read order.
+    pub fn layers(&self) -> &[Layer] {
+        &self.layers
+    }
+
+    /// The source.
+    pub fn source(&self) -> &Source {
+        &self.source
+    }
+
+    /// The lifetime policy.
+    pub fn policy(&self) -> &LifetimePolicy {
+        &self.policy
+    }
+
+    /// The backoff policy.
+    pub fn backoff_policy(&self) -> &BackoffPolicy {
+        &self.backoff
+    }
+}

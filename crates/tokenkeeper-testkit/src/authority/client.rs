@@ -1,0 +1,137 @@
+//! Registered clients of the authority.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+
+/// How a client must authenticate at the token endpoint (RFC 6749 §2.3.1).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum AuthMethod {
+    /// `client_secret_basic`: `Authorization: Basic base64(urlencode(id) ":" urlencode(secret))`.
+    #[default]
+    Basic,
+    /// `client_secret_post`: `client_id` and `client_secret` in the form body.
+    Post,
+}
+
+impl AuthMethod {
+    /// The method's registered name: `client_secret_basic` or `client_secret_post`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthMethod::Basic => "client_secret_basic",
+            AuthMethod::Post => "client_secret_post",
+        }
+    }
+}
+
+impl fmt::Display for AuthMethod {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A client registration: id, secret, authentication method and what its tokens look like.
+///
+/// ```
+/// use std::time::Duration;
+/// use tokenkeeper_testkit::{AuthMethod, Client};
+///
+/// let client = Client::new("svc", "s3cret")
+///     .auth_method(AuthMethod::Post)
+///     .token_lifetime(Duration::from_secs(60))
+///     .issue_refresh_tokens(true);
+/// assert_eq!(client.id(), "svc");
+/// ```
+#[derive(Clone, PartialEq)]
+pub struct Client {
+    pub(crate) id: String,
+    pub(crate) secret: String,
+    pub(crate) auth_method: AuthMethod,
+    pub(crate) token_lifetime: Option<Duration>,
+    pub(crate) issue_refresh_tokens: bool,
+    pub(crate) expires_in_as_string: bool,
+    pub(crate) extra_fields: Map<String, Value>,
+}
+
+impl Client {
+    /// A client authenticating with `client_secret_basic`, with the authority's default token
+    /// lifetime and no refresh tokens in `client_credentials` answers.
+    pub fn new(id: impl Into<String>, secret: impl Into<String>) -> Client {
+        Client {
+            id: id.into(),
+            secret: secret.into(),
+            auth_method: AuthMethod::Basic,
+            token_lifetime: None,
+            issue_refresh_tokens: false,
+            expires_in_as_string: false,
+            extra_fields: Map::new(),
+        }
+    }
+
+    /// Sets the only authentication method the authority accepts from this client.
+    pub fn auth_method(mut self, method: AuthMethod) -> Client {
+        self.auth_method = method;
+        self
+    }
+
+    /// Sets the lifetime of the access tokens issued to this client.
+    ///
+    /// `expires_in` is whole seconds on the wire, so the lifetime is truncated to whole
+    /// seconds: anything under one second is announced as `"expires_in": 0`.
+    pub fn token_lifetime(mut self, lifetime: Duration) -> Client {
+        self.token_lifetime = Some(lifetime);
+        self
+    }
+
+    /// Whether `client_credentials` answers carry a `refresh_token` too. (Answers to the
+    /// `refresh_token` grant always carry a new one.)
+    pub fn issue_refresh_tokens(mut self, yes: bool) -> Client {
+        self.issue_refresh_tokens = yes;
+        self
+    }
+
+    /// Whether `expires_in` is written as a numeric string (`"3600"`), as some authorities do,
+    /// instead of a number.
+    pub fn expires_in_as_string(mut self, yes: bool) -> Client {
+        self.expires_in_as_string = yes;
+        self
+    }
+
+    /// Adds a field to every successful answer for this client, for example a `refresh_in`
+    /// hint. It overrides a standard field of the same name.
+    pub fn extra_field(mut self, name: impl Into<String>, value: impl Into<Value>) -> Client {
+        self.extra_fields.insert(name.into(), value.into());
+        self
+    }
+
+    /// The client id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The client secret.
+    pub fn secret(&self) -> &str {
+        &self.secret
+    }
+
+    /// The registered authentication method.
+    pub fn method(&self) -> AuthMethod {
+        self.auth_method
+    }
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client")
+            .field("id", &self.id)
+            .field("secret", &"<redacted>")
+            .field("auth_method", &self.auth_method)
+            .field("token_lifetime", &self.token_lifetime)
+            .field("issue_refresh_tokens", &self.issue_refresh_tokens)
+            .field("expires_in_as_string", &self.expires_in_as_string)
+            .field("extra_fields", &self.extra_fields)
+            .finish()
+    }
+}

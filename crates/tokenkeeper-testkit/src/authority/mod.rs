@@ -1,0 +1,518 @@
+//! A real OAuth2 token authority on loopback, with a request log and scripted faults.
+//!
+//! [`Authority`] is an HTTP/1.1 server bound to `127.0.0.1` that runs on its own tokio runtime
+//! in its own thread, so it serves tests written for any runtime, or none. Its token endpoint
+//! (`POST /token`) speaks RFC 6749: the `client_credentials` and `refresh_token` grants,
+//! client authentication with `client_secret_basic` or `client_secret_post`, single-use
+//! rotating refresh tokens, and RFC 6749 §5.2 errors. Every request is logged
+//! ([`RequestRecord`]), and the next requests can be told to misbehave ([`Fault`]).
+//!
+//! ```
+//! use std::time::Duration;
+//! use tokenkeeper_testkit::{AuthMethod, Authority, Client, Fault};
+//!
+//! let authority = Authority::start();
+//! authority.register_client(
+//!     Client::new("svc", "s3cret")
+//!         .auth_method(AuthMethod::Basic)
+//!         .token_lifetime(Duration::from_secs(60)),
+//! );
+//! assert!(authority.token_url().starts_with("http://127.0.0.1:"));
+//!
+//! // The next two token requests get a 503, then the authority answers normally again.
+//! authority.script(Fault::status(503), 2);
+//! assert_eq!(authority.pending_faults(), 2);
+//! assert_eq!(authority.request_count(), 0);
+//! // Dropping the handle stops the server and its thread.
+//! drop(authority);
+//! ```
+
+mod body;
+mod client;
+mod codec;
+mod fault;
+mod record;
+mod server;
+mod state;
+
+use std::fmt;
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex, PoisonError, mpsc};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::sync::oneshot;
+
+pub use client::{AuthMethod, Client};
+pub use codec::format_http_date;
+pub use fault::{Fault, RetryAfter};
+pub use record::{IssuedToken, Outcome, PresentedAuth, RequestRecord};
+
+use state::{Shared, State};
+
+/// The lifetime of access tokens for clients that do not set their own.
+pub const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(3600);
+
+/// The largest request body the authority reads by default; larger ones get a `413`.
+pub const DEFAULT_MAX_REQUEST_BODY: usize = 64 * 1024;
+
+/// Configures and starts an [`Authority`].
+#[derive(Clone, Debug)]
+pub struct AuthorityBuilder {
+    port: u16,
+    realm: String,
+    default_lifetime: Duration,
+    max_request_body: usize,
+    seed: Option<u64>,
+}
+
+impl Default for AuthorityBuilder {
+    fn default() -> AuthorityBuilder {
+        AuthorityBuilder {
+            port: 0,
+            realm: "tokenkeeper-testkit".to_owned(),
+            default_lifetime: DEFAULT_TOKEN_LIFETIME,
+            max_request_body: DEFAULT_MAX_REQUEST_BODY,
+            seed: None,
+        }
+    }
+}
+
+impl AuthorityBuilder {
+    /// The loopback port to bind; 0 (the default) lets the system pick a free one. A fixed
+    /// port lets a test restart an authority at the same address.
+    pub fn port(mut self, port: u16) -> AuthorityBuilder {
+        self.port = port;
+        self
+    }
+
+    /// The realm of the `WWW-Authenticate: Basic realm=".."` header of `401` answers.
+    pub fn realm(mut self, realm: impl Into<String>) -> AuthorityBuilder {
+        self.realm = realm.into();
+        self
+    }
+
+    /// The token lifetime of clients that do not set one ([`DEFAULT_TOKEN_LIFETIME`] unless
+    /// set). Truncated to whole seconds on the wire, like [`Client::token_lifetime`].
+    pub fn default_token_lifetime(mut self, lifetime: Duration) -> AuthorityBuilder {
+        self.default_lifetime = lifetime;
+        self
+    }
+
+    /// The largest request body read ([`DEFAULT_MAX_REQUEST_BODY`] unless set).
+    pub fn max_request_body(mut self, bytes: usize) -> AuthorityBuilder {
+        self.max_request_body = bytes;
+        self
+    }
+
+    /// Seeds the generator of the random part of tokens, for reproducible token strings.
+    pub fn seed(mut self, seed: u64) -> AuthorityBuilder {
+        self.seed = Some(seed);
+        self
+    }
+
+    /// Binds the socket, starts the server thread, and returns once connections are being
+    /// accepted.
+    ///
+    /// # Panics
+    ///
+    /// If the socket cannot be bound or the thread or runtime cannot be started; see
+    /// [`AuthorityBuilder::try_start`].
+    #[track_caller]
+    pub fn start(self) -> Authority {
+        match self.try_start() {
+            Ok(authority) => authority,
+            Err(error) => panic!("cannot start the test authority: {error}"),
+        }
+    }
+
+    /// Like [`AuthorityBuilder::start`], returning an error instead of panicking.
+    pub fn try_start(self) -> io::Result<Authority> {
+        let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, self.port))?;
+        listener.set_nonblocking(true)?;
+        let addr = listener.local_addr()?;
+        let shared = Arc::new(Shared::new(
+            self.realm,
+            self.default_lifetime,
+            self.max_request_body,
+            self.seed,
+        ));
+
+        let (ready_tx, ready_rx) = mpsc::channel::<io::Result<()>>();
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let server_shared = Arc::clone(&shared);
+        let thread = std::thread::Builder::new()
+            .name(format!("tokenkeeper-testkit-authority-{}", addr.port()))
+            .spawn(move || {
+                // The runtime lives and dies in this thread, so that dropping it never happens
+                // inside the caller's runtime. Dropping it cancels every connection task and
+                // closes their sockets.
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(runtime) => runtime,
+                    Err(error) => {
+                        let _ = ready_tx.send(Err(error));
+                        return;
+                    }
+                };
+                runtime.block_on(async move {
+                    let listener = match tokio::net::TcpListener::from_std(listener) {
+                        Ok(listener) => listener,
+                        Err(error) => {
+                            let _ = ready_tx.send(Err(error));
+                            return;
+                        }
+                    };
+                    let _ = ready_tx.send(Ok(()));
+                    server::serve(listener, server_shared, stop_rx).await;
+                });
+            })?;
+
+        match ready_rx.recv() {
+            Ok(Ok(())) => {
+                tracing::debug!(%addr, "test authority started");
+                Ok(Authority {
+                    shared,
+                    addr,
+                    stopper: Mutex::new(Some(Stopper {
+                        stop: stop_tx,
+                        thread,
+                    })),
+                })
+            }
+            Ok(Err(error)) => {
+                let _ = thread.join();
+                Err(error)
+            }
+            Err(_) => {
+                let _ = thread.join();
+                Err(io::Error::other(
+                    "the authority thread ended before it started",
+                ))
+            }
+        }
+    }
+}
+
+/// What it takes to stop the server.
+struct Stopper {
+    stop: oneshot::Sender<()>,
+    thread: JoinHandle<()>,
+}
+
+/// A running OAuth2 token authority on `127.0.0.1`.
+///
+/// Every method takes `&self`; the handle is `Send + Sync`, so share it with an `Arc`.
+/// Dropping it (or calling [`Authority::shutdown`]) stops the server: the listening socket and
+/// every open connection are closed and the server thread is joined. That join blocks the
+/// calling thread briefly, which is harmless even inside an async test.
+///
+/// See the [module documentation](self) for an example.
+pub struct Authority {
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+    stopper: Mutex<Option<Stopper>>,
+}
+
+impl fmt::Debug for Authority {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Authority")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Authority {
+    /// Starts an authority with the default settings on a free loopback port.
+    ///
+    /// # Panics
+    ///
+    /// If it cannot start; see [`AuthorityBuilder::try_start`].
+    #[track_caller]
+    pub fn start() -> Authority {
+        AuthorityBuilder::default().start()
+    }
+
+    /// A builder for an authority with non-default settings.
+    pub fn builder() -> AuthorityBuilder {
+        AuthorityBuilder::default()
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.shared.lock()
+    }
+
+    // ----- addresses -----
+
+    /// The address the server listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://127.0.0.1:PORT`, without a trailing slash.
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The token endpoint: `http://127.0.0.1:PORT/token`.
+    pub fn token_url(&self) -> String {
+        format!("http://{}{}", self.addr, server::TOKEN_PATH)
+    }
+
+    // ----- clients -----
+
+    /// Registers a client, replacing any client with the same id.
+    pub fn register_client(&self, client: Client) {
+        self.state().clients.insert(client.id.clone(), client);
+    }
+
+    /// Removes a client; its later requests get `invalid_client`. Returns whether it existed.
+    pub fn remove_client(&self, client_id: &str) -> bool {
+        self.state().clients.remove(client_id).is_some()
+    }
+
+    /// The registration of a client, if it exists.
+    pub fn client(&self, client_id: &str) -> Option<Client> {
+        self.state().clients.get(client_id).cloned()
+    }
+
+    /// Changes the lifetime of the tokens issued to a client from now on.
+    ///
+    /// # Panics
+    ///
+    /// If no client with this id is registered.
+    #[track_caller]
+    pub fn set_token_lifetime(&self, client_id: &str, lifetime: Duration) {
+        let mut state = self.state();
+        match state.clients.get_mut(client_id) {
+            Some(client) => client.token_lifetime = Some(lifetime),
+            None => {
+                drop(state);
+                panic!("set_token_lifetime: no client {client_id:?} is registered");
+            }
+        }
+    }
+
+    // ----- refresh tokens -----
+
+    /// Mints a refresh token for a client (registered or not), for `refresh_token` grant
+    /// tests. It carries no scope.
+    pub fn issue_refresh_token(&self, client_id: &str) -> String {
+        self.state().mint_refresh_token(client_id, None)
+    }
+
+    /// Mints a refresh token carrying a scope: answers to its `refresh_token` grant echo that
+    /// scope when the request names none.
+    pub fn issue_refresh_token_with_scope(&self, client_id: &str, scope: &str) -> String {
+        self.state()
+            .mint_refresh_token(client_id, Some(scope.to_owned()))
+    }
+
+    /// Whether a refresh token was issued and has not been used (or revoked) yet.
+    pub fn refresh_token_is_live(&self, refresh_token: &str) -> bool {
+        self.state().refresh_token_is_live(refresh_token)
+    }
+
+    /// The refresh tokens of a client that can still be used, in no particular order. With
+    /// rotation working, a client that has been refreshing holds exactly one.
+    pub fn live_refresh_tokens(&self, client_id: &str) -> Vec<String> {
+        self.state().live_refresh_tokens(client_id)
+    }
+
+    /// Revokes a refresh token: using it afterwards gets `invalid_grant` (not counted as a
+    /// reuse). Returns whether it was live.
+    pub fn revoke_refresh_token(&self, refresh_token: &str) -> bool {
+        self.state().revoke_refresh_token(refresh_token)
+    }
+
+    // ----- faults and outages -----
+
+    /// Queues a fault for the next token request that finds the queue otherwise empty.
+    ///
+    /// # Panics
+    ///
+    /// If the fault carries a status code outside 100–999.
+    #[track_caller]
+    pub fn push_fault(&self, fault: Fault) {
+        if let Some(status) = fault.status_code() {
+            assert!(
+                (100..=999).contains(&status),
+                "fault status {status} is not an HTTP status code"
+            );
+        }
+        self.state().faults.push_back(fault);
+    }
+
+    /// Queues several faults, in order.
+    ///
+    /// # Panics
+    ///
+    /// As [`Authority::push_fault`].
+    #[track_caller]
+    pub fn push_faults(&self, faults: impl IntoIterator<Item = Fault>) {
+        for fault in faults {
+            self.push_fault(fault);
+        }
+    }
+
+    /// Queues `times` copies of a fault: the next `times` token requests misbehave.
+    ///
+    /// # Panics
+    ///
+    /// As [`Authority::push_fault`].
+    #[track_caller]
+    pub fn script(&self, fault: Fault, times: usize) {
+        self.push_faults(std::iter::repeat_n(fault, times));
+    }
+
+    /// How many queued faults have not been used yet.
+    pub fn pending_faults(&self) -> usize {
+        self.state().faults.len()
+    }
+
+    /// Forgets the queued faults.
+    pub fn clear_faults(&self) {
+        self.state().faults.clear();
+    }
+
+    /// Takes the authority down (every request, on any path, gets a `503` HTML page and
+    /// consumes no fault) or brings it back up.
+    pub fn set_down(&self, down: bool) {
+        self.state().down = down;
+    }
+
+    /// Whether the authority is down.
+    pub fn is_down(&self) -> bool {
+        self.state().down
+    }
+
+    // ----- the request log -----
+
+    /// Every request received so far, in order of arrival.
+    pub fn requests(&self) -> Vec<RequestRecord> {
+        self.state().log.clone()
+    }
+
+    /// The number of requests received.
+    pub fn request_count(&self) -> usize {
+        self.state().log.len()
+    }
+
+    /// The number of requests matching a predicate.
+    pub fn count_where(&self, predicate: impl Fn(&RequestRecord) -> bool) -> usize {
+        self.state()
+            .log
+            .iter()
+            .filter(|record| predicate(record))
+            .count()
+    }
+
+    /// The number of requests with this `grant_type`.
+    pub fn count_by_grant(&self, grant_type: &str) -> usize {
+        self.count_where(|record| record.grant_type.as_deref() == Some(grant_type))
+    }
+
+    /// The number of requests answered with this status.
+    pub fn count_by_status(&self, status: u16) -> usize {
+        self.count_where(|record| record.status == Some(status))
+    }
+
+    /// The number of requests claiming this client id (authenticated or not).
+    pub fn count_by_client(&self, client_id: &str) -> usize {
+        self.count_where(|record| record.client_id.as_deref() == Some(client_id))
+    }
+
+    /// The number of requests that presented an already used refresh token. A correct client
+    /// keeps this at zero.
+    pub fn refresh_token_reuses(&self) -> usize {
+        self.count_where(|record| record.refresh_token_reused)
+    }
+
+    /// Forgets the request log (issued tokens and refresh tokens are kept).
+    pub fn clear_requests(&self) {
+        self.state().log.clear();
+    }
+
+    /// Blocks the calling thread until at least `count` requests have been received, or
+    /// `timeout` has passed. Returns whether the count was reached.
+    pub fn wait_for_requests(&self, count: usize, timeout: Duration) -> bool {
+        self.wait_until(timeout, |log| log.len() >= count)
+    }
+
+    /// Blocks the calling thread until `condition` holds for the request log, or `timeout`
+    /// has passed, checking every few milliseconds. Returns whether the condition held.
+    pub fn wait_until(
+        &self,
+        timeout: Duration,
+        condition: impl Fn(&[RequestRecord]) -> bool,
+    ) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if condition(&self.state().log) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    // ----- issued tokens -----
+
+    /// Every token handed out in a successful answer, in order.
+    pub fn issued_tokens(&self) -> Vec<IssuedToken> {
+        self.state().issued.clone()
+    }
+
+    /// The last token handed out.
+    pub fn last_issued(&self) -> Option<IssuedToken> {
+        self.state().issued.last().cloned()
+    }
+
+    /// The last access token handed out.
+    pub fn last_access_token(&self) -> Option<String> {
+        self.state()
+            .issued
+            .last()
+            .map(|token| token.access_token.clone())
+    }
+
+    /// Whether an access token was issued by this authority and has not expired: what a
+    /// resource server would check.
+    pub fn token_is_active(&self, access_token: &str) -> bool {
+        let now = SystemTime::now();
+        self.state()
+            .issued
+            .iter()
+            .any(|token| token.access_token == access_token && token.expires_at() > now)
+    }
+
+    // ----- lifecycle -----
+
+    /// Stops the server: closes the listening socket and every connection, and joins the
+    /// server thread. Idempotent; dropping the handle does the same.
+    pub fn shutdown(&self) {
+        let stopper = self
+            .stopper
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(Stopper { stop, thread }) = stopper {
+            let _ = stop.send(());
+            if thread.join().is_err() {
+                tracing::error!(addr = %self.addr, "the test authority thread panicked");
+            }
+            tracing::debug!(addr = %self.addr, "test authority stopped");
+        }
+    }
+}
+
+impl Drop for Authority {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}

@@ -1,0 +1,555 @@
+//! The authority's state and the OAuth2 logic of the token endpoint, free of any HTTP plumbing.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use serde_json::{Map, Value};
+
+use super::client::{AuthMethod, Client};
+use super::fault::Fault;
+use super::record::{IssuedToken, Outcome, PresentedAuth, RequestRecord};
+
+/// Credentials found in the `Authorization` header.
+#[derive(Debug)]
+pub(crate) enum BasicCredentials {
+    /// No `Authorization` header.
+    Absent,
+    /// A well-formed `Basic` header, already base64- and form-decoded.
+    Present { id: String, secret: String },
+    /// Another scheme, or a `Basic` header that does not decode.
+    Malformed,
+}
+
+/// A request as the token endpoint sees it: its form parameters (empty when the body was not
+/// a form) and its `Authorization` header.
+#[derive(Debug)]
+pub(crate) struct FormRequest {
+    pub(crate) params: Vec<(String, String)>,
+    pub(crate) basic: BasicCredentials,
+}
+
+impl FormRequest {
+    fn first(&self, name: &str) -> Option<&str> {
+        self.params
+            .iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.as_str())
+    }
+
+    fn all(&self, name: &str) -> Vec<String> {
+        self.params
+            .iter()
+            .filter(|(key, _)| key == name)
+            .map(|(_, value)| value.clone())
+            .collect()
+    }
+
+    fn count(&self, name: &str) -> usize {
+        self.params.iter().filter(|(key, _)| key == name).count()
+    }
+}
+
+/// What the log can tell about a request before it is answered.
+#[derive(Debug)]
+pub(crate) struct Summary {
+    pub(crate) method: String,
+    pub(crate) path: String,
+    pub(crate) grant_type: Option<String>,
+    pub(crate) client_id: Option<String>,
+    pub(crate) auth: PresentedAuth,
+    pub(crate) scope: Option<String>,
+    pub(crate) audience: Vec<String>,
+    pub(crate) resource: Vec<String>,
+    pub(crate) refresh_token: Option<String>,
+}
+
+impl Summary {
+    pub(crate) fn new(method: String, path: String, request: &FormRequest) -> Summary {
+        let body_secret = request.first("client_secret").is_some();
+        let auth = match (&request.basic, body_secret) {
+            (BasicCredentials::Malformed, _) => PresentedAuth::Malformed,
+            (BasicCredentials::Present { .. }, true) => PresentedAuth::Both,
+            (BasicCredentials::Present { .. }, false) => PresentedAuth::Basic,
+            (BasicCredentials::Absent, true) => PresentedAuth::Post,
+            (BasicCredentials::Absent, false) => PresentedAuth::None,
+        };
+        let client_id = match &request.basic {
+            BasicCredentials::Present { id, .. } => Some(id.clone()),
+            _ => request.first("client_id").map(str::to_owned),
+        };
+        let owned = |name: &str| request.first(name).map(str::to_owned);
+        Summary {
+            method,
+            path,
+            grant_type: owned("grant_type"),
+            client_id,
+            auth,
+            scope: owned("scope"),
+            audience: request.all("audience"),
+            resource: request.all("resource"),
+            refresh_token: owned("refresh_token"),
+        }
+    }
+}
+
+/// What to do with a request, decided when it arrives.
+#[derive(Debug)]
+pub(crate) enum Decision {
+    /// The authority is down: 503.
+    Down,
+    /// Not the token endpoint: 404.
+    NotFound,
+    /// Apply this fault.
+    Fault(Fault),
+    /// Process normally.
+    Normal,
+}
+
+/// The answer of normal processing.
+#[derive(Debug)]
+pub(crate) enum Reply {
+    /// `200` with this JSON object.
+    Token(Map<String, Value>),
+    /// An RFC 6749 §5.2 error.
+    Error {
+        status: u16,
+        error: &'static str,
+        description: String,
+    },
+}
+
+impl Reply {
+    fn error(status: u16, error: &'static str, description: impl Into<String>) -> Reply {
+        Reply::Error {
+            status,
+            error,
+            description: description.into(),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct RefreshEntry {
+    client_id: String,
+    scope: Option<String>,
+    status: RefreshStatus,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum RefreshStatus {
+    /// Can be used once.
+    Live,
+    /// Was used in a successful refresh; presenting it again is a reuse.
+    Used,
+    /// Was revoked by the test.
+    Revoked,
+}
+
+/// Everything mutable, behind one lock.
+#[derive(Debug)]
+pub(crate) struct State {
+    pub(crate) clients: HashMap<String, Client>,
+    refresh_tokens: HashMap<String, RefreshEntry>,
+    pub(crate) faults: VecDeque<Fault>,
+    pub(crate) down: bool,
+    pub(crate) log: Vec<RequestRecord>,
+    pub(crate) issued: Vec<IssuedToken>,
+    next_seq: u64,
+    token_counter: u64,
+    rng: fastrand::Rng,
+}
+
+/// State shared by the server task and the [`Authority`](crate::Authority) handle.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) realm: String,
+    pub(crate) default_lifetime: Duration,
+    pub(crate) max_request_body: usize,
+    state: Mutex<State>,
+}
+
+/// The grants the authority supports.
+const CLIENT_CREDENTIALS: &str = "client_credentials";
+const REFRESH_TOKEN: &str = "refresh_token";
+
+/// Parameters that must not be repeated (RFC 6749 §3.2).
+const SINGLE_VALUED: [&str; 5] = [
+    "grant_type",
+    "client_id",
+    "client_secret",
+    "scope",
+    "refresh_token",
+];
+
+impl Shared {
+    pub(crate) fn new(
+        realm: String,
+        default_lifetime: Duration,
+        max_request_body: usize,
+        seed: Option<u64>,
+    ) -> Shared {
+        let rng = match seed {
+            Some(seed) => fastrand::Rng::with_seed(seed),
+            None => fastrand::Rng::new(),
+        };
+        Shared {
+            realm,
+            default_lifetime,
+            max_request_body,
+            state: Mutex::new(State {
+                clients: HashMap::new(),
+                refresh_tokens: HashMap::new(),
+                faults: VecDeque::new(),
+                down: false,
+                log: Vec::new(),
+                issued: Vec::new(),
+                next_seq: 0,
+                token_counter: 0,
+                rng,
+            }),
+        }
+    }
+
+    /// Locks the state. A panic while holding the lock cannot leave it half-updated in a way
+    /// that matters to a test, so poisoning is ignored.
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Logs a request as pending and decides how to answer it.
+    pub(crate) fn begin(
+        &self,
+        at: SystemTime,
+        summary: Summary,
+        token_endpoint: bool,
+    ) -> (u64, Decision) {
+        let mut state = self.lock();
+        let decision = if state.down {
+            Decision::Down
+        } else if !token_endpoint {
+            Decision::NotFound
+        } else if let Some(fault) = state.faults.pop_front() {
+            Decision::Fault(fault)
+        } else {
+            Decision::Normal
+        };
+        let seq = state.next_seq;
+        state.next_seq += 1;
+        let fault = match &decision {
+            Decision::Fault(fault) => Some(fault.clone()),
+            _ => None,
+        };
+        state.log.push(RequestRecord {
+            seq,
+            at,
+            method: summary.method,
+            path: summary.path,
+            grant_type: summary.grant_type,
+            client_id: summary.client_id,
+            authenticated: false,
+            auth: summary.auth,
+            scope: summary.scope,
+            audience: summary.audience,
+            resource: summary.resource,
+            refresh_token: summary.refresh_token,
+            refresh_token_reused: false,
+            fault,
+            status: None,
+            outcome: Outcome::Pending,
+        });
+        (seq, decision)
+    }
+
+    /// Records the answer to a request.
+    pub(crate) fn finish(&self, seq: u64, status: Option<u16>, outcome: Outcome) {
+        let mut state = self.lock();
+        if let Some(record) = state.record_mut(seq) {
+            record.status = status;
+            record.outcome = outcome;
+        }
+    }
+
+    /// Marks a request whose answer was never decided as abandoned.
+    pub(crate) fn abandon(&self, seq: u64) {
+        let mut state = self.lock();
+        if let Some(record) = state.record_mut(seq) {
+            if record.outcome == Outcome::Pending {
+                record.outcome = Outcome::Abandoned;
+            }
+        }
+    }
+
+    /// Processes a token request normally, applying `shape` (a [`Fault::MissingExpiresIn`] or
+    /// [`Fault::UnknownTokenType`]) to a successful answer, and records the result.
+    pub(crate) fn process(&self, seq: u64, request: &FormRequest, shape: Option<&Fault>) -> Reply {
+        let mut state = self.lock();
+        let mut note = Note::default();
+        let reply = state.process(self, request, shape, &mut note);
+        let (status, outcome) = match &reply {
+            Reply::Token(_) => (
+                200,
+                Outcome::Issued {
+                    access_token: note.access_token.take().unwrap_or_default(),
+                    refresh_token: note.refresh_token.take(),
+                },
+            ),
+            Reply::Error { status, error, .. } => (
+                *status,
+                Outcome::Rejected {
+                    error: (*error).to_owned(),
+                },
+            ),
+        };
+        if let Some(record) = state.record_mut(seq) {
+            record.authenticated = note.authenticated;
+            record.refresh_token_reused = note.reused;
+            record.status = Some(status);
+            record.outcome = outcome;
+        }
+        reply
+    }
+}
+
+/// Facts learned while processing, for the log.
+#[derive(Default)]
+struct Note {
+    authenticated: bool,
+    reused: bool,
+    access_token: Option<String>,
+    refresh_token: Option<String>,
+}
+
+impl State {
+    fn record_mut(&mut self, seq: u64) -> Option<&mut RequestRecord> {
+        self.log.iter_mut().rev().find(|record| record.seq == seq)
+    }
+
+    /// Makes a fresh token: `<prefix>-<counter>-<16 random hex digits>`.
+    fn mint(&mut self, prefix: &str) -> String {
+        self.token_counter += 1;
+        let random = self.rng.u64(..);
+        format!("{prefix}-{}-{random:016x}", self.token_counter)
+    }
+
+    /// Mints a refresh token bound to a client.
+    pub(crate) fn mint_refresh_token(&mut self, client_id: &str, scope: Option<String>) -> String {
+        let token = self.mint("rt");
+        self.refresh_tokens.insert(
+            token.clone(),
+            RefreshEntry {
+                client_id: client_id.to_owned(),
+                scope,
+                status: RefreshStatus::Live,
+            },
+        );
+        token
+    }
+
+    /// Whether a refresh token exists and has not been used.
+    pub(crate) fn refresh_token_is_live(&self, token: &str) -> bool {
+        self.refresh_tokens
+            .get(token)
+            .is_some_and(|entry| entry.status == RefreshStatus::Live)
+    }
+
+    /// The unused refresh tokens of a client, in no particular order.
+    pub(crate) fn live_refresh_tokens(&self, client_id: &str) -> Vec<String> {
+        self.refresh_tokens
+            .iter()
+            .filter(|(_, entry)| {
+                entry.status == RefreshStatus::Live && entry.client_id == client_id
+            })
+            .map(|(token, _)| token.clone())
+            .collect()
+    }
+
+    /// Revokes a refresh token. Returns whether it was live.
+    pub(crate) fn revoke_refresh_token(&mut self, token: &str) -> bool {
+        match self.refresh_tokens.get_mut(token) {
+            Some(entry) if entry.status == RefreshStatus::Live => {
+                entry.status = RefreshStatus::Revoked;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn process(
+        &mut self,
+        shared: &Shared,
+        request: &FormRequest,
+        shape: Option<&Fault>,
+        note: &mut Note,
+    ) -> Reply {
+        if let Some(name) = SINGLE_VALUED.iter().find(|name| request.count(name) > 1) {
+            return Reply::error(
+                400,
+                "invalid_request",
+                format!("parameter {name} is repeated"),
+            );
+        }
+        let grant = match request.first("grant_type") {
+            None => return Reply::error(400, "invalid_request", "missing grant_type"),
+            Some(grant) if grant == CLIENT_CREDENTIALS || grant == REFRESH_TOKEN => grant,
+            Some(other) => {
+                return Reply::error(
+                    400,
+                    "unsupported_grant_type",
+                    format!("grant type {other:?} is not supported"),
+                );
+            }
+        };
+
+        let client = match self.authenticate(request) {
+            Ok(client) => client,
+            Err(reply) => return reply,
+        };
+        note.authenticated = true;
+
+        let (scope, with_refresh_token) = if grant == REFRESH_TOKEN {
+            let Some(presented) = request.first("refresh_token") else {
+                return Reply::error(400, "invalid_request", "missing refresh_token");
+            };
+            let Some(entry) = self.refresh_tokens.get_mut(presented) else {
+                return Reply::error(400, "invalid_grant", "unknown refresh token");
+            };
+            match entry.status {
+                RefreshStatus::Live => {}
+                RefreshStatus::Used => {
+                    note.reused = true;
+                    return Reply::error(400, "invalid_grant", "refresh token was already used");
+                }
+                RefreshStatus::Revoked => {
+                    return Reply::error(400, "invalid_grant", "refresh token was revoked");
+                }
+            }
+            if entry.client_id != client.id {
+                return Reply::error(
+                    400,
+                    "invalid_grant",
+                    "refresh token was issued to another client",
+                );
+            }
+            entry.status = RefreshStatus::Used;
+            let scope = request
+                .first("scope")
+                .map(str::to_owned)
+                .or_else(|| entry.scope.clone());
+            (scope, true)
+        } else {
+            (
+                request.first("scope").map(str::to_owned),
+                client.issue_refresh_tokens,
+            )
+        };
+
+        let access_token = self.mint("at");
+        let refresh_token =
+            with_refresh_token.then(|| self.mint_refresh_token(&client.id, scope.clone()));
+        let expires_in = client
+            .token_lifetime
+            .unwrap_or(shared.default_lifetime)
+            .as_secs();
+
+        let mut body = Map::new();
+        body.insert("access_token".into(), access_token.clone().into());
+        body.insert("token_type".into(), "Bearer".into());
+        let expires_value = if client.expires_in_as_string {
+            Value::from(expires_in.to_string())
+        } else {
+            Value::from(expires_in)
+        };
+        body.insert("expires_in".into(), expires_value);
+        if let Some(scope) = &scope {
+            body.insert("scope".into(), scope.clone().into());
+        }
+        if let Some(refresh_token) = &refresh_token {
+            body.insert("refresh_token".into(), refresh_token.clone().into());
+        }
+        for (name, value) in &client.extra_fields {
+            body.insert(name.clone(), value.clone());
+        }
+        match shape {
+            Some(Fault::MissingExpiresIn) => {
+                body.remove("expires_in");
+            }
+            Some(Fault::UnknownTokenType(token_type)) => {
+                body.insert("token_type".into(), token_type.clone().into());
+            }
+            _ => {}
+        }
+
+        self.issued.push(IssuedToken {
+            access_token: access_token.clone(),
+            client_id: client.id.clone(),
+            grant_type: grant.to_owned(),
+            scope,
+            expires_in,
+            refresh_token: refresh_token.clone(),
+            issued_at: SystemTime::now(),
+        });
+        note.access_token = Some(access_token);
+        note.refresh_token = refresh_token;
+        Reply::Token(body)
+    }
+
+    /// Authenticates the client by its registered method (RFC 6749 §2.3.1).
+    fn authenticate(&self, request: &FormRequest) -> Result<Client, Reply> {
+        let invalid_client = |description: String| Reply::error(401, "invalid_client", description);
+        let body_id = request.first("client_id");
+        let body_secret = request.first("client_secret");
+
+        let (id, secret, method) = match (&request.basic, body_secret) {
+            (BasicCredentials::Malformed, _) => {
+                return Err(invalid_client(
+                    "the Authorization header is not a well-formed Basic credential".into(),
+                ));
+            }
+            (BasicCredentials::Present { .. }, Some(_)) => {
+                return Err(Reply::error(
+                    400,
+                    "invalid_request",
+                    "more than one client authentication method was used",
+                ));
+            }
+            (BasicCredentials::Present { id, secret }, None) => {
+                if body_id.is_some_and(|body_id| body_id != id) {
+                    return Err(Reply::error(
+                        400,
+                        "invalid_request",
+                        "client_id in the body does not match the Authorization header",
+                    ));
+                }
+                (id.as_str(), secret.as_str(), AuthMethod::Basic)
+            }
+            (BasicCredentials::Absent, Some(secret)) => {
+                let Some(id) = body_id else {
+                    return Err(Reply::error(
+                        400,
+                        "invalid_request",
+                        "client_secret without client_id",
+                    ));
+                };
+                (id, secret, AuthMethod::Post)
+            }
+            (BasicCredentials::Absent, None) => {
+                return Err(invalid_client("client authentication is required".into()));
+            }
+        };
+
+        let Some(client) = self.clients.get(id) else {
+            return Err(invalid_client(format!("unknown client {id:?}")));
+        };
+        if client.auth_method != method {
+            return Err(invalid_client(format!(
+                "client {id:?} is registered for {}, not {}",
+                client.auth_method, method
+            )));
+        }
+        if client.secret != secret {
+            return Err(invalid_client(format!("wrong secret for client {id:?}")));
+        }
+        Ok(client.clone())
+    }
+}

@@ -1,0 +1,27 @@
+//! Test kit of tokenkeeper: a real OAuth2 token authority on loopback with fault injection
+//! ([`authority`]), and a home for the adapter conformance scenarios ([`conformance`]).
+//!
+//! The authority runs on its own thread and runtime, so it serves tests of every adapter alike:
+//! plain threads, tokio, async-std or smol.
+//!
+//! ```
+//! use tokenkeeper_testkit::{Authority, Client};
+//!
+//! let authority = Authority::start();
+//! authority.register_client(Client::new("svc", "s3cret"));
+//! let token_url = authority.token_url();
+//! // ... point the code under test at `token_url`, then inspect `authority.requests()`.
+//! # let _ = token_url;
+//! ```
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod authority;
+pub mod conformance;
+
+pub use authority::{
+    AuthMethod, Authority, AuthorityBuilder, Client, DEFAULT_MAX_REQUEST_BODY,
+    DEFAULT_TOKEN_LIFETIME, Fault, IssuedToken, Outcome, PresentedAuth, RequestRecord, RetryAfter,
+    format_http_date,
+};

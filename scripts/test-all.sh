@@ -1,0 +1,244 @@
+#!/usr/bin/env bash
+# Runs every test of the workspace with the services the tests need.
+#
+#   scripts/test-all.sh                           # all targets, then doc tests
+#   scripts/test-all.sh cargo test -p tokenkeeper-fs   # any command instead
+#
+# It installs what is missing (redis-server from Debian's packages, the
+# interop authority's npm packages), starts a private Redis and the interop
+# OAuth2 authority (oauth2-mock-server) on free loopback ports, exports
+#
+#   TOKENKEEPER_TEST_REDIS_URL             redis://127.0.0.1:PORT/
+#   TOKENKEEPER_TEST_INTEROP_TOKEN_URL     http://127.0.0.1:PORT/token
+#   TOKENKEEPER_TEST_INTEROP_CLIENT_ID     interop-client
+#   TOKENKEEPER_TEST_INTEROP_CLIENT_SECRET interop-secret
+#
+# runs the tests, stops both services and exits with the tests' status.
+# A service whose variable is already set in the environment is not started:
+# the given one is used instead.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+INTEROP_DIR="$ROOT/interop"
+READY_TIMEOUT=30
+
+log() { printf 'test-all: %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+# Runs a command as root: directly when we are root, else through sudo.
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then
+    "$@"
+  elif command -v sudo >/dev/null 2>&1; then
+    sudo "$@"
+  else
+    die "need root or sudo to run: $*"
+  fi
+}
+
+# --- services we start, and their cleanup --------------------------------
+
+WORK_DIR=""
+REDIS_PID=""
+AUTHORITY_PID=""
+# The test command runs in its own process group so that a signal to this
+# script can be passed on to it and everything it started (cargo, the test
+# binaries, their children).
+COMMAND_PID=""
+
+# Sends SIGTERM to a process, waits up to 5 s, then SIGKILL.
+stop_process() {
+  local pid=$1 name=$2
+  [ -n "$pid" ] || return 0
+  kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
+  kill -TERM "$pid" 2>/dev/null || true
+  for _ in $(seq 50); do
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  if kill -0 "$pid" 2>/dev/null; then
+    log "$name did not stop on SIGTERM, killing it"
+    kill -KILL "$pid" 2>/dev/null || true
+  fi
+  wait "$pid" 2>/dev/null || true
+}
+
+# shellcheck disable=SC2317  # invoked by the trap below
+cleanup() {
+  local status=$?
+  trap - EXIT INT TERM
+  if [ -n "$COMMAND_PID" ]; then
+    kill -TERM -- "-$COMMAND_PID" 2>/dev/null || true
+    wait "$COMMAND_PID" 2>/dev/null || true
+  fi
+  stop_process "$AUTHORITY_PID" "the interop authority"
+  stop_process "$REDIS_PID" "redis-server"
+  if [ -n "$WORK_DIR" ]; then
+    rm -rf "$WORK_DIR"
+  fi
+  exit "$status"
+}
+# Passes a signal on to the running test command's process group, waits for
+# it to finish, then exits (through `cleanup`) with 128 + the signal number.
+# shellcheck disable=SC2317  # invoked by the traps below
+on_signal() {
+  local signal=$1 status=$2
+  if [ -n "$COMMAND_PID" ]; then
+    log "received SIG$signal, stopping the tests"
+    kill "-$signal" -- "-$COMMAND_PID" 2>/dev/null || true
+    wait "$COMMAND_PID" 2>/dev/null || true
+    COMMAND_PID=""
+  fi
+  exit "$status"
+}
+trap cleanup EXIT
+trap 'on_signal INT 130' INT
+trap 'on_signal TERM 143' TERM
+
+# --- installation ----------------------------------------------------------
+
+ensure_redis() {
+  command -v redis-server >/dev/null 2>&1 && return 0
+  log "installing redis-server (Debian package)"
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
+  as_root env DEBIAN_FRONTEND=noninteractive \
+    apt-get install -y -qq --no-install-recommends redis-server >/dev/null
+  command -v redis-server >/dev/null 2>&1 || die "redis-server is still missing after installing it"
+}
+
+ensure_interop_packages() {
+  command -v node >/dev/null 2>&1 || die "node is missing (Node.js 20.19 or newer is needed for the interop authority)"
+  command -v npm >/dev/null 2>&1 || die "npm is missing"
+  local installed="$INTEROP_DIR/node_modules/.package-lock.json"
+  if [ ! -f "$installed" ] \
+    || [ "$INTEROP_DIR/package-lock.json" -nt "$installed" ] \
+    || [ "$INTEROP_DIR/package.json" -nt "$installed" ]; then
+    log "installing the interop authority's npm packages"
+    (cd "$INTEROP_DIR" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+  fi
+}
+
+# --- starting ----------------------------------------------------------------
+
+free_port() {
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
+}
+
+redis_ping() {
+  local port=$1
+  if command -v redis-cli >/dev/null 2>&1; then
+    [ "$(redis-cli -h 127.0.0.1 -p "$port" ping 2>/dev/null)" = "PONG" ]
+  else
+    # No redis-cli: speak the inline protocol over bash's /dev/tcp.
+    (
+      exec 3<>"/dev/tcp/127.0.0.1/$port" || exit 1
+      printf 'PING\r\n' >&3
+      IFS= read -r -t 2 reply <&3 || exit 1
+      [[ "$reply" == "+PONG"* ]]
+    ) 2>/dev/null
+  fi
+}
+
+# Starts redis on a free port (retrying if another process takes the port
+# between the choice and the bind) and exports its URL.
+start_redis() {
+  local attempt port
+  for attempt in 1 2 3; do
+    port=$(free_port)
+    redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no \
+      --dir "$WORK_DIR" --logfile "$WORK_DIR/redis.log" --daemonize no \
+      </dev/null >/dev/null 2>"$WORK_DIR/redis.err" &
+    REDIS_PID=$!
+    for _ in $(seq 100); do
+      if redis_ping "$port"; then
+        export TOKENKEEPER_TEST_REDIS_URL="redis://127.0.0.1:$port/"
+        log "redis-server ready on port $port"
+        return 0
+      fi
+      kill -0 "$REDIS_PID" 2>/dev/null || break
+      sleep 0.1
+    done
+    log "redis-server did not answer on port $port (attempt $attempt); log:"
+    tail -n 5 "$WORK_DIR/redis.err" "$WORK_DIR/redis.log" >&2 2>/dev/null || true
+    stop_process "$REDIS_PID" "redis-server"
+    REDIS_PID=""
+  done
+  die "could not start redis-server"
+}
+
+# Starts the interop authority and exports its token URL once it is READY.
+start_authority() {
+  local out="$WORK_DIR/authority.out" err="$WORK_DIR/authority.err" line="" waited=0
+  node "$INTEROP_DIR/authority.mjs" >"$out" 2>"$err" </dev/null &
+  AUTHORITY_PID=$!
+  while [ "$waited" -lt $((READY_TIMEOUT * 10)) ]; do
+    line=$(grep -m1 '^READY ' "$out" 2>/dev/null || true)
+    [ -n "$line" ] && break
+    if ! kill -0 "$AUTHORITY_PID" 2>/dev/null; then
+      cat "$err" >&2 || true
+      die "the interop authority exited before it was ready"
+    fi
+    sleep 0.1
+    waited=$((waited + 1))
+  done
+  if [ -z "$line" ]; then
+    cat "$err" >&2 || true
+    die "the interop authority was not ready within ${READY_TIMEOUT}s"
+  fi
+  export TOKENKEEPER_TEST_INTEROP_TOKEN_URL="${line#READY }"
+  log "interop authority ready at $TOKENKEEPER_TEST_INTEROP_TOKEN_URL"
+}
+
+# --- main ----------------------------------------------------------------------
+
+cd "$ROOT"
+if ! command -v cargo >/dev/null 2>&1 && [ -f "$HOME/.cargo/env" ]; then
+  # shellcheck source=/dev/null
+  . "$HOME/.cargo/env"
+fi
+
+WORK_DIR=$(mktemp -d "${TMPDIR:-/tmp}/tokenkeeper-test.XXXXXX")
+
+if [ -n "${TOKENKEEPER_TEST_REDIS_URL:-}" ]; then
+  log "using the given Redis at $TOKENKEEPER_TEST_REDIS_URL"
+else
+  ensure_redis
+  start_redis
+fi
+
+if [ -n "${TOKENKEEPER_TEST_INTEROP_TOKEN_URL:-}" ]; then
+  log "using the given interop authority at $TOKENKEEPER_TEST_INTEROP_TOKEN_URL"
+else
+  ensure_interop_packages
+  start_authority
+fi
+export TOKENKEEPER_TEST_INTEROP_CLIENT_ID="${TOKENKEEPER_TEST_INTEROP_CLIENT_ID:-interop-client}"
+export TOKENKEEPER_TEST_INTEROP_CLIENT_SECRET="${TOKENKEEPER_TEST_INTEROP_CLIENT_SECRET:-interop-secret}"
+
+# Runs "$@" in a process group of its own and returns its exit status.
+run_command() {
+  local status=0
+  set -m
+  if [ -t 0 ]; then
+    # A background group reading the terminal would be stopped: give it none.
+    "$@" </dev/null &
+  else
+    "$@" &
+  fi
+  COMMAND_PID=$!
+  set +m
+  wait "$COMMAND_PID" || status=$?
+  COMMAND_PID=""
+  return "$status"
+}
+
+status=0
+if [ "$#" -gt 0 ]; then
+  run_command "$@" || status=$?
+else
+  run_command cargo test --workspace --all-targets || status=$?
+  doc_status=0
+  run_command cargo test --workspace --doc || doc_status=$?
+  [ "$status" -ne 0 ] || status=$doc_status
+fi
+exit "$status"

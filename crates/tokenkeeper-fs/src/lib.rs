@@ -52,6 +52,7 @@
 #![warn(missing_docs)]
 
 mod error;
+mod layer;
 mod lock;
 
 use std::collections::hash_map::RandomState;
@@ -64,6 +65,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 pub use error::FileCacheError;
+pub use layer::FileLayer;
 pub use lock::FileLock;
 
 /// The default largest record [`FileCache::load`] accepts: 1 MiB.

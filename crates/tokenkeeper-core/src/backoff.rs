@@ -75,13 +75,19 @@ impl BackoffPolicyBuilder {
             return Err(PolicyError::Backoff("the floor must be at least 10 ms"));
         }
         if b.initial < b.floor {
-            return Err(PolicyError::Backoff("the initial delay must be at least the floor"));
+            return Err(PolicyError::Backoff(
+                "the initial delay must be at least the floor",
+            ));
         }
         if b.cap < b.initial {
-            return Err(PolicyError::Backoff("the cap must be at least the initial delay"));
+            return Err(PolicyError::Backoff(
+                "the cap must be at least the initial delay",
+            ));
         }
         if !(b.multiplier >= 1.0 && b.multiplier.is_finite()) {
-            return Err(PolicyError::Backoff("the multiplier must be a finite number ≥ 1"));
+            return Err(PolicyError::Backoff(
+                "the multiplier must be a finite number ≥ 1",
+            ));
         }
         Ok(self.0)
     }
@@ -160,7 +166,10 @@ const MONTHS: [&str; 12] = [
 
 fn month(name: &str) -> Option<u32> {
     let lower = name.to_ascii_lowercase();
-    MONTHS.iter().position(|m| *m == lower).map(|i| i as u32 + 1)
+    MONTHS
+        .iter()
+        .position(|m| *m == lower)
+        .map(|i| i as u32 + 1)
 }
 
 fn hms(s: &str) -> Option<(u64, u64, u64)> {
@@ -177,18 +186,30 @@ fn hms(s: &str) -> Option<(u64, u64, u64)> {
 pub fn parse_http_date(s: &str) -> Option<Timestamp> {
     let parts: Vec<&str> = s.split_whitespace().collect();
     let (year, mon, day, time) = match parts.as_slice() {
-        [wd, d, m, y, t, "GMT"] if wd.ends_with(',') => {
-            (y.parse::<i64>().ok()?, month(m)?, d.parse::<u32>().ok()?, hms(t)?)
-        }
+        [wd, d, m, y, t, "GMT"] if wd.ends_with(',') => (
+            y.parse::<i64>().ok()?,
+            month(m)?,
+            d.parse::<u32>().ok()?,
+            hms(t)?,
+        ),
         [wd, dmy, t, "GMT"] if wd.ends_with(',') => {
             let mut it = dmy.split('-');
             let (d, m, y) = (it.next()?, it.next()?, it.next()?);
             let y: i64 = y.parse().ok()?;
             // RFC 9110: a two-digit year more than 50 years ahead is in the past century.
-            let y = if y < 100 { if y < 70 { 2000 + y } else { 1900 + y } } else { y };
+            let y = if y < 100 {
+                if y < 70 { 2000 + y } else { 1900 + y }
+            } else {
+                y
+            };
             (y, month(m)?, d.parse::<u32>().ok()?, hms(t)?)
         }
-        [_, m, d, t, y] => (y.parse::<i64>().ok()?, month(m)?, d.parse::<u32>().ok()?, hms(t)?),
+        [_, m, d, t, y] => (
+            y.parse::<i64>().ok()?,
+            month(m)?,
+            d.parse::<u32>().ok()?,
+            hms(t)?,
+        ),
         _ => return None,
     };
     if !(1..=31).contains(&day) || year < 1970 {
@@ -206,13 +227,29 @@ mod tests {
     #[test]
     fn retry_after_in_all_forms() {
         let now = Timestamp::from_secs(1_000);
-        assert_eq!(parse_retry_after("120", now), Some(Timestamp::from_secs(1_120)));
+        assert_eq!(
+            parse_retry_after("120", now),
+            Some(Timestamp::from_secs(1_120))
+        );
         assert_eq!(parse_retry_after(" 0 ", now), Some(now));
         let expected = Some(Timestamp::from_secs(784_111_777));
-        assert_eq!(parse_retry_after("Sun, 06 Nov 1994 08:49:37 GMT", now), expected);
-        assert_eq!(parse_retry_after("Sunday, 06-Nov-94 08:49:37 GMT", now), expected);
+        assert_eq!(
+            parse_retry_after("Sun, 06 Nov 1994 08:49:37 GMT", now),
+            expected
+        );
+        assert_eq!(
+            parse_retry_after("Sunday, 06-Nov-94 08:49:37 GMT", now),
+            expected
+        );
         assert_eq!(parse_retry_after("Sun Nov  6 08:49:37 1994", now), expected);
-        for bad in ["", "-5", "soon", "Sun, 32 Nov 1994 08:49:37 GMT", "Sun, 06 Foo 1994 08:49:37 GMT", "1.5"] {
+        for bad in [
+            "",
+            "-5",
+            "soon",
+            "Sun, 32 Nov 1994 08:49:37 GMT",
+            "Sun, 06 Foo 1994 08:49:37 GMT",
+            "1.5",
+        ] {
             assert_eq!(parse_retry_after(bad, now), None, "{bad:?}");
         }
     }
@@ -229,7 +266,10 @@ mod tests {
         for failures in 1..40 {
             let at = b.retry_at(now, failures, ErrorClass::Transient, None, &mut rng);
             let d = at.duration_since(now);
-            assert!(d >= b.floor() && d <= b.ceiling(failures).max(b.floor()), "{d:?}");
+            assert!(
+                d >= b.floor() && d <= b.ceiling(failures).max(b.floor()),
+                "{d:?}"
+            );
         }
         let at = b.retry_at(now, 1, ErrorClass::Permanent, None, &mut rng);
         assert_eq!(at, now.saturating_add(b.cap()));
@@ -241,7 +281,10 @@ mod tests {
         let mut rng = fastrand::Rng::with_seed(3);
         let now = Timestamp::from_secs(0);
         let ra = Some(Timestamp::from_secs(90));
-        assert_eq!(b.retry_at(now, 1, ErrorClass::Transient, ra, &mut rng), Timestamp::from_secs(90));
+        assert_eq!(
+            b.retry_at(now, 1, ErrorClass::Transient, ra, &mut rng),
+            Timestamp::from_secs(90)
+        );
         let far = Some(Timestamp::from_secs(90_000));
         assert_eq!(
             b.retry_at(now, 1, ErrorClass::Transient, far, &mut rng),
@@ -251,9 +294,24 @@ mod tests {
 
     #[test]
     fn invalid_settings_are_rejected() {
-        assert!(BackoffPolicy::builder().floor(Duration::ZERO).build().is_err());
+        assert!(
+            BackoffPolicy::builder()
+                .floor(Duration::ZERO)
+                .build()
+                .is_err()
+        );
         assert!(BackoffPolicy::builder().multiplier(0.5).build().is_err());
-        assert!(BackoffPolicy::builder().cap(Duration::from_millis(600)).build().is_err());
-        assert!(BackoffPolicy::builder().multiplier(f64::INFINITY).build().is_err());
+        assert!(
+            BackoffPolicy::builder()
+                .cap(Duration::from_millis(600))
+                .build()
+                .is_err()
+        );
+        assert!(
+            BackoffPolicy::builder()
+                .multiplier(f64::INFINITY)
+                .build()
+                .is_err()
+        );
     }
 }

@@ -200,8 +200,14 @@ pub fn encode_record(key: &CacheKey, record: &TokenRecord) -> EncodedRecord {
     let token = TokenWire {
         access_token: record.access_token.expose_secret().to_owned(),
         token_type: record.token_type.clone(),
-        refresh_token: record.refresh_token.as_ref().map(|t| t.expose_secret().to_owned()),
-        id_token: record.id_token.as_ref().map(|t| t.expose_secret().to_owned()),
+        refresh_token: record
+            .refresh_token
+            .as_ref()
+            .map(|t| t.expose_secret().to_owned()),
+        id_token: record
+            .id_token
+            .as_ref()
+            .map(|t| t.expose_secret().to_owned()),
         scope: record.scope.clone(),
         issued_ms: record.issued.as_millis(),
         stale_ms: record.stale.as_millis(),
@@ -237,7 +243,11 @@ pub fn decode_record(key: &CacheKey, bytes: &[u8]) -> Result<TokenRecord, Record
         if e.is_eof() {
             RecordError::Truncated
         } else {
-            RecordError::Corrupt(format!("not JSON (line {}, column {})", e.line(), e.column()))
+            RecordError::Corrupt(format!(
+                "not JSON (line {}, column {})",
+                e.line(),
+                e.column()
+            ))
         }
     })?;
     let Value::Object(mut doc) = doc else {
@@ -290,9 +300,9 @@ pub fn decode_record(key: &CacheKey, bytes: &[u8]) -> Result<TokenRecord, Record
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::LifetimePolicy;
     use crate::secret::{ClientId, ClientSecret};
     use crate::token::TokenGrant;
-    use crate::policy::LifetimePolicy;
     use std::time::Duration;
 
     fn client(scope: &str) -> OAuth2Client {
@@ -324,8 +334,14 @@ mod tests {
 
     #[test]
     fn keys_identify_interchangeable_tokens() {
-        assert_eq!(CacheKey::for_client(&client("a b")), CacheKey::for_client(&client("b  a")));
-        assert_ne!(CacheKey::for_client(&client("a")), CacheKey::for_client(&client("b")));
+        assert_eq!(
+            CacheKey::for_client(&client("a b")),
+            CacheKey::for_client(&client("b  a"))
+        );
+        assert_ne!(
+            CacheKey::for_client(&client("a")),
+            CacheKey::for_client(&client("b"))
+        );
         let other_secret = OAuth2Client::client_credentials(
             "https://a.example/token",
             ClientId::new("c"),
@@ -333,9 +349,15 @@ mod tests {
         )
         .unwrap()
         .scope("a");
-        assert_eq!(CacheKey::for_client(&other_secret), CacheKey::for_client(&client("a")));
+        assert_eq!(
+            CacheKey::for_client(&other_secret),
+            CacheKey::for_client(&client("a"))
+        );
         let with_audience = client("a").audience("x");
-        assert_ne!(CacheKey::for_client(&with_audience), CacheKey::for_client(&client("a")));
+        assert_ne!(
+            CacheKey::for_client(&with_audience),
+            CacheKey::for_client(&client("a"))
+        );
         assert_eq!(CacheKey::for_client(&client("a")).id().len(), 32);
     }
 
@@ -345,25 +367,47 @@ mod tests {
         let good = encode_record(&key, &record());
         let bytes = good.bytes();
         for cut in [1, 10, bytes.len() / 2, bytes.len() - 1] {
-            assert_eq!(decode_record(&key, &bytes[..cut]), Err(RecordError::Truncated), "{cut}");
+            assert_eq!(
+                decode_record(&key, &bytes[..cut]),
+                Err(RecordError::Truncated),
+                "{cut}"
+            );
         }
-        assert!(matches!(decode_record(&key, b"\xff\xfe garbage"), Err(RecordError::Corrupt(_))));
-        assert!(matches!(decode_record(&key, b"[]"), Err(RecordError::Corrupt(_))));
+        assert!(matches!(
+            decode_record(&key, b"\xff\xfe garbage"),
+            Err(RecordError::Corrupt(_))
+        ));
+        assert!(matches!(
+            decode_record(&key, b"[]"),
+            Err(RecordError::Corrupt(_))
+        ));
         assert!(matches!(
             decode_record(&key, br#"{"format":"other"}"#),
             Err(RecordError::Foreign(_))
         ));
         let other = CacheKey::for_client(&client("b"));
-        assert!(matches!(decode_record(&other, bytes), Err(RecordError::Foreign(_))));
+        assert!(matches!(
+            decode_record(&other, bytes),
+            Err(RecordError::Foreign(_))
+        ));
         let text = String::from_utf8(bytes.to_vec()).unwrap();
         let future = text.replace("\"version\":1", "\"version\":7");
         assert_eq!(
             decode_record(&key, future.as_bytes()),
-            Err(RecordError::FutureVersion { found: 7, supported: 1 })
+            Err(RecordError::FutureVersion {
+                found: 7,
+                supported: 1
+            })
         );
         let bad_times = text.replace("\"issued_ms\":5000", "\"issued_ms\":999999999");
-        assert_eq!(decode_record(&key, bad_times.as_bytes()), Err(RecordError::InconsistentTimes));
+        assert_eq!(
+            decode_record(&key, bad_times.as_bytes()),
+            Err(RecordError::InconsistentTimes)
+        );
         let huge = vec![b' '; MAX_RECORD_BYTES + 1];
-        assert!(matches!(decode_record(&key, &huge), Err(RecordError::TooLarge { .. })));
+        assert!(matches!(
+            decode_record(&key, &huge),
+            Err(RecordError::TooLarge { .. })
+        ));
     }
 }

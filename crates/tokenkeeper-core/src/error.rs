@@ -246,7 +246,10 @@ mod tests {
             assert_eq!(oauth(400, code).class(), ErrorClass::Permanent, "{code}");
             assert_eq!(oauth(503, code).class(), ErrorClass::Permanent, "{code}");
         }
-        assert_eq!(oauth(503, "temporarily_unavailable").class(), ErrorClass::Transient);
+        assert_eq!(
+            oauth(503, "temporarily_unavailable").class(),
+            ErrorClass::Transient
+        );
         assert_eq!(oauth(400, "invalid_request").class(), ErrorClass::Permanent);
         for status in [408, 429, 500, 502, 503, 504] {
             let e = FetchError::Status {

@@ -57,7 +57,9 @@ impl Jitter {
 
     /// The earliest instant the jitter may pick for `token`.
     pub fn earliest(&self, token: &TokenRecord) -> Timestamp {
-        let min_fresh = token.issued.saturating_add(token.stale.duration_since(token.issued) / 2);
+        let min_fresh = token
+            .issued
+            .saturating_add(token.stale.duration_since(token.issued) / 2);
         token
             .stale
             .saturating_sub(self.max_for(token.lifetime()))
@@ -104,7 +106,10 @@ mod tests {
         let j = Jitter::up_to(Duration::from_secs(3_600));
         for _ in 0..1_000 {
             let at = j.refresh_at(&t, &mut rng);
-            assert!(at >= Timestamp::from_secs(10_005) && at <= t.stale, "{at:?}");
+            assert!(
+                at >= Timestamp::from_secs(10_005) && at <= t.stale,
+                "{at:?}"
+            );
         }
     }
 

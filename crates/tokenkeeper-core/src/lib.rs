@@ -97,8 +97,8 @@ pub use error::{
 pub use jitter::Jitter;
 pub use policy::{LifetimePolicy, PolicyError};
 pub use refresher::{
-    CacheProblem, Effect, EffectId, Event, Layer, LeaseOutcome, LeaseSettings, MisuseError,
-    Origin, RefreshNow, Refresher, RefresherConfig, Source, Status,
+    CacheProblem, Effect, EffectId, Event, Layer, LeaseOutcome, LeaseSettings, MisuseError, Origin,
+    RefreshNow, Refresher, RefresherConfig, Source, Status,
 };
 pub use secret::{AccessToken, ClientId, ClientSecret, Fingerprint, IdToken, RefreshToken};
 pub use time::Timestamp;

@@ -176,8 +176,7 @@ mod tests {
 
     fn stale_after(policy: &LifetimePolicy, life_secs: u64) -> (u64, u64) {
         let issued = Timestamp::from_secs(1_000);
-        let (stale, expiry) =
-            policy.instants(issued, Some(Duration::from_secs(life_secs)), None);
+        let (stale, expiry) = policy.instants(issued, Some(Duration::from_secs(life_secs)), None);
         (
             stale.duration_since(issued).as_millis() as u64,
             expiry.duration_since(issued).as_millis() as u64,

@@ -118,7 +118,10 @@ mod tests {
     #[test]
     fn debug_and_display_hide_the_value() {
         let t = AccessToken::new("super-secret-value-123");
-        let shown = format!("{t:?} {t} {:?}", ClientSecret::new("super-secret-value-123"));
+        let shown = format!(
+            "{t:?} {t} {:?}",
+            ClientSecret::new("super-secret-value-123")
+        );
         assert!(!shown.contains("super-secret"), "{shown}");
         assert!(shown.starts_with("AccessToken(fp:"), "{shown}");
         assert_eq!(t.expose_secret(), "super-secret-value-123");

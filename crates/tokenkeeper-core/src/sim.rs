@@ -225,14 +225,22 @@ impl Sim<'_> {
     fn run(&mut self) {
         let spread = duration_millis(self.cfg.start_spread);
         for i in 0..self.cfg.instances {
-            let offset = if spread == 0 { 0 } else { self.rng.u64(0..=spread) };
+            let offset = if spread == 0 {
+                0
+            } else {
+                self.rng.u64(0..=spread)
+            };
             self.instances.push(Instance {
                 refresher: None,
                 generation: 0,
                 scheduled: None,
                 in_flight: 0,
             });
-            self.push(self.start.saturating_add(Duration::from_millis(offset)), i, Job::Start);
+            self.push(
+                self.start.saturating_add(Duration::from_millis(offset)),
+                i,
+                Job::Start,
+            );
         }
         let end = self.start.saturating_add(self.cfg.duration);
         let step = self.cfg.read_interval.max(Duration::from_millis(1));
@@ -263,8 +271,13 @@ impl Sim<'_> {
         }
         self.report.peak_requests_per_second =
             self.per_second.iter().copied().max().unwrap_or(0).into();
-        self.report.peak_refreshes_per_second =
-            self.refreshes_per_second.iter().copied().max().unwrap_or(0).into();
+        self.report.peak_refreshes_per_second = self
+            .refreshes_per_second
+            .iter()
+            .copied()
+            .max()
+            .unwrap_or(0)
+            .into();
     }
 
     fn read_all(&mut self, now: Timestamp, outage_end: Option<Timestamp>) {
@@ -346,18 +359,35 @@ impl Sim<'_> {
     fn drain(&mut self, now: Timestamp, i: usize) {
         let cache_at = now.saturating_add(self.cfg.cache_latency);
         loop {
-            let Some(effect) = self.instances[i].refresher.as_mut().and_then(|r| r.poll_effect())
+            let Some(effect) = self.instances[i]
+                .refresher
+                .as_mut()
+                .and_then(|r| r.poll_effect())
             else {
                 break;
             };
             match effect {
                 Effect::ReadCache { id, .. } => {
                     let bytes = self.shared.record.clone();
-                    self.push(cache_at, i, Job::Answer { id, answer: Answer::Read(bytes) });
+                    self.push(
+                        cache_at,
+                        i,
+                        Job::Answer {
+                            id,
+                            answer: Answer::Read(bytes),
+                        },
+                    );
                 }
                 Effect::WriteCache { id, record, .. } => {
                     self.shared.record = Some(record.bytes().to_vec());
-                    self.push(cache_at, i, Job::Answer { id, answer: Answer::Written });
+                    self.push(
+                        cache_at,
+                        i,
+                        Job::Answer {
+                            id,
+                            answer: Answer::Written,
+                        },
+                    );
                 }
                 Effect::AcquireLease { id, ttl, .. } => {
                     let outcome = match self.shared.lease {
@@ -369,7 +399,14 @@ impl Sim<'_> {
                             LeaseOutcome::Acquired
                         }
                     };
-                    self.push(cache_at, i, Job::Answer { id, answer: Answer::Lease(outcome) });
+                    self.push(
+                        cache_at,
+                        i,
+                        Job::Answer {
+                            id,
+                            answer: Answer::Lease(outcome),
+                        },
+                    );
                 }
                 Effect::ReleaseLease { .. } => {
                     if self.shared.lease.is_some_and(|(holder, _)| holder == i) {
@@ -384,17 +421,30 @@ impl Sim<'_> {
                     let answer = self.authority(now, refresh);
                     let inst = &mut self.instances[i];
                     inst.in_flight += 1;
-                    self.report.max_fetches_in_flight_per_instance =
-                        self.report.max_fetches_in_flight_per_instance.max(inst.in_flight);
+                    self.report.max_fetches_in_flight_per_instance = self
+                        .report
+                        .max_fetches_in_flight_per_instance
+                        .max(inst.in_flight);
                     let at = now.saturating_add(self.cfg.authority.latency);
-                    self.push(at, i, Job::Answer { id, answer: Answer::Grant(answer) });
+                    self.push(
+                        at,
+                        i,
+                        Job::Answer {
+                            id,
+                            answer: Answer::Grant(answer),
+                        },
+                    );
                 }
                 Effect::SendRequest { .. } => {
                     unreachable!("simulated refreshers use a custom source")
                 }
             }
         }
-        while let Some(event) = self.instances[i].refresher.as_mut().and_then(|r| r.poll_event()) {
+        while let Some(event) = self.instances[i]
+            .refresher
+            .as_mut()
+            .and_then(|r| r.poll_event())
+        {
             match event {
                 Event::TokenChanged {
                     origin: crate::refresher::Origin::Cache { .. },
@@ -426,7 +476,11 @@ impl Sim<'_> {
         if let Some(slot) = self.per_second.get_mut(second) {
             *slot += 1;
         }
-        if let Some(slot) = self.refreshes_per_second.get_mut(second).filter(|_| refresh) {
+        if let Some(slot) = self
+            .refreshes_per_second
+            .get_mut(second)
+            .filter(|_| refresh)
+        {
             *slot += 1;
         }
         let offset = now.duration_since(self.start);

@@ -152,8 +152,14 @@ mod tests {
 
     #[test]
     fn arithmetic_saturates() {
-        assert_eq!(Timestamp::MAX.saturating_add(Duration::from_secs(1)), Timestamp::MAX);
-        assert_eq!(Timestamp::EPOCH.saturating_sub(Duration::from_secs(1)), Timestamp::EPOCH);
+        assert_eq!(
+            Timestamp::MAX.saturating_add(Duration::from_secs(1)),
+            Timestamp::MAX
+        );
+        assert_eq!(
+            Timestamp::EPOCH.saturating_sub(Duration::from_secs(1)),
+            Timestamp::EPOCH
+        );
         assert_eq!(
             Timestamp::from_secs(1).duration_since(Timestamp::from_secs(5)),
             Duration::ZERO

@@ -87,7 +87,10 @@ fn an_outage_is_ridden_out_on_the_grace_period() {
     println!("{report:?}");
     assert_eq!(report.reads_expired, 0, "{report:?}");
     assert_eq!(report.reads_none, 0, "{report:?}");
-    assert!(report.authority_failures > 0, "the outage was felt: {report:?}");
+    assert!(
+        report.authority_failures > 0,
+        "the outage was felt: {report:?}"
+    );
     let recovery = report.recovery_after_outage.expect("the fleet recovered");
     let cap = tokenkeeper_core::BackoffPolicy::default().cap();
     assert!(recovery <= cap, "recovered after {recovery:?}");

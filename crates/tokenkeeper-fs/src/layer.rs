@@ -42,13 +42,19 @@ impl FileLayer {
     /// A layer in `dir`, in a file named after the cache key
     /// (`<dir>/<key id>.json`), so different clients never share a file.
     pub fn in_dir(dir: impl AsRef<Path>, key: &CacheKey) -> Self {
-        Self::new(FileCache::new(dir.as_ref().join(format!("{}.json", key.id()))))
+        Self::new(FileCache::new(
+            dir.as_ref().join(format!("{}.json", key.id())),
+        ))
     }
 
     /// The per-user default folder: `$XDG_CACHE_HOME/tokenkeeper`, or
     /// `$HOME/.cache/tokenkeeper`. `None` when neither variable is set.
     pub fn default_dir() -> Option<PathBuf> {
-        let from = |var: &str| std::env::var_os(var).filter(|v| !v.is_empty()).map(PathBuf::from);
+        let from = |var: &str| {
+            std::env::var_os(var)
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        };
         from("XDG_CACHE_HOME")
             .or_else(|| from("HOME").map(|h| h.join(".cache")))
             .map(|d| d.join("tokenkeeper"))
@@ -77,7 +83,9 @@ impl FileLayer {
 
     /// Answers a write.
     pub fn write(&self, record: &EncodedRecord) -> Result<(), CacheError> {
-        self.cache.store(record.bytes()).map_err(|e| cache_error(&e))
+        self.cache
+            .store(record.bytes())
+            .map_err(|e| cache_error(&e))
     }
 
     /// Answers a lease request without waiting. Holding it already counts as
@@ -105,7 +113,10 @@ impl FileLayer {
 
     /// Whether this layer holds the lease.
     pub fn holds_lease(&self) -> bool {
-        self.lease.lock().unwrap_or_else(|p| p.into_inner()).is_some()
+        self.lease
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
     }
 }
 

@@ -79,3 +79,668 @@ pub trait Adapter: 'static {
     /// fails after `spec.first_token_timeout` (at once on a permanent error).
     fn spawn(spec: WatcherSpec) -> Result<Self::Watcher, SpawnFailure>;
 }
+
+use std::time::{Instant, SystemTime};
+
+use tokenkeeper_core::cache::decode_record;
+use tokenkeeper_core::oauth2::{AuthMethod as CoreAuthMethod, TokenUrl};
+use tokenkeeper_core::{ClientId, ClientSecret, FetchError, RefresherConfig};
+
+use crate::authority::{Authority, Client, Fault, RetryAfter};
+
+const CLIENT_ID: &str = "conformance-client";
+const CLIENT_SECRET: &str = "conformance-secret-5f2a9c";
+
+/// A running authority with one registered client, and a scratch folder.
+pub struct Fixture {
+    /// The authority.
+    pub authority: Authority,
+    /// A folder for cache files.
+    pub dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    /// An authority issuing tokens of `lifetime` to the conformance client.
+    pub fn new(lifetime: Duration) -> Self {
+        let authority = Authority::start();
+        authority.register_client(Client::new(CLIENT_ID, CLIENT_SECRET).token_lifetime(lifetime));
+        Fixture {
+            authority,
+            dir: tempfile::tempdir().expect("a temporary folder"),
+        }
+    }
+
+    /// A client-credentials client of the authority.
+    pub fn client(&self) -> OAuth2Client {
+        client_for(&self.authority.token_url(), CLIENT_SECRET)
+    }
+
+    /// A spec with fast backoff and short timeouts, fit for tests.
+    pub fn spec(&self) -> WatcherSpec {
+        WatcherSpec {
+            client: self.client(),
+            initial_refresh_token: None,
+            cache_file: None,
+            policy: LifetimePolicy::default(),
+            jitter: Jitter::none(),
+            backoff: fast_backoff(Duration::from_secs(2)),
+            refresh_now_min_interval: Duration::from_secs(1),
+            request_timeout: Duration::from_secs(2),
+            first_token_timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// Path of a cache file in the scratch folder.
+    pub fn cache_path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+fn client_for(token_url: &str, secret: &str) -> OAuth2Client {
+    let url = TokenUrl::parse(token_url, false).expect("a loopback token URL");
+    OAuth2Client::new(
+        url,
+        ClientId::new(CLIENT_ID),
+        Some(ClientSecret::new(secret)),
+        tokenkeeper_core::oauth2::GrantType::ClientCredentials,
+    )
+    .auth_method(CoreAuthMethod::ClientSecretBasic)
+}
+
+fn fast_backoff(cap: Duration) -> BackoffPolicy {
+    BackoffPolicy::builder()
+        .floor(Duration::from_millis(50))
+        .initial(Duration::from_millis(100))
+        .cap(cap)
+        .build()
+        .expect("valid backoff")
+}
+
+fn spawn_ok<A: Adapter>(spec: WatcherSpec) -> A::Watcher {
+    match A::spawn(spec) {
+        Ok(w) => w,
+        Err(e) => panic!("{}: spawn failed: {e:?}", A::NAME),
+    }
+}
+
+fn access(w: &impl ConformanceWatcher) -> Option<String> {
+    w.token().map(|t| t.access_token.expose_secret().to_owned())
+}
+
+/// Waits until `f` holds, checking every 20 ms, for at most `timeout`.
+fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + timeout;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() >= end {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn gap(a: SystemTime, b: SystemTime) -> Duration {
+    b.duration_since(a).unwrap_or_default()
+}
+
+/// The first token is held when `spawn` returns, and it is the one issued.
+pub fn first_token<A: Adapter>() {
+    let fx = Fixture::new(Duration::from_secs(60));
+    let w = spawn_ok::<A>(fx.spec());
+    assert_eq!(access(&w), fx.authority.last_access_token(), "{}", A::NAME);
+    assert_eq!(fx.authority.request_count(), 1);
+    assert_eq!(fx.authority.count_by_grant("client_credentials"), 1);
+    let status = w.status();
+    assert_eq!(
+        status.token_state,
+        Some(tokenkeeper_core::TokenState::Fresh)
+    );
+    assert_eq!(status.consecutive_failures, 0);
+    w.shutdown();
+}
+
+/// The token is replaced in the background at its jittered stale time.
+pub fn background_refresh<A: Adapter>() {
+    let fx = Fixture::new(Duration::from_secs(4));
+    let mut spec = fx.spec();
+    // 4 s tokens go stale at 2 s; jitter may move that up to 1 s earlier
+    // (never before half the fresh period, 1 s).
+    spec.jitter = Jitter::up_to(Duration::from_secs(5));
+    let w = spawn_ok::<A>(spec);
+    let first = w.token().expect("a first token");
+    assert!(
+        w.wait_changed(Duration::from_secs(6)),
+        "{}: no refresh",
+        A::NAME
+    );
+    let second = w.token().expect("a second token");
+    assert_ne!(first.access_token, second.access_token);
+    let log = fx.authority.requests();
+    assert_eq!(log.len(), 2, "{log:?}");
+    let earliest = first.issued.saturating_add(Duration::from_millis(900));
+    let latest = first.stale.saturating_add(Duration::from_millis(800));
+    let at = tokenkeeper_core::Timestamp::from_system_time(log[1].at);
+    assert!(
+        at >= earliest && at <= latest,
+        "{}: refresh at {at}, expected within [{earliest}, {latest}]",
+        A::NAME
+    );
+    w.shutdown();
+}
+
+/// While the authority is down the last token is served until it expires,
+/// then nothing; when it returns a new token is held within one backoff cap.
+pub fn grace_through_outage<A: Adapter>() {
+    let fx = Fixture::new(Duration::from_secs(3));
+    let w = spawn_ok::<A>(fx.spec());
+    let first = w.token().expect("a first token");
+    fx.authority.set_down(true);
+    let expiry = first.expiry.to_system_time();
+    while SystemTime::now() + Duration::from_millis(150) < expiry {
+        assert_eq!(
+            w.token().map(|t| t.access_token.clone()),
+            Some(first.access_token.clone()),
+            "{}: the last valid token must be served until it expires",
+            A::NAME
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        eventually(Duration::from_secs(2), || w.token().is_none()),
+        "{}: an expired token must not be served",
+        A::NAME
+    );
+    let status = w.status();
+    assert!(status.consecutive_failures >= 1, "{status:?}");
+    assert!(status.last_error.is_some());
+    fx.authority.set_down(false);
+    let back = Instant::now();
+    assert!(
+        eventually(Duration::from_secs(4), || w.token().is_some()),
+        "{}: no token after the outage",
+        A::NAME
+    );
+    // One backoff cap (2 s) plus scheduling slack.
+    assert!(
+        back.elapsed() <= Duration::from_millis(3_000),
+        "{:?}",
+        back.elapsed()
+    );
+    w.shutdown();
+}
+
+/// `Retry-After` (both forms) is honoured, and retries back off exponentially
+/// without ever coming sooner than the floor.
+pub fn backoff_and_retry_after<A: Adapter>() {
+    let fx = Fixture::new(Duration::from_secs(60));
+    fx.authority.push_fault(Fault::Status {
+        status: 503,
+        oauth_error: None,
+        retry_after: Some(RetryAfter::Seconds(2)),
+    });
+    let w = spawn_ok::<A>(fx.spec());
+    let log = fx.authority.requests();
+    assert_eq!(log.len(), 2, "{log:?}");
+    assert!(
+        gap(log[0].at, log[1].at) >= Duration::from_millis(1_950),
+        "{log:?}"
+    );
+    w.shutdown();
+
+    let fx = Fixture::new(Duration::from_secs(60));
+    let when = SystemTime::now() + Duration::from_secs(3);
+    fx.authority.push_fault(Fault::Status {
+        status: 429,
+        oauth_error: None,
+        retry_after: Some(RetryAfter::HttpDate(when)),
+    });
+    let w = spawn_ok::<A>(fx.spec());
+    let log = fx.authority.requests();
+    assert_eq!(log.len(), 2, "{log:?}");
+    // HTTP dates have whole seconds: the retry comes at `when` less its fraction.
+    assert!(
+        gap(log[0].at, log[1].at) >= Duration::from_millis(1_900),
+        "{log:?}"
+    );
+    w.shutdown();
+
+    let fx = Fixture::new(Duration::from_secs(60));
+    fx.authority.script(Fault::status(503), 4);
+    let w = spawn_ok::<A>(fx.spec());
+    let log = fx.authority.requests();
+    assert_eq!(log.len(), 5, "{log:?}");
+    assert_eq!(w.status().consecutive_failures, 0, "reset after success");
+    for pair in log.windows(2) {
+        let d = gap(pair[0].at, pair[1].at);
+        // Floor 50 ms; ceilings 100, 200, 400, 800 ms (+ slack).
+        assert!(d >= Duration::from_millis(45), "retry after {d:?}: {log:?}");
+        assert!(
+            d <= Duration::from_millis(1_500),
+            "retry after {d:?}: {log:?}"
+        );
+    }
+    w.shutdown();
+}
+
+/// A permanent error fails `spawn` at once with a typed error, shows no
+/// secret, and is not retried before the backoff cap.
+pub fn permanent_errors<A: Adapter>() {
+    let fx = Fixture::new(Duration::from_secs(60));
+    let mut spec = fx.spec();
+    spec.client = client_for(&fx.authority.token_url(), "wrong-secret-77d1");
+    spec.first_token_timeout = Duration::from_secs(20);
+    let started = Instant::now();
+    let err = match A::spawn(spec) {
+        Ok(_) => panic!("{}: spawn succeeded with a wrong secret", A::NAME),
+        Err(e) => e,
+    };
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{}: not fast",
+        A::NAME
+    );
+    assert!(err.permanent, "{err:?}");
+    assert!(err.message.contains("invalid_client"), "{err:?}");
+    assert!(!err.message.contains("wrong-secret-77d1"), "{err:?}");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        fx.authority.request_count(),
+        1,
+        "a failed spawn leaves nothing running"
+    );
+
+    // A running watcher whose credentials get revoked keeps its token and
+    // waits the full cap before asking again.
+    let fx = Fixture::new(Duration::from_secs(2));
+    let mut spec = fx.spec();
+    spec.backoff = fast_backoff(Duration::from_secs(3));
+    let w = spawn_ok::<A>(spec);
+    fx.authority.register_client(
+        Client::new(CLIENT_ID, "rotated-secret").token_lifetime(Duration::from_secs(2)),
+    );
+    assert!(
+        eventually(Duration::from_secs(4), || w.status().last_error.is_some()),
+        "{}: the refresh did not fail",
+        A::NAME
+    );
+    let failed_at = fx.authority.request_count();
+    std::thread::sleep(Duration::from_millis(2_300));
+    assert_eq!(
+        fx.authority.request_count(),
+        failed_at,
+        "{}: a permanent error was retried before the cap",
+        A::NAME
+    );
+    let status = w.status();
+    let error = status.last_error.expect("an error");
+    assert!(error.is_permanent(), "{error:?}");
+    assert_eq!(
+        error.oauth_error().map(|e| e.error.as_str()),
+        Some("invalid_client")
+    );
+    w.shutdown();
+}
+
+/// Rotated refresh tokens are used once each, persisted in the cache, and a
+/// restart picks the newest one from the cache rather than the stale initial one.
+pub fn refresh_token_rotation<A: Adapter>() {
+    let fx = Fixture::new(Duration::from_secs(2));
+    let initial = fx.authority.issue_refresh_token(CLIENT_ID);
+    let cache = fx.cache_path("rotation.json");
+    let url = TokenUrl::parse(&fx.authority.token_url(), false).expect("url");
+    let client = OAuth2Client::new(
+        url,
+        ClientId::new(CLIENT_ID),
+        Some(ClientSecret::new(CLIENT_SECRET)),
+        tokenkeeper_core::oauth2::GrantType::RefreshToken,
+    );
+    let mut spec = fx.spec();
+    spec.client = client.clone();
+    spec.initial_refresh_token = Some(RefreshToken::new(initial.clone()));
+    spec.cache_file = Some(cache.clone());
+    let w = spawn_ok::<A>(spec.clone());
+    for _ in 0..2 {
+        assert!(
+            w.wait_changed(Duration::from_secs(4)),
+            "{}: no refresh",
+            A::NAME
+        );
+    }
+    w.shutdown();
+    assert!(fx.authority.request_count() >= 3);
+    assert_eq!(
+        fx.authority.refresh_token_reuses(),
+        0,
+        "{:?}",
+        fx.authority.requests()
+    );
+    let live = fx.authority.live_refresh_tokens(CLIENT_ID);
+    assert_eq!(live.len(), 1, "{live:?}");
+    let key = RefresherConfig::oauth2(client).cache_key().clone();
+    let bytes = std::fs::read(&cache).expect("the cache file");
+    let record = decode_record(&key, &bytes).expect("a valid record");
+    assert_eq!(
+        record.refresh_token.as_ref().map(|t| t.expose_secret()),
+        Some(live[0].as_str()),
+        "the newest refresh token is persisted"
+    );
+    // Restart after the cached token expired, with the spent initial token:
+    // the cached refresh token wins.
+    std::thread::sleep(
+        record
+            .expiry
+            .to_system_time()
+            .duration_since(SystemTime::now())
+            .unwrap_or_default(),
+    );
+    let before = fx.authority.request_count();
+    let w = spawn_ok::<A>(spec);
+    assert_eq!(fx.authority.request_count(), before + 1);
+    assert_eq!(
+        fx.authority.refresh_token_reuses(),
+        0,
+        "{:?}",
+        fx.authority.requests()
+    );
+    w.shutdown();
+}
+
+/// A restarted watcher serves the token from its file cache without a request.
+pub fn file_cache_reuse<A: Adapter>() {
+    let fx = Fixture::new(Duration::from_secs(120));
+    let mut spec = fx.spec();
+    spec.cache_file = Some(fx.cache_path("reuse.json"));
+    let w = spawn_ok::<A>(spec.clone());
+    let token = access(&w);
+    w.shutdown();
+    let w = spawn_ok::<A>(spec.clone());
+    assert_eq!(access(&w), token, "{}: the cached token is served", A::NAME);
+    assert_eq!(
+        fx.authority.request_count(),
+        1,
+        "{}: no second request",
+        A::NAME
+    );
+    w.shutdown();
+    // A corrupt cache file is a miss, replaced by the next good record.
+    std::fs::write(
+        fx.cache_path("reuse.json"),
+        b"{\"format\":\"tokenkeeper-cache-rec",
+    )
+    .expect("write");
+    let w = spawn_ok::<A>(spec);
+    assert_eq!(fx.authority.request_count(), 2);
+    w.shutdown();
+    let again = std::fs::read(fx.cache_path("reuse.json")).expect("read");
+    assert!(again.starts_with(b"{\"format\":\"tokenkeeper-cache-record\""));
+}
+
+const CHILD_ENV: &str = "TOKENKEEPER_CONFORMANCE_CHILD";
+
+/// The body of the helper process of [`cross_process_single_flight`]: builds a
+/// watcher from the environment and prints its token. Does nothing unless
+/// started by that scenario.
+pub fn child_main<A: Adapter>() {
+    let Ok(setup) = std::env::var(CHILD_ENV) else {
+        return;
+    };
+    let mut parts = setup.splitn(2, '\n');
+    let (url, cache) = (
+        parts.next().unwrap_or_default(),
+        parts.next().unwrap_or_default(),
+    );
+    let spec = WatcherSpec {
+        client: client_for(url, CLIENT_SECRET),
+        initial_refresh_token: None,
+        cache_file: Some(PathBuf::from(cache)),
+        policy: LifetimePolicy::default(),
+        jitter: Jitter::none(),
+        backoff: fast_backoff(Duration::from_secs(2)),
+        refresh_now_min_interval: Duration::from_secs(1),
+        request_timeout: Duration::from_secs(5),
+        first_token_timeout: Duration::from_secs(30),
+    };
+    let w = spawn_ok::<A>(spec);
+    println!("TOKEN={}", access(&w).unwrap_or_default());
+    w.shutdown();
+}
+
+/// Processes sharing a cold file cache make one request between them and all
+/// serve the same token.
+pub fn cross_process_single_flight<A: Adapter>() {
+    let fx = Fixture::new(Duration::from_secs(300));
+    // Slow answers widen the window in which the processes race.
+    fx.authority
+        .push_fault(Fault::Delay(Duration::from_millis(500)));
+    let cache = fx.cache_path("shared.json");
+    let exe = std::env::current_exe().expect("the test binary");
+    let children: Vec<_> = (0..8)
+        .map(|_| {
+            std::process::Command::new(&exe)
+                .args([
+                    "--exact",
+                    "conformance_child",
+                    "--ignored",
+                    "--nocapture",
+                    "--test-threads=1",
+                ])
+                .env(
+                    CHILD_ENV,
+                    format!("{}\n{}", fx.authority.token_url(), cache.display()),
+                )
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("a child process")
+        })
+        .collect();
+    let mut tokens = Vec::new();
+    for child in children {
+        let out = child.wait_with_output().expect("the child's output");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{}: child failed: {stdout}\n{}",
+            A::NAME,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let token = stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("TOKEN="))
+            .unwrap_or_else(|| panic!("no token printed: {stdout}"))
+            .to_owned();
+        tokens.push(token);
+    }
+    assert_eq!(
+        fx.authority.request_count(),
+        1,
+        "{}: {:?}",
+        A::NAME,
+        fx.authority.requests()
+    );
+    assert!(!tokens[0].is_empty());
+    assert!(tokens.iter().all(|t| *t == tokens[0]), "{tokens:?}");
+}
+
+/// After `shutdown`, and after the last handle is dropped, no request is made.
+pub fn shutdown_and_drop<A: Adapter>() {
+    let fx = Fixture::new(Duration::from_secs(2));
+    let w = spawn_ok::<A>(fx.spec());
+    w.shutdown();
+    std::thread::sleep(Duration::from_millis(2_500));
+    assert_eq!(
+        fx.authority.request_count(),
+        1,
+        "{}: request after shutdown",
+        A::NAME
+    );
+
+    let fx = Fixture::new(Duration::from_secs(2));
+    let w = spawn_ok::<A>(fx.spec());
+    drop(w);
+    std::thread::sleep(Duration::from_millis(2_500));
+    assert_eq!(
+        fx.authority.request_count(),
+        1,
+        "{}: request after drop",
+        A::NAME
+    );
+}
+
+/// `refresh_now` fetches a newer token, and is rate-limited.
+pub fn forced_refresh_rate_limit<A: Adapter>() {
+    let fx = Fixture::new(Duration::from_secs(300));
+    let w = spawn_ok::<A>(fx.spec());
+    let first = access(&w);
+    assert!(matches!(
+        w.refresh_now(),
+        RefreshNow::Started | RefreshNow::Joined
+    ));
+    assert!(
+        w.wait_changed(Duration::from_secs(3)),
+        "{}: no forced refresh",
+        A::NAME
+    );
+    assert_ne!(access(&w), first);
+    assert_eq!(fx.authority.request_count(), 2);
+    assert!(
+        matches!(w.refresh_now(), RefreshNow::RateLimited { .. }),
+        "{}",
+        A::NAME
+    );
+    std::thread::sleep(Duration::from_millis(1_100));
+    assert!(matches!(
+        w.refresh_now(),
+        RefreshNow::Started | RefreshNow::Joined
+    ));
+    assert!(w.wait_changed(Duration::from_secs(3)));
+    assert_eq!(fx.authority.request_count(), 3);
+    w.shutdown();
+}
+
+/// Every malformed answer ends in a typed error (and a retry), never a panic.
+pub fn bad_answers<A: Adapter>() {
+    type Check = fn(&FetchError) -> bool;
+    let cases: Vec<(Fault, Check)> = vec![
+        (Fault::MalformedJson, |e| {
+            matches!(e, FetchError::InvalidBody { .. })
+        }),
+        (
+            Fault::HtmlErrorPage { status: 502 },
+            |e| matches!(e, FetchError::Status { status: 502, snippet, .. } if snippet.contains("502")),
+        ),
+        (Fault::EmptyBody { status: 200 }, |e| {
+            matches!(e, FetchError::InvalidBody { .. })
+        }),
+        (
+            Fault::OversizedBody {
+                bytes: 2 * 1024 * 1024,
+            },
+            |e| matches!(e, FetchError::BodyTooLarge { .. }),
+        ),
+        (Fault::DropConnection, |e| {
+            matches!(e, FetchError::Transport { .. })
+        }),
+        (Fault::Delay(Duration::from_secs(3)), |e| {
+            matches!(e, FetchError::Timeout { .. })
+        }),
+        (
+            Fault::Status {
+                status: 500,
+                oauth_error: Some(("server_error".into(), Some("try later".into()))),
+                retry_after: None,
+            },
+            |e| matches!(e, FetchError::OAuth { status: 500, .. }),
+        ),
+    ];
+    for (fault, check) in cases {
+        let fx = Fixture::new(Duration::from_secs(60));
+        fx.authority.push_fault(fault.clone());
+        let mut spec = fx.spec();
+        spec.request_timeout = Duration::from_secs(1);
+        let w = spawn_ok::<A>(spec);
+        let status = w.status();
+        let error = status
+            .last_error
+            .unwrap_or_else(|| panic!("{fault:?}: no error recorded"));
+        assert!(check(&error), "{}: {fault:?} gave {error:?}", A::NAME);
+        assert!(!error.is_permanent(), "{fault:?}");
+        assert_eq!(access(&w), fx.authority.last_access_token());
+        w.shutdown();
+    }
+    // An absent `expires_in` is tolerated (default lifetime); an unknown token
+    // type is a permanent error.
+    let fx = Fixture::new(Duration::from_secs(60));
+    fx.authority.push_fault(Fault::MissingExpiresIn);
+    let w = spawn_ok::<A>(fx.spec());
+    let t = w.token().expect("a token");
+    assert_eq!(t.lifetime(), LifetimePolicy::default().default_lifetime());
+    w.shutdown();
+    let fx = Fixture::new(Duration::from_secs(60));
+    fx.authority
+        .push_fault(Fault::UnknownTokenType("MAC".into()));
+    match A::spawn(fx.spec()) {
+        Ok(_) => panic!("{}: a MAC token was accepted", A::NAME),
+        Err(e) => assert!(e.permanent && e.message.contains("MAC"), "{e:?}"),
+    }
+}
+
+/// Expands to one `#[test]` per conformance scenario for an [`Adapter`].
+/// Invoke it at the top level of a test file (the cross-process scenario
+/// re-runs the test binary with `--exact conformance_child`).
+#[macro_export]
+macro_rules! conformance_tests {
+    ($adapter:ty) => {
+        #[test]
+        fn conformance_first_token() {
+            $crate::conformance::first_token::<$adapter>();
+        }
+        #[test]
+        fn conformance_background_refresh() {
+            $crate::conformance::background_refresh::<$adapter>();
+        }
+        #[test]
+        fn conformance_grace_through_outage() {
+            $crate::conformance::grace_through_outage::<$adapter>();
+        }
+        #[test]
+        fn conformance_backoff_and_retry_after() {
+            $crate::conformance::backoff_and_retry_after::<$adapter>();
+        }
+        #[test]
+        fn conformance_permanent_errors() {
+            $crate::conformance::permanent_errors::<$adapter>();
+        }
+        #[test]
+        fn conformance_refresh_token_rotation() {
+            $crate::conformance::refresh_token_rotation::<$adapter>();
+        }
+        #[test]
+        fn conformance_file_cache_reuse() {
+            $crate::conformance::file_cache_reuse::<$adapter>();
+        }
+        #[test]
+        fn conformance_cross_process_single_flight() {
+            $crate::conformance::cross_process_single_flight::<$adapter>();
+        }
+        #[test]
+        fn conformance_shutdown_and_drop() {
+            $crate::conformance::shutdown_and_drop::<$adapter>();
+        }
+        #[test]
+        fn conformance_forced_refresh_rate_limit() {
+            $crate::conformance::forced_refresh_rate_limit::<$adapter>();
+        }
+        #[test]
+        fn conformance_bad_answers() {
+            $crate::conformance::bad_answers::<$adapter>();
+        }
+        #[test]
+        #[ignore = "helper process of conformance_cross_process_single_flight"]
+        fn conformance_child() {
+            $crate::conformance::child_main::<$adapter>();
+        }
+    };
+}

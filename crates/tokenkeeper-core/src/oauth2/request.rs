@@ -145,7 +145,10 @@ mod tests {
             )
         );
         assert!(req.as_http().headers()[AUTHORIZATION].is_sensitive());
-        assert_eq!(form(&req), vec![("grant_type".into(), "client_credentials".into())]);
+        assert_eq!(
+            form(&req),
+            vec![("grant_type".into(), "client_credentials".into())]
+        );
         assert_eq!(req.as_http().method(), Method::POST);
         assert_eq!(
             req.as_http().headers()[CONTENT_TYPE],
@@ -172,7 +175,10 @@ mod tests {
         assert!(req.as_http().headers().get(AUTHORIZATION).is_none());
         let pairs = form(&req);
         let expect = |k: &str, v: &str| {
-            assert!(pairs.contains(&(k.to_owned(), v.to_owned())), "{k}={v} missing");
+            assert!(
+                pairs.contains(&(k.to_owned(), v.to_owned())),
+                "{k}={v} missing"
+            );
         };
         expect("grant_type", "client_credentials");
         expect("client_id", "cid");
@@ -186,13 +192,13 @@ mod tests {
 
     #[test]
     fn refresh_grant_needs_and_sends_the_refresh_token() {
-        let client = OAuth2Client::refresh_token(
-            "https://a.example/token",
-            ClientId::new("public"),
-            None,
-        )
-        .unwrap();
-        assert_eq!(client.build_request(None).unwrap_err(), FetchError::NoRefreshToken);
+        let client =
+            OAuth2Client::refresh_token("https://a.example/token", ClientId::new("public"), None)
+                .unwrap();
+        assert_eq!(
+            client.build_request(None).unwrap_err(),
+            FetchError::NoRefreshToken
+        );
         let req = client
             .build_request(Some(&RefreshToken::new("rt-1")))
             .unwrap();

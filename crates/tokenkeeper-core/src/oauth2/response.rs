@@ -120,7 +120,9 @@ pub fn parse_token_response(
             "the body is empty".to_owned()
         } else {
             match serde_json::from_slice::<Value>(body) {
-                Err(e) if e.is_eof() => format!("the JSON body is truncated ({} bytes)", body.len()),
+                Err(e) if e.is_eof() => {
+                    format!("the JSON body is truncated ({} bytes)", body.len())
+                }
                 Err(e) => format!(
                     "the body is not JSON (line {}, column {}; {} bytes)",
                     e.line(),
@@ -265,7 +267,11 @@ mod tests {
     fn bad_bodies_are_typed_transient_errors() {
         let html = "<html><body><h1>502 Bad Gateway</h1></body></html>";
         match parse(502, html).unwrap_err() {
-            FetchError::Status { status: 502, snippet, .. } => {
+            FetchError::Status {
+                status: 502,
+                snippet,
+                ..
+            } => {
                 assert!(snippet.contains("502 Bad Gateway"), "{snippet}");
             }
             other => panic!("{other:?}"),
@@ -285,7 +291,10 @@ mod tests {
         ] {
             let e = parse(status, body).unwrap_err();
             assert_eq!(e.class(), ErrorClass::Transient, "{body:?} gave {e:?}");
-            assert!(matches!(e, FetchError::InvalidBody { .. }), "{body:?} gave {e:?}");
+            assert!(
+                matches!(e, FetchError::InvalidBody { .. }),
+                "{body:?} gave {e:?}"
+            );
         }
         let e = parse(200, r#"{"access_token": "secret-token", "expires_in": "#).unwrap_err();
         assert!(!e.to_string().contains("secret-token"), "{e}");
@@ -302,7 +311,12 @@ mod tests {
             FetchError::BodyTooLarge { limit: 4096 }
         );
         let e = parse(200, r#"{"access_token":"a","token_type":"MAC"}"#).unwrap_err();
-        assert_eq!(e, FetchError::UnsupportedTokenType { token_type: "MAC".into() });
+        assert_eq!(
+            e,
+            FetchError::UnsupportedTokenType {
+                token_type: "MAC".into()
+            }
+        );
     }
 
     #[test]

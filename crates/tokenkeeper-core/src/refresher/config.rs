@@ -12,6 +12,8 @@ use crate::secret::RefreshToken;
 /// Where tokens come from.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
+// One per refresher; not worth a box.
+#[allow(clippy::large_enum_variant)]
 pub enum Source {
     /// An OAuth2 token endpoint: the refresher builds the requests
     /// ([`Effect::SendRequest`](super::Effect::SendRequest)) and reads the answers.

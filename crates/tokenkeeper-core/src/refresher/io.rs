@@ -33,6 +33,9 @@ impl fmt::Display for EffectId {
 /// needs no answer.
 #[derive(Debug)]
 #[non_exhaustive]
+// Effects are moved once from the queue to the driver; boxing the request
+// would add an allocation for nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Effect {
     /// Load the record stored in `layer`; answer with
     /// [`Refresher::handle_cache_read`](super::Refresher::handle_cache_read).

@@ -361,7 +361,8 @@ impl Refresher {
         id: EffectId,
         result: Result<(), CacheError>,
     ) -> Result<(), MisuseError> {
-        let Pending::Write { layer } = self.take_pending(id, |p| matches!(p, Pending::Write { .. }))?
+        let Pending::Write { layer } =
+            self.take_pending(id, |p| matches!(p, Pending::Write { .. }))?
         else {
             return Ok(());
         };
@@ -372,7 +373,10 @@ impl Refresher {
             self.cache_problem(layer, CacheProblem::Write(e));
         }
         if self.phase == Phase::Writing
-            && !self.pending.values().any(|p| matches!(p, Pending::Write { .. }))
+            && !self
+                .pending
+                .values()
+                .any(|p| matches!(p, Pending::Write { .. }))
         {
             self.release_leases();
             self.phase = Phase::Idle;
@@ -521,17 +525,16 @@ impl Refresher {
     }
 
     fn cache_problem(&mut self, layer: usize, problem: CacheProblem) {
-        self.events.push_back(Event::CacheProblem { layer, problem });
+        self.events
+            .push_back(Event::CacheProblem { layer, problem });
     }
 
     fn due(&self) -> Option<Timestamp> {
         if self.forced_pending {
             return Some(Timestamp::EPOCH);
         }
-        self.retry_at.or(self.refresh_at).or_else(|| {
-            // No token, no failure: only possible before the first cycle.
-            Some(Timestamp::EPOCH)
-        })
+        // No token and no failure: only possible before the first cycle.
+        self.retry_at.or(self.refresh_at).or(Some(Timestamp::EPOCH))
     }
 
     fn is_better(&self, candidate: &TokenRecord, now: Timestamp) -> bool {
@@ -654,7 +657,8 @@ impl Refresher {
                 .map_or(Duration::from_secs(30), |l| l.ttl);
             self.phase = Phase::Leasing { next };
             let id = self.new_id(Pending::Lease { layer });
-            self.effects.push_back(Effect::AcquireLease { id, layer, ttl });
+            self.effects
+                .push_back(Effect::AcquireLease { id, layer, ttl });
         } else {
             self.start_reads(ReadPass::UnderLease);
         }
@@ -749,18 +753,17 @@ impl Refresher {
         if let Some(t) = &self.current {
             if !self.expiry_announced && now >= t.expiry {
                 self.expiry_announced = true;
-                self.events.push_back(Event::TokenExpired { expiry: t.expiry });
+                self.events
+                    .push_back(Event::TokenExpired { expiry: t.expiry });
             }
         }
         if self.linger_until.is_some_and(|until| now >= until) {
             self.release_leases();
         }
         match self.phase {
-            Phase::Idle => {
-                if self.due().is_some_and(|due| now >= due) {
-                    self.forced_pending = false;
-                    self.begin_cycle(now);
-                }
+            Phase::Idle if self.due().is_some_and(|due| now >= due) => {
+                self.forced_pending = false;
+                self.begin_cycle(now);
             }
             Phase::WaitingForLease { until } if now >= until => {
                 self.start_reads(ReadPass::AfterLeaseWait);

@@ -41,6 +41,17 @@ pub struct OAuthError {
     pub uri: Option<String>,
 }
 
+impl OAuthError {
+    /// An error body with the given code and description.
+    pub fn new(error: impl Into<String>, description: Option<String>) -> Self {
+        OAuthError {
+            error: error.into(),
+            description,
+            uri: None,
+        }
+    }
+}
+
 impl std::fmt::Display for OAuthError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.error)?;

@@ -322,7 +322,9 @@ mod tests {
     #[test]
     fn snippets_are_short_and_printable() {
         let long = format!("<html>{}\n\t</html>", "x".repeat(10_000));
-        match parse(503, &long).unwrap_err() {
+        match parse_token_response(503, &HeaderMap::new(), long.as_bytes(), NOW, 1 << 20)
+            .unwrap_err()
+        {
             FetchError::Status { snippet, .. } => {
                 assert!(snippet.chars().count() <= SNIPPET_CHARS + 1);
                 assert!(!snippet.contains('\n'));

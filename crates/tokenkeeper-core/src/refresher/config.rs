@@ -32,10 +32,11 @@ pub struct LeaseSettings {
     /// How long to wait before re-reading the layer when another holds the
     /// lease (default 1 s; each wait is drawn from `[retry / 2, retry]`).
     pub retry: Duration,
-    /// After a failed fetch, keep the lease until the retry (at most until it
-    /// expires) instead of releasing it at once (default `true`). Then a fleet
-    /// facing a failing authority backs off as one: the others keep waiting
-    /// and re-reading rather than each taking its turn at the authority.
+    /// After a failed fetch, keep the lease until it expires (a retry that
+    /// comes first reuses it) instead of releasing it at once (default
+    /// `true`). Then a fleet facing a failing authority backs off as one: the
+    /// others keep waiting and re-reading rather than each taking its turn at
+    /// the authority.
     pub hold_through_backoff: bool,
 }
 

@@ -102,9 +102,9 @@ pub struct Refresher {
     seen: Vec<Option<Timestamp>>,
     /// Leases held, with the instant each expires by itself.
     leases_held: Vec<(usize, Timestamp)>,
-    /// After a failed fetch the leases are kept until the retry (at most until
-    /// they expire), so that a fleet backs off together instead of each
-    /// member taking its turn at a failing authority.
+    /// After a failed fetch the leases are kept until they expire (a retry
+    /// that comes first reuses them), so that a fleet backs off together
+    /// instead of each member taking its turn at a failing authority.
     linger_until: Option<Timestamp>,
     lease_layers: Vec<usize>,
 }
@@ -735,12 +735,8 @@ impl Refresher {
                 self.leases_held = release;
                 self.release_leases();
                 self.leases_held = hold;
-                self.linger_until = self
-                    .leases_held
-                    .iter()
-                    .map(|&(_, expires)| expires)
-                    .min()
-                    .map(|expires| expires.min(retry_at));
+                // Kept until they expire; a retry that comes first reuses them.
+                self.linger_until = self.leases_held.iter().map(|&(_, expires)| expires).min();
             }
         }
     }

@@ -1,1 +1,636 @@
+//! Unit tests of the refresher, driven by hand in virtual time.
 
+use std::time::Duration;
+
+use super::*;
+use crate::cache::{CacheKey, EncodedRecord, encode_record};
+use crate::error::{CacheErrorKind, ErrorClass, OAuthError};
+use crate::jitter::Jitter;
+use crate::oauth2::OAuth2Client;
+use crate::policy::LifetimePolicy;
+use crate::secret::{AccessToken, ClientId, ClientSecret};
+
+const T0: Timestamp = Timestamp::from_secs(1_700_000_000);
+
+fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+
+fn key() -> CacheKey {
+    CacheKey::custom("unit", &[])
+}
+
+fn grant(name: &str, life: u64) -> TokenGrant {
+    TokenGrant::bearer(AccessToken::new(name), Some(secs(life)))
+}
+
+fn record_at(name: &str, issued: Timestamp, life: u64) -> TokenRecord {
+    LifetimePolicy::default().record(grant(name, life), issued, None)
+}
+
+fn encoded(name: &str, issued: Timestamp, life: u64) -> Vec<u8> {
+    encode_record(&key(), &record_at(name, issued, life))
+        .bytes()
+        .to_vec()
+}
+
+struct H {
+    r: Refresher,
+    now: Timestamp,
+    effects: VecDeque<Effect>,
+    events: Vec<Event>,
+}
+
+impl H {
+    fn new(config: RefresherConfig) -> Self {
+        let mut h = H {
+            r: Refresher::new(config, 7, T0),
+            now: T0,
+            effects: VecDeque::new(),
+            events: Vec::new(),
+        };
+        h.drain();
+        h
+    }
+
+    fn custom() -> RefresherConfig {
+        RefresherConfig::custom(key()).jitter(Jitter::none())
+    }
+
+    fn drain(&mut self) {
+        while let Some(e) = self.r.poll_effect() {
+            self.effects.push_back(e);
+        }
+        while let Some(e) = self.r.poll_event() {
+            self.events.push(e);
+        }
+    }
+
+    fn next(&mut self) -> Effect {
+        self.drain();
+        self.effects
+            .pop_front()
+            .unwrap_or_else(|| panic!("no effect; events {:?}", self.events))
+    }
+
+    fn no_effect(&mut self) {
+        self.drain();
+        assert!(self.effects.is_empty(), "{:?}", self.effects);
+    }
+
+    fn at(&mut self, t: Timestamp) {
+        self.now = t;
+        self.r.handle_timeout(t);
+        self.drain();
+    }
+
+    fn advance(&mut self, d: Duration) {
+        let t = self.now.saturating_add(d);
+        self.at(t);
+    }
+
+    fn expect_fetch(&mut self) -> EffectId {
+        match self.next() {
+            Effect::Fetch { id, .. } => id,
+            other => panic!("expected a fetch, got {other:?}"),
+        }
+    }
+
+    fn expect_read(&mut self, layer: usize) -> EffectId {
+        match self.next() {
+            Effect::ReadCache { id, layer: l } if l == layer => id,
+            other => panic!("expected a read of {layer}, got {other:?}"),
+        }
+    }
+
+    fn expect_write(&mut self, layer: usize) -> (EffectId, EncodedRecord) {
+        match self.next() {
+            Effect::WriteCache {
+                id,
+                layer: l,
+                record,
+            } if l == layer => (id, record),
+            other => panic!("expected a write of {layer}, got {other:?}"),
+        }
+    }
+
+    fn expect_lease(&mut self, layer: usize) -> EffectId {
+        match self.next() {
+            Effect::AcquireLease { id, layer: l, .. } if l == layer => id,
+            other => panic!("expected a lease on {layer}, got {other:?}"),
+        }
+    }
+
+    fn expect_release(&mut self, layer: usize) {
+        match self.next() {
+            Effect::ReleaseLease { layer: l } if l == layer => {}
+            other => panic!("expected a release of {layer}, got {other:?}"),
+        }
+    }
+
+    fn grant(&mut self, id: EffectId, result: Result<TokenGrant, FetchError>) {
+        self.r.handle_grant(self.now, id, result).unwrap();
+        self.drain();
+    }
+
+    fn read(&mut self, id: EffectId, bytes: Option<Vec<u8>>) {
+        self.r.handle_cache_read(self.now, id, Ok(bytes)).unwrap();
+        self.drain();
+    }
+
+    fn written(&mut self, id: EffectId) {
+        self.r.handle_cache_written(self.now, id, Ok(())).unwrap();
+        self.drain();
+    }
+
+    fn lease(&mut self, id: EffectId, outcome: LeaseOutcome) {
+        self.r.handle_lease(self.now, id, outcome).unwrap();
+        self.drain();
+    }
+
+    fn access(&self) -> Option<String> {
+        self.r
+            .token()
+            .map(|t| t.access_token.expose_secret().to_owned())
+    }
+
+    fn changed_count(&self) -> usize {
+        self.events
+            .iter()
+            .filter(|e| matches!(e, Event::TokenChanged { .. }))
+            .count()
+    }
+}
+
+fn unavailable() -> FetchError {
+    FetchError::Status {
+        status: 503,
+        snippet: String::new(),
+        retry_after: None,
+    }
+}
+
+#[test]
+fn without_layers_it_fetches_and_refreshes_at_the_stale_time() {
+    let mut h = H::new(H::custom());
+    let id = h.expect_fetch();
+    assert!(h.r.status(h.now).fetch_in_flight);
+    h.grant(id, Ok(grant("a", 3600)));
+    assert_eq!(h.access().as_deref(), Some("a"));
+    assert_eq!(h.r.poll_timeout(), Some(T0.saturating_add(secs(2700))));
+    h.no_effect();
+    // Early and spurious timeouts do nothing.
+    h.at(T0.saturating_add(secs(100)));
+    h.at(T0.saturating_add(secs(2699)));
+    h.no_effect();
+    h.at(T0.saturating_add(secs(2700)));
+    let id = h.expect_fetch();
+    h.grant(id, Ok(grant("b", 3600)));
+    assert_eq!(h.access().as_deref(), Some("b"));
+}
+
+#[test]
+fn a_fresh_cached_token_is_served_without_a_fetch() {
+    let mut h = H::new(H::custom().layer(Layer::new("file")));
+    let id = h.expect_read(0);
+    h.read(
+        id,
+        Some(encoded("cached", T0.saturating_sub(secs(60)), 3600)),
+    );
+    assert_eq!(h.access().as_deref(), Some("cached"));
+    assert!(matches!(
+        h.events[0],
+        Event::TokenChanged {
+            origin: Origin::Cache { layer: 0 },
+            ..
+        }
+    ));
+    h.no_effect();
+}
+
+#[test]
+fn a_stale_cached_token_is_served_and_refreshed() {
+    let mut h = H::new(H::custom().layer(Layer::new("file")));
+    let id = h.expect_read(0);
+    h.read(
+        id,
+        Some(encoded("old", T0.saturating_sub(secs(3000)), 3600)),
+    );
+    assert_eq!(h.access().as_deref(), Some("old"));
+    let id = h.expect_fetch();
+    h.grant(id, Ok(grant("new", 3600)));
+    assert_eq!(h.access().as_deref(), Some("new"));
+    let (id, record) = h.expect_write(0);
+    let back = crate::cache::decode_record(&key(), record.bytes()).unwrap();
+    assert_eq!(back.access_token.expose_secret(), "new");
+    h.written(id);
+    h.no_effect();
+}
+
+#[test]
+fn expired_and_corrupt_records_are_misses_and_get_replaced() {
+    for bytes in [
+        encoded("dead", T0.saturating_sub(secs(7200)), 3600),
+        b"{\"format\":\"tokenkeeper-cache-record\",\"vers".to_vec(),
+        b"\x00\xffnot json".to_vec(),
+    ] {
+        let mut h = H::new(H::custom().layer(Layer::new("file")));
+        let id = h.expect_read(0);
+        h.read(id, Some(bytes));
+        assert_eq!(h.access(), None);
+        let id = h.expect_fetch();
+        h.grant(id, Ok(grant("new", 3600)));
+        let (id, _) = h.expect_write(0);
+        h.written(id);
+    }
+    let mut h = H::new(H::custom().layer(Layer::new("file")));
+    let id = h.expect_read(0);
+    h.r.handle_cache_read(
+        h.now,
+        id,
+        Err(CacheError::new(CacheErrorKind::Io, "permission denied")),
+    )
+    .unwrap();
+    h.drain();
+    assert!(h.events.iter().any(|e| matches!(
+        e,
+        Event::CacheProblem {
+            layer: 0,
+            problem: CacheProblem::Read(_)
+        }
+    )));
+    let _ = h.expect_fetch();
+}
+
+#[test]
+fn layers_are_read_in_order_and_a_later_hit_fills_earlier_layers() {
+    let mut h = H::new(
+        H::custom()
+            .layer(Layer::new("memory"))
+            .layer(Layer::new("redis")),
+    );
+    let id = h.expect_read(0);
+    h.read(id, None);
+    let id = h.expect_read(1);
+    h.read(id, Some(encoded("shared", T0, 3600)));
+    assert_eq!(h.access().as_deref(), Some("shared"));
+    let (id, _) = h.expect_write(0);
+    h.written(id);
+    h.no_effect();
+}
+
+#[test]
+fn a_fresh_hit_in_the_first_layer_skips_the_rest() {
+    let mut h = H::new(H::custom().layer(Layer::new("a")).layer(Layer::new("b")));
+    let id = h.expect_read(0);
+    h.read(id, Some(encoded("first", T0, 3600)));
+    h.no_effect();
+    assert_eq!(h.access().as_deref(), Some("first"));
+}
+
+fn leased() -> RefresherConfig {
+    H::custom().layer(Layer::new("shared").with_lease(LeaseSettings::default()))
+}
+
+#[test]
+fn the_lease_is_taken_before_fetching_and_released_after_the_write() {
+    let mut h = H::new(leased());
+    let id = h.expect_read(0);
+    h.read(id, None);
+    let id = h.expect_lease(0);
+    h.lease(id, LeaseOutcome::Acquired);
+    // Re-read under the lease: somebody may have just stored a token.
+    let id = h.expect_read(0);
+    h.read(id, None);
+    let id = h.expect_fetch();
+    h.grant(id, Ok(grant("mine", 3600)));
+    let (id, _) = h.expect_write(0);
+    h.no_effect();
+    h.written(id);
+    h.expect_release(0);
+}
+
+#[test]
+fn a_busy_lease_means_wait_and_reread_not_fetch() {
+    let mut h = H::new(leased());
+    let id = h.expect_read(0);
+    h.read(id, None);
+    let id = h.expect_lease(0);
+    h.lease(id, LeaseOutcome::HeldByOther);
+    h.no_effect();
+    let Some(Event::LeaseBusy { retry_at, .. }) = h.events.last().cloned() else {
+        panic!("{:?}", h.events)
+    };
+    let wait = retry_at.duration_since(h.now);
+    assert!(
+        wait >= Duration::from_millis(500) && wait <= secs(1),
+        "{wait:?}"
+    );
+    h.at(retry_at);
+    let id = h.expect_read(0);
+    // The holder has written meanwhile.
+    h.read(id, Some(encoded("theirs", retry_at, 3600)));
+    assert_eq!(h.access().as_deref(), Some("theirs"));
+    h.no_effect();
+}
+
+#[test]
+fn a_store_notification_ends_the_lease_wait_early() {
+    let mut h = H::new(leased());
+    let id = h.expect_read(0);
+    h.read(id, None);
+    let id = h.expect_lease(0);
+    h.lease(id, LeaseOutcome::HeldByOther);
+    h.r.handle_cache_changed(h.now, 0);
+    let id = h.expect_read(0);
+    h.read(id, Some(encoded("theirs", h.now, 3600)));
+    assert_eq!(h.access().as_deref(), Some("theirs"));
+}
+
+#[test]
+fn an_unreachable_lease_store_does_not_stop_the_fetch() {
+    let mut h = H::new(leased());
+    let id = h.expect_read(0);
+    h.read(id, None);
+    let id = h.expect_lease(0);
+    h.lease(
+        id,
+        LeaseOutcome::Failed(CacheError::new(CacheErrorKind::Unavailable, "down")),
+    );
+    let id = h.expect_read(0);
+    h.read(id, None);
+    let id = h.expect_fetch();
+    h.grant(id, Ok(grant("mine", 3600)));
+    assert_eq!(h.access().as_deref(), Some("mine"));
+    let (id, _) = h.expect_write(0);
+    h.written(id);
+    // Nothing to release: the lease was never held.
+    h.no_effect();
+}
+
+#[test]
+fn on_failure_the_lease_is_held_through_the_backoff_or_released_at_once() {
+    for hold in [true, false] {
+        let settings = LeaseSettings {
+            hold_through_backoff: hold,
+            ..LeaseSettings::default()
+        };
+        let mut h = H::new(H::custom().layer(Layer::new("shared").with_lease(settings)));
+        let id = h.expect_read(0);
+        h.read(id, None);
+        let id = h.expect_lease(0);
+        h.lease(id, LeaseOutcome::Acquired);
+        let id = h.expect_read(0);
+        h.read(id, None);
+        let id = h.expect_fetch();
+        h.grant(id, Err(unavailable()));
+        let retry_at = h.r.status(h.now).next_attempt.unwrap();
+        if hold {
+            h.no_effect();
+            // At the retry the lease is still ours: no new acquisition.
+            h.at(retry_at);
+            let id = h.expect_read(0);
+            h.read(id, None);
+            let _ = h.expect_fetch();
+        } else {
+            h.expect_release(0);
+            h.at(retry_at);
+            let _ = h.expect_lease(0);
+        }
+    }
+}
+
+#[test]
+fn a_held_lease_is_released_before_it_expires_during_a_long_backoff() {
+    let mut h = H::new(leased());
+    let id = h.expect_read(0);
+    h.read(id, None);
+    let id = h.expect_lease(0);
+    h.lease(id, LeaseOutcome::Acquired);
+    let id = h.expect_read(0);
+    h.read(id, None);
+    let id = h.expect_fetch();
+    let permanent = FetchError::OAuth {
+        status: 401,
+        error: OAuthError {
+            error: "invalid_client".into(),
+            description: None,
+            uri: None,
+        },
+        retry_after: None,
+    };
+    h.grant(id, Err(permanent));
+    // Permanent: retry at the 5 min cap, but the lease (30 s) goes back at 30 s.
+    assert_eq!(h.r.poll_timeout(), Some(h.now.saturating_add(secs(30))));
+    h.advance(secs(30));
+    h.expect_release(0);
+    assert_eq!(h.r.poll_timeout(), Some(T0.saturating_add(secs(300))));
+}
+
+#[test]
+fn failures_back_off_and_the_last_token_is_served_until_expiry() {
+    let mut h = H::new(H::custom());
+    let id = h.expect_fetch();
+    h.grant(id, Ok(grant("a", 100)));
+    h.at(T0.saturating_add(secs(70)));
+    let mut last_failure = h.now;
+    let mut failures = 0;
+    while h.now < T0.saturating_add(secs(100)) {
+        let id = h.expect_fetch();
+        assert!(h.now.duration_since(last_failure) >= Duration::from_millis(500) || failures == 0);
+        h.grant(id, Err(unavailable()));
+        failures += 1;
+        last_failure = h.now;
+        let Some(Event::FetchFailed {
+            consecutive_failures,
+            class,
+            retry_at,
+            ..
+        }) = h.events.last().cloned()
+        else {
+            panic!("{:?}", h.events)
+        };
+        assert_eq!(consecutive_failures, failures);
+        assert_eq!(class, ErrorClass::Transient);
+        let token_ok = h.r.token().is_some();
+        assert_eq!(token_ok, h.now < T0.saturating_add(secs(100)));
+        let next = h.r.poll_timeout().unwrap();
+        assert!(next <= retry_at);
+        h.at(next);
+    }
+    assert_eq!(h.access(), None, "expired tokens are not served");
+    assert!(
+        h.events
+            .iter()
+            .any(|e| matches!(e, Event::TokenExpired { .. }))
+    );
+    assert_eq!(h.r.status(h.now).token_state, None);
+    // Recovery resets the count.
+    h.at(h.r.poll_timeout().unwrap());
+    let id = h.expect_fetch();
+    h.grant(id, Ok(grant("b", 100)));
+    assert_eq!(h.r.status(h.now).consecutive_failures, 0);
+    assert!(h.r.status(h.now).last_error.is_some(), "kept for diagnosis");
+}
+
+#[test]
+fn retry_after_is_honoured() {
+    let mut h = H::new(H::custom());
+    let id = h.expect_fetch();
+    let error = FetchError::Status {
+        status: 429,
+        snippet: String::new(),
+        retry_after: Some(T0.saturating_add(secs(42))),
+    };
+    h.grant(id, Err(error));
+    assert_eq!(h.r.poll_timeout(), Some(T0.saturating_add(secs(42))));
+    h.at(T0.saturating_add(secs(41)));
+    h.no_effect();
+    h.at(T0.saturating_add(secs(42)));
+    let _ = h.expect_fetch();
+}
+
+#[test]
+fn forced_refresh_is_rate_limited_and_wants_a_newer_token() {
+    let mut h = H::new(leased().refresh_now_min_interval(secs(10)));
+    let id = h.expect_read(0);
+    h.read(id, Some(encoded("current", T0, 3600)));
+    h.no_effect();
+    h.advance(secs(1));
+    assert_eq!(h.r.refresh_now(h.now), RefreshNow::Started);
+    let id = h.expect_lease(0);
+    h.lease(id, LeaseOutcome::Acquired);
+    let id = h.expect_read(0);
+    // The cache still holds the very token we want replaced: not good enough.
+    h.read(id, Some(encoded("current", T0, 3600)));
+    let id = h.expect_fetch();
+    assert_eq!(
+        h.r.refresh_now(h.now),
+        RefreshNow::RateLimited {
+            until: T0.saturating_add(secs(11))
+        }
+    );
+    h.grant(id, Ok(grant("newer", 3600)));
+    assert_eq!(h.access().as_deref(), Some("newer"));
+    h.advance(secs(10));
+    assert_eq!(
+        h.r.refresh_now(h.now),
+        RefreshNow::Joined,
+        "writes still in flight"
+    );
+}
+
+#[test]
+fn rotated_refresh_tokens_are_used_and_kept() {
+    let client = OAuth2Client::refresh_token(
+        "https://auth.example/token",
+        ClientId::new("c"),
+        Some(ClientSecret::new("s")),
+    )
+    .unwrap();
+    let config = RefresherConfig::oauth2(client)
+        .initial_refresh_token(RefreshToken::new("rt-0"))
+        .jitter(Jitter::none());
+    let mut h = H::new(config);
+    let sent = |effect: Effect| -> String {
+        let Effect::SendRequest { request, .. } = effect else {
+            panic!("{effect:?}")
+        };
+        url::form_urlencoded::parse(request.as_http().body())
+            .find(|(k, _)| k == "refresh_token")
+            .map(|(_, v)| v.into_owned())
+            .unwrap()
+    };
+    let effect = h.next();
+    let Effect::SendRequest { id, .. } = &effect else {
+        panic!()
+    };
+    let id = *id;
+    assert_eq!(sent(effect), "rt-0");
+    let body = br#"{"access_token":"a1","expires_in":100,"refresh_token":"rt-1"}"#;
+    h.r.handle_response(h.now, id, 200, &HeaderMap::new(), body)
+        .unwrap();
+    h.drain();
+    h.at(h.r.poll_timeout().unwrap());
+    let effect = h.next();
+    let Effect::SendRequest { id, .. } = &effect else {
+        panic!()
+    };
+    let id = *id;
+    assert_eq!(sent(effect), "rt-1", "the rotated token is used");
+    // No new refresh token in the answer: the last one is kept.
+    let body = br#"{"access_token":"a2","expires_in":100}"#;
+    h.r.handle_response(h.now, id, 200, &HeaderMap::new(), body)
+        .unwrap();
+    h.drain();
+    assert_eq!(
+        h.r.token()
+            .unwrap()
+            .refresh_token
+            .as_ref()
+            .map(|t| t.expose_secret()),
+        Some("rt-1")
+    );
+}
+
+#[test]
+fn misuse_is_an_error_not_a_state_change() {
+    let mut h = H::new(H::custom().layer(Layer::new("file")));
+    let id = h.expect_read(0);
+    assert_eq!(
+        h.r.handle_grant(h.now, id, Ok(grant("x", 60))),
+        Err(MisuseError::WrongAnswer {
+            id,
+            expected: "a cache read answer"
+        })
+    );
+    assert_eq!(
+        h.r.handle_cache_read(h.now, EffectId(999), Ok(None)),
+        Err(MisuseError::UnknownEffect(EffectId(999)))
+    );
+    // The real answer still works, once.
+    h.read(id, None);
+    assert_eq!(
+        h.r.handle_cache_read(h.now, id, Ok(None)),
+        Err(MisuseError::UnknownEffect(id))
+    );
+}
+
+#[test]
+fn shutdown_releases_leases_and_ignores_late_answers() {
+    let mut h = H::new(leased());
+    let id = h.expect_read(0);
+    h.read(id, None);
+    let lease = h.expect_lease(0);
+    h.r.shutdown(h.now);
+    h.drain();
+    assert!(h.r.is_finished());
+    assert!(matches!(h.events.last(), Some(Event::Stopped)));
+    assert_eq!(h.r.poll_timeout(), None);
+    // A lease granted after shutdown goes straight back.
+    h.lease(lease, LeaseOutcome::Acquired);
+    h.expect_release(0);
+    h.advance(secs(100_000));
+    h.no_effect();
+    assert_eq!(h.r.refresh_now(h.now), RefreshNow::ShutDown);
+}
+
+#[test]
+fn time_going_backwards_is_harmless() {
+    let mut h = H::new(H::custom());
+    let id = h.expect_fetch();
+    h.grant(id, Ok(grant("a", 3600)));
+    h.at(T0.saturating_sub(secs(86_400)));
+    h.no_effect();
+    assert_eq!(
+        h.access().as_deref(),
+        Some("a"),
+        "a token is never stale before its issue"
+    );
+    assert_eq!(h.r.token().unwrap().state_at(h.now), TokenState::Fresh);
+    // Back to normal: the refresh comes at its planned instant, once.
+    h.at(T0.saturating_add(secs(2700)));
+    let _ = h.expect_fetch();
+    h.no_effect();
+    assert_eq!(h.changed_count(), 1);
+}

@@ -19,9 +19,11 @@
 
 pub mod authority;
 pub mod conformance;
+pub mod redis_server;
 
 pub use authority::{
     AuthMethod, Authority, AuthorityBuilder, Client, DEFAULT_MAX_REQUEST_BODY,
     DEFAULT_TOKEN_LIFETIME, Fault, IssuedToken, Outcome, PresentedAuth, RequestRecord, RetryAfter,
     format_http_date,
 };
+pub use redis_server::RedisServer;

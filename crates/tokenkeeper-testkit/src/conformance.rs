@@ -548,7 +548,7 @@ pub fn cross_process_single_flight<A: Adapter>() {
         );
         let token = stdout
             .lines()
-            .find_map(|l| l.strip_prefix("TOKEN="))
+            .find_map(|l| l.split_once("TOKEN=").map(|(_, t)| t.trim()))
             .unwrap_or_else(|| panic!("no token printed: {stdout}"))
             .to_owned();
         tokens.push(token);

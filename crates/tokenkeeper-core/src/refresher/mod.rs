@@ -86,6 +86,9 @@ pub struct Refresher {
     current: Option<Arc<TokenRecord>>,
     expiry_announced: bool,
     refresh_token: Option<RefreshToken>,
+    /// When the record that gave `refresh_token` was issued (`None`: the
+    /// initial one from the configuration).
+    refresh_token_issued: Option<Timestamp>,
     /// Jittered instant at which the current token is refreshed.
     refresh_at: Option<Timestamp>,
     /// Planned retry after a failure.
@@ -134,6 +137,7 @@ impl Refresher {
             current: None,
             expiry_announced: false,
             refresh_token,
+            refresh_token_issued: None,
             refresh_at: None,
             retry_at: None,
             forced_over: None,
@@ -323,6 +327,11 @@ impl Refresher {
             }
         };
         self.seen[layer] = record.as_ref().map(|r| r.expiry);
+        if let Some(r) = &record {
+            // A cached refresh token is the latest rotation persisted, even
+            // when its access token has expired: it beats an older one.
+            self.take_refresh_token(r);
+        }
         let mut done = layer + 1 >= self.config.layers.len();
         if let Some(record) = record {
             let acceptable = match pass {
@@ -544,10 +553,17 @@ impl Refresher {
         }
     }
 
-    fn adopt(&mut self, now: Timestamp, record: TokenRecord, origin: io::Origin) {
+    fn take_refresh_token(&mut self, record: &TokenRecord) {
         if let Some(rt) = &record.refresh_token {
-            self.refresh_token = Some(rt.clone());
+            if self.refresh_token_issued.is_none_or(|t| record.issued >= t) {
+                self.refresh_token = Some(rt.clone());
+                self.refresh_token_issued = Some(record.issued);
+            }
         }
+    }
+
+    fn adopt(&mut self, now: Timestamp, record: TokenRecord, origin: io::Origin) {
+        self.take_refresh_token(&record);
         let mut refresh_at = self.config.jitter.refresh_at(&record, &mut self.rng);
         // No hot loop even with absurdly short tokens.
         if let Some(started) = self.last_fetch_started {

@@ -634,3 +634,36 @@ fn time_going_backwards_is_harmless() {
     h.no_effect();
     assert_eq!(h.changed_count(), 1);
 }
+
+#[test]
+fn an_expired_cached_record_still_supplies_its_newer_refresh_token() {
+    let client = OAuth2Client::refresh_token(
+        "https://auth.example/token",
+        ClientId::new("c"),
+        Some(ClientSecret::new("s")),
+    )
+    .unwrap();
+    let config = RefresherConfig::oauth2(client)
+        .initial_refresh_token(RefreshToken::new("rt-spent"))
+        .layer(Layer::new("file"));
+    let key = config.cache_key().clone();
+    let mut h = H::new(config);
+    let id = h.expect_read(0);
+    let old = LifetimePolicy::default().record(
+        grant("dead", 60).with_refresh_token(RefreshToken::new("rt-latest")),
+        T0.saturating_sub(secs(3600)),
+        None,
+    );
+    h.read(id, Some(encode_record(&key, &old).bytes().to_vec()));
+    assert_eq!(h.access(), None, "the expired access token is not served");
+    let Effect::SendRequest { request, .. } = h.next() else {
+        panic!("expected a request")
+    };
+    let sent: Vec<(String, String)> = url::form_urlencoded::parse(request.as_http().body())
+        .into_owned()
+        .collect();
+    assert!(
+        sent.contains(&("refresh_token".into(), "rt-latest".into())),
+        "{sent:?}"
+    );
+}

@@ -7,3 +7,9 @@
 #![warn(missing_docs)]
 
 pub use tokenkeeper_core as core;
+
+/// The thread adapter (the crate `tokenkeeper-blocking`): a `TokenWatcher`
+/// driven by one background thread, and the one-shot `get_token`, for
+/// programs without an async runtime. Enabled by the `blocking` feature.
+#[cfg(feature = "blocking")]
+pub use tokenkeeper_blocking as blocking;

@@ -233,6 +233,52 @@ pub fn encode_record(key: &CacheKey, record: &TokenRecord) -> EncodedRecord {
 
 /// Decodes a stored record and checks that it belongs to `key`.
 pub fn decode_record(key: &CacheKey, bytes: &[u8]) -> Result<TokenRecord, RecordError> {
+    let mut doc = parse_document(bytes)?;
+    if doc.get("key").and_then(Value::as_str) != Some(key.id())
+        || doc.get("source").and_then(Value::as_str) != Some(key.description())
+    {
+        return Err(RecordError::Foreign("a record for another client".into()));
+    }
+    parse_token(&mut doc)
+}
+
+/// A record read without knowing which key it belongs to, as
+/// [`read_record`] returns it.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct StoredRecord {
+    /// The id of the key it was stored under ([`CacheKey::id`]).
+    pub key_id: String,
+    /// The key's canonical description ([`CacheKey::description`]): token URL,
+    /// client id, grant, scope, audience, resources, extra parameters. No secrets.
+    pub source: String,
+    /// The token.
+    pub token: TokenRecord,
+}
+
+/// Decodes a stored record whatever key it belongs to: for tools that inspect
+/// a cache file. A driver reading a layer uses [`decode_record`], which also
+/// checks that the record is its own.
+pub fn read_record(bytes: &[u8]) -> Result<StoredRecord, RecordError> {
+    let mut doc = parse_document(bytes)?;
+    let field = |doc: &Map<String, Value>, name: &str| {
+        doc.get(name)
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .ok_or_else(|| RecordError::Corrupt(format!("no {name}")))
+    };
+    let key_id = field(&doc, "key")?;
+    let source = field(&doc, "source")?;
+    let token = parse_token(&mut doc)?;
+    Ok(StoredRecord {
+        key_id,
+        source,
+        token,
+    })
+}
+
+/// Checks the size, the JSON, the format marker and the version.
+fn parse_document(bytes: &[u8]) -> Result<Map<String, Value>, RecordError> {
     if bytes.len() > MAX_RECORD_BYTES {
         return Err(RecordError::TooLarge {
             size: bytes.len(),
@@ -250,7 +296,7 @@ pub fn decode_record(key: &CacheKey, bytes: &[u8]) -> Result<TokenRecord, Record
             ))
         }
     })?;
-    let Value::Object(mut doc) = doc else {
+    let Value::Object(doc) = doc else {
         return Err(RecordError::Corrupt("not a JSON object".into()));
     };
     match doc.get("format").and_then(Value::as_str) {
@@ -268,11 +314,11 @@ pub fn decode_record(key: &CacheKey, bytes: &[u8]) -> Result<TokenRecord, Record
         }
         _ => return Err(RecordError::Corrupt("missing or unknown version".into())),
     }
-    if doc.get("key").and_then(Value::as_str) != Some(key.id())
-        || doc.get("source").and_then(Value::as_str) != Some(key.description())
-    {
-        return Err(RecordError::Foreign("a record for another client".into()));
-    }
+    Ok(doc)
+}
+
+/// Reads the `token` member of a checked document.
+fn parse_token(doc: &mut Map<String, Value>) -> Result<TokenRecord, RecordError> {
     let token = doc
         .remove("token")
         .ok_or_else(|| RecordError::Corrupt("no token".into()))?;
@@ -330,6 +376,22 @@ mod tests {
         assert!(!format!("{enc:?}").contains("at-1"));
         assert_eq!(enc.expiry(), rec.expiry);
         assert_eq!(decode_record(&key, enc.bytes()).unwrap(), rec);
+    }
+
+    #[test]
+    fn records_can_be_read_without_their_key() {
+        let key = CacheKey::for_client(&client("a b"));
+        let rec = record();
+        let enc = encode_record(&key, &rec);
+        let stored = read_record(enc.bytes()).unwrap();
+        assert_eq!(stored.key_id, key.id());
+        assert_eq!(stored.source, key.description());
+        assert_eq!(stored.token, rec);
+        assert_eq!(read_record(&enc.bytes()[..10]), Err(RecordError::Truncated));
+        assert!(matches!(
+            read_record(br#"{"format":"tokenkeeper-cache-record","version":1}"#),
+            Err(RecordError::Corrupt(_))
+        ));
     }
 
     #[test]

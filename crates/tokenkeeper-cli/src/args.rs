@@ -1,0 +1,306 @@
+//! Command-line arguments.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Keeps OAuth2 access tokens fresh: prints one, keeps a token file fresh for
+/// other programs, inspects a cache, runs a demo, simulates a fleet.
+///
+/// The client secret never travels on the command line: it comes from the
+/// TOKENKEEPER_CLIENT_SECRET environment variable or from a file
+/// (--client-secret-file).
+#[derive(Debug, Parser)]
+#[command(name = "tokenkeeper", version, max_term_width = 100)]
+pub(crate) struct Cli {
+    /// Say more on stderr (-v: debug, -vv: trace). Secrets are never shown.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub(crate) verbose: u8,
+
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Print a usable access token, from the cache when it holds a good one.
+    Token(TokenArgs),
+    /// Show what a cache file holds (never the token itself unless --show-token).
+    Inspect(InspectArgs),
+    /// Keep a file holding a usable token, refreshed in the background, until
+    /// SIGINT or SIGTERM.
+    Watch(WatchArgs),
+    /// Run a live demonstration against an in-process test authority on loopback.
+    Demo(DemoArgs),
+    /// Simulate a fleet of instances sharing (or not) a token cache, in virtual time.
+    Simulate(SimulateArgs),
+}
+
+/// The `--auth-method` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum AuthMethodArg {
+    /// client_secret_basic: HTTP Basic authentication.
+    Basic,
+    /// client_secret_post: credentials in the request body.
+    Post,
+}
+
+/// The `--grant` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[value(rename_all = "snake_case")]
+pub(crate) enum GrantArg {
+    /// The client-credentials grant.
+    ClientCredentials,
+    /// The refresh-token grant (the refresh token is read from --refresh-token-file).
+    RefreshToken,
+}
+
+/// Where tokens come from and where they are cached.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct SourceArgs {
+    /// TOML file holding named profiles [default: the user's config folder,
+    /// tokenkeeper/config.toml].
+    #[arg(
+        long,
+        env = "TOKENKEEPER_CONFIG",
+        value_name = "PATH",
+        hide_env_values = true
+    )]
+    pub(crate) config: Option<PathBuf>,
+
+    /// Take unset settings from this profile of the config file.
+    #[arg(
+        long,
+        env = "TOKENKEEPER_PROFILE",
+        value_name = "NAME",
+        hide_env_values = true
+    )]
+    pub(crate) profile: Option<String>,
+
+    /// The token endpoint (https, or http to loopback).
+    #[arg(
+        long,
+        env = "TOKENKEEPER_TOKEN_URL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    pub(crate) token_url: Option<String>,
+
+    /// The client id.
+    #[arg(
+        long,
+        env = "TOKENKEEPER_CLIENT_ID",
+        value_name = "ID",
+        hide_env_values = true
+    )]
+    pub(crate) client_id: Option<String>,
+
+    /// A file holding the client secret (else TOKENKEEPER_CLIENT_SECRET).
+    #[arg(
+        long,
+        env = "TOKENKEEPER_CLIENT_SECRET_FILE",
+        value_name = "PATH",
+        hide_env_values = true
+    )]
+    pub(crate) client_secret_file: Option<PathBuf>,
+
+    /// How the client authenticates [default: basic].
+    #[arg(
+        long,
+        env = "TOKENKEEPER_AUTH_METHOD",
+        value_enum,
+        hide_env_values = true
+    )]
+    pub(crate) auth_method: Option<AuthMethodArg>,
+
+    /// The scope to ask for (space-separated).
+    #[arg(
+        long,
+        env = "TOKENKEEPER_SCOPE",
+        value_name = "S",
+        hide_env_values = true
+    )]
+    pub(crate) scope: Option<String>,
+
+    /// The audience to ask for.
+    #[arg(
+        long,
+        env = "TOKENKEEPER_AUDIENCE",
+        value_name = "A",
+        hide_env_values = true
+    )]
+    pub(crate) audience: Option<String>,
+
+    /// A resource indicator (RFC 8707); may be repeated.
+    #[arg(long = "resource", value_name = "R")]
+    pub(crate) resources: Vec<String>,
+
+    /// An extra form parameter; may be repeated.
+    #[arg(long = "param", value_name = "K=V")]
+    pub(crate) params: Vec<String>,
+
+    /// The grant [default: client_credentials].
+    #[arg(long, env = "TOKENKEEPER_GRANT", value_enum, hide_env_values = true)]
+    pub(crate) grant: Option<GrantArg>,
+
+    /// The file holding the refresh token (refresh_token grant); a rotated
+    /// refresh token is written back to it.
+    #[arg(
+        long,
+        env = "TOKENKEEPER_REFRESH_TOKEN_FILE",
+        value_name = "PATH",
+        hide_env_values = true
+    )]
+    pub(crate) refresh_token_file: Option<PathBuf>,
+
+    /// The cache file [default: one per client in the user's cache folder].
+    #[arg(
+        long,
+        env = "TOKENKEEPER_CACHE",
+        value_name = "PATH",
+        hide_env_values = true
+    )]
+    pub(crate) cache: Option<PathBuf>,
+
+    /// Use no cache file.
+    #[arg(long, conflicts_with = "cache")]
+    pub(crate) no_cache: bool,
+
+    /// Allow plain http to hosts other than loopback (the secret travels in clear).
+    #[arg(long)]
+    pub(crate) allow_insecure_http: bool,
+}
+
+/// Output formats of `token`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum TokenOutput {
+    /// The token and a newline.
+    Plain,
+    /// `Authorization: Bearer <token>`.
+    Header,
+    /// A JSON object: access token, token type, expiry, status.
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct TokenArgs {
+    #[command(flatten)]
+    pub(crate) source: SourceArgs,
+
+    /// A cached token with less than this many seconds left is refreshed first.
+    #[arg(
+        long,
+        value_name = "SECS",
+        env = "TOKENKEEPER_MIN_VALID",
+        hide_env_values = true
+    )]
+    pub(crate) min_valid: Option<u64>,
+
+    /// Give up after this many seconds without a usable token [default: 15].
+    #[arg(
+        long,
+        value_name = "SECS",
+        env = "TOKENKEEPER_TIMEOUT",
+        hide_env_values = true
+    )]
+    pub(crate) timeout: Option<u64>,
+
+    /// What to print.
+    #[arg(long, value_enum, default_value = "plain")]
+    pub(crate) output: TokenOutput,
+}
+
+/// Output formats of `inspect` and `simulate`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum ReportOutput {
+    /// Readable text.
+    Text,
+    /// A JSON object.
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct InspectArgs {
+    #[command(flatten)]
+    pub(crate) source: SourceArgs,
+
+    /// Print the access token too.
+    #[arg(long)]
+    pub(crate) show_token: bool,
+
+    /// What to print.
+    #[arg(long, value_enum, default_value = "text")]
+    pub(crate) output: ReportOutput,
+}
+
+/// Formats of the `watch` sink file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum SinkFormat {
+    /// The token and a newline.
+    Plain,
+    /// A JSON object: access token, token type, expiry.
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct WatchArgs {
+    #[command(flatten)]
+    pub(crate) source: SourceArgs,
+
+    /// The file to keep holding a usable token (mode 0600, replaced atomically).
+    #[arg(long, value_name = "PATH")]
+    pub(crate) sink: PathBuf,
+
+    /// What the sink file holds.
+    #[arg(long, value_enum, default_value = "plain")]
+    pub(crate) sink_format: SinkFormat,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct DemoArgs {
+    /// How long the demo runs, in seconds (at least 10).
+    #[arg(long, value_name = "SECS", default_value_t = 36)]
+    pub(crate) duration: u64,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct SimulateArgs {
+    /// Number of instances.
+    #[arg(long, value_name = "N", default_value_t = 1000)]
+    pub(crate) instances: usize,
+
+    /// Simulated hours.
+    #[arg(long, value_name = "H", default_value_t = 24.0)]
+    pub(crate) hours: f64,
+
+    /// Token lifetime in seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 3600)]
+    pub(crate) ttl: u64,
+
+    /// Largest refresh jitter in seconds [default: 60].
+    #[arg(long, value_name = "SECS")]
+    pub(crate) jitter: Option<u64>,
+
+    /// Instances keep their tokens to themselves (no shared cache, no lease).
+    #[arg(long)]
+    pub(crate) no_shared_cache: bool,
+
+    /// An authority outage, START:DURATION from the beginning (seconds, or
+    /// with a unit: 90s, 30m, 2h); may be repeated.
+    #[arg(long, value_name = "START:DURATION")]
+    pub(crate) outage: Vec<String>,
+
+    /// Instances start at random moments within this many seconds [default: 0].
+    #[arg(long, value_name = "SECS", default_value_t = 0)]
+    pub(crate) start_spread: u64,
+
+    /// Seed of the run; the same seed gives the same report.
+    #[arg(long, value_name = "S", default_value_t = 1)]
+    pub(crate) seed: u64,
+
+    /// What to print.
+    #[arg(long, value_enum, default_value = "text")]
+    pub(crate) output: ReportOutput,
+}

@@ -40,11 +40,17 @@ fn main() {
     let mut alone = base.clone();
     alone.shared_cache = false;
     alone.jitter = Jitter::fraction_of_lifetime(0.1).expect("valid fraction");
-    show("\nno shared cache, jitter 10% of the lifetime:", &simulate(&alone));
+    show(
+        "\nno shared cache, jitter 10% of the lifetime:",
+        &simulate(&alone),
+    );
     let mut outage = base.clone();
     outage.authority.outages = vec![Outage {
         start: Duration::from_secs(44 * 60),
         duration: Duration::from_secs(8 * 60),
     }];
-    show("\nshared cache, 8-minute outage as the token goes stale:", &simulate(&outage));
+    show(
+        "\nshared cache, 8-minute outage as the token goes stale:",
+        &simulate(&outage),
+    );
 }

@@ -78,6 +78,16 @@ pub trait CacheLayer: Send + Sync + 'static {
     /// Gives the lease back; a no-op when it is not held. The default does
     /// nothing.
     fn release_lease(&self) {}
+
+    /// Asks the store to call `notify` whenever anyone stores a record in
+    /// it, so that a refresher waiting for another's lease re-reads at once
+    /// instead of at its next retry. Returns a guard that ends the
+    /// notifications when dropped, or `None` (the default) when the store has
+    /// no notifications. `notify` is cheap and never blocks.
+    fn subscribe(&self, notify: Box<dyn Fn() + Send + Sync>) -> Option<Box<dyn Send>> {
+        let _ = notify;
+        None
+    }
 }
 
 /// The file cache: atomic replace, private (0600) files, and a lease that is

@@ -146,6 +146,22 @@ impl Engine {
         }
     }
 
+    /// Subscribes to every layer's change notifications; `notify` is called
+    /// with the layer's index. The guards end them when dropped.
+    pub(crate) fn subscribe(
+        &self,
+        notify: impl Fn(usize) + Clone + Send + Sync + 'static,
+    ) -> Vec<Box<dyn Send>> {
+        self.layers
+            .iter()
+            .enumerate()
+            .filter_map(|(index, layer)| {
+                let notify = notify.clone();
+                layer.subscribe(Box::new(move || notify(index)))
+            })
+            .collect()
+    }
+
     /// The name of layer `index`, for messages.
     pub(crate) fn layer_name(&self, index: usize) -> &str {
         self.names.get(index).map_or("?", String::as_str)

@@ -572,6 +572,8 @@ impl Shared {
 enum Msg {
     Answer(Answer),
     RefreshNow(mpsc::SyncSender<RefreshNow>),
+    /// A layer's store says someone stored a record.
+    CacheChanged(usize),
     Stop,
 }
 
@@ -591,6 +593,14 @@ struct Driver {
 
 impl Driver {
     fn run(mut self) {
+        let notify = Mutex::new(self.tx.clone());
+        let notify = Arc::new(move |layer: usize| {
+            let _ = notify
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .send(Msg::CacheChanged(layer));
+        });
+        let _subscriptions = self.engine.subscribe(move |layer| notify(layer));
         loop {
             self.drain();
             if self.engine.refresher.is_finished() {
@@ -610,6 +620,11 @@ impl Driver {
                     let outcome = self.engine.refresher.refresh_now(engine::now());
                     tracing::debug!(outcome = ?outcome, "forced refresh asked for");
                     let _ = reply.send(outcome);
+                }
+                Ok(Msg::CacheChanged(layer)) => {
+                    self.engine
+                        .refresher
+                        .handle_cache_changed(engine::now(), layer);
                 }
                 Ok(Msg::Stop) | Err(RecvTimeoutError::Disconnected) => self.stop(),
                 Err(RecvTimeoutError::Timeout) => {
@@ -667,7 +682,7 @@ impl Driver {
                 Ok(Msg::RefreshNow(reply)) => {
                     let _ = reply.send(RefreshNow::ShutDown);
                 }
-                Ok(Msg::Stop) => {}
+                Ok(Msg::Stop | Msg::CacheChanged(_)) => {}
                 Err(_) => break,
             }
         }

@@ -4,6 +4,12 @@
 //! The refresh instant is drawn uniformly from `[stale − max, stale]`, but never
 //! earlier than the token's minimum fresh time, `issued + (stale − issued) / 2`:
 //! jitter can take at most half of a token's fresh period.
+//!
+//! The draw is keyed by the token itself ([`Jitter::refresh_at_for`]):
+//! refreshers holding *different* tokens spread their refreshes out, while
+//! refreshers holding the *same* token (a fleet sharing a cache) agree on one
+//! instant, so a fleet refreshes exactly as often as one instance would,
+//! and its lease decides who fetches.
 
 use std::time::Duration;
 
@@ -67,6 +73,17 @@ impl Jitter {
             .min(token.stale)
     }
 
+    /// The refresh instant of `token`, drawn with a generator keyed by the
+    /// token (its access token and issue time): the same token always gets the
+    /// same instant, different tokens independent ones.
+    pub fn refresh_at_for(&self, token: &TokenRecord) -> Timestamp {
+        let mut key = token.access_token.expose_secret().as_bytes().to_vec();
+        key.extend_from_slice(&token.issued.as_millis().to_le_bytes());
+        let seed = crate::hash::fnv1a_64(&key);
+        zeroize::Zeroize::zeroize(&mut key);
+        self.refresh_at(token, &mut fastrand::Rng::with_seed(seed))
+    }
+
     /// Draws the refresh instant for `token` from `rng`.
     pub fn refresh_at(&self, token: &TokenRecord, rng: &mut fastrand::Rng) -> Timestamp {
         let earliest = self.earliest(token);
@@ -83,8 +100,12 @@ mod tests {
     use crate::token::TokenGrant;
 
     fn token(life_secs: u64) -> TokenRecord {
+        named("t", life_secs)
+    }
+
+    fn named(name: &str, life_secs: u64) -> TokenRecord {
         LifetimePolicy::default().record(
-            TokenGrant::bearer(AccessToken::new("t"), Some(Duration::from_secs(life_secs))),
+            TokenGrant::bearer(AccessToken::new(name), Some(Duration::from_secs(life_secs))),
             Timestamp::from_secs(10_000),
             None,
         )
@@ -114,14 +135,29 @@ mod tests {
     }
 
     #[test]
+    fn holders_of_one_token_agree_on_its_refresh() {
+        let j = Jitter::up_to(Duration::from_secs(300));
+        let (a, b) = (named("shared", 3_600), named("shared", 3_600));
+        assert_eq!(j.refresh_at_for(&a), j.refresh_at_for(&b));
+        let others: std::collections::BTreeSet<_> = (0..50)
+            .map(|i| j.refresh_at_for(&named(&format!("own-{i}"), 3_600)))
+            .collect();
+        assert!(
+            others.len() > 45,
+            "distinct tokens get independent instants"
+        );
+    }
+
+    #[test]
     fn bad_fraction_is_rejected() {
         assert!(Jitter::fraction_of_lifetime(1.5).is_err());
         assert!(Jitter::fraction_of_lifetime(-0.1).is_err());
         assert!(Jitter::fraction_of_lifetime(0.1).is_ok());
     }
 
-    /// 10,000 refreshers holding the same token spread their refreshes evenly
-    /// over the jitter window: a chi-squared test over 20 equal bins.
+    /// 10,000 refreshers, each holding its own token issued at the same
+    /// instant, spread their refreshes evenly over the jitter window: a
+    /// chi-squared test over 20 equal bins.
     #[test]
     fn ten_thousand_refreshers_spread_uniformly() {
         let t = token(3_600); // stale at 2,700 s; window [2,340 s, 2,700 s]
@@ -131,9 +167,9 @@ mod tests {
         let window = t.stale.duration_since(earliest).as_millis() as u64;
         const BINS: usize = 20;
         let mut counts = [0u32; BINS];
-        for seed in 0..10_000u64 {
-            let mut rng = fastrand::Rng::with_seed(seed);
-            let at = j.refresh_at(&t, &mut rng);
+        for i in 0..10_000u64 {
+            let t = named(&format!("token-{i}"), 3_600);
+            let at = j.refresh_at_for(&t);
             assert!(at >= earliest && at <= t.stale);
             let offset = at.duration_since(earliest).as_millis() as u64;
             counts[((offset * BINS as u64) / (window + 1)) as usize] += 1;

@@ -95,8 +95,10 @@ fn an_outage_is_ridden_out_on_the_grace_period() {
     let cap = tokenkeeper_core::BackoffPolicy::default().cap();
     assert!(recovery <= cap, "recovered after {recovery:?}");
     // Holding the lease through backoff keeps the fleet from taking turns at
-    // the failing authority: far fewer requests than instances.
-    assert!(report.authority_failures < 100, "{report:?}");
+    // the failing authority: one holder at a time retries with backoff, a new
+    // one every lease TTL (30 s), so a few hundred requests at most in 8
+    // minutes, where 1,000 instances taking turns would make thousands.
+    assert!(report.authority_failures < 200, "{report:?}");
 }
 
 #[test]

@@ -224,3 +224,33 @@ impl Drop for Subscription {
         drop(self.thread.take());
     }
 }
+
+#[cfg(feature = "blocking")]
+impl tokenkeeper_blocking::CacheLayer for BlockingRedisLayer {
+    fn layer(&self) -> tokenkeeper_core::Layer {
+        self.settings.core_layer()
+    }
+
+    fn read(&self) -> Result<Option<Vec<u8>>, CacheError> {
+        BlockingRedisLayer::read(self)
+    }
+
+    fn write(&self, record: &EncodedRecord) -> Result<(), CacheError> {
+        BlockingRedisLayer::write(self, record)
+    }
+
+    fn try_acquire_lease(&self, ttl: Duration) -> LeaseOutcome {
+        BlockingRedisLayer::try_acquire(self, ttl)
+    }
+
+    fn release_lease(&self) {
+        if let Err(error) = BlockingRedisLayer::release(self) {
+            // The lease expires by itself; others wait at most its TTL.
+            tracing::debug!(%error, "could not release the redis lease");
+        }
+    }
+
+    fn subscribe(&self, notify: Box<dyn Fn() + Send + Sync>) -> Option<Box<dyn Send>> {
+        Some(Box::new(BlockingRedisLayer::subscribe(self, notify)))
+    }
+}

@@ -564,7 +564,7 @@ impl Refresher {
 
     fn adopt(&mut self, now: Timestamp, record: TokenRecord, origin: io::Origin) {
         self.take_refresh_token(&record);
-        let mut refresh_at = self.config.jitter.refresh_at(&record, &mut self.rng);
+        let mut refresh_at = self.config.jitter.refresh_at_for(&record);
         // No hot loop even with absurdly short tokens.
         if let Some(started) = self.last_fetch_started {
             refresh_at = refresh_at.max(started.saturating_add(self.config.backoff.floor()));

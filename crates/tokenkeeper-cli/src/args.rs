@@ -168,6 +168,21 @@ pub(crate) struct SourceArgs {
     #[arg(long, conflicts_with = "cache")]
     pub(crate) no_cache: bool,
 
+    /// Share tokens with a fleet through this Redis (redis://[user:password@]host:port/db,
+    /// or rediss:// for TLS): one request to the authority per refresh, fleet-wide.
+    #[arg(
+        long,
+        env = "TOKENKEEPER_REDIS_URL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    pub(crate) redis: Option<String>,
+
+    /// How long a fleet member's Redis lease lives if it never gives it back
+    /// (it crashed): the longest the others wait for it.
+    #[arg(long, value_name = "SECS", default_value_t = 30, requires = "redis")]
+    pub(crate) redis_lease_ttl: u64,
+
     /// Allow plain http to hosts other than loopback (the secret travels in clear).
     #[arg(long)]
     pub(crate) allow_insecure_http: bool,

@@ -5,11 +5,14 @@
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
+use tokenkeeper_core::LeaseSettings;
 use tokenkeeper_core::oauth2::{AuthMethod, GrantType, OAuth2Client, TokenUrl};
 use tokenkeeper_core::{CacheKey, ClientId, ClientSecret, RefreshToken};
 use tokenkeeper_fs::{FileCache, FileLayer};
+use tokenkeeper_redis::RedisSettings;
 use zeroize::Zeroizing;
 
 use crate::args::{AuthMethodArg, GrantArg, SourceArgs};
@@ -49,6 +52,7 @@ pub(crate) struct Profile {
     cache: Option<PathBuf>,
     #[serde(default)]
     no_cache: bool,
+    redis: Option<String>,
     #[serde(default)]
     allow_insecure_http: bool,
     pub(crate) min_valid: Option<u64>,
@@ -72,6 +76,8 @@ pub(crate) struct Resolved {
     pub(crate) cache: CacheChoice,
     /// Set when the default cache folder was wanted but does not exist.
     pub(crate) no_cache_dir: bool,
+    /// The shared Redis layer, when one was given.
+    pub(crate) redis: Option<RedisSettings>,
     pub(crate) profile: Profile,
 }
 
@@ -315,11 +321,24 @@ pub(crate) fn resolve(args: &SourceArgs, need: NeedSecret) -> Result<Resolved, C
             }
         }
     };
+    let redis = match args.redis.clone().or_else(|| profile.redis.clone()) {
+        // The URL may hold a password: the message never quotes it.
+        Some(url) => {
+            let settings = RedisSettings::new(&url).map_err(|e| CliError::usage(e.to_string()))?;
+            let default = settings.core_layer().lease().unwrap_or_default();
+            Some(settings.lease(LeaseSettings {
+                ttl: Duration::from_secs(args.redis_lease_ttl.max(1)),
+                ..default
+            }))
+        }
+        None => None,
+    };
     Ok(Resolved {
         client,
         refresh_token_file,
         cache,
         no_cache_dir,
+        redis,
         profile,
     })
 }

@@ -6,8 +6,9 @@ use std::time::Duration;
 use serde_json::json;
 use tokenkeeper_blocking::{GetTokenConfig, HttpSettings, Warning, get_token};
 use tokenkeeper_core::oauth2::GrantType;
-use tokenkeeper_core::{Origin, TokenRecord};
+use tokenkeeper_core::{CacheKey, Origin, TokenRecord};
 use tokenkeeper_fs::FileCache;
+use tokenkeeper_redis::BlockingRedisLayer;
 use zeroize::Zeroizing;
 
 use crate::args::{TokenArgs, TokenOutput};
@@ -44,6 +45,11 @@ pub(crate) fn run(args: &TokenArgs) -> Result<(), CliError> {
             );
         }
         CacheChoice::None => {}
+    }
+    if let Some(redis) = &resolved.redis {
+        tracing::debug!(server = %redis.server(), "sharing tokens through redis");
+        let key = CacheKey::for_client(&resolved.client);
+        config = config.cache(BlockingRedisLayer::new(redis.clone(), &key));
     }
 
     // With a refresh token, the whole read-use-write-back runs under the

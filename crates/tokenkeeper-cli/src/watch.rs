@@ -11,8 +11,9 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use tokenkeeper_blocking::{ChangedError, HttpSettings, TokenWatcher};
 use tokenkeeper_core::oauth2::GrantType;
-use tokenkeeper_core::{Event, RefreshToken, TokenRecord};
+use tokenkeeper_core::{CacheKey, Event, RefreshToken, TokenRecord};
 use tokenkeeper_fs::FileCache;
+use tokenkeeper_redis::BlockingRedisLayer;
 use zeroize::Zeroizing;
 
 use crate::args::{SinkFormat, WatchArgs};
@@ -51,6 +52,11 @@ pub(crate) fn run(args: &WatchArgs) -> Result<(), CliError> {
             "tokenkeeper: warning: no cache folder (neither XDG_CACHE_HOME nor HOME is set): not caching"
         ),
         CacheChoice::None => {}
+    }
+    if let Some(redis) = &resolved.redis {
+        tracing::debug!(server = %redis.server(), "sharing tokens through redis");
+        let key = CacheKey::for_client(&resolved.client);
+        builder = builder.cache(BlockingRedisLayer::new(redis.clone(), &key));
     }
     let rt_file = resolved
         .refresh_token_file

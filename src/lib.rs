@@ -8,6 +8,11 @@
 
 pub use tokenkeeper_core as core;
 
+/// The tokio adapter (the crate `tokenkeeper-tokio`): a `TokenWatcher` that
+/// keeps a token fresh in a background task. Enabled by the `tokio` feature.
+#[cfg(feature = "tokio")]
+pub use tokenkeeper_tokio as tokio;
+
 /// The thread adapter (the crate `tokenkeeper-blocking`): a `TokenWatcher`
 /// driven by one background thread, and the one-shot `get_token`, for
 /// programs without an async runtime. Enabled by the `blocking` feature.

@@ -1,0 +1,112 @@
+//! The errors of the watcher's API. None of them ever holds a secret.
+
+use std::time::Duration;
+
+use tokenkeeper_core::{FetchError, Timestamp};
+
+use crate::http::HttpSetupError;
+
+/// Why [`TokenWatcherBuilder::spawn`](crate::TokenWatcherBuilder::spawn) gave up.
+/// The watcher it was starting is stopped, and makes no further request.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SpawnError {
+    /// The source refused for good (`invalid_client`, `invalid_grant`, a 4xx,
+    /// a missing refresh token, ...): waiting longer would not help.
+    #[error("the token source refused the request: {error}")]
+    Rejected {
+        /// The refusal.
+        error: FetchError,
+    },
+    /// No token came within the configured wait (the source kept failing
+    /// with transient errors, or was slow).
+    #[error("no token within {waited:?}{}", last_error_suffix(.last_error))]
+    TimedOut {
+        /// How long spawn waited.
+        waited: Duration,
+        /// The last failure, if any attempt had finished.
+        last_error: Option<FetchError>,
+    },
+    /// The HTTP client could not be set up.
+    #[error(transparent)]
+    Http(#[from] HttpSetupError),
+    /// Not called within a tokio runtime.
+    #[error("a token watcher must be started within a tokio runtime")]
+    NoRuntime,
+    /// The watcher's task ended before a token was held (its runtime shut
+    /// down, say).
+    #[error("the token watcher stopped before it held a token")]
+    Stopped,
+}
+
+fn last_error_suffix(error: &Option<FetchError>) -> String {
+    match error {
+        Some(e) => format!("; last error: {e}"),
+        None => String::new(),
+    }
+}
+
+impl SpawnError {
+    /// Whether the source refused for good.
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, SpawnError::Rejected { .. })
+    }
+
+    /// The fetch error behind this one, if any.
+    pub fn fetch_error(&self) -> Option<&FetchError> {
+        match self {
+            SpawnError::Rejected { error } => Some(error),
+            SpawnError::TimedOut { last_error, .. } => last_error.as_ref(),
+            _ => None,
+        }
+    }
+}
+
+/// Why [`TokenWatcher::token`](crate::TokenWatcher::token) has no token to give.
+///
+/// It is `Copy` and holds no fetch error, so that the hot path stays as cheap
+/// as an atomic load; the last error is in
+/// [`TokenWatcher::status`](crate::TokenWatcher::status).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TokenError {
+    /// No token yet (a watcher started with
+    /// [`TokenWatcherBuilder::start`](crate::TokenWatcherBuilder::start)), or
+    /// the last one expired before a new one could be had. The watcher keeps
+    /// trying.
+    #[error("no usable token{}", unavailable_details(.expired_at, *.consecutive_failures))]
+    Unavailable {
+        /// When the last token expired, if one did.
+        expired_at: Option<Timestamp>,
+        /// Failed attempts since the last success.
+        consecutive_failures: u32,
+    },
+    /// The watcher has stopped: it was shut down, or its task ended.
+    #[error("the token watcher has stopped")]
+    Stopped,
+}
+
+fn unavailable_details(expired_at: &Option<Timestamp>, failures: u32) -> String {
+    let mut s = match expired_at {
+        Some(at) => format!(": the last one expired at {at}"),
+        None => " yet".to_owned(),
+    };
+    if failures > 0 {
+        s.push_str(&format!(
+            " ({failures} failed attempts since; the watcher's status has the last error)"
+        ));
+    }
+    s
+}
+
+/// The watcher's background task is gone (shut down, or its runtime ended),
+/// so it can neither refresh nor report changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the token watcher has stopped")]
+pub struct WatcherStopped;
+
+impl From<WatcherStopped> for TokenError {
+    fn from(_: WatcherStopped) -> Self {
+        TokenError::Stopped
+    }
+}

@@ -1,0 +1,170 @@
+//! Where a watcher's tokens come from: an OAuth2 token endpoint, or a source
+//! of your own.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use tokenkeeper_core::oauth2::OAuth2Client;
+use tokenkeeper_core::{CacheKey, FetchError, RefreshToken, TokenGrant};
+
+/// A boxed, sendable future: what the object-safe traits of this crate
+/// ([`TokenSource`], [`CacheLayer`](crate::CacheLayer)) return.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A source of tokens other than an OAuth2 token endpoint: a cloud metadata
+/// service, a secrets manager, a token exchange, a test double.
+///
+/// The watcher calls [`TokenSource::fetch`] whenever the refresher decides a
+/// new token is needed, never twice at once, and applies the configured
+/// request timeout to it. Report failures as [`FetchError::Source`] with the
+/// right [`ErrorClass`](tokenkeeper_core::ErrorClass): a transient error is
+/// retried with backoff, a permanent one only at the backoff cap.
+///
+/// The trait is object-safe. Implement it by boxing an `async` block:
+///
+/// ```
+/// use std::time::Duration;
+/// use tokenkeeper_core::{AccessToken, FetchError, RefreshToken, TokenGrant};
+/// use tokenkeeper_tokio::{BoxFuture, TokenSource};
+///
+/// struct Fixed;
+///
+/// impl TokenSource for Fixed {
+///     fn fetch<'a>(
+///         &'a self,
+///         _refresh_token: Option<&'a RefreshToken>,
+///     ) -> BoxFuture<'a, Result<TokenGrant, FetchError>> {
+///         Box::pin(async {
+///             Ok(TokenGrant::bearer(
+///                 AccessToken::new("t0k3n"),
+///                 Some(Duration::from_secs(3600)),
+///             ))
+///         })
+///     }
+/// }
+/// ```
+///
+/// For a closure, see [`Source::from_fn`].
+pub trait TokenSource: Send + Sync + 'static {
+    /// Gets a new token. `refresh_token` is the current refresh token, when
+    /// an earlier grant (or the builder) supplied one; a grant that carries a
+    /// new one rotates it.
+    fn fetch<'a>(
+        &'a self,
+        refresh_token: Option<&'a RefreshToken>,
+    ) -> BoxFuture<'a, Result<TokenGrant, FetchError>>;
+}
+
+/// A [`TokenSource`] made of a closure.
+struct FnSource<F>(F);
+
+impl<F, Fut> TokenSource for FnSource<F>
+where
+    F: Fn(Option<RefreshToken>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<TokenGrant, FetchError>> + Send + 'static,
+{
+    fn fetch<'a>(
+        &'a self,
+        refresh_token: Option<&'a RefreshToken>,
+    ) -> BoxFuture<'a, Result<TokenGrant, FetchError>> {
+        Box::pin((self.0)(refresh_token.cloned()))
+    }
+}
+
+#[derive(Clone)]
+pub(crate) enum SourceKind {
+    OAuth2(OAuth2Client),
+    Custom {
+        key: CacheKey,
+        source: Arc<dyn TokenSource>,
+    },
+}
+
+/// Where a [`TokenWatcher`](crate::TokenWatcher) gets its tokens.
+///
+/// An [`OAuth2Client`] (client credentials or refresh token grant) converts
+/// into a `Source`, so `TokenWatcher::builder(client)` works directly.
+#[derive(Clone)]
+pub struct Source(pub(crate) SourceKind);
+
+impl Source {
+    /// Tokens from an OAuth2 token endpoint, requested and read by the
+    /// tokenkeeper codec and sent over this crate's HTTP client. Cached
+    /// under the client's [`CacheKey`].
+    pub fn oauth2(client: OAuth2Client) -> Self {
+        Source(SourceKind::OAuth2(client))
+    }
+
+    /// Tokens from your own [`TokenSource`], cached under `key` (make one
+    /// with [`CacheKey::custom`] naming everything that makes two of your
+    /// tokens interchangeable).
+    pub fn custom(key: CacheKey, source: impl TokenSource) -> Self {
+        Source(SourceKind::Custom {
+            key,
+            source: Arc::new(source),
+        })
+    }
+
+    /// Tokens from an async closure, cached under `key`. The closure gets the
+    /// current refresh token, if any.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tokenkeeper_core::{AccessToken, CacheKey, TokenGrant};
+    /// use tokenkeeper_tokio::Source;
+    ///
+    /// let source = Source::from_fn(CacheKey::custom("metadata", &["default"]), |_refresh| async {
+    ///     // Ask a metadata service here.
+    ///     Ok(TokenGrant::bearer(AccessToken::new("t0k3n"), Some(Duration::from_secs(600))))
+    /// });
+    /// # let _ = source;
+    /// ```
+    pub fn from_fn<F, Fut>(key: CacheKey, f: F) -> Self
+    where
+        F: Fn(Option<RefreshToken>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<TokenGrant, FetchError>> + Send + 'static,
+    {
+        Self::custom(key, FnSource(f))
+    }
+
+    /// The key under which this source's tokens are cached.
+    pub fn cache_key(&self) -> CacheKey {
+        match &self.0 {
+            SourceKind::OAuth2(client) => CacheKey::for_client(client),
+            SourceKind::Custom { key, .. } => key.clone(),
+        }
+    }
+
+    /// The OAuth2 client, when the source is a token endpoint.
+    pub fn oauth2_client(&self) -> Option<&OAuth2Client> {
+        match &self.0 {
+            SourceKind::OAuth2(client) => Some(client),
+            SourceKind::Custom { .. } => None,
+        }
+    }
+}
+
+impl From<OAuth2Client> for Source {
+    fn from(client: OAuth2Client) -> Self {
+        Source::oauth2(client)
+    }
+}
+
+impl fmt::Debug for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            SourceKind::OAuth2(client) => f
+                .debug_struct("Source::OAuth2")
+                .field("token_url", client.token_url())
+                .field("client_id", client.client_id())
+                .field("grant", &client.grant())
+                .finish_non_exhaustive(),
+            SourceKind::Custom { key, .. } => f
+                .debug_struct("Source::Custom")
+                .field("key", key)
+                .finish_non_exhaustive(),
+        }
+    }
+}

@@ -1,0 +1,323 @@
+//! The handle users hold: [`TokenWatcher`], and the token it hands out.
+
+use std::fmt;
+use std::ops::Deref;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use arc_swap::{ArcSwap, Guard};
+use tokenkeeper_core::{
+    AccessToken, CacheKey, LifetimePolicy, RefreshNow, Status, Timestamp, TokenGrant, TokenRecord,
+};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::builder::TokenWatcherBuilder;
+use crate::error::{TokenError, WatcherStopped};
+use crate::source::Source;
+
+/// The wall clock, as the core reads time.
+pub(crate) fn now() -> Timestamp {
+    Timestamp::from_system_time(SystemTime::now())
+}
+
+/// What handles ask of the background task.
+pub(crate) enum Command {
+    RefreshNow(oneshot::Sender<RefreshNow>),
+    Shutdown,
+}
+
+/// Rarely touched state: the status snapshot and why there is no token.
+pub(crate) struct Cold {
+    pub(crate) status: Status,
+    pub(crate) expired_at: Option<Timestamp>,
+}
+
+/// The token readers get, alone in its cache lines (two, for CPUs that fetch
+/// lines in pairs), so that writes to the rest of [`Shared`] never slow
+/// readers down.
+///
+/// It always holds a record; "no token" is a placeholder record that is
+/// never handed out, so that a handed-out token needs no further check.
+#[repr(align(128))]
+pub(crate) struct Slot {
+    current: ArcSwap<TokenRecord>,
+    none: Arc<TokenRecord>,
+}
+
+impl Slot {
+    pub(crate) fn empty() -> Self {
+        let placeholder = LifetimePolicy::default().record(
+            TokenGrant::bearer(AccessToken::new(String::new()), Some(Duration::ZERO)),
+            Timestamp::EPOCH,
+            None,
+        );
+        let none = Arc::new(placeholder);
+        Slot {
+            current: ArcSwap::new(Arc::clone(&none)),
+            none,
+        }
+    }
+
+    /// The current token, if there is one (not for the hot path).
+    pub(crate) fn get(&self) -> Option<Arc<TokenRecord>> {
+        let current = self.current.load_full();
+        (!Arc::ptr_eq(&current, &self.none)).then_some(current)
+    }
+
+    /// Publishes `token`, or withdraws the current one.
+    pub(crate) fn set(&self, token: Option<Arc<TokenRecord>>) {
+        self.current
+            .store(token.unwrap_or_else(|| Arc::clone(&self.none)));
+    }
+}
+
+/// State shared by the handles and the background task.
+pub(crate) struct Shared {
+    /// The token readers get: `None` before the first one, after it expired
+    /// unreplaced, and once the watcher stopped.
+    pub(crate) current: Slot,
+    pub(crate) cold: Mutex<Cold>,
+    /// Each new token; closed when the background task ends.
+    pub(crate) changes: watch::Receiver<Option<Arc<TokenRecord>>>,
+    pub(crate) stopped: AtomicBool,
+    pub(crate) key: CacheKey,
+    pub(crate) name: String,
+}
+
+impl Shared {
+    pub(crate) fn cold(&self) -> MutexGuard<'_, Cold> {
+        self.cold.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Keeps an OAuth2 access token (or a token from your own source) fresh in
+/// the background, and hands it out without waiting.
+///
+/// Build one with [`TokenWatcher::builder`]. Handles are cheap to clone and
+/// share one background task; the task ends when [`TokenWatcher::shutdown`]
+/// is called or the last handle is dropped, and makes no request after that.
+///
+/// ```
+/// # use tokenkeeper_testkit::{Authority, Client};
+/// use tokenkeeper_core::oauth2::OAuth2Client;
+/// use tokenkeeper_core::{ClientId, ClientSecret};
+/// use tokenkeeper_tokio::TokenWatcher;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let authority = Authority::start();
+/// # authority.register_client(Client::new("my-service", "s3cret"));
+/// # let token_url = authority.token_url();
+/// let client = OAuth2Client::client_credentials(
+///     &token_url,
+///     ClientId::new("my-service"),
+///     ClientSecret::new("s3cret"),
+/// )?;
+/// let watcher = TokenWatcher::builder(client).spawn().await?;
+///
+/// // On every outgoing request: no lock, no wait.
+/// let header = watcher.token()?.authorization_header_value();
+/// assert!(header.starts_with("Bearer "));
+/// # watcher.shutdown().await;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct TokenWatcher {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) commands: mpsc::Sender<Command>,
+}
+
+impl fmt::Debug for TokenWatcher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let token = self.shared.current.get();
+        f.debug_struct("TokenWatcher")
+            .field("name", &self.shared.name)
+            .field("cache_key", &self.shared.key)
+            .field(
+                "token",
+                &token.as_ref().map(|t| t.access_token.fingerprint()),
+            )
+            .field("stopped", &self.is_stopped())
+            .finish()
+    }
+}
+
+impl TokenWatcher {
+    /// Starts building a watcher for `source`: an
+    /// [`OAuth2Client`](tokenkeeper_core::oauth2::OAuth2Client), or a
+    /// [`Source`] of your own.
+    pub fn builder(source: impl Into<Source>) -> TokenWatcherBuilder {
+        TokenWatcherBuilder::new(source.into())
+    }
+
+    /// The current token, without waiting and without a lock: one atomic
+    /// load.
+    ///
+    /// The returned [`Token`] borrows a slot of the watcher's lock-free
+    /// storage: use it at once (read the header value, say) and drop it, or
+    /// keep it longer with [`Token::into_arc`].
+    ///
+    /// Errors when there is no usable token (the last one expired before it
+    /// could be replaced; the watcher keeps trying) or the watcher has stopped.
+    /// The token is withdrawn when the background task sees it expire; to
+    /// check against the clock yourself, use [`TokenRecord::is_usable_at`].
+    #[inline]
+    pub fn token(&self) -> Result<Token, TokenError> {
+        let slot = &self.shared.current;
+        let guard = slot.current.load();
+        if !Arc::ptr_eq(&guard, &slot.none) {
+            Ok(Token { guard })
+        } else {
+            Err(self.no_token(guard))
+        }
+    }
+
+    /// Why there is no token; out of line, so that `token` stays small
+    /// enough to inline into the caller's loop.
+    #[cold]
+    #[inline(never)]
+    fn no_token(&self, empty: Guard<Arc<TokenRecord>>) -> TokenError {
+        drop(empty);
+        if self.is_stopped() {
+            return TokenError::Stopped;
+        }
+        let cold = self.shared.cold();
+        TokenError::Unavailable {
+            expired_at: cold.expired_at,
+            consecutive_failures: cold.status.consecutive_failures,
+        }
+    }
+
+    /// Waits for the next token (one published after this call starts
+    /// waiting) and returns it. Errors when the watcher stops first.
+    ///
+    /// A token published between an earlier read and this call is not
+    /// waited for; to wait for a token other than one you hold, without that
+    /// race, use [`TokenWatcher::changed_from`].
+    pub async fn changed(&self) -> Result<Arc<TokenRecord>, WatcherStopped> {
+        let mut changes = self.shared.changes.clone();
+        changes.borrow_and_update();
+        changes.changed().await.map_err(|_| WatcherStopped)?;
+        let token = changes.borrow_and_update().clone();
+        token.ok_or(WatcherStopped)
+    }
+
+    /// Waits until the watcher has published a token other than `seen` and
+    /// returns it, at once if it already has. The race-free way to wait for
+    /// the result of [`TokenWatcher::refresh_now`]:
+    ///
+    /// ```no_run
+    /// # async fn f(watcher: tokenkeeper_tokio::TokenWatcher) -> Result<(), Box<dyn std::error::Error>> {
+    /// let rejected = watcher.token()?.into_arc();
+    /// // ... a resource server answered 401 to `rejected` ...
+    /// watcher.refresh_now().await?;
+    /// let fresh = watcher.changed_from(&rejected).await?;
+    /// # let _ = fresh; Ok(()) }
+    /// ```
+    pub async fn changed_from(
+        &self,
+        seen: &TokenRecord,
+    ) -> Result<Arc<TokenRecord>, WatcherStopped> {
+        let mut changes = self.shared.changes.clone();
+        loop {
+            let latest = changes.borrow_and_update().clone();
+            if let Some(token) = latest.filter(|t| **t != *seen) {
+                return Ok(token);
+            }
+            changes.changed().await.map_err(|_| WatcherStopped)?;
+        }
+    }
+
+    /// The refresher's state: the current token's times, the last error, the
+    /// failures in a row, the next planned attempt. Cheap; for health checks.
+    pub fn status(&self) -> Status {
+        let mut status = self.shared.cold().status.clone();
+        let now = now();
+        status.token_state = self.shared.current.get().map(|t| t.state_at(now));
+        if self.is_stopped() {
+            status.shut_down = true;
+        }
+        status
+    }
+
+    /// Asks for a token newer than the current one, typically after a
+    /// resource server answered 401 to it. Rate-limited by
+    /// [`TokenWatcherBuilder::refresh_now_min_interval`]: too soon after the
+    /// last one, the answer is [`RefreshNow::RateLimited`] and nothing is sent.
+    /// Returns once the refresh has started (or was refused), not when it
+    /// finished; [`TokenWatcher::changed`] waits for the new token.
+    pub async fn refresh_now(&self) -> Result<RefreshNow, WatcherStopped> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(Command::RefreshNow(reply))
+            .await
+            .map_err(|_| WatcherStopped)?;
+        answer.await.map_err(|_| WatcherStopped)
+    }
+
+    /// Stops the background task and waits until it has ended: requests in
+    /// flight are abandoned, leases released, and every handle's
+    /// [`token`](TokenWatcher::token) answers [`TokenError::Stopped`] from then
+    /// on. Idempotent.
+    pub async fn shutdown(&self) {
+        // A closed channel means the task is ending already.
+        let _ = self.commands.send(Command::Shutdown).await;
+        let mut changes = self.shared.changes.clone();
+        while changes.changed().await.is_ok() {}
+    }
+
+    /// Whether the background task has ended.
+    pub fn is_stopped(&self) -> bool {
+        self.shared.stopped.load(Ordering::Acquire)
+    }
+
+    /// The key under which tokens are cached.
+    pub fn cache_key(&self) -> &CacheKey {
+        &self.shared.key
+    }
+
+    /// The watcher's name, as it appears in logs.
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+}
+
+/// The current token, as handed out by [`TokenWatcher::token`]: a
+/// [`TokenRecord`] (dereference it) held in the watcher's lock-free storage.
+///
+/// Meant to be used at once and dropped; holding many for long makes later
+/// reads slower. Keep one with [`Token::into_arc`]. Its `Debug` shows only a
+/// fingerprint of the secrets.
+pub struct Token {
+    guard: Guard<Arc<TokenRecord>>,
+}
+
+impl Token {
+    /// The record, reference-counted, to keep beyond a quick use.
+    #[inline]
+    pub fn into_arc(self) -> Arc<TokenRecord> {
+        Guard::into_inner(self.guard)
+    }
+}
+
+impl Deref for Token {
+    type Target = TokenRecord;
+
+    #[inline]
+    fn deref(&self) -> &TokenRecord {
+        &self.guard
+    }
+}
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Token")
+            .field("access_token", &self.access_token)
+            .field("issued", &self.issued)
+            .field("stale", &self.stale)
+            .field("expiry", &self.expiry)
+            .finish_non_exhaustive()
+    }
+}

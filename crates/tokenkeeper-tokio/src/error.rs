@@ -64,9 +64,9 @@ impl SpawnError {
 
 /// Why [`TokenWatcher::token`](crate::TokenWatcher::token) has no token to give.
 ///
-/// It is `Copy` and holds no fetch error, so that the hot path stays as cheap
-/// as an atomic load; the last error is in
-/// [`TokenWatcher::status`](crate::TokenWatcher::status).
+/// It is small and `Copy`, so that the hot path stays as cheap as one atomic
+/// load; why the watcher could not get a token (the last error, the failures
+/// in a row) is in [`TokenWatcher::status`](crate::TokenWatcher::status).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum TokenError {
@@ -74,29 +74,24 @@ pub enum TokenError {
     /// [`TokenWatcherBuilder::start`](crate::TokenWatcherBuilder::start)), or
     /// the last one expired before a new one could be had. The watcher keeps
     /// trying.
-    #[error("no usable token{}", unavailable_details(.expired_at, *.consecutive_failures))]
+    #[error("no usable token{}", unavailable_details(.expired_at))]
     Unavailable {
         /// When the last token expired, if one did.
         expired_at: Option<Timestamp>,
-        /// Failed attempts since the last success.
-        consecutive_failures: u32,
     },
     /// The watcher has stopped: it was shut down, or its task ended.
     #[error("the token watcher has stopped")]
     Stopped,
 }
 
-fn unavailable_details(expired_at: &Option<Timestamp>, failures: u32) -> String {
-    let mut s = match expired_at {
-        Some(at) => format!(": the last one expired at {at}"),
-        None => " yet".to_owned(),
-    };
-    if failures > 0 {
-        s.push_str(&format!(
-            " ({failures} failed attempts since; the watcher's status has the last error)"
-        ));
+fn unavailable_details(expired_at: &Option<Timestamp>) -> String {
+    match expired_at {
+        Some(at) => format!(
+            ": the last one expired at {at} and could not be replaced yet \
+             (the watcher's status has the last error)"
+        ),
+        None => " yet (the watcher's status has the last error, if any)".to_owned(),
     }
-    s
 }
 
 /// The watcher's background task is gone (shut down, or its runtime ended),
@@ -108,5 +103,15 @@ pub struct WatcherStopped;
 impl From<WatcherStopped> for TokenError {
     fn from(_: WatcherStopped) -> Self {
         TokenError::Stopped
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_error_is_small_enough_to_travel_in_registers() {
+        assert!(std::mem::size_of::<TokenError>() <= 16);
     }
 }

@@ -183,10 +183,8 @@ impl TokenWatcher {
         if self.is_stopped() {
             return TokenError::Stopped;
         }
-        let cold = self.shared.cold();
         TokenError::Unavailable {
-            expired_at: cold.expired_at,
-            consecutive_failures: cold.status.consecutive_failures,
+            expired_at: self.shared.cold().expired_at,
         }
     }
 

@@ -167,16 +167,11 @@ async fn serves_the_last_token_through_an_outage_until_it_expires() {
         Err(
             error @ TokenError::Unavailable {
                 expired_at: Some(at),
-                consecutive_failures,
             },
         ) => {
             assert_eq!(at, first.expiry);
-            assert!(consecutive_failures >= 1);
-            let shown = error.to_string();
-            assert!(
-                shown.contains("expired at") && shown.contains("failed"),
-                "{shown}"
-            );
+            assert!(error.to_string().contains("expired at"), "{error}");
+            assert!(watcher.status().consecutive_failures >= 1);
         }
         other => panic!("{other:?}"),
     }
@@ -293,10 +288,7 @@ async fn start_returns_at_once_and_the_token_comes_later() {
         .unwrap();
     assert!(matches!(
         watcher.token(),
-        Err(TokenError::Unavailable {
-            expired_at: None,
-            ..
-        })
+        Err(TokenError::Unavailable { expired_at: None })
     ));
     tokio::time::sleep(Duration::from_millis(300)).await;
     authority.set_down(false);

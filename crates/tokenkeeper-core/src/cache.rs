@@ -322,8 +322,16 @@ fn parse_token(doc: &mut Map<String, Value>) -> Result<TokenRecord, RecordError>
     let token = doc
         .remove("token")
         .ok_or_else(|| RecordError::Corrupt("no token".into()))?;
-    let t: TokenWire = serde_json::from_value(token)
-        .map_err(|e| RecordError::Corrupt(format!("bad token fields: {e}")))?;
+    let t: TokenWire = serde_json::from_value(token).map_err(|e| {
+        // serde's message can quote the offending value, which may be a
+        // secret: report only where the problem is.
+        RecordError::Corrupt(format!(
+            "bad token fields ({:?} error at line {}, column {})",
+            e.classify(),
+            e.line(),
+            e.column()
+        ))
+    })?;
     if t.access_token.is_empty() {
         return Err(RecordError::Corrupt("empty access token".into()));
     }
@@ -421,6 +429,19 @@ mod tests {
             CacheKey::for_client(&client("a"))
         );
         assert_eq!(CacheKey::for_client(&client("a")).id().len(), 32);
+    }
+
+    #[test]
+    fn errors_never_quote_record_contents() {
+        let key = CacheKey::for_client(&client("a"));
+        let text = String::from_utf8(encode_record(&key, &record()).bytes().to_vec()).unwrap();
+        let bad = text.replace(
+            "\"issued_ms\":5000",
+            "\"issued_ms\":\"secret-in-wrong-field\"",
+        );
+        let err = decode_record(&key, bad.as_bytes()).unwrap_err();
+        assert!(matches!(err, RecordError::Corrupt(_)), "{err}");
+        assert!(!err.to_string().contains("secret-in-wrong-field"), "{err}");
     }
 
     #[test]

@@ -154,7 +154,7 @@ fn is_loopback(host: &str) -> bool {
 /// assert_eq!(client.token_url().as_str(), "https://auth.example.com/oauth/token");
 /// # Ok::<(), tokenkeeper_core::oauth2::ConfigError>(())
 /// ```
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct OAuth2Client {
     pub(crate) token_url: TokenUrl,
     pub(crate) client_id: ClientId,
@@ -166,6 +166,26 @@ pub struct OAuth2Client {
     pub(crate) resources: Vec<String>,
     pub(crate) extra_params: Vec<(String, String)>,
     pub(crate) max_body_bytes: usize,
+}
+
+/// Extra parameters may carry credentials (a client assertion, say): `Debug`
+/// shows their names only.
+impl std::fmt::Debug for OAuth2Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let extra: Vec<&str> = self.extra_params.iter().map(|(k, _)| k.as_str()).collect();
+        f.debug_struct("OAuth2Client")
+            .field("token_url", &self.token_url)
+            .field("client_id", &self.client_id)
+            .field("client_secret", &self.client_secret)
+            .field("auth_method", &self.auth_method)
+            .field("grant", &self.grant)
+            .field("scope", &self.scope)
+            .field("audience", &self.audience)
+            .field("resources", &self.resources)
+            .field("extra_params", &extra)
+            .field("max_body_bytes", &self.max_body_bytes)
+            .finish()
+    }
 }
 
 const RESERVED: [&str; 7] = [
@@ -364,6 +384,22 @@ mod tests {
         ));
         // A name that merely starts like loopback is not loopback.
         assert!(TokenUrl::parse("http://127.0.0.1.evil.example/token", false).is_err());
+    }
+
+    #[test]
+    fn debug_shows_no_secret_values() {
+        let c = OAuth2Client::client_credentials(
+            "https://a.example/t",
+            ClientId::new("c"),
+            ClientSecret::new("the-client-secret"),
+        )
+        .unwrap()
+        .extra_param("client_assertion", "signed-jwt-value")
+        .unwrap();
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("the-client-secret"), "{shown}");
+        assert!(!shown.contains("signed-jwt-value"), "{shown}");
+        assert!(shown.contains("client_assertion"), "{shown}");
     }
 
     #[test]

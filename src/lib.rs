@@ -18,3 +18,9 @@ pub use tokenkeeper_tokio as tokio;
 /// programs without an async runtime. Enabled by the `blocking` feature.
 #[cfg(feature = "blocking")]
 pub use tokenkeeper_blocking as blocking;
+
+/// The async-std adapter (the crate `tokenkeeper-async-std`): the same
+/// `TokenWatcher` as the tokio adapter's, on async-std (or smol), with no
+/// tokio runtime. Enabled by the `async-std` feature.
+#[cfg(feature = "async-std")]
+pub use tokenkeeper_async_std as async_std;

@@ -33,6 +33,12 @@
 //! The layer comes in two forms: [`BlockingRedisLayer`] (sync connections, for
 //! `tokenkeeper-blocking`) and [`AsyncRedisLayer`] (multiplexed async
 //! connections, for tokio and for async-std/smol, chosen by cargo feature).
+//! With the `async-layer` feature, `AsyncRedisLayer` is a
+//! `tokenkeeper_async::CacheLayer`, the cache layer of both async watchers
+//! (`tokenkeeper-tokio`, `tokenkeeper-async-std`); its change notifications
+//! wake a watcher waiting for another instance's lease. The record format is
+//! the same everywhere, so blocking, tokio and async-std instances share one
+//! token.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 

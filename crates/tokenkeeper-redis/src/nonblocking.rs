@@ -212,3 +212,47 @@ impl AsyncRedisLayer {
         }
     }
 }
+
+/// The layer as the async watchers (`tokenkeeper-tokio`, `tokenkeeper-async-std`)
+/// take it: the lease is the Redis lease, and the change notifications are
+/// the key's pub/sub channel, so that a watcher waiting for another
+/// instance's lease re-reads as soon as that instance stores its token.
+#[cfg(feature = "async-layer")]
+impl tokenkeeper_async::CacheLayer for AsyncRedisLayer {
+    fn layer(&self) -> tokenkeeper_core::Layer {
+        self.settings.core_layer()
+    }
+
+    fn read(&self) -> tokenkeeper_async::BoxFuture<'_, Result<Option<Vec<u8>>, CacheError>> {
+        Box::pin(AsyncRedisLayer::read(self))
+    }
+
+    fn write<'a>(
+        &'a self,
+        record: &'a EncodedRecord,
+    ) -> tokenkeeper_async::BoxFuture<'a, Result<(), CacheError>> {
+        Box::pin(AsyncRedisLayer::write(self, record))
+    }
+
+    fn try_acquire_lease(&self, ttl: Duration) -> tokenkeeper_async::BoxFuture<'_, LeaseOutcome> {
+        Box::pin(self.try_acquire(ttl))
+    }
+
+    fn release_lease(&self) -> tokenkeeper_async::BoxFuture<'_, ()> {
+        Box::pin(async move {
+            if let Err(error) = self.release().await {
+                tracing::warn!(%error, "could not release the redis lease");
+            }
+        })
+    }
+
+    fn changes(
+        self: std::sync::Arc<Self>,
+        sleeper: tokenkeeper_async::Sleeper,
+    ) -> Option<tokenkeeper_async::BoxStream<'static, ()>> {
+        Some(tokenkeeper_async::change_feed(move |notifier| async move {
+            self.watch_changes(move || notifier.notify(), move |d| sleeper.sleep(d))
+                .await;
+        }))
+    }
+}

@@ -3,7 +3,7 @@
 //!
 //! ```sh
 //! cargo run -p tokenkeeper-tokio --example service
-//! RUST_LOG=tokenkeeper_tokio=debug cargo run -p tokenkeeper-tokio --example service
+//! RUST_LOG=tokenkeeper=debug cargo run -p tokenkeeper-tokio --example service
 //! ```
 //!
 //! It starts an authority issuing 6-second tokens, spawns a watcher with a

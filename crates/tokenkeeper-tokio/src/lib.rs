@@ -5,10 +5,15 @@
 //! The watcher drives the sans-IO engine of [`tokenkeeper_core`]: the engine
 //! decides when a token is stale, when to refresh (jittered) and when to retry
 //! (exponential backoff, `Retry-After`), what to send to the token endpoint,
-//! and what to read from and write to the cache layers. This crate carries out
-//! those effects with tokio tasks: HTTP over hyper 1 and rustls, the file
-//! cache of [`tokenkeeper_fs`] on the blocking pool, and any [`CacheLayer`] of
-//! your own.
+//! and what to read from and write to the cache layers. The effects are
+//! carried out on tokio: tasks on your runtime, HTTP over hyper 1 on tokio
+//! sockets with tokio-rustls, the file cache of `tokenkeeper-fs` on the
+//! blocking pool, and any [`CacheLayer`] of your own (such as
+//! `tokenkeeper_redis::AsyncRedisLayer`, feature `async-layer`).
+//!
+//! The watcher itself (its handles, its background task, its HTTP exchange)
+//! is [`tokenkeeper_async`]'s, shared with the async-std/smol adapter; this
+//! crate is its [`TokioRuntime`] and the names of its types.
 //!
 //! # Quick start
 //!
@@ -73,34 +78,44 @@
 //!
 //! # HTTP
 //!
-//! rustls with the *ring* provider, set on each client configuration and
-//! never installed as a process default; webpki roots, and the system's with
-//! the `native-roots` feature. Connect and whole-exchange timeouts, no
-//! redirects (a `3xx` is an error status), a response size cap. See
-//! [`HttpSettings`].
+//! hyper 1 (HTTP/1.1), one connection per token request (requests come
+//! minutes apart), on tokio sockets with tokio-rustls. rustls with the *ring*
+//! provider, set on each client configuration and never installed as a
+//! process default; webpki roots, and the system's with the `native-roots`
+//! feature. Connect and whole-exchange timeouts, no redirects (a `3xx` is an
+//! error status), a response size cap. See [`HttpSettings`].
 //!
 //! # Tracing
 //!
 //! The task runs in a `tokenkeeper.watcher` span; each fetch, cache read,
 //! write and lease has a span of its own (`tokenkeeper.fetch`,
-//! `tokenkeeper.cache.read`, ...), with events for outcomes.
+//! `tokenkeeper.cache.read`, ...), with events for outcomes. The events come
+//! from the shared crate's modules: filter with `tokenkeeper=debug` (every
+//! tokenkeeper crate) or `tokenkeeper_async=debug`.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-mod builder;
-mod cache;
-mod driver;
-mod error;
-mod http;
-mod source;
-mod watcher;
+mod runtime;
 
-pub use builder::TokenWatcherBuilder;
-pub use cache::{CacheLayer, FileCacheLayer};
-pub use error::{SpawnError, TokenError, WatcherStopped};
-pub use http::{HttpSettings, HttpSetupError};
-pub use source::{BoxFuture, Source, TokenSource};
-pub use watcher::{Token, TokenWatcher};
+pub use runtime::{Connection, TokioRuntime};
+pub use tokenkeeper_async::{
+    BoxFuture, BoxStream, CacheLayer, HttpSettings, HttpSetupError, Notifier, Sleeper, Source,
+    SpawnError, Token, TokenError, TokenSource, WatcherStopped, change_feed,
+};
+
+/// Keeps a token fresh in a background task on tokio, and hands it out
+/// without waiting. See [`tokenkeeper_async::TokenWatcher`] for its methods.
+pub type TokenWatcher = tokenkeeper_async::TokenWatcher<TokioRuntime>;
+
+/// Configures a [`TokenWatcher`]; made by [`TokenWatcher::builder`]. See
+/// [`tokenkeeper_async::TokenWatcherBuilder`] for its settings.
+pub type TokenWatcherBuilder = tokenkeeper_async::TokenWatcherBuilder<TokioRuntime>;
+
+/// The file cache of `tokenkeeper-fs` as a [`CacheLayer`]: atomic replace,
+/// private files, and a lease that is a cross-process lock file, so that
+/// processes sharing the file make one request per refresh. Its file calls
+/// run on tokio's blocking pool.
+pub type FileCacheLayer = tokenkeeper_async::FileCacheLayer<TokioRuntime>;
 
 /// The engine this adapter drives, re-exported for convenience.
 pub use tokenkeeper_core as core;

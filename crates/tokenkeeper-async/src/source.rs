@@ -3,15 +3,12 @@
 
 use std::fmt;
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 
 use tokenkeeper_core::oauth2::OAuth2Client;
 use tokenkeeper_core::{CacheKey, FetchError, RefreshToken, TokenGrant};
 
-/// A boxed, sendable future: what the object-safe traits of this crate
-/// ([`TokenSource`], [`CacheLayer`](crate::CacheLayer)) return.
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+use crate::runtime::BoxFuture;
 
 /// A source of tokens other than an OAuth2 token endpoint: a cloud metadata
 /// service, a secrets manager, a token exchange, a test double.
@@ -27,7 +24,7 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// ```
 /// use std::time::Duration;
 /// use tokenkeeper_core::{AccessToken, FetchError, RefreshToken, TokenGrant};
-/// use tokenkeeper_tokio::{BoxFuture, TokenSource};
+/// use tokenkeeper_async::{BoxFuture, TokenSource};
 ///
 /// struct Fixed;
 ///
@@ -113,7 +110,7 @@ impl Source {
     /// ```
     /// use std::time::Duration;
     /// use tokenkeeper_core::{AccessToken, CacheKey, TokenGrant};
-    /// use tokenkeeper_tokio::Source;
+    /// use tokenkeeper_async::Source;
     ///
     /// let source = Source::from_fn(CacheKey::custom("metadata", &["default"]), |_refresh| async {
     ///     // Ask a metadata service here.

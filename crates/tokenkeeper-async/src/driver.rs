@@ -1,38 +1,42 @@
 //! The background task: the core's driving loop, and nothing more.
 //!
-//! It drains the refresher's effects (starting each as a task) and events
-//! (publishing tokens to the handles), then waits for the earliest of the
-//! refresher's deadline (or the wake interval), a finished effect, and a
-//! command from the handles, and feeds what happened back. Every decision
-//! about time (staleness, jitter, backoff, leases) is the refresher's.
+//! It drains the refresher's effects (starting each as a task, or handing it
+//! to the worker of its cache layer) and events (publishing tokens to the
+//! handles), then waits for the earliest of the refresher's deadline (or the
+//! wake interval), a finished effect, a change announced by a cache layer,
+//! and a command from the handles, and feeds what happened back. Every
+//! decision about time (staleness, jitter, backoff, leases) is the
+//! refresher's.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use futures_lite::{FutureExt, StreamExt};
 use tokenkeeper_core::oauth2::TokenRequest;
 use tokenkeeper_core::{
-    CacheError, CacheErrorKind, EffectId, EncodedRecord, ErrorClass, Event, FetchError,
-    LeaseOutcome, Origin, RefreshToken, Refresher, Status, TokenGrant, TokenRecord,
+    CacheError, CacheErrorKind, Effect, EffectId, EncodedRecord, ErrorClass, Event, FetchError,
+    LeaseOutcome, Origin, RefreshToken, Refresher, Status, TokenGrant,
 };
-use tokio::sync::{mpsc, oneshot, watch};
-use tokio::task::{JoinHandle, JoinSet};
-use tracing::{Instrument, Span, debug, error, info, info_span, warn};
+use tracing::{Instrument, Span, debug, error, info, info_span, trace, warn};
 
 use crate::cache::CacheLayer;
 use crate::http::{HttpAnswer, HttpClient};
+use crate::runtime::{self, Runtime, Sleeper, Task, timeout};
 use crate::source::TokenSource;
 use crate::watcher::{Command, Shared, now};
 
 /// How long a stopping watcher waits for its cache layers to finish (lease
-/// releases, a last write) before abandoning them.
-const LAYER_GRACE: Duration = Duration::from_secs(5);
+/// releases, a last write) and its abandoned requests to end, before leaving
+/// them behind.
+const GRACE: Duration = Duration::from_secs(5);
 
 /// How the refresher's fetches are carried out.
-pub(crate) enum FetchWith {
+pub(crate) enum FetchWith<R> {
     /// Token requests built by the core, sent over HTTP.
     Http {
-        client: Box<HttpClient>,
+        client: Box<HttpClient<R>>,
         limit: usize,
         grant: &'static str,
     },
@@ -43,7 +47,8 @@ pub(crate) enum FetchWith {
     },
 }
 
-/// A finished effect, on its way back to the loop.
+/// Something that happened outside the loop, on its way back to it: a
+/// finished effect, or a cache layer's change notification.
 enum Answer {
     CacheRead {
         id: EffectId,
@@ -65,6 +70,9 @@ enum Answer {
         id: EffectId,
         result: Result<TokenGrant, FetchError>,
     },
+    Changed {
+        layer: usize,
+    },
 }
 
 /// What one cache layer is asked to do, in order.
@@ -76,27 +84,32 @@ enum LayerOp {
 }
 
 struct LayerWorker {
-    ops: mpsc::UnboundedSender<LayerOp>,
-    task: JoinHandle<()>,
+    ops: async_channel::Sender<LayerOp>,
+    task: Task,
+}
+
+/// What wakes the loop.
+enum Wake {
+    Command(Option<Command>),
+    Answer(Answer),
+    Timeout,
 }
 
 /// Publishes what the refresher reports to the handles. Dropping it (when the
-/// task ends, even by a panic) marks the watcher stopped.
+/// task ends, even by a panic, or when its runtime drops it) marks the
+/// watcher stopped.
 pub(crate) struct Publisher {
     shared: Arc<Shared>,
-    changes: watch::Sender<Option<Arc<TokenRecord>>>,
-    first: Option<oneshot::Sender<Result<(), FetchError>>>,
+    first: Option<async_channel::Sender<Result<(), FetchError>>>,
 }
 
 impl Publisher {
     pub(crate) fn new(
         shared: Arc<Shared>,
-        changes: watch::Sender<Option<Arc<TokenRecord>>>,
-        first: oneshot::Sender<Result<(), FetchError>>,
+        first: async_channel::Sender<Result<(), FetchError>>,
     ) -> Self {
         Publisher {
             shared,
-            changes,
             first: Some(first),
         }
     }
@@ -119,9 +132,9 @@ impl Publisher {
                     "new token"
                 );
                 self.shared.current.set(Some(Arc::clone(&token)));
-                self.changes.send_replace(Some(token));
+                self.shared.changes.publish(token);
                 if let Some(first) = self.first.take() {
-                    let _ = first.send(Ok(()));
+                    let _ = first.try_send(Ok(()));
                 }
             }
             Event::TokenExpired { expiry } => {
@@ -140,7 +153,7 @@ impl Publisher {
                     if self.shared.current.get().is_none()
                         && let Some(first) = self.first.take()
                     {
-                        let _ = first.send(Err(error));
+                        let _ = first.try_send(Err(error));
                     }
                 } else {
                     warn!(%error, consecutive_failures, %retry_at, "fetching a token failed");
@@ -175,67 +188,83 @@ impl Drop for Publisher {
         if std::thread::panicking() {
             error!("the token watcher's task panicked; the watcher has stopped");
         }
-        // `changes` is dropped after this, which wakes `changed` and `shutdown`.
+        // Wakes `changed` and `shutdown`, for good.
+        self.shared.changes.close();
     }
 }
 
-/// Answers a custom fetch even when the source panics or the task is
-/// cancelled, so the refresher never waits for an answer that cannot come.
-struct FetchGuard {
+/// Answers a fetch even when the work panics or is cancelled, so the
+/// refresher never waits for an answer that cannot come.
+struct Reply {
     id: EffectId,
-    answers: Option<mpsc::UnboundedSender<Answer>>,
+    answers: Option<async_channel::Sender<Answer>>,
+    /// The answer given when none was.
+    otherwise: fn(EffectId) -> Answer,
 }
 
-impl FetchGuard {
-    fn answer(mut self, result: Result<TokenGrant, FetchError>) {
+impl Reply {
+    fn send(mut self, answer: Answer) {
         if let Some(answers) = self.answers.take() {
-            let _ = answers.send(Answer::Grant {
-                id: self.id,
-                result,
-            });
+            let _ = answers.try_send(answer);
         }
     }
 }
 
-impl Drop for FetchGuard {
+impl Drop for Reply {
     fn drop(&mut self) {
         if let Some(answers) = self.answers.take() {
-            let _ = answers.send(Answer::Grant {
-                id: self.id,
-                result: Err(FetchError::Source {
-                    message: "the token source panicked or was cancelled".into(),
-                    class: ErrorClass::Transient,
-                }),
-            });
+            let _ = answers.try_send((self.otherwise)(self.id));
         }
     }
 }
 
-pub(crate) struct Driver {
+fn http_abandoned(id: EffectId) -> Answer {
+    Answer::Http {
+        id,
+        result: Err(FetchError::Transport {
+            message: "the request was abandoned".into(),
+        }),
+    }
+}
+
+fn source_abandoned(id: EffectId) -> Answer {
+    Answer::Grant {
+        id,
+        result: Err(FetchError::Source {
+            message: "the token source panicked or was cancelled".into(),
+            class: ErrorClass::Transient,
+        }),
+    }
+}
+
+pub(crate) struct Driver<R: Runtime> {
+    runtime: R,
     refresher: Refresher,
-    fetch: FetchWith,
+    fetch: FetchWith<R>,
     layers: Vec<Arc<dyn CacheLayer>>,
     layer_names: Vec<String>,
     workers: Vec<LayerWorker>,
-    answers_tx: mpsc::UnboundedSender<Answer>,
-    answers_rx: mpsc::UnboundedReceiver<Answer>,
-    commands: mpsc::Receiver<Command>,
-    fetches: JoinSet<()>,
+    feeds: Vec<Task>,
+    answers_tx: async_channel::Sender<Answer>,
+    answers_rx: async_channel::Receiver<Answer>,
+    commands: async_channel::Receiver<Command>,
+    fetches: Vec<Task>,
     publisher: Publisher,
     wake_interval: Duration,
     stopping: Arc<AtomicBool>,
 }
 
-impl Driver {
+impl<R: Runtime> Driver<R> {
     pub(crate) fn new(
+        runtime: R,
         refresher: Refresher,
-        fetch: FetchWith,
+        fetch: FetchWith<R>,
         layers: Vec<Arc<dyn CacheLayer>>,
         publisher: Publisher,
-        commands: mpsc::Receiver<Command>,
+        commands: async_channel::Receiver<Command>,
         wake_interval: Duration,
     ) -> Self {
-        let (answers_tx, answers_rx) = mpsc::unbounded_channel();
+        let (answers_tx, answers_rx) = async_channel::unbounded();
         let layer_names = refresher
             .config()
             .layers()
@@ -243,15 +272,17 @@ impl Driver {
             .map(|l| l.name().to_owned())
             .collect();
         Driver {
+            runtime,
             refresher,
             fetch,
             layers,
             layer_names,
             workers: Vec::new(),
+            feeds: Vec::new(),
             answers_tx,
             answers_rx,
             commands,
-            fetches: JoinSet::new(),
+            fetches: Vec::new(),
             publisher,
             wake_interval,
             stopping: Arc::new(AtomicBool::new(false)),
@@ -263,13 +294,18 @@ impl Driver {
             "tokenkeeper.watcher",
             name = %self.publisher.shared.name,
             key = %self.publisher.shared.key,
+            runtime = self.runtime.name(),
         );
         self.run_loop().instrument(span).await;
     }
 
     async fn run_loop(mut self) {
         self.start_layers();
-        info!(layers = self.workers.len(), "started");
+        info!(
+            layers = self.workers.len(),
+            feeds = self.feeds.len(),
+            "started"
+        );
         loop {
             self.drain();
             if self.refresher.is_finished() {
@@ -279,23 +315,43 @@ impl Driver {
                 Some(deadline) => deadline.duration_since(now()).min(self.wake_interval),
                 None => self.wake_interval,
             };
-            tokio::select! {
-                biased;
-                command = self.commands.recv() => self.command(command),
-                Some(answer) = self.answers_rx.recv() => self.feed(answer),
-                () = tokio::time::sleep(sleep_for) => self.refresher.handle_timeout(now()),
+            match self.wait(sleep_for).await {
+                Wake::Command(command) => self.command(command),
+                Wake::Answer(answer) => self.feed(answer),
+                Wake::Timeout => self.refresher.handle_timeout(now()),
             }
         }
         self.finish().await;
     }
 
+    /// The first of: a command (first, so a shutdown is never starved), a
+    /// finished effect or change, the deadline.
+    async fn wait(&self, sleep_for: Duration) -> Wake {
+        let command = async { Wake::Command(self.commands.recv().await.ok()) };
+        let answer = async {
+            match self.answers_rx.recv().await {
+                Ok(answer) => Wake::Answer(answer),
+                // The loop holds a sender: never closed.
+                Err(_) => std::future::pending().await,
+            }
+        };
+        let deadline = async {
+            self.runtime.sleep(sleep_for).await;
+            Wake::Timeout
+        };
+        command.or(answer).or(deadline).await
+    }
+
     fn start_layers(&mut self) {
+        let sleeper = Sleeper::of(self.runtime.clone());
         for (index, layer) in self.layers.drain(..).enumerate() {
-            let (ops, queue) = mpsc::unbounded_channel();
-            let task = tokio::spawn(
+            let (ops, queue) = async_channel::unbounded();
+            let task = runtime::spawn(
+                &self.runtime,
+                "cache layer",
                 serve_layer(
                     index,
-                    layer,
+                    Arc::clone(&layer),
                     queue,
                     self.answers_tx.clone(),
                     Arc::clone(&self.stopping),
@@ -303,30 +359,69 @@ impl Driver {
                 .instrument(Span::current()),
             );
             self.workers.push(LayerWorker { ops, task });
+
+            let feed =
+                std::panic::catch_unwind(AssertUnwindSafe(|| layer.changes(sleeper.clone())));
+            let mut feed = match feed {
+                Ok(Some(feed)) => feed,
+                Ok(None) => continue,
+                Err(_) => {
+                    error!(
+                        layer = index,
+                        "the cache layer panicked setting up its change feed"
+                    );
+                    continue;
+                }
+            };
+            let answers = self.answers_tx.clone();
+            let span = info_span!("tokenkeeper.cache.changes", layer = index, name = %self.layer_names.get(index).map_or("?", String::as_str));
+            let task = runtime::spawn(
+                &self.runtime,
+                "cache change feed",
+                async move {
+                    while feed.next().await.is_some() {
+                        trace!("the store announced a change");
+                        if answers
+                            .send(Answer::Changed { layer: index })
+                            .await
+                            .is_err()
+                        {
+                            break;
+                        }
+                    }
+                    debug!("the change feed ended");
+                }
+                .instrument(span),
+            );
+            self.feeds.push(task);
         }
     }
 
-    /// Carries out every effect the refresher asks for and publishes every
-    /// event, then refreshes the status snapshot.
+    /// Carries out every effect the refresher asks for, refreshes the status
+    /// snapshot, and publishes every event: the status first, so that
+    /// whoever wakes up for a new token (`spawn` among them) sees the status
+    /// that goes with it.
     fn drain(&mut self) {
+        let mut events = Vec::new();
         loop {
             let mut idle = true;
             while let Some(effect) = self.refresher.poll_effect() {
                 idle = false;
                 self.dispatch(effect);
             }
-            // The snapshot goes first, so that a handle woken by an event
-            // (a first token, say) sees the status that goes with it.
-            self.publisher.snapshot(self.refresher.status(now()));
             while let Some(event) = self.refresher.poll_event() {
                 idle = false;
-                self.publisher.event(event, &self.layer_names);
+                events.push(event);
             }
             if idle {
                 break;
             }
         }
-        while self.fetches.try_join_next().is_some() {}
+        self.publisher.snapshot(self.refresher.status(now()));
+        for event in events {
+            self.publisher.event(event, &self.layer_names);
+        }
+        self.fetches.retain(|task| !task.is_finished());
     }
 
     fn command(&mut self, command: Option<Command>) {
@@ -334,7 +429,7 @@ impl Driver {
             Some(Command::RefreshNow(reply)) => {
                 let outcome = self.refresher.refresh_now(now());
                 info!(?outcome, "early refresh asked for");
-                let _ = reply.send(outcome);
+                let _ = reply.try_send(outcome);
             }
             Some(Command::Shutdown) => {
                 info!("shutdown asked for");
@@ -349,16 +444,31 @@ impl Driver {
 
     fn stop(&mut self) {
         self.stopping.store(true, Ordering::Release);
-        self.fetches.abort_all();
+        for fetch in &self.fetches {
+            fetch.abort();
+        }
         self.refresher.shutdown(now());
     }
 
     async fn finish(mut self) {
-        self.fetches.shutdown().await;
+        for feed in &self.feeds {
+            feed.abort();
+        }
+        let fetches = std::mem::take(&mut self.fetches);
+        let feeds = std::mem::take(&mut self.feeds);
+        let ended = timeout(&self.runtime, GRACE, async {
+            for task in fetches.iter().chain(&feeds) {
+                task.join().await;
+            }
+        })
+        .await;
+        if ended.is_none() {
+            warn!("a request or change feed did not end in time; left behind");
+        }
         for worker in std::mem::take(&mut self.workers) {
-            let LayerWorker { ops, mut task } = worker;
+            let LayerWorker { ops, task } = worker;
             drop(ops);
-            if tokio::time::timeout(LAYER_GRACE, &mut task).await.is_err() {
+            if timeout(&self.runtime, GRACE, task.join()).await.is_none() {
                 warn!("a cache layer did not finish in time; abandoned");
                 task.abort();
             }
@@ -386,14 +496,17 @@ impl Driver {
             ),
             Answer::Http { id, result: Err(e) } => self.refresher.handle_fetch_error(now, id, e),
             Answer::Grant { id, result } => self.refresher.handle_grant(now, id, result),
+            Answer::Changed { layer } => {
+                self.refresher.handle_cache_changed(now, layer);
+                Ok(())
+            }
         };
         if let Err(e) = result {
             error!(error = %e, "driver bug: the refresher refused an answer");
         }
     }
 
-    fn dispatch(&mut self, effect: tokenkeeper_core::Effect) {
-        use tokenkeeper_core::Effect;
+    fn dispatch(&mut self, effect: Effect) {
         match effect {
             Effect::ReadCache { id, layer } => self.send_to_layer(layer, LayerOp::Read(id)),
             Effect::WriteCache { id, layer, record } => {
@@ -414,7 +527,10 @@ impl Driver {
             error!(layer, "driver bug: no such cache layer");
             return self.layer_gone(op);
         };
-        if let Err(mpsc::error::SendError(op)) = worker.ops.send(op) {
+        if let Err(
+            async_channel::TrySendError::Closed(op) | async_channel::TrySendError::Full(op),
+        ) = worker.ops.try_send(op)
+        {
             error!(layer, "the cache layer's worker is gone");
             self.layer_gone(op);
         }
@@ -439,6 +555,11 @@ impl Driver {
     }
 
     fn send_request(&mut self, id: EffectId, request: TokenRequest) {
+        let reply = Reply {
+            id,
+            answers: Some(self.answers_tx.clone()),
+            otherwise: http_abandoned,
+        };
         let FetchWith::Http {
             client,
             limit,
@@ -446,32 +567,31 @@ impl Driver {
         } = &self.fetch
         else {
             error!("driver bug: an HTTP request for a custom source");
-            let error = FetchError::Transport {
-                message: "this watcher has no HTTP client".into(),
-            };
-            if let Err(e) = self.refresher.handle_fetch_error(now(), id, error) {
-                error!(error = %e, "driver bug: the refresher refused an answer");
-            }
+            reply.send(Answer::Http {
+                id,
+                result: Err(FetchError::Transport {
+                    message: "this watcher has no HTTP client".into(),
+                }),
+            });
             return;
         };
         let (client, limit) = (HttpClient::clone(client), *limit);
         let request = request.into_http();
-        // Scheme, host and path only: a query could carry anything.
-        let uri = request.uri();
-        let endpoint = format!(
-            "{}://{}{}",
-            uri.scheme_str().unwrap_or("?"),
-            uri.authority().map_or("?", |a| a.as_str()),
-            uri.path()
-        );
         let span = info_span!(
             "tokenkeeper.fetch",
             effect = %id,
             grant = *grant,
-            endpoint = %endpoint,
+            // Scheme, host and path only: a query string may carry secrets.
+            url = %format_args!(
+                "{}://{}{}",
+                request.uri().scheme_str().unwrap_or("https"),
+                request.uri().authority().map_or("", |a| a.as_str()),
+                request.uri().path()
+            ),
         );
-        let answers = self.answers_tx.clone();
-        self.fetches.spawn(
+        let task = runtime::spawn(
+            &self.runtime,
+            "fetch",
             async move {
                 debug!("requesting a token");
                 let started = Instant::now();
@@ -486,42 +606,51 @@ impl Driver {
                     ),
                     Err(error) => warn!(%error, elapsed_ms, "no answer from the token endpoint"),
                 }
-                let _ = answers.send(Answer::Http { id, result });
+                reply.send(Answer::Http { id, result });
             }
             .instrument(span),
         );
+        self.fetches.push(task);
     }
 
     fn fetch_custom(&mut self, id: EffectId, refresh_token: Option<RefreshToken>) {
-        let guard = FetchGuard {
+        let reply = Reply {
             id,
             answers: Some(self.answers_tx.clone()),
+            otherwise: source_abandoned,
         };
-        let FetchWith::Custom { source, timeout } = &self.fetch else {
+        let FetchWith::Custom {
+            source,
+            timeout: limit,
+        } = &self.fetch
+        else {
             error!("driver bug: a custom fetch for an OAuth2 source");
-            guard.answer(Err(FetchError::Source {
-                message: "this watcher has no custom source".into(),
-                class: ErrorClass::Permanent,
-            }));
+            reply.send(Answer::Grant {
+                id,
+                result: Err(FetchError::Source {
+                    message: "this watcher has no custom source".into(),
+                    class: ErrorClass::Permanent,
+                }),
+            });
             return;
         };
-        let (source, timeout) = (Arc::clone(source), *timeout);
+        let (source, limit) = (Arc::clone(source), *limit);
+        let runtime = self.runtime.clone();
         let span = info_span!(
             "tokenkeeper.fetch",
             effect = %id,
             source = "custom",
             refresh_token = ?refresh_token.as_ref().map(|t| t.fingerprint()),
         );
-        self.fetches.spawn(
+        let task = runtime::spawn(
+            &self.runtime,
+            "fetch",
             async move {
                 debug!("asking the token source");
                 let started = Instant::now();
-                let result =
-                    match tokio::time::timeout(timeout, source.fetch(refresh_token.as_ref())).await
-                    {
-                        Ok(result) => result,
-                        Err(_) => Err(FetchError::Timeout { after: timeout }),
-                    };
+                let result = timeout(&runtime, limit, source.fetch(refresh_token.as_ref()))
+                    .await
+                    .unwrap_or(Err(FetchError::Timeout { after: limit }));
                 let elapsed_ms = started.elapsed().as_millis() as u64;
                 match &result {
                     Ok(grant) => debug!(
@@ -532,26 +661,26 @@ impl Driver {
                     ),
                     Err(error) => warn!(%error, elapsed_ms, "the token source failed"),
                 }
-                guard.answer(result);
+                reply.send(Answer::Grant { id, result });
             }
             .instrument(span),
         );
+        self.fetches.push(task);
     }
 }
 
-/// Runs one layer's effects one at a time, in order. Each call runs in a task
-/// of its own, so a layer that panics answers with an error instead of
-/// leaving the refresher waiting.
+/// Runs one layer's effects one at a time, in order. A call that panics is
+/// answered with an error instead of leaving the refresher waiting.
 async fn serve_layer(
     index: usize,
     layer: Arc<dyn CacheLayer>,
-    mut ops: mpsc::UnboundedReceiver<LayerOp>,
-    answers: mpsc::UnboundedSender<Answer>,
+    ops: async_channel::Receiver<LayerOp>,
+    answers: async_channel::Sender<Answer>,
     stopping: Arc<AtomicBool>,
 ) {
     let name = layer.layer().name().to_owned();
     let mut holds_lease = false;
-    while let Some(op) = ops.recv().await {
+    while let Ok(op) = ops.recv().await {
         // Once stopping, nothing new is read or leased; writes and releases finish.
         let stopping = stopping.load(Ordering::Acquire);
         match op {
@@ -561,16 +690,15 @@ async fn serve_layer(
                 }
                 let span =
                     info_span!("tokenkeeper.cache.read", layer = index, name = %name, effect = %id);
-                let l = Arc::clone(&layer);
-                let result = isolated(async move { l.read().await }, span.clone())
+                let result = isolated(async { layer.read().await }, span.clone())
                     .await
-                    .unwrap_or_else(|e| Err(panicked("read", &e)));
+                    .unwrap_or_else(|()| Err(panicked("read")));
                 span.in_scope(|| match &result {
                     Ok(Some(bytes)) => debug!(bytes = bytes.len(), "found a record"),
                     Ok(None) => debug!("no record"),
                     Err(error) => warn!(%error, "could not read"),
                 });
-                let _ = answers.send(Answer::CacheRead { id, result });
+                let _ = answers.send(Answer::CacheRead { id, result }).await;
             }
             LayerOp::Write(id, record) => {
                 let span = info_span!(
@@ -581,31 +709,29 @@ async fn serve_layer(
                     bytes = record.bytes().len(),
                     expiry = %record.expiry(),
                 );
-                let l = Arc::clone(&layer);
-                let result = isolated(async move { l.write(&record).await }, span.clone())
+                let result = isolated(async { layer.write(&record).await }, span.clone())
                     .await
-                    .unwrap_or_else(|e| Err(panicked("write", &e)));
+                    .unwrap_or_else(|()| Err(panicked("write")));
                 span.in_scope(|| match &result {
                     Ok(()) => debug!("stored the record"),
                     Err(error) => warn!(%error, "could not store the record"),
                 });
-                let _ = answers.send(Answer::CacheWritten { id, result });
+                let _ = answers.send(Answer::CacheWritten { id, result }).await;
             }
             LayerOp::Acquire(id, ttl) => {
                 if stopping {
                     continue;
                 }
                 let span = info_span!("tokenkeeper.cache.lease", layer = index, name = %name, effect = %id, ttl_ms = ttl.as_millis() as u64);
-                let l = Arc::clone(&layer);
-                let outcome = isolated(async move { l.try_acquire_lease(ttl).await }, span.clone())
+                let outcome = isolated(async { layer.try_acquire_lease(ttl).await }, span.clone())
                     .await
-                    .unwrap_or_else(|e| LeaseOutcome::Failed(panicked("lease", &e)));
+                    .unwrap_or_else(|()| LeaseOutcome::Failed(panicked("lease")));
                 holds_lease = outcome == LeaseOutcome::Acquired;
                 span.in_scope(|| debug!(outcome = ?outcome, "asked for the lease"));
-                let _ = answers.send(Answer::Lease { id, outcome });
+                let _ = answers.send(Answer::Lease { id, outcome }).await;
             }
             LayerOp::Release => {
-                release(&layer, index, &name).await;
+                release(&*layer, index, &name).await;
                 holds_lease = false;
             }
         }
@@ -613,31 +739,30 @@ async fn serve_layer(
     // A lease granted while the watcher was stopping is never known to the
     // refresher; give it back here.
     if holds_lease {
-        release(&layer, index, &name).await;
+        release(&*layer, index, &name).await;
     }
 }
 
-async fn release(layer: &Arc<dyn CacheLayer>, index: usize, name: &str) {
+async fn release(layer: &dyn CacheLayer, index: usize, name: &str) {
     let span = info_span!("tokenkeeper.cache.release", layer = index, name = %name);
-    let l = Arc::clone(layer);
-    match isolated(async move { l.release_lease().await }, span.clone()).await {
+    match isolated(async { layer.release_lease().await }, span.clone()).await {
         Ok(()) => span.in_scope(|| debug!("released the lease")),
-        Err(e) => span.in_scope(
-            || warn!(error = %panicked("lease release", &e), "could not release the lease"),
-        ),
+        Err(()) => span
+            .in_scope(|| warn!(error = %panicked("lease release"), "could not release the lease")),
     }
 }
 
-async fn isolated<T: Send + 'static>(
-    work: impl Future<Output = T> + Send + 'static,
-    span: Span,
-) -> Result<T, tokio::task::JoinError> {
-    tokio::spawn(work.instrument(span)).await
+/// Runs a layer's call in `span`; `Err` when it panicked.
+async fn isolated<T>(work: impl Future<Output = T>, span: Span) -> Result<T, ()> {
+    AssertUnwindSafe(work.instrument(span))
+        .catch_unwind()
+        .await
+        .map_err(|_| ())
 }
 
-fn panicked(what: &str, error: &tokio::task::JoinError) -> CacheError {
+fn panicked(what: &str) -> CacheError {
     CacheError::new(
         CacheErrorKind::Other,
-        format!("the cache layer's {what} did not complete: {error}"),
+        format!("the cache layer's {what} panicked"),
     )
 }

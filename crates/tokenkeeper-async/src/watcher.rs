@@ -1,19 +1,21 @@
 //! The handle users hold: [`TokenWatcher`], and the token it hands out.
 
 use std::fmt;
+use std::marker::PhantomData;
 use std::ops::Deref;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::{ArcSwap, Guard};
+use event_listener::Event;
 use tokenkeeper_core::{
     AccessToken, CacheKey, LifetimePolicy, RefreshNow, Status, Timestamp, TokenGrant, TokenRecord,
 };
-use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::builder::TokenWatcherBuilder;
 use crate::error::{TokenError, WatcherStopped};
+use crate::runtime::Runtime;
 use crate::source::Source;
 
 /// The wall clock, as the core reads time.
@@ -23,7 +25,7 @@ pub(crate) fn now() -> Timestamp {
 
 /// What handles ask of the background task.
 pub(crate) enum Command {
-    RefreshNow(oneshot::Sender<RefreshNow>),
+    RefreshNow(async_channel::Sender<RefreshNow>),
     Shutdown,
 }
 
@@ -72,6 +74,62 @@ impl Slot {
     }
 }
 
+/// Each new token, for the handles that wait for one: a version counter, the
+/// latest token, and whether the background task has ended.
+#[derive(Default)]
+struct ChangeState {
+    version: u64,
+    latest: Option<Arc<TokenRecord>>,
+    closed: bool,
+}
+
+/// The waiting side of token changes: runtime-agnostic (a mutex and an
+/// [`Event`]), and off the hot path.
+#[derive(Default)]
+pub(crate) struct Changes {
+    state: Mutex<ChangeState>,
+    event: Event,
+}
+
+impl Changes {
+    fn state(&self) -> MutexGuard<'_, ChangeState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A new token: wakes every waiter.
+    pub(crate) fn publish(&self, token: Arc<TokenRecord>) {
+        {
+            let mut state = self.state();
+            state.version += 1;
+            state.latest = Some(token);
+        }
+        self.event.notify(usize::MAX);
+    }
+
+    /// The background task has ended: wakes every waiter, for good.
+    pub(crate) fn close(&self) {
+        self.state().closed = true;
+        self.event.notify(usize::MAX);
+    }
+
+    fn version(&self) -> u64 {
+        self.state().version
+    }
+
+    /// Waits until `done` says yes to the state, which it is given under the
+    /// lock each time it may have changed.
+    async fn wait<T>(&self, mut done: impl FnMut(&ChangeState) -> Option<T>) -> T {
+        loop {
+            // Listen before looking, so that no notification is missed.
+            let listener = self.event.listen();
+            if let Some(value) = done(&self.state()) {
+                return value;
+            }
+            listener.await;
+        }
+    }
+}
+
 /// State shared by the handles and the background task.
 pub(crate) struct Shared {
     /// The token readers get: `None` before the first one, after it expired
@@ -79,7 +137,7 @@ pub(crate) struct Shared {
     pub(crate) current: Slot,
     pub(crate) cold: Mutex<Cold>,
     /// Each new token; closed when the background task ends.
-    pub(crate) changes: watch::Receiver<Option<Arc<TokenRecord>>>,
+    pub(crate) changes: Changes,
     pub(crate) stopped: AtomicBool,
     pub(crate) key: CacheKey,
     pub(crate) name: String,
@@ -94,42 +152,33 @@ impl Shared {
 /// Keeps an OAuth2 access token (or a token from your own source) fresh in
 /// the background, and hands it out without waiting.
 ///
-/// Build one with [`TokenWatcher::builder`]. Handles are cheap to clone and
-/// share one background task; the task ends when [`TokenWatcher::shutdown`]
-/// is called or the last handle is dropped, and makes no request after that.
+/// Build one with [`TokenWatcher::builder`] (or
+/// [`TokenWatcherBuilder::new`] for a runtime of your own). Handles are
+/// cheap to clone and share one background task; the task ends when
+/// [`TokenWatcher::shutdown`] is called or the last handle is dropped, and
+/// makes no request after that.
 ///
-/// ```
-/// # use tokenkeeper_testkit::{Authority, Client};
-/// use tokenkeeper_core::oauth2::OAuth2Client;
-/// use tokenkeeper_core::{ClientId, ClientSecret};
-/// use tokenkeeper_tokio::TokenWatcher;
-///
-/// # #[tokio::main(flavor = "current_thread")]
-/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// # let authority = Authority::start();
-/// # authority.register_client(Client::new("my-service", "s3cret"));
-/// # let token_url = authority.token_url();
-/// let client = OAuth2Client::client_credentials(
-///     &token_url,
-///     ClientId::new("my-service"),
-///     ClientSecret::new("s3cret"),
-/// )?;
-/// let watcher = TokenWatcher::builder(client).spawn().await?;
-///
-/// // On every outgoing request: no lock, no wait.
-/// let header = watcher.token()?.authorization_header_value();
-/// assert!(header.starts_with("Bearer "));
-/// # watcher.shutdown().await;
-/// # Ok(())
-/// # }
-/// ```
-#[derive(Clone)]
-pub struct TokenWatcher {
+/// `R` is the [`Runtime`] the task runs on; it only picks the builder, and
+/// the adapters name the type for theirs (`tokenkeeper_tokio::TokenWatcher`,
+/// `tokenkeeper_async_std::TokenWatcher`). Every method works from any
+/// thread and any executor.
+pub struct TokenWatcher<R> {
     pub(crate) shared: Arc<Shared>,
-    pub(crate) commands: mpsc::Sender<Command>,
+    pub(crate) commands: async_channel::Sender<Command>,
+    pub(crate) runtime: PhantomData<fn() -> R>,
 }
 
-impl fmt::Debug for TokenWatcher {
+impl<R> Clone for TokenWatcher<R> {
+    fn clone(&self) -> Self {
+        TokenWatcher {
+            shared: Arc::clone(&self.shared),
+            commands: self.commands.clone(),
+            runtime: PhantomData,
+        }
+    }
+}
+
+impl<R> fmt::Debug for TokenWatcher<R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let token = self.shared.current.get();
         f.debug_struct("TokenWatcher")
@@ -144,14 +193,17 @@ impl fmt::Debug for TokenWatcher {
     }
 }
 
-impl TokenWatcher {
+impl<R: Runtime + Default> TokenWatcher<R> {
     /// Starts building a watcher for `source`: an
     /// [`OAuth2Client`](tokenkeeper_core::oauth2::OAuth2Client), or a
-    /// [`Source`] of your own.
-    pub fn builder(source: impl Into<Source>) -> TokenWatcherBuilder {
-        TokenWatcherBuilder::new(source.into())
+    /// [`Source`] of your own. It runs on `R::default()` unless
+    /// [`TokenWatcherBuilder::runtime`] says otherwise.
+    pub fn builder(source: impl Into<Source>) -> TokenWatcherBuilder<R> {
+        TokenWatcherBuilder::new(R::default(), source)
     }
+}
 
+impl<R> TokenWatcher<R> {
     /// The current token, without waiting and without a lock: one atomic
     /// load.
     ///
@@ -195,11 +247,19 @@ impl TokenWatcher {
     /// waited for; to wait for a token other than one you hold, without that
     /// race, use [`TokenWatcher::changed_from`].
     pub async fn changed(&self) -> Result<Arc<TokenRecord>, WatcherStopped> {
-        let mut changes = self.shared.changes.clone();
-        changes.borrow_and_update();
-        changes.changed().await.map_err(|_| WatcherStopped)?;
-        let token = changes.borrow_and_update().clone();
-        token.ok_or(WatcherStopped)
+        let changes = &self.shared.changes;
+        let seen = changes.version();
+        changes
+            .wait(|state| {
+                if state.version > seen {
+                    Some(state.latest.clone().ok_or(WatcherStopped))
+                } else if state.closed {
+                    Some(Err(WatcherStopped))
+                } else {
+                    None
+                }
+            })
+            .await
     }
 
     /// Waits until the watcher has published a token other than `seen` and
@@ -207,7 +267,7 @@ impl TokenWatcher {
     /// the result of [`TokenWatcher::refresh_now`]:
     ///
     /// ```no_run
-    /// # async fn f(watcher: tokenkeeper_tokio::TokenWatcher) -> Result<(), Box<dyn std::error::Error>> {
+    /// # async fn f<R>(watcher: tokenkeeper_async::TokenWatcher<R>) -> Result<(), Box<dyn std::error::Error>> {
     /// let rejected = watcher.token()?.into_arc();
     /// // ... a resource server answered 401 to `rejected` ...
     /// watcher.refresh_now().await?;
@@ -218,14 +278,14 @@ impl TokenWatcher {
         &self,
         seen: &TokenRecord,
     ) -> Result<Arc<TokenRecord>, WatcherStopped> {
-        let mut changes = self.shared.changes.clone();
-        loop {
-            let latest = changes.borrow_and_update().clone();
-            if let Some(token) = latest.filter(|t| **t != *seen) {
-                return Ok(token);
-            }
-            changes.changed().await.map_err(|_| WatcherStopped)?;
-        }
+        self.shared
+            .changes
+            .wait(|state| match &state.latest {
+                Some(token) if **token != *seen => Some(Ok(Arc::clone(token))),
+                _ if state.closed => Some(Err(WatcherStopped)),
+                _ => None,
+            })
+            .await
     }
 
     /// The refresher's state: the current token's times, the last error, the
@@ -247,12 +307,12 @@ impl TokenWatcher {
     /// Returns once the refresh has started (or was refused), not when it
     /// finished; [`TokenWatcher::changed`] waits for the new token.
     pub async fn refresh_now(&self) -> Result<RefreshNow, WatcherStopped> {
-        let (reply, answer) = oneshot::channel();
+        let (reply, answer) = async_channel::bounded(1);
         self.commands
             .send(Command::RefreshNow(reply))
             .await
             .map_err(|_| WatcherStopped)?;
-        answer.await.map_err(|_| WatcherStopped)
+        answer.recv().await.map_err(|_| WatcherStopped)
     }
 
     /// Stops the background task and waits until it has ended: requests in
@@ -262,8 +322,10 @@ impl TokenWatcher {
     pub async fn shutdown(&self) {
         // A closed channel means the task is ending already.
         let _ = self.commands.send(Command::Shutdown).await;
-        let mut changes = self.shared.changes.clone();
-        while changes.changed().await.is_ok() {}
+        self.shared
+            .changes
+            .wait(|state| state.closed.then_some(()))
+            .await;
     }
 
     /// Whether the background task has ended.
@@ -317,5 +379,39 @@ impl fmt::Debug for Token {
             .field("stale", &self.stale)
             .field("expiry", &self.expiry)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_lite::future::block_on;
+
+    fn record(token: &str) -> Arc<TokenRecord> {
+        Arc::new(LifetimePolicy::default().record(
+            TokenGrant::bearer(AccessToken::new(token), Some(Duration::from_secs(60))),
+            now(),
+            None,
+        ))
+    }
+
+    #[test]
+    fn waiters_see_later_tokens_and_the_end() {
+        let changes = Arc::new(Changes::default());
+        let c = Arc::clone(&changes);
+        let waiter = std::thread::spawn(move || {
+            let seen = c.version();
+            block_on(c.wait(|s| (s.version > seen).then(|| s.latest.clone())))
+        });
+        std::thread::sleep(Duration::from_millis(50));
+        changes.publish(record("one"));
+        let got = waiter.join().unwrap().unwrap();
+        assert_eq!(got.access_token.expose_secret(), "one");
+
+        let c = Arc::clone(&changes);
+        let closer = std::thread::spawn(move || block_on(c.wait(|s| s.closed.then_some(()))));
+        std::thread::sleep(Duration::from_millis(50));
+        changes.close();
+        closer.join().unwrap();
     }
 }

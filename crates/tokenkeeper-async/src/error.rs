@@ -30,8 +30,11 @@ pub enum SpawnError {
     /// The HTTP client could not be set up.
     #[error(transparent)]
     Http(#[from] HttpSetupError),
-    /// Not called within a tokio runtime.
-    #[error("a token watcher must be started within a tokio runtime")]
+    /// Not called where the runtime can start the watcher (for
+    /// `tokenkeeper-tokio`: outside a tokio runtime).
+    #[error(
+        "a token watcher must be started within its async runtime (for tokenkeeper-tokio, a tokio runtime)"
+    )]
     NoRuntime,
     /// The watcher's task ended before a token was held (its runtime shut
     /// down, say).

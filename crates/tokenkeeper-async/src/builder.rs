@@ -1,6 +1,7 @@
 //! Configuring and starting a [`TokenWatcher`].
 
 use std::fmt;
+use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
@@ -10,14 +11,15 @@ use tokenkeeper_core::{
     BackoffPolicy, CacheKey, FetchError, Jitter, LifetimePolicy, RefreshToken, Refresher,
     RefresherConfig,
 };
-use tokio::sync::{mpsc, oneshot, watch};
+use tokenkeeper_fs::{FileCache, FileLayer};
 
 use crate::cache::{CacheLayer, FileCacheLayer};
 use crate::driver::{Driver, FetchWith, Publisher};
 use crate::error::SpawnError;
 use crate::http::{HttpClient, HttpSettings};
+use crate::runtime::{self, Runtime, timeout};
 use crate::source::{Source, SourceKind};
-use crate::watcher::{Cold, Shared, Slot, TokenWatcher, now};
+use crate::watcher::{Changes, Cold, Shared, Slot, TokenWatcher, now};
 
 /// Room for commands from handles waiting for the task (refresh_now, shutdown).
 const COMMAND_QUEUE: usize = 32;
@@ -25,15 +27,40 @@ const COMMAND_QUEUE: usize = 32;
 /// The shortest wake interval accepted: the loop never polls faster.
 const MIN_WAKE_INTERVAL: Duration = Duration::from_millis(100);
 
-/// Configures a [`TokenWatcher`]; made by [`TokenWatcher::builder`].
+/// A cache layer as configured; file layers get the watcher's runtime when
+/// it starts.
+enum LayerSpec {
+    Layer(Arc<dyn CacheLayer>),
+    File(FileLayer),
+}
+
+impl LayerSpec {
+    fn resolve<R: Runtime>(self, runtime: &R) -> Arc<dyn CacheLayer> {
+        match self {
+            LayerSpec::Layer(layer) => layer,
+            LayerSpec::File(file) => Arc::new(FileCacheLayer::with_runtime(runtime.clone(), file)),
+        }
+    }
+
+    fn describe(&self) -> tokenkeeper_core::Layer {
+        match self {
+            LayerSpec::Layer(layer) => layer.layer(),
+            LayerSpec::File(_) => FileLayer::core_layer(),
+        }
+    }
+}
+
+/// Configures a [`TokenWatcher`] that runs on the runtime `R`; made by
+/// [`TokenWatcher::builder`] or [`TokenWatcherBuilder::new`].
 ///
 /// Every setting has a default: the lifetime policy, jitter and backoff of
 /// `tokenkeeper-core`, no cache layer, [`HttpSettings::default`], a wake-up
 /// at least once a minute, and 30 s for the first token.
-pub struct TokenWatcherBuilder {
+pub struct TokenWatcherBuilder<R> {
+    runtime: R,
     source: SourceKind,
     config: RefresherConfig,
-    layers: Vec<Arc<dyn CacheLayer>>,
+    layers: Vec<LayerSpec>,
     http: HttpSettings,
     wake_interval: Duration,
     first_token_timeout: Duration,
@@ -41,18 +68,17 @@ pub struct TokenWatcherBuilder {
     seed: Option<u64>,
 }
 
-impl fmt::Debug for TokenWatcherBuilder {
+impl<R> fmt::Debug for TokenWatcherBuilder<R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // Not the whole configuration: an OAuth2 client's extra parameters
-        // may hold credentials (a client assertion, say).
         f.debug_struct("TokenWatcherBuilder")
-            .field("source", &Source(self.source.clone()))
-            .field("cache_key", self.config.cache_key())
-            .field("policy", self.config.policy())
-            .field("backoff", self.config.backoff_policy())
+            .field("config", &self.config)
             .field(
                 "layers",
-                &self.layers.iter().map(|l| l.layer()).collect::<Vec<_>>(),
+                &self
+                    .layers
+                    .iter()
+                    .map(LayerSpec::describe)
+                    .collect::<Vec<_>>(),
             )
             .field("http", &self.http)
             .field("wake_interval", &self.wake_interval)
@@ -62,13 +88,17 @@ impl fmt::Debug for TokenWatcherBuilder {
     }
 }
 
-impl TokenWatcherBuilder {
-    pub(crate) fn new(source: Source) -> Self {
+impl<R: Runtime> TokenWatcherBuilder<R> {
+    /// A builder for a watcher of `source` running on `runtime`. The
+    /// adapters' `TokenWatcher::builder` calls this with their runtime.
+    pub fn new(runtime: R, source: impl Into<Source>) -> Self {
+        let source = source.into();
         let config = match &source.0 {
             SourceKind::OAuth2(client) => RefresherConfig::oauth2(client.clone()),
             SourceKind::Custom { key, .. } => RefresherConfig::custom(key.clone()),
         };
         TokenWatcherBuilder {
+            runtime,
             source: source.0,
             config,
             layers: Vec::new(),
@@ -78,6 +108,13 @@ impl TokenWatcherBuilder {
             name: None,
             seed: None,
         }
+    }
+
+    /// The runtime the watcher runs on: its task, its layers' work, its
+    /// connections and timers.
+    pub fn runtime(mut self, runtime: R) -> Self {
+        self.runtime = runtime;
+        self
     }
 
     /// When tokens go stale (default: at 75 % of their life, leaving at
@@ -118,22 +155,32 @@ impl TokenWatcherBuilder {
     /// Adds a cache layer. Layers are read in the order they are added, and
     /// written after every fetch.
     pub fn cache(mut self, layer: impl CacheLayer) -> Self {
-        self.layers.push(Arc::new(layer));
+        self.layers.push(LayerSpec::Layer(Arc::new(layer)));
+        self
+    }
+
+    /// Adds a cache layer that is shared already.
+    pub fn cache_arc(mut self, layer: Arc<dyn CacheLayer>) -> Self {
+        self.layers.push(LayerSpec::Layer(layer));
         self
     }
 
     /// Adds a file cache layer in the file at `path`, with a cross-process
-    /// lease (the lock file `<path>.lock`).
-    pub fn file_cache(self, path: impl Into<PathBuf>) -> Self {
-        self.cache(FileCacheLayer::at(path))
+    /// lease (the lock file `<path>.lock`). Its file calls run on the
+    /// runtime's blocking pool.
+    pub fn file_cache(mut self, path: impl Into<PathBuf>) -> Self {
+        let layer = FileLayer::new(FileCache::new(path));
+        self.layers.push(LayerSpec::File(layer));
+        self
     }
 
     /// Adds a file cache layer in `dir`, in a file named after the cache key,
     /// so that different clients never share a file. See
     /// [`tokenkeeper_fs::FileLayer::default_dir`] for a per-user folder.
-    pub fn file_cache_in(self, dir: impl AsRef<Path>) -> Self {
-        let layer = FileCacheLayer::in_dir(dir, self.config.cache_key());
-        self.cache(layer)
+    pub fn file_cache_in(mut self, dir: impl AsRef<Path>) -> Self {
+        let layer = FileLayer::in_dir(dir, self.config.cache_key());
+        self.layers.push(LayerSpec::File(layer));
+        self
     }
 
     /// HTTP client settings: timeouts, trusted roots, user agent.
@@ -185,15 +232,14 @@ impl TokenWatcherBuilder {
     /// good (`invalid_client`, say), and with [`SpawnError::TimedOut`] (carrying
     /// the last error) when the wait runs out. Either way the watcher is
     /// stopped and makes no further request.
-    pub async fn spawn(self) -> Result<TokenWatcher, SpawnError> {
+    pub async fn spawn(self) -> Result<TokenWatcher<R>, SpawnError> {
         let waited = self.first_token_timeout;
-        let (watcher, first) = self.launch()?;
-        let outcome = tokio::time::timeout(waited, first).await;
-        let error = match outcome {
-            Ok(Ok(Ok(()))) => return Ok(watcher),
-            Ok(Ok(Err(error))) => SpawnError::Rejected { error },
-            Ok(Err(_)) => SpawnError::Stopped,
-            Err(_) => SpawnError::TimedOut {
+        let (watcher, first, runtime) = self.launch()?;
+        let error = match timeout(&runtime, waited, first.recv()).await {
+            Some(Ok(Ok(()))) => return Ok(watcher),
+            Some(Ok(Err(error))) => SpawnError::Rejected { error },
+            Some(Err(_)) => SpawnError::Stopped,
+            None => SpawnError::TimedOut {
                 waited,
                 last_error: watcher.status().last_error,
             },
@@ -208,16 +254,25 @@ impl TokenWatcherBuilder {
     /// until one arrives, and [`TokenWatcher::changed`] waits for it. For
     /// services that must start while the authority is unreachable.
     ///
-    /// Must be called within a tokio runtime.
-    pub fn start(self) -> Result<TokenWatcher, SpawnError> {
-        self.launch().map(|(watcher, _)| watcher)
+    /// Fails with [`SpawnError::NoRuntime`] when the runtime cannot start a
+    /// task from here (tokio: outside a tokio runtime).
+    pub fn start(self) -> Result<TokenWatcher<R>, SpawnError> {
+        self.launch().map(|(watcher, _, _)| watcher)
     }
 
+    #[allow(clippy::type_complexity)]
     fn launch(
         self,
-    ) -> Result<(TokenWatcher, oneshot::Receiver<Result<(), FetchError>>), SpawnError> {
-        let runtime = tokio::runtime::Handle::try_current().map_err(|_| SpawnError::NoRuntime)?;
+    ) -> Result<
+        (
+            TokenWatcher<R>,
+            async_channel::Receiver<Result<(), FetchError>>,
+            R,
+        ),
+        SpawnError,
+    > {
         let TokenWatcherBuilder {
+            runtime,
             source,
             mut config,
             layers,
@@ -227,13 +282,16 @@ impl TokenWatcherBuilder {
             name,
             seed,
         } = self;
+        let runtime = runtime.bind().ok_or(SpawnError::NoRuntime)?;
+        let layers: Vec<Arc<dyn CacheLayer>> =
+            layers.into_iter().map(|l| l.resolve(&runtime)).collect();
         for layer in &layers {
             config = config.layer(layer.layer());
         }
         let key = config.cache_key().clone();
         let fetch = match source {
             SourceKind::OAuth2(client) => FetchWith::Http {
-                client: Box::new(HttpClient::new(&http)?),
+                client: Box::new(HttpClient::new(runtime.clone(), &http)?),
                 limit: client.body_limit(),
                 grant: client.grant().as_str(),
             },
@@ -249,22 +307,22 @@ impl TokenWatcherBuilder {
 
         let start = now();
         let refresher = Refresher::new(config, seed.unwrap_or_else(|| fastrand::u64(..)), start);
-        let (changes_tx, changes_rx) = watch::channel(None);
-        let (commands_tx, commands_rx) = mpsc::channel(COMMAND_QUEUE);
-        let (first_tx, first_rx) = oneshot::channel();
+        let (commands_tx, commands_rx) = async_channel::bounded(COMMAND_QUEUE);
+        let (first_tx, first_rx) = async_channel::bounded(1);
         let shared = Arc::new(Shared {
             current: Slot::empty(),
             cold: Mutex::new(Cold {
                 status: refresher.status(start),
                 expired_at: None,
             }),
-            changes: changes_rx,
+            changes: Changes::default(),
             stopped: AtomicBool::new(false),
             key,
             name,
         });
-        let publisher = Publisher::new(Arc::clone(&shared), changes_tx, first_tx);
+        let publisher = Publisher::new(Arc::clone(&shared), first_tx);
         let driver = Driver::new(
+            runtime.clone(),
             refresher,
             fetch,
             layers,
@@ -272,13 +330,73 @@ impl TokenWatcherBuilder {
             commands_rx,
             wake_interval,
         );
-        runtime.spawn(driver.run());
+        // The driver's own task is never aborted: it ends by itself once
+        // stopped, or with its runtime.
+        drop(runtime::spawn(&runtime, "watcher", driver.run()));
         Ok((
             TokenWatcher {
                 shared,
                 commands: commands_tx,
+                runtime: PhantomData,
             },
             first_rx,
+            runtime,
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::testing::Threads;
+    use tokenkeeper_core::oauth2::OAuth2Client;
+    use tokenkeeper_core::{ClientId, ClientSecret};
+
+    fn assert_send<T: Send>(_: &T) {}
+
+    fn client() -> OAuth2Client {
+        OAuth2Client::client_credentials(
+            "http://127.0.0.1:9/token",
+            ClientId::new("c"),
+            ClientSecret::new("s"),
+        )
+        .unwrap()
+    }
+
+    /// Async applications spawn these futures on multi-threaded executors.
+    #[test]
+    fn the_futures_of_the_api_are_send() {
+        let spawn = TokenWatcher::<Threads>::builder(client()).spawn();
+        assert_send(&spawn);
+        drop(spawn);
+        let watcher = TokenWatcherBuilder::new(Threads, client()).start().unwrap();
+        assert_send(&watcher);
+        assert_send(&watcher.changed());
+        assert_send(&watcher.refresh_now());
+        assert_send(&watcher.shutdown());
+        let record = tokenkeeper_core::LifetimePolicy::default().record(
+            tokenkeeper_core::TokenGrant::bearer(
+                tokenkeeper_core::AccessToken::new("t"),
+                Some(Duration::from_secs(1)),
+            ),
+            now(),
+            None,
+        );
+        assert_send(&watcher.changed_from(&record));
+        futures_lite::future::block_on(watcher.shutdown());
+        assert!(watcher.is_stopped());
+    }
+
+    #[test]
+    fn settings_are_kept_and_shown_without_secrets() {
+        let builder = TokenWatcherBuilder::new(Threads, client())
+            .wake_interval(Duration::from_millis(1))
+            .first_token_timeout(Duration::from_secs(3))
+            .name("named")
+            .file_cache("/nonexistent/cache.json");
+        assert_eq!(builder.wake_interval, MIN_WAKE_INTERVAL);
+        let shown = format!("{builder:?}");
+        assert!(shown.contains("named") && shown.contains("file"), "{shown}");
+        assert!(!shown.contains("\"s\""), "{shown}");
     }
 }

@@ -1,0 +1,573 @@
+//! The HTTP exchange that carries the refresher's token requests: hyper 1
+//! over any connection a [`Runtime`] opens, rustls with the *ring* provider,
+//! connect and total timeouts, a body size cap, and no redirects.
+//!
+//! One request per connection: token requests come minutes apart, longer
+//! than servers keep idle connections, so a pool would only hold dead ones.
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_lite::FutureExt;
+use http::header::{CONNECTION, CONTENT_LENGTH, HOST, USER_AGENT};
+use http::uri::PathAndQuery;
+use http::{HeaderMap, HeaderValue, Request, Uri};
+use http_body_util::{BodyExt, Full};
+use rustls::pki_types::{CertificateDer, ServerName};
+use tokenkeeper_core::FetchError;
+use zeroize::Zeroizing;
+
+use crate::runtime::{Endpoint, Runtime, Tls, timeout};
+
+/// Settings of the HTTP client that talks to the token endpoint.
+///
+/// TLS is rustls with the *ring* crypto provider (set on the client's own
+/// configuration, never installed as a process default), trusting the
+/// webpki (Mozilla) roots; with the cargo feature `native-roots`, the
+/// operating system's store is trusted as well. Redirects are never
+/// followed: a `3xx` answer is an error status like any other. Plain
+/// `http://` is refused by
+/// [`OAuth2Client`](tokenkeeper_core::oauth2::OAuth2Client) unless the host is
+/// loopback or insecure http was allowed explicitly. The response size cap is
+/// the client's [`max_body_bytes`](tokenkeeper_core::oauth2::OAuth2Client::max_body_bytes).
+#[derive(Clone)]
+pub struct HttpSettings {
+    pub(crate) connect_timeout: Duration,
+    pub(crate) request_timeout: Duration,
+    pub(crate) user_agent: Option<String>,
+    pub(crate) webpki_roots: bool,
+    #[cfg(feature = "native-roots")]
+    pub(crate) native_roots: bool,
+    pub(crate) extra_roots: Vec<Vec<u8>>,
+}
+
+impl fmt::Debug for HttpSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("HttpSettings");
+        d.field("connect_timeout", &self.connect_timeout)
+            .field("request_timeout", &self.request_timeout)
+            .field("user_agent", &self.user_agent)
+            .field("webpki_roots", &self.webpki_roots);
+        #[cfg(feature = "native-roots")]
+        d.field("native_roots", &self.native_roots);
+        d.field("extra_roots", &self.extra_roots.len()).finish()
+    }
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        HttpSettings {
+            connect_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+            user_agent: None,
+            webpki_roots: true,
+            #[cfg(feature = "native-roots")]
+            native_roots: true,
+            extra_roots: Vec::new(),
+        }
+    }
+}
+
+impl HttpSettings {
+    /// Default settings: 10 s to connect, 30 s for the whole exchange.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The longest wait for a connection: TCP, and the TLS handshake for
+    /// `https` (default 10 s).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// The longest wait for the whole exchange: connecting, TLS, sending the
+    /// request and reading the complete answer (default 30 s). It also bounds
+    /// each call of a custom [`TokenSource`](crate::TokenSource).
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+
+    /// The `User-Agent` header (default `tokenkeeper-<runtime>/<version>`,
+    /// such as `tokenkeeper-tokio/0.1.0`).
+    pub fn user_agent(mut self, user_agent: impl Into<String>) -> Self {
+        self.user_agent = Some(user_agent.into());
+        self
+    }
+
+    /// Whether to trust the webpki (Mozilla) roots (default yes).
+    pub fn webpki_roots(mut self, yes: bool) -> Self {
+        self.webpki_roots = yes;
+        self
+    }
+
+    /// Whether to trust the operating system's certificate store (default yes
+    /// when the `native-roots` feature is on).
+    #[cfg(feature = "native-roots")]
+    pub fn native_roots(mut self, yes: bool) -> Self {
+        self.native_roots = yes;
+        self
+    }
+
+    /// Also trusts this root certificate (DER), for a private CA.
+    pub fn add_root_certificate(mut self, der: impl Into<Vec<u8>>) -> Self {
+        self.extra_roots.push(der.into());
+        self
+    }
+
+    /// The whole-exchange timeout.
+    pub fn timeout(&self) -> Duration {
+        self.request_timeout
+    }
+
+    /// Has no effect. Each token request opens a connection of its own:
+    /// requests come minutes apart, longer than servers keep an idle
+    /// connection open, so a pool would only hold dead ones. Kept so that
+    /// code written for the first `tokenkeeper-tokio` builds unchanged.
+    #[deprecated(note = "token requests no longer share pooled connections; this has no effect")]
+    pub fn pool_idle_timeout(self, timeout: Duration) -> Self {
+        let _ = timeout;
+        self
+    }
+}
+
+/// The HTTP client could not be set up (no trusted roots, a bad certificate).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the HTTP client could not be set up: {message}")]
+pub struct HttpSetupError {
+    message: String,
+}
+
+impl HttpSetupError {
+    fn new(message: impl Into<String>) -> Self {
+        HttpSetupError {
+            message: message.into(),
+        }
+    }
+}
+
+fn tls_config(settings: &HttpSettings) -> Result<rustls::ClientConfig, HttpSetupError> {
+    let mut roots = rustls::RootCertStore::empty();
+    if settings.webpki_roots {
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    }
+    #[cfg(feature = "native-roots")]
+    if settings.native_roots {
+        let found = rustls_native_certs::load_native_certs();
+        for error in &found.errors {
+            tracing::warn!(%error, "could not load part of the system certificate store");
+        }
+        let (added, ignored) = roots.add_parsable_certificates(found.certs);
+        tracing::debug!(added, ignored, "loaded the system certificate store");
+    }
+    for der in &settings.extra_roots {
+        roots.add(CertificateDer::from(der.clone())).map_err(|e| {
+            HttpSetupError::new(format!("an added root certificate is invalid: {e}"))
+        })?;
+    }
+    if roots.is_empty() {
+        return Err(HttpSetupError::new("no trusted root certificates"));
+    }
+    // The workspace's one crypto provider, given explicitly: never a process default.
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| HttpSetupError::new(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+/// A complete answer from the token endpoint. The body may hold a token: it
+/// is zeroed on drop, and `Debug` shows only its length.
+#[non_exhaustive]
+pub struct HttpAnswer {
+    /// The HTTP status.
+    pub status: u16,
+    /// The response headers.
+    pub headers: HeaderMap,
+    /// The body, at most the cap given to [`HttpClient::send`].
+    pub body: Zeroizing<Vec<u8>>,
+}
+
+impl fmt::Debug for HttpAnswer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HttpAnswer")
+            .field("status", &self.status)
+            .field("body_len", &self.body.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The HTTP client of a watcher: one hyper HTTP/1.1 exchange per token
+/// request, over a connection the runtime `R` opens. Cheap to clone.
+pub struct HttpClient<R> {
+    runtime: R,
+    tls: Arc<rustls::ClientConfig>,
+    connect_timeout: Duration,
+    request_timeout: Duration,
+    user_agent: HeaderValue,
+}
+
+impl<R: Clone> Clone for HttpClient<R> {
+    fn clone(&self) -> Self {
+        HttpClient {
+            runtime: self.runtime.clone(),
+            tls: Arc::clone(&self.tls),
+            connect_timeout: self.connect_timeout,
+            request_timeout: self.request_timeout,
+            user_agent: self.user_agent.clone(),
+        }
+    }
+}
+
+impl<R> fmt::Debug for HttpClient<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HttpClient")
+            .field("connect_timeout", &self.connect_timeout)
+            .field("request_timeout", &self.request_timeout)
+            .field("user_agent", &self.user_agent)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<R: Runtime> HttpClient<R> {
+    /// A client on `runtime` with `settings`.
+    pub fn new(runtime: R, settings: &HttpSettings) -> Result<Self, HttpSetupError> {
+        let user_agent = match &settings.user_agent {
+            Some(agent) => agent.clone(),
+            None => format!(
+                "tokenkeeper-{}/{}",
+                runtime.name(),
+                env!("CARGO_PKG_VERSION")
+            ),
+        };
+        let user_agent = HeaderValue::from_str(&user_agent)
+            .map_err(|_| HttpSetupError::new("the user agent is not a valid header value"))?;
+        Ok(HttpClient {
+            tls: Arc::new(tls_config(settings)?),
+            runtime,
+            connect_timeout: settings.connect_timeout,
+            request_timeout: settings.request_timeout,
+            user_agent,
+        })
+    }
+
+    /// Sends `request` (absolute URI, `http` or `https`) and reads the
+    /// answer, at most `limit` body bytes, all within the request timeout. No
+    /// redirect is followed.
+    ///
+    /// Errors: [`FetchError::Timeout`] when connecting or the whole exchange
+    /// took too long, [`FetchError::BodyTooLarge`] past the cap, and
+    /// [`FetchError::Transport`] for everything else that kept an answer
+    /// from arriving (refused, reset, TLS, a malformed answer).
+    pub async fn send(
+        &self,
+        request: Request<Vec<u8>>,
+        limit: usize,
+    ) -> Result<HttpAnswer, FetchError> {
+        let exchange = self.exchange(request, limit);
+        match timeout(&self.runtime, self.request_timeout, exchange).await {
+            Some(result) => result,
+            None => Err(FetchError::Timeout {
+                after: self.request_timeout,
+            }),
+        }
+    }
+
+    async fn exchange(
+        &self,
+        request: Request<Vec<u8>>,
+        limit: usize,
+    ) -> Result<HttpAnswer, FetchError> {
+        let (mut parts, body) = request.into_parts();
+        let endpoint = self.endpoint(&parts.uri)?;
+        // Origin form on the request line; the authority goes in `Host`.
+        if let Some(authority) = parts.uri.authority() {
+            let host = HeaderValue::from_str(authority.as_str())
+                .map_err(|_| transport("the token URL's host is not a valid header value"))?;
+            parts.headers.insert(HOST, host);
+        }
+        let path = parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        parts.uri = Uri::from(path);
+        parts
+            .headers
+            .entry(USER_AGENT)
+            .or_insert_with(|| self.user_agent.clone());
+        parts
+            .headers
+            .insert(CONNECTION, HeaderValue::from_static("close"));
+        let request = Request::from_parts(parts, Full::new(Bytes::from(body)));
+
+        let started = Instant::now();
+        let connecting = self.runtime.connect(&endpoint);
+        let io = match timeout(&self.runtime, self.connect_timeout, connecting).await {
+            None => {
+                return Err(FetchError::Timeout {
+                    after: self.connect_timeout,
+                });
+            }
+            Some(Err(e)) if e.kind() == std::io::ErrorKind::TimedOut => {
+                return Err(FetchError::Timeout {
+                    after: self.connect_timeout,
+                });
+            }
+            Some(Err(e)) => {
+                return Err(transport(format!(
+                    "could not connect to {}:{}: {}",
+                    endpoint.host,
+                    endpoint.port,
+                    chain(&e)
+                )));
+            }
+            Some(Ok(io)) => io,
+        };
+        tracing::trace!(
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            tls = endpoint.tls.is_some(),
+            "connected"
+        );
+
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(io)
+            .await
+            .map_err(|e| self.transport_error(&e))?;
+        let answer = async move {
+            let response = sender
+                .send_request(request)
+                .await
+                .map_err(|e| self.transport_error(&e))?;
+            read_answer(response, limit, |e| self.transport_error(e)).await
+        };
+        // The connection is driven alongside the exchange, so nothing needs
+        // spawning. It may end first (the server closed it): the exchange
+        // then finishes with whatever it received.
+        let connection = async move {
+            if let Err(e) = connection.await {
+                tracing::trace!(error = %e, "the connection ended with an error");
+            }
+            std::future::pending().await
+        };
+        answer.or(connection).await
+    }
+
+    fn endpoint(&self, uri: &Uri) -> Result<Endpoint, FetchError> {
+        let secure = match uri.scheme_str() {
+            Some("https") => true,
+            Some("http") => false,
+            _ => return Err(transport("the token URL must use http or https")),
+        };
+        let host = uri
+            .host()
+            .ok_or_else(|| transport("the token URL has no host"))?;
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        let port = uri.port_u16().unwrap_or(if secure { 443 } else { 80 });
+        let tls = if secure {
+            let server_name = ServerName::try_from(host.clone())
+                .map_err(|_| transport("the token URL's host is not a valid TLS server name"))?;
+            Some(Tls {
+                config: Arc::clone(&self.tls),
+                server_name,
+            })
+        } else {
+            None
+        };
+        Ok(Endpoint { host, port, tls })
+    }
+
+    /// A transport failure, with its causes; a timed-out connection is a timeout.
+    fn transport_error(&self, error: &(dyn StdError + 'static)) -> FetchError {
+        let mut source: Option<&(dyn StdError + 'static)> = Some(error);
+        while let Some(e) = source {
+            if let Some(io) = e.downcast_ref::<std::io::Error>()
+                && io.kind() == std::io::ErrorKind::TimedOut
+            {
+                return FetchError::Timeout {
+                    after: self.connect_timeout,
+                };
+            }
+            source = e.source();
+        }
+        transport(chain(error))
+    }
+}
+
+/// Reads the status, headers and at most `limit` body bytes.
+async fn read_answer(
+    response: http::Response<hyper::body::Incoming>,
+    limit: usize,
+    transport_error: impl Fn(&(dyn StdError + 'static)) -> FetchError,
+) -> Result<HttpAnswer, FetchError> {
+    let (parts, mut body) = response.into_parts();
+    let announced = parts
+        .headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if announced.is_some_and(|len| len > limit as u64) {
+        return Err(FetchError::BodyTooLarge { limit });
+    }
+    // Reserved up front where the length is known, so that the body is not
+    // copied (and left behind unzeroed) as the buffer grows.
+    let expected = announced.map_or(8 * 1024, |len| len as usize).min(limit);
+    let mut collected = Zeroizing::new(Vec::with_capacity(expected));
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| transport_error(&e))?;
+        if let Ok(data) = frame.into_data() {
+            if collected.len().saturating_add(data.len()) > limit {
+                return Err(FetchError::BodyTooLarge { limit });
+            }
+            collected.extend_from_slice(&data);
+        }
+    }
+    Ok(HttpAnswer {
+        status: parts.status.as_u16(),
+        headers: parts.headers,
+        body: collected,
+    })
+}
+
+fn transport(message: impl Into<String>) -> FetchError {
+    FetchError::Transport {
+        message: message.into(),
+    }
+}
+
+/// An error and its causes, each said once (hyper nests errors whose
+/// messages repeat their causes).
+fn chain(error: &(dyn StdError + 'static)) -> String {
+    let mut source: Option<&(dyn StdError + 'static)> = Some(error);
+    let mut message = String::new();
+    while let Some(e) = source {
+        let text = e.to_string();
+        if !message.contains(&text) {
+            if !message.is_empty() {
+                message.push_str(": ");
+            }
+            message.push_str(&text);
+        }
+        source = e.source();
+    }
+    message
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::testing::Threads;
+
+    #[test]
+    fn tls_config_builds_with_ring_and_webpki_roots() {
+        let config = tls_config(&HttpSettings::default()).unwrap();
+        assert!(config.crypto_provider().cipher_suites.len() > 1);
+        let client = HttpClient::new(Threads, &HttpSettings::default()).unwrap();
+        assert_eq!(
+            client.user_agent,
+            format!("tokenkeeper-threads/{}", env!("CARGO_PKG_VERSION"))
+        );
+        let custom = HttpClient::new(Threads, &HttpSettings::new().user_agent("me/1")).unwrap();
+        assert_eq!(custom.user_agent, "me/1");
+        assert!(HttpClient::new(Threads, &HttpSettings::new().user_agent("bad\nagent")).is_err());
+    }
+
+    #[test]
+    fn no_roots_at_all_is_a_setup_error() {
+        let mut settings = HttpSettings::default().webpki_roots(false);
+        #[cfg(feature = "native-roots")]
+        {
+            settings = settings.native_roots(false);
+        }
+        let err = tls_config(&settings).unwrap_err();
+        assert!(err.to_string().contains("no trusted root"), "{err}");
+        settings = settings.add_root_certificate(b"not a certificate".to_vec());
+        assert!(tls_config(&settings).is_err());
+    }
+
+    #[test]
+    fn endpoints_follow_the_url() {
+        let client = HttpClient::new(Threads, &HttpSettings::default()).unwrap();
+        let e = client
+            .endpoint(&"https://auth.example.com/token".parse().unwrap())
+            .unwrap();
+        assert_eq!((e.host.as_str(), e.port), ("auth.example.com", 443));
+        assert!(e.tls.is_some());
+        let e = client
+            .endpoint(&"http://[::1]:8080/token".parse().unwrap())
+            .unwrap();
+        assert_eq!((e.host.as_str(), e.port), ("::1", 8080));
+        assert!(e.tls.is_none());
+        let e = client
+            .endpoint(&"https://127.0.0.1/t".parse().unwrap())
+            .unwrap();
+        assert!(matches!(
+            e.tls.unwrap().server_name,
+            ServerName::IpAddress(_)
+        ));
+        assert!(matches!(
+            client.endpoint(&"ftp://a.example/".parse().unwrap()),
+            Err(FetchError::Transport { .. })
+        ));
+    }
+
+    #[test]
+    fn a_refused_connection_is_a_transport_error() {
+        let client = HttpClient::new(Threads, &HttpSettings::default()).unwrap();
+        let request = Request::post("http://127.0.0.1:9/token")
+            .body(b"grant_type=client_credentials".to_vec())
+            .unwrap();
+        let error = futures_lite::future::block_on(client.send(request, 1024)).unwrap_err();
+        match error {
+            FetchError::Transport { message } => {
+                assert!(message.contains("127.0.0.1:9"), "{message}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn io_timeouts_anywhere_in_the_chain_are_timeouts() {
+        #[derive(Debug)]
+        struct Outer(std::io::Error);
+        impl fmt::Display for Outer {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("outer")
+            }
+        }
+        impl StdError for Outer {
+            fn source(&self) -> Option<&(dyn StdError + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let client = HttpClient::new(
+            Threads,
+            &HttpSettings::default().connect_timeout(Duration::from_secs(3)),
+        )
+        .unwrap();
+        let timed_out = Outer(std::io::Error::from(std::io::ErrorKind::TimedOut));
+        assert_eq!(
+            client.transport_error(&timed_out),
+            FetchError::Timeout {
+                after: Duration::from_secs(3)
+            }
+        );
+        let reset = Outer(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "reset",
+        ));
+        assert_eq!(
+            client.transport_error(&reset),
+            FetchError::Transport {
+                message: "outer: reset".into()
+            }
+        );
+    }
+}

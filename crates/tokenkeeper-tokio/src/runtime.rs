@@ -1,0 +1,211 @@
+//! The [`Runtime`] of this adapter: tasks, blocking work and timers on a
+//! tokio runtime, tokio sockets, TLS by tokio-rustls.
+
+use std::fmt;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use hyper_util::rt::TokioIo;
+use tokenkeeper_async::{BoxFuture, Endpoint, Runtime};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::runtime::Handle;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+
+/// The tokio runtime a watcher runs on.
+///
+/// By default ([`TokioRuntime::default`]), the runtime of the thread that
+/// starts the watcher ([`TokenWatcherBuilder::spawn`](crate::TokenWatcherBuilder::spawn)
+/// and [`start`](crate::TokenWatcherBuilder::start) must then be called
+/// within one). [`TokioRuntime::from_handle`] names another one, so that a
+/// watcher can be started from anywhere, or kept off the runtime that serves
+/// requests:
+///
+/// ```no_run
+/// # async fn f(client: tokenkeeper_core::oauth2::OAuth2Client, handle: tokio::runtime::Handle) -> Result<(), Box<dyn std::error::Error>> {
+/// use tokenkeeper_tokio::{TokenWatcher, TokioRuntime};
+///
+/// let watcher = TokenWatcher::builder(client)
+///     .runtime(TokioRuntime::from_handle(handle))
+///     .spawn()
+///     .await?;
+/// # let _ = watcher; Ok(()) }
+/// ```
+#[derive(Clone, Default)]
+pub struct TokioRuntime {
+    handle: Option<Handle>,
+}
+
+impl fmt::Debug for TokioRuntime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let runtime = if self.handle.is_some() {
+            "named"
+        } else {
+            "current"
+        };
+        f.debug_tuple("TokioRuntime").field(&runtime).finish()
+    }
+}
+
+impl TokioRuntime {
+    /// The runtime behind `handle`.
+    pub fn from_handle(handle: Handle) -> Self {
+        TokioRuntime {
+            handle: Some(handle),
+        }
+    }
+
+    /// The runtime of the calling thread, if it is within one.
+    pub fn current() -> Option<Self> {
+        Handle::try_current().ok().map(Self::from_handle)
+    }
+
+    /// The runtime to use from here: the named one, or the current one.
+    fn handle(&self) -> Option<Handle> {
+        self.handle.clone().or_else(|| Handle::try_current().ok())
+    }
+}
+
+impl Runtime for TokioRuntime {
+    type Io = Connection;
+
+    fn name(&self) -> &'static str {
+        "tokio"
+    }
+
+    fn bind(&self) -> Option<Self> {
+        self.handle().map(Self::from_handle)
+    }
+
+    fn spawn(&self, task: BoxFuture<'static, ()>) {
+        match self.handle() {
+            // Dropping a tokio handle detaches the task.
+            Some(handle) => drop(handle.spawn(task)),
+            // Dropped unrun: whoever waits for it sees it end.
+            None => tracing::error!("no tokio runtime to run a tokenkeeper task on"),
+        }
+    }
+
+    fn spawn_blocking(&self, work: Box<dyn FnOnce() + Send + 'static>) {
+        match self.handle() {
+            Some(handle) => drop(handle.spawn_blocking(work)),
+            None => tracing::error!("no tokio runtime to run blocking tokenkeeper work on"),
+        }
+    }
+
+    fn sleep(&self, duration: Duration) -> BoxFuture<'static, ()> {
+        // The timer belongs to the runtime it is created in.
+        let _entered = self.handle.as_ref().map(Handle::enter);
+        Box::pin(tokio::time::sleep(duration))
+    }
+
+    fn connect(&self, endpoint: &Endpoint) -> BoxFuture<'static, io::Result<Connection>> {
+        let endpoint = endpoint.clone();
+        Box::pin(async move {
+            let tcp = TcpStream::connect((endpoint.host.as_str(), endpoint.port)).await?;
+            tcp.set_nodelay(true)?;
+            let stream = match endpoint.tls {
+                None => Stream::Plain(tcp),
+                Some(tls) => {
+                    let connector = TlsConnector::from(tls.config);
+                    Stream::Tls(Box::new(connector.connect(tls.server_name, tcp).await?))
+                }
+            };
+            Ok(Connection {
+                io: TokioIo::new(stream),
+            })
+        })
+    }
+}
+
+/// A TCP connection, plain or under TLS.
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(&mut **s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(&mut **s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(&mut **s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(&mut **s).poll_shutdown(cx),
+        }
+    }
+}
+
+/// A connection to a token endpoint as this adapter's [`Runtime`] opens it:
+/// a tokio socket, under tokio-rustls for `https`, that hyper reads and
+/// writes through `hyper::rt`.
+pub struct Connection {
+    io: TokioIo<Stream>,
+}
+
+impl fmt::Debug for Connection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Connection")
+            .field("tls", &matches!(self.io.inner(), Stream::Tls(_)))
+            .finish()
+    }
+}
+
+impl hyper::rt::Read for Connection {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+    }
+}
+
+impl hyper::rt::Write for Connection {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}

@@ -30,47 +30,95 @@
 //!
 //! # The driving loop
 //!
-//! Every driver is the same dozen lines: drain effects and carry them out,
-//! drain events and publish them, then wait for the earliest of the next
-//! timeout and a finished effect, and feed the result back. Here a fake
-//! authority answers at once and time is virtual:
+//! Every driver is the same dozen lines: drain effects and start them, drain
+//! events and publish them, then wait as [`Refresher::poll_wait`] says — until
+//! an instant, or for answers up to a deadline — and feed what happened back
+//! through [`Refresher::handle`]. Here time is virtual, the one cache layer is
+//! a `Vec<u8>` in memory, and a fake authority answers each request 300 ms
+//! after it was sent, on a later turn of the loop:
 //!
 //! ```
 //! use std::time::Duration;
+//! use tokenkeeper_core::oauth2::OAuth2Client;
 //! use tokenkeeper_core::{
-//!     AccessToken, CacheKey, Effect, Event, Refresher, RefresherConfig, Timestamp, TokenGrant,
+//!     ClientId, ClientSecret, Effect, Event, Input, Layer, Refresher, RefresherConfig, Timestamp,
+//!     Wait,
 //! };
 //!
-//! let config = RefresherConfig::custom(CacheKey::custom("doc", &[]));
-//! let mut now = Timestamp::from_secs(1_700_000_000);
-//! let mut refresher = Refresher::new(config, 42, now);
-//! let mut fetches = 0;
+//! let client = OAuth2Client::client_credentials(
+//!     "https://auth.example/token",
+//!     ClientId::new("doc"),
+//!     ClientSecret::new("s3cret"),
+//! )
+//! .unwrap();
+//! let config = RefresherConfig::oauth2(client).layer(Layer::new("memory"));
+//! let start = Timestamp::from_secs(1_700_000_000);
+//! let stop_at = start.saturating_add(Duration::from_secs(3 * 3600));
+//! let mut now = start;
+//! let mut refresher = Refresher::new(config.clone(), 42, now);
+//! let mut store: Option<Vec<u8>> = None; // stands in for a file or Redis
+//! let mut in_flight = None; // the request the authority has not answered yet
+//! let mut requests = 0;
 //!
-//! while now < Timestamp::from_secs(1_700_000_000 + 3 * 3600) {
+//! loop {
 //!     while let Some(effect) = refresher.poll_effect() {
 //!         match effect {
-//!             Effect::Fetch { id, .. } => {
-//!                 fetches += 1;
-//!                 let grant = TokenGrant::bearer(
-//!                     AccessToken::new(format!("token-{fetches}")),
-//!                     Some(Duration::from_secs(3600)),
-//!                 );
-//!                 refresher.handle_grant(now, id, Ok(grant))?;
+//!             // A store this fast is answered at once...
+//!             Effect::ReadCache { id, .. } => {
+//!                 let result = Ok(store.clone());
+//!                 refresher.handle(now, Input::CacheRead { id, result })?;
 //!             }
-//!             other => unreachable!("no cache layers configured: {other:?}"),
+//!             Effect::WriteCache { id, record, .. } => {
+//!                 store = Some(record.bytes().to_vec());
+//!                 refresher.handle(now, Input::CacheWritten { id, result: Ok(()) })?;
+//!             }
+//!             // ...the authority only on a later turn. A real driver sends
+//!             // the request now and reads at most `max_body` bytes back.
+//!             Effect::SendRequest { id, request, max_body } => {
+//!                 assert_eq!(request.as_http().method(), "POST");
+//!                 assert!(max_body > 0);
+//!                 requests += 1;
+//!                 in_flight = Some(id);
+//!             }
+//!             _ => {} // no lease here, nothing to release
 //!         }
 //!     }
 //!     while let Some(event) = refresher.poll_event() {
 //!         if let Event::TokenChanged { token, .. } = event {
-//!             assert!(token.is_usable_at(now));
+//!             assert!(token.is_usable_at(now)); // publish it to readers
 //!         }
 //!     }
-//!     // A real driver sleeps until this instant (and at most a minute).
-//!     now = refresher.poll_timeout().expect("a token is held, so a refresh is planned");
-//!     refresher.handle_timeout(now);
+//!     // A real driver sleeps until the deadline (at most a minute), unless
+//!     // an answer comes first.
+//!     match refresher.poll_wait() {
+//!         Wait::Until(t) if t >= stop_at => refresher.shutdown(now),
+//!         Wait::Until(t) => {
+//!             now = t;
+//!             refresher.handle(now, Input::Timeout)?;
+//!         }
+//!         Wait::Answer { deadline } => {
+//!             now = now.saturating_add(Duration::from_millis(300));
+//!             assert!(now < deadline, "answered in time");
+//!             let id = in_flight.take().expect("only the request is ever deferred");
+//!             let body = format!(r#"{{"access_token":"token-{requests}","expires_in":3600}}"#);
+//!             let headers = Default::default();
+//!             let body = body.into_bytes();
+//!             refresher.handle(now, Input::Response { id, status: 200, headers, body })?;
+//!         }
+//!         _ => break, // Wait::Finished: nothing more will happen
+//!     }
 //! }
-//! // 1 h tokens, stale at 45 min, refreshed up to a minute earlier: 4 or 5 fetches in 3 h.
-//! assert!((4..=5).contains(&fetches), "{fetches}");
+//! assert!(refresher.is_finished());
+//! // 1 h tokens, stale at 45 min, refreshed up to a minute earlier: 4 or 5
+//! // requests in 3 h.
+//! assert!((4..=5).contains(&requests), "{requests}");
+//!
+//! // The next process starts from the store and asks the authority nothing.
+//! let mut next = Refresher::new(config, 43, now);
+//! let Some(Effect::ReadCache { id, layer: 0 }) = next.poll_effect() else { panic!() };
+//! next.handle(now, Input::CacheRead { id, result: Ok(store) })?;
+//! assert_eq!(next.token().unwrap().access_token.expose_secret(), format!("token-{requests}"));
+//! assert!(next.poll_effect().is_none());
 //! # Ok::<(), tokenkeeper_core::MisuseError>(())
 //! ```
 #![forbid(unsafe_code)]
@@ -97,8 +145,8 @@ pub use error::{
 pub use jitter::Jitter;
 pub use policy::{LifetimePolicy, PolicyError};
 pub use refresher::{
-    CacheProblem, Effect, EffectId, Event, Layer, LeaseOutcome, LeaseSettings, MisuseError, Origin,
-    RefreshNow, Refresher, RefresherConfig, Source, Status,
+    CacheProblem, Effect, EffectId, Event, Input, Layer, LeaseOutcome, LeaseSettings, MisuseError,
+    Origin, RefreshNow, Refresher, RefresherConfig, Source, Status, Wait,
 };
 pub use secret::{AccessToken, ClientId, ClientSecret, Fingerprint, IdToken, RefreshToken};
 pub use time::Timestamp;

@@ -7,8 +7,8 @@ use std::time::Duration;
 use proptest::prelude::*;
 use tokenkeeper_core::{
     AccessToken, BackoffPolicy, CacheError, CacheErrorKind, CacheKey, Effect, EffectId, ErrorClass,
-    Event, FetchError, Jitter, Layer, LeaseOutcome, LeaseSettings, OAuthError, Refresher,
-    RefresherConfig, Timestamp, TokenGrant,
+    Event, FetchError, Input, Jitter, Layer, LeaseOutcome, LeaseSettings, OAuthError, RefreshToken,
+    Refresher, RefresherConfig, Timestamp, TokenGrant, Wait,
 };
 
 const T0: Timestamp = Timestamp::from_secs(1_700_000_000);
@@ -39,6 +39,9 @@ struct Step {
     answer_now: bool,
     lease_free: bool,
     cache_fails: bool,
+    /// The effects of this step are never answered: the refresher must time
+    /// them out by itself.
+    unanswered: bool,
 }
 
 fn answer() -> impl Strategy<Value = Answer> {
@@ -71,17 +74,19 @@ fn steps(backwards: bool) -> impl Strategy<Value = Vec<Step>> {
         (
             clock(backwards),
             answer(),
-            any::<bool>(),
+            proptest::bool::weighted(0.7),
             any::<bool>(),
             proptest::bool::weighted(0.1),
+            proptest::bool::weighted(0.15),
         )
             .prop_map(
-                |(clock, answer, answer_now, lease_free, cache_fails)| Step {
+                |(clock, answer, answer_now, lease_free, cache_fails, unanswered)| Step {
                     clock,
                     answer,
                     answer_now,
                     lease_free,
                     cache_fails,
+                    unanswered,
                 },
             ),
         1..120,
@@ -97,22 +102,33 @@ struct Log {
     last_failure: Option<(Timestamp, Option<Timestamp>)>,
     succeeded_since_failure: bool,
     max_in_flight: usize,
+    /// Fetches that timed out because nobody answered them.
+    timeouts: usize,
 }
 
 struct Driver {
     r: Refresher,
     now: Timestamp,
     store: Option<Vec<u8>>,
+    /// Fetches the driver will answer (perhaps too late).
     pending_fetches: VecDeque<EffectId>,
+    /// Every fetch asked for, while the refresher may still await it.
+    fetches: Vec<EffectId>,
     other_effects: VecDeque<Effect>,
     log: Log,
     backoff: BackoffPolicy,
+    /// The cache and fetch timeouts.
+    timeouts: (Duration, Duration),
     monotonic: bool,
     max_now: Timestamp,
+    /// Whether the source rotates refresh tokens, and the newest it handed out.
+    rotating: bool,
+    latest_refresh_token: Option<String>,
+    rotations: u64,
 }
 
 impl Driver {
-    fn check_invariants(&self) {
+    fn check_invariants(&mut self) {
         if let Some(t) = self.r.token() {
             assert!(
                 self.now < t.expiry,
@@ -121,23 +137,50 @@ impl Driver {
                 t.expiry
             );
         }
-        assert!(self.pending_fetches.len() <= 1, "two fetches in flight");
-        if self.pending_fetches.is_empty() && self.other_effects.is_empty() && !self.r.is_finished()
-        {
-            let deadline = self
-                .r
-                .poll_timeout()
-                .expect("an idle refresher has a deadline");
-            // Bounded by the longest of: token life, backoff cap, Retry-After
-            // cap, lease TTL, counted from the latest time seen (after a step
-            // back, absolute deadlines are further away; adapters wake every
-            // minute regardless).
-            let bound = self.max_now.saturating_add(Duration::from_secs(3 * 3600));
-            assert!(
-                deadline <= bound,
-                "deadline {deadline} too far from {}",
-                self.max_now
-            );
+        let r = &self.r;
+        self.fetches.retain(|&id| r.effect_deadline(id).is_some());
+        let in_flight = self.fetches.len();
+        assert!(in_flight <= 1, "two fetches in flight");
+        self.log.max_in_flight = self.log.max_in_flight.max(in_flight);
+        if !self.r.is_finished() {
+            assert_eq!(self.r.status(self.now).fetch_in_flight, in_flight == 1);
+        }
+        match self.r.poll_wait() {
+            Wait::Finished => assert!(self.r.is_finished()),
+            wait => {
+                if let Wait::Until(_) = wait {
+                    assert_eq!(in_flight, 0, "a fetch is out, yet nothing is awaited");
+                }
+                if let Wait::Answer { deadline } = wait {
+                    // Whatever the clock did, an answer is awaited no longer
+                    // than the longest effect timeout.
+                    let longest = self.timeouts.0.max(self.timeouts.1);
+                    assert!(
+                        deadline <= self.now.saturating_add(longest),
+                        "{deadline} is more than {longest:?} after {}",
+                        self.now
+                    );
+                }
+                let deadline = wait.deadline().expect("a running refresher has a deadline");
+                assert_eq!(self.r.poll_timeout(), Some(deadline));
+                // Everything due at `now` was done: no effect left past its
+                // deadline, no timer already run out.
+                assert!(
+                    deadline > self.now,
+                    "{wait:?} at {}: something due was not done",
+                    self.now
+                );
+                // Bounded by the longest of: token life, backoff cap, Retry-After
+                // cap, lease TTL, effect timeouts, counted from the latest time
+                // seen (after a step back, absolute deadlines are further away;
+                // adapters wake every minute regardless).
+                let bound = self.max_now.saturating_add(Duration::from_secs(3 * 3600));
+                assert!(
+                    deadline <= bound,
+                    "deadline {deadline} too far from {}",
+                    self.max_now
+                );
+            }
         }
     }
 
@@ -155,7 +198,7 @@ impl Driver {
         loop {
             while let Some(e) = self.r.poll_effect() {
                 match e {
-                    Effect::Fetch { id, .. } => {
+                    Effect::Fetch { id, refresh_token } => {
                         if !self.log.fetch_starts.is_empty() {
                             // No request storm: between two fetches the clock must
                             // have moved forward by at least the floor.
@@ -179,11 +222,21 @@ impl Driver {
                                 );
                             }
                         }
+                        if self.monotonic {
+                            // The newest rotation is what gets spent, even one
+                            // that came in an answer too late to count.
+                            assert_eq!(
+                                refresh_token.as_ref().map(|t| t.expose_secret().to_owned()),
+                                self.latest_refresh_token,
+                                "a rotated refresh token was lost"
+                            );
+                        }
                         self.log.fetch_starts.push(self.now);
                         self.log.forward_since_fetch = Duration::ZERO;
-                        self.pending_fetches.push_back(id);
-                        self.log.max_in_flight =
-                            self.log.max_in_flight.max(self.pending_fetches.len());
+                        self.fetches.push(id);
+                        if !step.unanswered {
+                            self.pending_fetches.push_back(id);
+                        }
                     }
                     other => self.other_effects.push_back(other),
                 }
@@ -191,6 +244,7 @@ impl Driver {
             while let Some(ev) = self.r.poll_event() {
                 if let Event::FetchFailed {
                     consecutive_failures,
+                    error,
                     ..
                 } = ev
                 {
@@ -201,6 +255,10 @@ impl Driver {
                         );
                     }
                     self.log.succeeded_since_failure = false;
+                    if let FetchError::Timeout { .. } = error {
+                        self.log.timeouts += 1;
+                        self.log.last_failure = Some((self.now, None));
+                    }
                 }
             }
             self.check_invariants();
@@ -208,6 +266,11 @@ impl Driver {
                 break;
             };
             let now = self.now;
+            if step.unanswered && !matches!(effect, Effect::ReleaseLease { .. }) {
+                // Never answered: its deadline must take care of it.
+                assert!(self.r.poll_wait().deadline().is_some());
+                continue;
+            }
             match effect {
                 Effect::ReadCache { id, .. } => {
                     let result = if step.cache_fails {
@@ -215,7 +278,7 @@ impl Driver {
                     } else {
                         Ok(self.store.clone())
                     };
-                    self.r.handle_cache_read(now, id, result).unwrap();
+                    self.r.handle(now, Input::CacheRead { id, result }).unwrap();
                 }
                 Effect::WriteCache { id, record, .. } => {
                     self.store = Some(record.bytes().to_vec());
@@ -227,7 +290,7 @@ impl Driver {
                     } else {
                         LeaseOutcome::HeldByOther
                     };
-                    self.r.handle_lease(now, id, outcome).unwrap();
+                    self.r.handle(now, Input::Lease { id, outcome }).unwrap();
                 }
                 Effect::ReleaseLease { .. } => {}
                 other => panic!("unexpected effect {other:?}"),
@@ -240,19 +303,33 @@ impl Driver {
             return;
         };
         let now = self.now;
+        // Still awaited (even if its deadline has come)? Otherwise the answer
+        // is too late and is ignored.
+        let counts = self.r.effect_deadline(id).is_some();
         let result = match answer {
             Answer::Token { life_ms } => {
-                self.log.succeeded_since_failure = true;
-                self.log.last_failure = None;
-                Ok(TokenGrant::bearer(
+                if counts {
+                    self.log.succeeded_since_failure = true;
+                    self.log.last_failure = None;
+                }
+                let mut grant = TokenGrant::bearer(
                     AccessToken::new(format!("t{}", now.as_millis())),
                     Some(Duration::from_millis(*life_ms)),
-                ))
+                );
+                if self.rotating && !self.r.is_finished() {
+                    self.rotations += 1;
+                    let rt = format!("rt-{}", self.rotations);
+                    grant = grant.with_refresh_token(RefreshToken::new(rt.clone()));
+                    self.latest_refresh_token = Some(rt);
+                }
+                Ok(grant)
             }
             Answer::Transient { retry_after_ms } => {
                 let retry_after =
                     retry_after_ms.map(|ms| now.saturating_add(Duration::from_millis(ms)));
-                self.log.last_failure = Some((now, retry_after));
+                if counts {
+                    self.log.last_failure = Some((now, retry_after));
+                }
                 Err(FetchError::Status {
                     status: 503,
                     snippet: String::new(),
@@ -260,7 +337,9 @@ impl Driver {
                 })
             }
             Answer::Permanent => {
-                self.log.last_failure = Some((now, None));
+                if counts {
+                    self.log.last_failure = Some((now, None));
+                }
                 Err(FetchError::OAuth {
                     status: 401,
                     error: OAuthError::new("invalid_client", None),
@@ -276,14 +355,15 @@ impl Driver {
             };
             assert_eq!(e.class(), expected);
         }
-        self.r.handle_grant(now, id, result).unwrap();
+        self.r.handle(now, Input::Grant { id, result }).unwrap();
     }
 }
 
 fn run(layout: u8, jitter_ms: u64, seed: u64, steps: &[Step]) {
+    let rotating = layout & 4 != 0;
     let mut config = RefresherConfig::custom(CacheKey::custom("prop", &[]))
         .jitter(Jitter::up_to(Duration::from_millis(jitter_ms)));
-    match layout {
+    match layout & 3 {
         1 => config = config.layer(Layer::new("plain")),
         2 => config = config.layer(Layer::new("leased").with_lease(LeaseSettings::default())),
         3 => {
@@ -293,17 +373,27 @@ fn run(layout: u8, jitter_ms: u64, seed: u64, steps: &[Step]) {
         }
         _ => {}
     }
+    if rotating {
+        config = config.initial_refresh_token(RefreshToken::new("rt-0"));
+    }
     let backoff = config.backoff_policy().clone();
+    let grace = config.get_shutdown_grace();
+    let timeouts = (config.get_cache_timeout(), config.get_fetch_timeout());
     let mut d = Driver {
         r: Refresher::new(config, seed, T0),
         now: T0,
         store: None,
         pending_fetches: VecDeque::new(),
+        fetches: Vec::new(),
         other_effects: VecDeque::new(),
         log: Log::default(),
         backoff,
+        timeouts,
         monotonic: true,
         max_now: T0,
+        rotating,
+        latest_refresh_token: rotating.then(|| "rt-0".to_owned()),
+        rotations: 0,
     };
     for step in steps {
         d.pump(step);
@@ -311,22 +401,19 @@ fn run(layout: u8, jitter_ms: u64, seed: u64, steps: &[Step]) {
             d.answer_fetch(&step.answer);
             d.pump(step);
         }
+        let deadline = d.r.poll_wait().deadline().expect("running").max(d.now);
         let target = match step.clock {
             Clock::ToDeadline { extra_ms } => {
-                d.r.poll_timeout()
-                    .unwrap_or(d.now)
-                    .max(d.now)
-                    .saturating_add(Duration::from_millis(extra_ms))
+                deadline.saturating_add(Duration::from_millis(extra_ms))
             }
             Clock::Early { fraction } => {
-                let deadline = d.r.poll_timeout().unwrap_or(d.now).max(d.now);
                 let span = deadline.duration_since(d.now).mul_f64(fraction);
                 d.now.saturating_add(span)
             }
             Clock::Back { ms } => d.now.saturating_sub(Duration::from_millis(ms)),
         };
         d.set_clock(target);
-        d.r.handle_timeout(d.now);
+        d.r.handle(d.now, Input::Timeout).unwrap();
         d.pump(step);
         if !step.answer_now {
             d.answer_fetch(&step.answer);
@@ -334,17 +421,47 @@ fn run(layout: u8, jitter_ms: u64, seed: u64, steps: &[Step]) {
         }
     }
     assert!(d.log.max_in_flight <= 1);
+
+    // Shut down: whatever is outstanding, the refresher finishes within the
+    // grace, answered or not.
+    let stop_at = d.now;
+    d.r.shutdown(stop_at);
+    let last = Step {
+        clock: Clock::ToDeadline { extra_ms: 0 },
+        answer: Answer::Token { life_ms: 3_600_000 },
+        answer_now: true,
+        lease_free: true,
+        cache_fails: false,
+        unanswered: steps.last().is_some_and(|s| s.unanswered),
+    };
+    for _ in 0..10 {
+        d.pump(&last);
+        if d.r.is_finished() {
+            break;
+        }
+        assert!(d.r.is_stopping());
+        d.answer_fetch(&last.answer);
+        d.pump(&last);
+        if let Some(deadline) = d.r.poll_wait().deadline() {
+            d.set_clock(deadline.max(d.now));
+            d.r.handle(d.now, Input::Timeout).unwrap();
+        }
+    }
+    assert!(d.r.is_finished(), "still running after shutdown");
+    assert!(d.now <= stop_at.saturating_add(grace));
+    assert_eq!(d.r.poll_wait(), Wait::Finished);
 }
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(400))]
 
     /// Never an expired token served, never two fetches in flight, every
-    /// deadline finite and bounded, no retry before the floor or Retry-After,
-    /// backoff reset after success.
+    /// deadline finite and bounded (even with effects never answered), no
+    /// retry before the floor or Retry-After, backoff reset after success, no
+    /// rotated refresh token lost, a shutdown finished within its grace.
     #[test]
     fn refresher_invariants_hold(
-        layout in 0u8..4,
+        layout in 0u8..8,
         jitter_ms in prop_oneof![Just(0u64), 0u64..600_000],
         seed in any::<u64>(),
         steps in steps(false),
@@ -355,7 +472,7 @@ proptest! {
     /// Clocks that step back (NTP, suspended VMs) never cause a request storm.
     #[test]
     fn time_going_backwards_never_storms(
-        layout in 0u8..4,
+        layout in 0u8..8,
         jitter_ms in 0u64..600_000,
         seed in any::<u64>(),
         steps in steps(true),

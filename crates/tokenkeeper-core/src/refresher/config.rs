@@ -96,7 +96,14 @@ pub struct RefresherConfig {
     pub(crate) layers: Vec<Layer>,
     pub(crate) refresh_now_min_interval: Duration,
     pub(crate) initial_refresh_token: Option<RefreshToken>,
+    pub(crate) cache_timeout: Duration,
+    pub(crate) fetch_timeout: Duration,
+    pub(crate) shutdown_grace: Duration,
 }
+
+/// The shortest effect timeout: a deadline always lies after the instant the
+/// effect was asked for.
+const MIN_TIMEOUT: Duration = Duration::from_millis(1);
 
 impl RefresherConfig {
     /// Tokens from an OAuth2 endpoint, cached under the client's key.
@@ -120,6 +127,9 @@ impl RefresherConfig {
             layers: Vec::new(),
             refresh_now_min_interval: Duration::from_secs(10),
             initial_refresh_token: None,
+            cache_timeout: Duration::from_secs(10),
+            fetch_timeout: Duration::from_secs(60),
+            shutdown_grace: Duration::from_secs(5),
         }
     }
 
@@ -159,6 +169,57 @@ impl RefresherConfig {
     pub fn initial_refresh_token(mut self, token: RefreshToken) -> Self {
         self.initial_refresh_token = Some(token);
         self
+    }
+
+    /// How long a cache effect ([`Effect::ReadCache`](super::Effect::ReadCache),
+    /// [`Effect::WriteCache`](super::Effect::WriteCache),
+    /// [`Effect::AcquireLease`](super::Effect::AcquireLease)) may go
+    /// unanswered before the refresher takes it as failed (default 10 s, at
+    /// least 1 ms): an unanswered read is a miss, an unanswered write a
+    /// [`CacheProblem::Write`](super::CacheProblem::Write), an unanswered
+    /// lease [`LeaseOutcome::Failed`](super::LeaseOutcome::Failed). Read it
+    /// back with [`RefresherConfig::get_cache_timeout`].
+    pub fn cache_timeout(mut self, timeout: Duration) -> Self {
+        self.cache_timeout = timeout.max(MIN_TIMEOUT);
+        self
+    }
+
+    /// How long a fetch ([`Effect::SendRequest`](super::Effect::SendRequest),
+    /// [`Effect::Fetch`](super::Effect::Fetch)) may go unanswered before the
+    /// refresher takes it as failed with [`FetchError::Timeout`] and backs off
+    /// (default 60 s, at least 1 ms). Drivers should time their requests out
+    /// sooner, and say why. Read it back with
+    /// [`RefresherConfig::get_fetch_timeout`].
+    ///
+    /// [`FetchError::Timeout`]: crate::FetchError::Timeout
+    pub fn fetch_timeout(mut self, timeout: Duration) -> Self {
+        self.fetch_timeout = timeout.max(MIN_TIMEOUT);
+        self
+    }
+
+    /// How long [`Refresher::shutdown`](super::Refresher::shutdown) waits for
+    /// an outstanding fetch that spends a refresh token, and for the writes of
+    /// the rotated token it brings, before stopping anyway (default 5 s; zero
+    /// stops at once). Read it back with
+    /// [`RefresherConfig::get_shutdown_grace`].
+    pub fn shutdown_grace(mut self, grace: Duration) -> Self {
+        self.shutdown_grace = grace;
+        self
+    }
+
+    /// The cache effect timeout (set with [`RefresherConfig::cache_timeout`]).
+    pub fn get_cache_timeout(&self) -> Duration {
+        self.cache_timeout
+    }
+
+    /// The fetch timeout (set with [`RefresherConfig::fetch_timeout`]).
+    pub fn get_fetch_timeout(&self) -> Duration {
+        self.fetch_timeout
+    }
+
+    /// The shutdown grace (set with [`RefresherConfig::shutdown_grace`]).
+    pub fn get_shutdown_grace(&self) -> Duration {
+        self.shutdown_grace
     }
 
     /// The key under which records are cached.

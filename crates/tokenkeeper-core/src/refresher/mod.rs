@@ -1,21 +1,66 @@
 //! The refresher: a sans-IO state machine that keeps one token fresh.
 //!
-//! Feed it inputs (`handle_*`), drain its outputs ([`Refresher::poll_effect`],
-//! [`Refresher::poll_event`]) and sleep until [`Refresher::poll_timeout`].
-//! See the crate documentation for the canonical driving loop.
+//! Feed it inputs ([`Refresher::handle`] with an [`Input`]), drain its outputs
+//! ([`Refresher::poll_effect`], [`Refresher::poll_event`]) and wait as
+//! [`Refresher::poll_wait`] says. See the crate documentation for the
+//! canonical driving loop.
 //!
 //! One refresh *cycle*: take the lease of every layer that has one (in layer
 //! order); re-read the layers in case another refresher just stored a fresh
 //! token; fetch only when none did; store the new record in every layer; give
 //! the leases back. A refresher that finds a lease taken waits a little,
 //! re-reads, and tries again, without fetching.
+//!
+//! # States
+//!
+//! ```text
+//!              new
+//!               | (no layers: straight to Fetching)
+//!               v
+//!      Reading(startup) -- usable: served at once; fresh ---------------+
+//!               | stale or nothing                                      |
+//!               | (no layer with a lease: straight to Fetching)         |
+//!               v                                                       |
+//!   +----> Leasing -- held by other --> WaitingForLease                 |
+//!   |           | every lease had          | retry time / CacheChanged  |
+//!   |           | (or failed)              v                            |
+//!   |           |                 Reading(after lease wait) -- fresh ---+
+//!   |           v                          | still stale: Leasing       |
+//!   |   Reading(under lease) -- fresh -------------------------------->-+
+//!   |           | still stale                                           v
+//!   |           v                                          Writing (the layers
+//!   |       Fetching -- failure / timeout: backoff --+      that lack it)
+//!   |           | grant                              |              |
+//!   |           v                                    |              |
+//!   |       Writing (every layer)                    |              |
+//!   |           | all answered or timed out          |              |
+//!   |           v                                    v              v
+//!   +-------- Idle <---------------------------------+--------------+
+//!      due: refresh time, retry time, refresh_now (without leases:
+//!      Reading(under lease); without layers: Fetching)
+//!
+//!   shutdown -- a refresh token at stake? -- no --------------> Finished
+//!                      | yes: a fetch spending one is out, or the
+//!                      v      rotated one it brought is being written
+//!                  Draining: that fetch, then its writes, go on;
+//!                  nothing new starts; once done, or at the end of
+//!                  the grace ---------------------------------> Finished
+//!
+//!   Finished: leases released, Event::Stopped, Wait::Finished.
+//! ```
+//!
+//! Every outstanding effect has a deadline; an effect unanswered by then is
+//! taken as a transient failure (a read as a miss, a lease as not had, a
+//! write as not stored, a fetch as [`FetchError::Timeout`] with backoff), so
+//! the refresher always moves on.
 
 mod config;
 mod io;
 
 pub use config::{Layer, LeaseSettings, RefresherConfig, Source};
 pub use io::{
-    CacheProblem, Effect, EffectId, Event, LeaseOutcome, MisuseError, Origin, RefreshNow, Status,
+    CacheProblem, Effect, EffectId, Event, Input, LeaseOutcome, MisuseError, Origin, RefreshNow,
+    Status, Wait,
 };
 
 use std::collections::{HashMap, VecDeque};
@@ -26,11 +71,15 @@ use http::HeaderMap;
 use zeroize::Zeroize;
 
 use crate::cache::{decode_record, encode_record};
-use crate::error::{CacheError, FetchError};
-use crate::oauth2::parse_token_response;
+use crate::error::{CacheError, CacheErrorKind, FetchError};
+use crate::oauth2::{GrantType, parse_token_response};
 use crate::secret::RefreshToken;
 use crate::time::{Timestamp, duration_millis};
 use crate::token::{TokenGrant, TokenRecord, TokenState};
+
+/// How many timed-out effects are remembered, so that their late answers are
+/// still checked and a lease granted late goes back.
+const TIMED_OUT_MEMORY: usize = 16;
 
 /// Why the layers are being read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,12 +103,12 @@ enum Phase {
     Finished,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Pending {
     Read,
     Write { layer: usize },
     Lease { layer: usize },
-    Fetch,
+    Fetch { spends_refresh_token: bool },
 }
 
 impl Pending {
@@ -68,9 +117,33 @@ impl Pending {
             Pending::Read => "a cache read answer",
             Pending::Write { .. } => "a cache write answer",
             Pending::Lease { .. } => "a lease answer",
-            Pending::Fetch => "a fetch answer",
+            Pending::Fetch { .. } => "a fetch answer",
         }
     }
+
+    /// How long the effect may go unanswered.
+    fn timeout(self, config: &RefresherConfig) -> Duration {
+        match self {
+            Pending::Read | Pending::Write { .. } | Pending::Lease { .. } => config.cache_timeout,
+            Pending::Fetch { .. } => config.fetch_timeout,
+        }
+    }
+}
+
+/// An effect awaiting its answer.
+#[derive(Debug, Clone, Copy)]
+struct Outstanding {
+    kind: Pending,
+    deadline: Timestamp,
+}
+
+/// Whose answer an input is.
+enum Claim {
+    /// An effect that awaits it: the answer counts.
+    Current(Pending),
+    /// An effect that timed out (when still remembered) or was answered
+    /// already: the answer comes too late.
+    Late(Option<Pending>),
 }
 
 /// The sans-IO token refresher. See the [module documentation](self).
@@ -81,7 +154,9 @@ pub struct Refresher {
     phase: Phase,
     effects: VecDeque<Effect>,
     events: VecDeque<Event>,
-    pending: HashMap<EffectId, Pending>,
+    pending: HashMap<EffectId, Outstanding>,
+    /// The latest effects that timed out, oldest first.
+    timed_out: VecDeque<(EffectId, Pending)>,
     next_id: u64,
     current: Option<Arc<TokenRecord>>,
     expiry_announced: bool,
@@ -110,6 +185,11 @@ pub struct Refresher {
     /// instead of each member taking its turn at a failing authority.
     linger_until: Option<Timestamp>,
     lease_layers: Vec<usize>,
+    /// The writes under way store a record just fetched that holds a refresh
+    /// token: a shutdown waits for them.
+    writing_fetched_refresh_token: bool,
+    /// Shutting down: the end of the grace for a refresh token at stake.
+    draining_until: Option<Timestamp>,
 }
 
 impl Refresher {
@@ -133,6 +213,7 @@ impl Refresher {
             effects: VecDeque::new(),
             events: VecDeque::new(),
             pending: HashMap::new(),
+            timed_out: VecDeque::new(),
             next_id: 0,
             current: None,
             expiry_announced: false,
@@ -151,9 +232,11 @@ impl Refresher {
             leases_held: Vec::new(),
             linger_until: None,
             lease_layers,
+            writing_fetched_refresh_token: false,
+            draining_until: None,
         };
         if layers > 0 {
-            r.start_reads(ReadPass::Startup);
+            r.start_reads(now, ReadPass::Startup);
         } else {
             r.start_fetch(now);
         }
@@ -183,33 +266,70 @@ impl Refresher {
         self.events.pop_front()
     }
 
-    /// When to call [`Refresher::handle_timeout`] at the latest, if no other
-    /// input comes first. `None`: wait for an answer (or forever, once shut down).
+    /// What to wait for before the next call to [`Refresher::handle`]: an
+    /// instant ([`Wait::Until`]), answers to outstanding effects up to a
+    /// deadline ([`Wait::Answer`]), or nothing ever again ([`Wait::Finished`]).
+    /// Until it has finished, the refresher always names a finite instant.
     #[must_use]
-    pub fn poll_timeout(&self) -> Option<Timestamp> {
-        let expiry = self
-            .current
-            .as_ref()
-            .filter(|_| !self.expiry_announced)
-            .map(|t| t.expiry);
+    pub fn poll_wait(&self) -> Wait {
+        if self.phase == Phase::Finished {
+            return Wait::Finished;
+        }
+        let expiry = self.token().map(|t| t.expiry);
         let own = match self.phase {
-            Phase::Idle => match (self.due(), self.linger_until) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            },
+            Phase::Idle if self.draining_until.is_none() => Some(match self.linger_until {
+                Some(linger) => self.due().min(linger),
+                None => self.due(),
+            }),
             Phase::WaitingForLease { until } => Some(until),
-            Phase::Finished => return None,
             _ => None,
         };
-        match (own, expiry) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
+        let timers = [own, expiry, self.draining_until]
+            .into_iter()
+            .flatten()
+            .min();
+        match self.pending.values().map(|o| o.deadline).min() {
+            Some(answer) => Wait::Answer {
+                deadline: timers.map_or(answer, |t| t.min(answer)),
+            },
+            // Unreachable: with nothing outstanding the refresher is idle,
+            // waiting for a lease, or finished. Were it not, the driver's
+            // periodic wake-up would still reach it.
+            None => Wait::Until(timers.unwrap_or(Timestamp::MAX)),
         }
+    }
+
+    /// When to hand the refresher a timeout at the latest, if no other input
+    /// comes first: [`Refresher::poll_wait`]`().deadline()`. `None` once it has
+    /// finished.
+    ///
+    /// While effects are outstanding this is now their earliest deadline
+    /// (it used to be `None`, "wait for an answer"): every outstanding effect
+    /// times out.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Timestamp> {
+        self.poll_wait().deadline()
+    }
+
+    /// When the outstanding effect `id` times out; `None` when it is not
+    /// outstanding (answered, timed out, never asked for, or the refresher
+    /// has finished).
+    pub fn effect_deadline(&self, id: EffectId) -> Option<Timestamp> {
+        if self.phase == Phase::Finished {
+            return None;
+        }
+        self.pending.get(&id).map(|o| o.deadline)
     }
 
     /// Whether the refresher has shut down.
     pub fn is_finished(&self) -> bool {
         self.phase == Phase::Finished
+    }
+
+    /// Whether [`Refresher::shutdown`] was called: the refresher is draining
+    /// (waiting for a refresh token at stake) or has finished.
+    pub fn is_stopping(&self) -> bool {
+        self.draining_until.is_some() || self.phase == Phase::Finished
     }
 
     /// A snapshot of the refresher's state at `now`.
@@ -225,7 +345,8 @@ impl Refresher {
             consecutive_failures: self.consecutive_failures,
             last_success_at: self.last_success_at,
             next_attempt: match self.phase {
-                Phase::Idle => self.due(),
+                _ if self.draining_until.is_some() => None,
+                Phase::Idle => Some(self.due()),
                 Phase::WaitingForLease { until } => Some(until),
                 _ => None,
             },
@@ -234,16 +355,57 @@ impl Refresher {
         }
     }
 
-    /// Time has passed. Calling it early, late or with a clock that went
-    /// backwards is harmless.
+    /// The one entry point: time has come (`Input::Timeout`), an effect was
+    /// answered, or a store changed. Everything due at `now` happens,
+    /// outstanding effects whose deadline has come included.
+    ///
+    /// An answer counts if its effect is still outstanding, even at or past
+    /// its deadline (an answer in hand beats a timeout). An answer to an
+    /// effect that already timed out or was answered is ignored with
+    /// `Ok(())` (a lease granted late is given back; a refresh token rotated
+    /// by a fetch that timed out is kept for the next request). `Err` means
+    /// driver misuse: an id never issued, or an answer of the wrong kind;
+    /// the refresher is then unchanged.
+    pub fn handle(&mut self, now: Timestamp, input: Input) -> Result<(), MisuseError> {
+        match input {
+            Input::Timeout => {
+                self.tick(now);
+                Ok(())
+            }
+            Input::CacheRead { id, result } => self.answer_read(now, id, result),
+            Input::CacheWritten { id, result } => self.answer_write(now, id, result),
+            Input::Lease { id, outcome } => self.answer_lease(now, id, outcome),
+            Input::Response {
+                id,
+                status,
+                headers,
+                mut body,
+            } => {
+                let answered = self.answer_response(now, id, status, &headers, &body);
+                body.zeroize();
+                answered
+            }
+            Input::FetchFailed { id, error } => self.answer_fetch(now, id, Err(error)),
+            Input::Grant { id, result } => self.answer_fetch(now, id, result),
+            Input::CacheChanged { layer } => {
+                self.cache_changed(now, layer);
+                Ok(())
+            }
+        }
+    }
+
+    /// Time has passed: [`Input::Timeout`]. Calling it early, late or with a
+    /// clock that went backwards is harmless.
     pub fn handle_timeout(&mut self, now: Timestamp) {
         self.tick(now);
     }
 
     /// Asks for a token newer than the current one (after a resource server
     /// rejected it, say). Rate-limited by the configured minimum interval.
+    /// Once [`Refresher::shutdown`] was called, answers
+    /// [`RefreshNow::ShutDown`] and does nothing.
     pub fn refresh_now(&mut self, now: Timestamp) -> RefreshNow {
-        if self.phase == Phase::Finished {
+        if self.is_stopping() {
             return RefreshNow::ShutDown;
         }
         if let Some(last) = self.last_forced {
@@ -274,39 +436,320 @@ impl Refresher {
         }
     }
 
-    /// Stops the refresher: leases it holds are released (drain
-    /// [`Refresher::poll_effect`] once more), answers still outstanding are
-    /// ignored, and no further effect is asked for.
-    pub fn shutdown(&mut self, _now: Timestamp) {
-        if self.phase == Phase::Finished {
+    /// Stops the refresher. No new cycle starts and
+    /// [`Refresher::refresh_now`] is refused from here on.
+    ///
+    /// When a refresh token is at stake (a fetch is outstanding whose request
+    /// spends one, or the record it brought is being written), the refresher
+    /// first *drains*: it waits until `now +`
+    /// [`shutdown_grace`](RefresherConfig::shutdown_grace) for that answer,
+    /// adopts a grant ([`Event::TokenChanged`]) and writes it to every layer,
+    /// so that a rotated refresh token is stored rather than lost; keep
+    /// driving it until [`Wait::Finished`]. Otherwise it finishes at once.
+    ///
+    /// On finishing, leases it holds are released (drain
+    /// [`Refresher::poll_effect`] once more), [`Event::Stopped`] is reported,
+    /// and answers still outstanding are ignored. Calling it again does
+    /// nothing.
+    pub fn shutdown(&mut self, now: Timestamp) {
+        if self.is_stopping() {
             return;
         }
-        self.release_leases();
-        self.phase = Phase::Finished;
-        self.events.push_back(Event::Stopped);
-    }
-
-    /// Another process changed `layer` (a store notification, say): a refresher
-    /// waiting for a lease re-reads at once instead of at its next retry.
-    pub fn handle_cache_changed(&mut self, now: Timestamp, layer: usize) {
-        if matches!(self.phase, Phase::WaitingForLease { .. }) && layer < self.config.layers.len() {
-            self.phase = Phase::Idle;
-            self.start_reads(ReadPass::AfterLeaseWait);
+        if self.refresh_token_at_stake() {
+            self.draining_until = Some(now.saturating_add(self.config.shutdown_grace));
+            self.tick(now);
+        } else {
+            self.finish();
         }
-        self.tick(now);
     }
 
-    /// Answers an [`Effect::ReadCache`]: the stored bytes, `None` when the layer
-    /// holds nothing, or why it could not be read.
+    /// Another process changed `layer`: [`Input::CacheChanged`].
+    pub fn handle_cache_changed(&mut self, now: Timestamp, layer: usize) {
+        self.cache_changed(now, layer);
+    }
+
+    /// Answers an [`Effect::ReadCache`]: [`Input::CacheRead`].
     pub fn handle_cache_read(
         &mut self,
         now: Timestamp,
         id: EffectId,
         result: Result<Option<Vec<u8>>, CacheError>,
     ) -> Result<(), MisuseError> {
-        self.take_pending(id, |p| matches!(p, Pending::Read))?;
+        self.answer_read(now, id, result)
+    }
+
+    /// Answers an [`Effect::WriteCache`]: [`Input::CacheWritten`].
+    pub fn handle_cache_written(
+        &mut self,
+        now: Timestamp,
+        id: EffectId,
+        result: Result<(), CacheError>,
+    ) -> Result<(), MisuseError> {
+        self.answer_write(now, id, result)
+    }
+
+    /// Answers an [`Effect::AcquireLease`]: [`Input::Lease`].
+    pub fn handle_lease(
+        &mut self,
+        now: Timestamp,
+        id: EffectId,
+        outcome: LeaseOutcome,
+    ) -> Result<(), MisuseError> {
+        self.answer_lease(now, id, outcome)
+    }
+
+    /// Answers an [`Effect::SendRequest`] with the endpoint's HTTP answer:
+    /// [`Input::Response`], without giving up the body.
+    /// The body should already be capped by the driver; it is checked again.
+    pub fn handle_response(
+        &mut self,
+        now: Timestamp,
+        id: EffectId,
+        status: u16,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> Result<(), MisuseError> {
+        self.answer_response(now, id, status, headers, body)
+    }
+
+    /// Answers an [`Effect::SendRequest`] that got no HTTP answer:
+    /// [`Input::FetchFailed`].
+    pub fn handle_fetch_error(
+        &mut self,
+        now: Timestamp,
+        id: EffectId,
+        error: FetchError,
+    ) -> Result<(), MisuseError> {
+        self.answer_fetch(now, id, Err(error))
+    }
+
+    /// Answers an [`Effect::Fetch`] (or an [`Effect::SendRequest`]) with what
+    /// the source granted: [`Input::Grant`].
+    pub fn handle_grant(
+        &mut self,
+        now: Timestamp,
+        id: EffectId,
+        result: Result<TokenGrant, FetchError>,
+    ) -> Result<(), MisuseError> {
+        self.answer_fetch(now, id, result)
+    }
+
+    // ---- answers: claim the effect, act, then everything due at `now` ----
+
+    fn answer_read(
+        &mut self,
+        now: Timestamp,
+        id: EffectId,
+        mut result: Result<Option<Vec<u8>>, CacheError>,
+    ) -> Result<(), MisuseError> {
+        match self.claim(id, |p| matches!(p, Pending::Read))? {
+            Claim::Current(_) => self.on_read(now, result),
+            Claim::Late(_) => {
+                if let Ok(Some(bytes)) = &mut result {
+                    bytes.zeroize();
+                }
+            }
+        }
+        self.tick(now);
+        Ok(())
+    }
+
+    fn answer_write(
+        &mut self,
+        now: Timestamp,
+        id: EffectId,
+        result: Result<(), CacheError>,
+    ) -> Result<(), MisuseError> {
+        if let Claim::Current(Pending::Write { layer }) =
+            self.claim(id, |p| matches!(p, Pending::Write { .. }))?
+        {
+            self.on_written(now, layer, result);
+        }
+        self.tick(now);
+        Ok(())
+    }
+
+    fn answer_lease(
+        &mut self,
+        now: Timestamp,
+        id: EffectId,
+        outcome: LeaseOutcome,
+    ) -> Result<(), MisuseError> {
+        match self.claim(id, |p| matches!(p, Pending::Lease { .. }))? {
+            Claim::Current(Pending::Lease { layer }) => self.on_lease(now, layer, outcome),
+            Claim::Late(Some(Pending::Lease { layer })) if outcome == LeaseOutcome::Acquired => {
+                // Granted after we gave up on it: give it back, unless we
+                // hold it (or are asking for it) anew.
+                let ours = self.phase != Phase::Finished
+                    && (self.leases_held.iter().any(|&(l, _)| l == layer)
+                        || self
+                            .pending
+                            .values()
+                            .any(|o| o.kind == Pending::Lease { layer }));
+                if !ours {
+                    self.effects.push_back(Effect::ReleaseLease { layer });
+                }
+            }
+            _ => {}
+        }
+        self.tick(now);
+        Ok(())
+    }
+
+    fn answer_response(
+        &mut self,
+        now: Timestamp,
+        id: EffectId,
+        status: u16,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> Result<(), MisuseError> {
+        let result = parse_token_response(status, headers, body, now, self.body_limit());
+        self.answer_fetch(now, id, result)
+    }
+
+    fn answer_fetch(
+        &mut self,
+        now: Timestamp,
+        id: EffectId,
+        result: Result<TokenGrant, FetchError>,
+    ) -> Result<(), MisuseError> {
+        match self.claim(id, |p| matches!(p, Pending::Fetch { .. }))? {
+            Claim::Current(_) => {
+                if self.phase == Phase::Fetching {
+                    self.on_fetched(now, result);
+                }
+            }
+            Claim::Late(Some(_)) => {
+                // The authority may have rotated the refresh token we sent,
+                // spending it: the new one is the only one left that works.
+                if let Ok(TokenGrant {
+                    refresh_token: Some(rt),
+                    ..
+                }) = result
+                {
+                    if self.phase != Phase::Finished {
+                        self.refresh_token = Some(rt);
+                        self.refresh_token_issued = Some(now);
+                    }
+                }
+            }
+            Claim::Late(None) => {}
+        }
+        self.tick(now);
+        Ok(())
+    }
+
+    fn cache_changed(&mut self, now: Timestamp, layer: usize) {
+        if matches!(self.phase, Phase::WaitingForLease { .. }) && layer < self.config.layers.len() {
+            self.phase = Phase::Idle;
+            self.start_reads(now, ReadPass::AfterLeaseWait);
+        }
+        self.tick(now);
+    }
+
+    // ---- internals ----
+
+    fn body_limit(&self) -> usize {
+        match &self.config.source {
+            Source::OAuth2(c) => c.body_limit(),
+            Source::Custom => crate::oauth2::DEFAULT_MAX_BODY_BYTES,
+        }
+    }
+
+    fn new_id(&mut self, now: Timestamp, kind: Pending) -> EffectId {
+        let id = EffectId(self.next_id);
+        self.next_id += 1;
+        let deadline = now.saturating_add(kind.timeout(&self.config));
+        self.pending.insert(id, Outstanding { kind, deadline });
+        id
+    }
+
+    /// Finds whose answer this is, checking that it fits the effect.
+    fn claim(
+        &mut self,
+        id: EffectId,
+        fits: impl Fn(&Pending) -> bool,
+    ) -> Result<Claim, MisuseError> {
+        let wrong = |kind: Pending| MisuseError::WrongAnswer {
+            id,
+            expected: kind.expects(),
+        };
+        if let Some(o) = self.pending.get(&id).copied() {
+            if !fits(&o.kind) {
+                return Err(wrong(o.kind));
+            }
+            self.pending.remove(&id);
+            return Ok(Claim::Current(o.kind));
+        }
+        if let Some(at) = self.timed_out.iter().position(|&(i, _)| i == id) {
+            let kind = self.timed_out[at].1;
+            if !fits(&kind) {
+                return Err(wrong(kind));
+            }
+            self.timed_out.remove(at);
+            return Ok(Claim::Late(Some(kind)));
+        }
+        if id.0 < self.next_id {
+            Ok(Claim::Late(None))
+        } else {
+            Err(MisuseError::UnknownEffect(id))
+        }
+    }
+
+    /// Answers, as transient failures, the outstanding effects whose deadline
+    /// has come, earliest first.
+    fn expire(&mut self, now: Timestamp) {
+        // After the clock stepped back, a deadline is never further than a
+        // whole timeout away.
+        for o in self.pending.values_mut() {
+            o.deadline = o
+                .deadline
+                .min(now.saturating_add(o.kind.timeout(&self.config)));
+        }
+        while let Some((id, kind)) = self
+            .pending
+            .iter()
+            .filter(|(_, o)| o.deadline <= now)
+            .min_by_key(|(id, o)| (o.deadline, **id))
+            .map(|(id, o)| (*id, o.kind))
+        {
+            self.pending.remove(&id);
+            if self.timed_out.len() >= TIMED_OUT_MEMORY {
+                self.timed_out.pop_front();
+            }
+            self.timed_out.push_back((id, kind));
+            let unanswered = || {
+                CacheError::new(
+                    CacheErrorKind::Timeout,
+                    format!(
+                        "the store did not answer within {:?}",
+                        self.config.cache_timeout
+                    ),
+                )
+            };
+            match kind {
+                Pending::Read => self.on_read(now, Err(unanswered())),
+                Pending::Write { layer } => self.on_written(now, layer, Err(unanswered())),
+                Pending::Lease { layer } => {
+                    self.on_lease(now, layer, LeaseOutcome::Failed(unanswered()));
+                }
+                Pending::Fetch { .. } => {
+                    if self.phase == Phase::Fetching {
+                        let after = self.config.fetch_timeout;
+                        self.on_fetched(now, Err(FetchError::Timeout { after }));
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_read(&mut self, now: Timestamp, result: Result<Option<Vec<u8>>, CacheError>) {
         let Phase::Reading { pass, layer } = self.phase else {
-            return Ok(());
+            if let Ok(Some(mut bytes)) = result {
+                bytes.zeroize();
+            }
+            return;
         };
         let record = match result {
             Ok(Some(mut bytes)) => {
@@ -342,7 +785,7 @@ impl Refresher {
                 }
             };
             if acceptable && self.is_better(&record, now) {
-                self.adopt(now, record, io::Origin::Cache { layer });
+                self.adopt(record, io::Origin::Cache { layer });
             }
             done = done || self.satisfied(now);
         }
@@ -353,30 +796,17 @@ impl Refresher {
                 pass,
                 layer: layer + 1,
             };
-            let id = self.new_id(Pending::Read);
+            let id = self.new_id(now, Pending::Read);
             self.effects.push_back(Effect::ReadCache {
                 id,
                 layer: layer + 1,
             });
         }
-        self.tick(now);
-        Ok(())
     }
 
-    /// Answers an [`Effect::WriteCache`].
-    pub fn handle_cache_written(
-        &mut self,
-        now: Timestamp,
-        id: EffectId,
-        result: Result<(), CacheError>,
-    ) -> Result<(), MisuseError> {
-        let Pending::Write { layer } =
-            self.take_pending(id, |p| matches!(p, Pending::Write { .. }))?
-        else {
-            return Ok(());
-        };
+    fn on_written(&mut self, now: Timestamp, layer: usize, result: Result<(), CacheError>) {
         if self.phase == Phase::Finished {
-            return Ok(());
+            return;
         }
         if let Err(e) = result {
             self.cache_problem(layer, CacheProblem::Write(e));
@@ -385,36 +815,22 @@ impl Refresher {
             && !self
                 .pending
                 .values()
-                .any(|p| matches!(p, Pending::Write { .. }))
+                .any(|o| matches!(o.kind, Pending::Write { .. }))
         {
-            self.release_leases();
-            self.phase = Phase::Idle;
-            if std::mem::take(&mut self.forced_pending) {
+            self.end_cycle();
+            if self.draining_until.is_none() && std::mem::take(&mut self.forced_pending) {
                 self.begin_cycle(now);
             }
         }
-        self.tick(now);
-        Ok(())
     }
 
-    /// Answers an [`Effect::AcquireLease`].
-    pub fn handle_lease(
-        &mut self,
-        now: Timestamp,
-        id: EffectId,
-        outcome: LeaseOutcome,
-    ) -> Result<(), MisuseError> {
-        let Pending::Lease { layer } =
-            self.take_pending(id, |p| matches!(p, Pending::Lease { .. }))?
-        else {
-            return Ok(());
-        };
+    fn on_lease(&mut self, now: Timestamp, layer: usize, outcome: LeaseOutcome) {
         let Phase::Leasing { next } = self.phase else {
             // A lease granted after we stopped wanting it goes straight back.
             if outcome == LeaseOutcome::Acquired {
                 self.effects.push_back(Effect::ReleaseLease { layer });
             }
-            return Ok(());
+            return;
         };
         match outcome {
             LeaseOutcome::Acquired => {
@@ -444,82 +860,6 @@ impl Refresher {
                 });
             }
         }
-        self.tick(now);
-        Ok(())
-    }
-
-    /// Answers an [`Effect::SendRequest`] with the endpoint's HTTP answer.
-    /// The body should already be capped by the driver; it is checked again.
-    pub fn handle_response(
-        &mut self,
-        now: Timestamp,
-        id: EffectId,
-        status: u16,
-        headers: &HeaderMap,
-        body: &[u8],
-    ) -> Result<(), MisuseError> {
-        let limit = match &self.config.source {
-            Source::OAuth2(c) => c.body_limit(),
-            Source::Custom => crate::oauth2::DEFAULT_MAX_BODY_BYTES,
-        };
-        let result = parse_token_response(status, headers, body, now, limit);
-        self.handle_grant(now, id, result)
-    }
-
-    /// Answers an [`Effect::SendRequest`] that got no HTTP answer (connection
-    /// failure, timeout, oversized body).
-    pub fn handle_fetch_error(
-        &mut self,
-        now: Timestamp,
-        id: EffectId,
-        error: FetchError,
-    ) -> Result<(), MisuseError> {
-        self.handle_grant(now, id, Err(error))
-    }
-
-    /// Answers an [`Effect::Fetch`] (or an [`Effect::SendRequest`], for drivers
-    /// that parse answers themselves) with what the source granted.
-    pub fn handle_grant(
-        &mut self,
-        now: Timestamp,
-        id: EffectId,
-        result: Result<TokenGrant, FetchError>,
-    ) -> Result<(), MisuseError> {
-        self.take_pending(id, |p| matches!(p, Pending::Fetch))?;
-        if self.phase != Phase::Fetching {
-            return Ok(());
-        }
-        self.on_fetched(now, result);
-        self.tick(now);
-        Ok(())
-    }
-
-    // ---- internals ----
-
-    fn new_id(&mut self, pending: Pending) -> EffectId {
-        let id = EffectId(self.next_id);
-        self.next_id += 1;
-        self.pending.insert(id, pending);
-        id
-    }
-
-    /// Removes a pending effect, checking that the answer fits it.
-    fn take_pending(
-        &mut self,
-        id: EffectId,
-        fits: impl Fn(&Pending) -> bool,
-    ) -> Result<Pending, MisuseError> {
-        match self.pending.get(&id).copied() {
-            None => Err(MisuseError::UnknownEffect(id)),
-            Some(p) if !fits(&p) => Err(MisuseError::WrongAnswer {
-                id,
-                expected: p.expects(),
-            }),
-            Some(p) => {
-                self.pending.remove(&id);
-                Ok(p)
-            }
-        }
     }
 
     /// The cycle has what it came for: a token not yet due for refresh, and
@@ -538,12 +878,15 @@ impl Refresher {
             .push_back(Event::CacheProblem { layer, problem });
     }
 
-    fn due(&self) -> Option<Timestamp> {
+    /// When the next cycle is due, once idle.
+    fn due(&self) -> Timestamp {
         if self.forced_pending {
-            return Some(Timestamp::EPOCH);
+            return Timestamp::EPOCH;
         }
         // No token and no failure: only possible before the first cycle.
-        self.retry_at.or(self.refresh_at).or(Some(Timestamp::EPOCH))
+        self.retry_at
+            .or(self.refresh_at)
+            .unwrap_or(Timestamp::EPOCH)
     }
 
     fn is_better(&self, candidate: &TokenRecord, now: Timestamp) -> bool {
@@ -562,14 +905,13 @@ impl Refresher {
         }
     }
 
-    fn adopt(&mut self, now: Timestamp, record: TokenRecord, origin: io::Origin) {
+    fn adopt(&mut self, record: TokenRecord, origin: io::Origin) {
         self.take_refresh_token(&record);
         let mut refresh_at = self.config.jitter.refresh_at_for(&record);
         // No hot loop even with absurdly short tokens.
         if let Some(started) = self.last_fetch_started {
             refresh_at = refresh_at.max(started.saturating_add(self.config.backoff.floor()));
         }
-        let _ = now;
         self.refresh_at = Some(refresh_at);
         let token = Arc::new(record);
         self.current = Some(token.clone());
@@ -577,10 +919,10 @@ impl Refresher {
         self.events.push_back(Event::TokenChanged { token, origin });
     }
 
-    fn start_reads(&mut self, pass: ReadPass) {
+    fn start_reads(&mut self, now: Timestamp, pass: ReadPass) {
         self.seen.iter_mut().for_each(|s| *s = None);
         self.phase = Phase::Reading { pass, layer: 0 };
-        let id = self.new_id(Pending::Read);
+        let id = self.new_id(now, Pending::Read);
         self.effects.push_back(Effect::ReadCache { id, layer: 0 });
     }
 
@@ -591,7 +933,7 @@ impl Refresher {
             self.consecutive_failures = 0;
             let record = self.current.clone();
             if let Some(record) = record {
-                self.write_back(&record, last_read);
+                self.write_back(now, &record, last_read);
             } else {
                 self.end_cycle();
             }
@@ -610,21 +952,21 @@ impl Refresher {
     }
 
     /// Stores `record` in the layers (up to `last_read`) that lack it.
-    fn write_back(&mut self, record: &Arc<TokenRecord>, last_read: usize) {
+    fn write_back(&mut self, now: Timestamp, record: &Arc<TokenRecord>, last_read: usize) {
         let layers: Vec<usize> = (0..=last_read.min(self.config.layers.len().saturating_sub(1)))
             .filter(|&l| self.seen[l].is_none_or(|e| e < record.expiry))
             .collect();
-        self.write_layers(record, layers);
+        self.write_layers(now, record, layers);
     }
 
-    fn write_layers(&mut self, record: &Arc<TokenRecord>, layers: Vec<usize>) {
+    fn write_layers(&mut self, now: Timestamp, record: &Arc<TokenRecord>, layers: Vec<usize>) {
         if layers.is_empty() {
             self.end_cycle();
             return;
         }
         let encoded = encode_record(&self.config.key, record);
         for layer in layers {
-            let id = self.new_id(Pending::Write { layer });
+            let id = self.new_id(now, Pending::Write { layer });
             self.effects.push_back(Effect::WriteCache {
                 id,
                 layer,
@@ -635,6 +977,7 @@ impl Refresher {
     }
 
     fn end_cycle(&mut self) {
+        self.writing_fetched_refresh_token = false;
         self.release_leases();
         self.phase = Phase::Idle;
     }
@@ -650,7 +993,7 @@ impl Refresher {
         if self.config.layers.is_empty() {
             self.start_fetch(now);
         } else if self.lease_layers.is_empty() {
-            self.start_reads(ReadPass::UnderLease);
+            self.start_reads(now, ReadPass::UnderLease);
         } else {
             self.next_lease(now, 0);
         }
@@ -666,42 +1009,54 @@ impl Refresher {
             }
             next += 1;
         }
-        let _ = now;
         if let Some(&layer) = self.lease_layers.get(next) {
             let ttl = self.config.layers[layer]
                 .lease()
                 .map_or(Duration::from_secs(30), |l| l.ttl);
             self.phase = Phase::Leasing { next };
-            let id = self.new_id(Pending::Lease { layer });
+            let id = self.new_id(now, Pending::Lease { layer });
             self.effects
                 .push_back(Effect::AcquireLease { id, layer, ttl });
         } else {
-            self.start_reads(ReadPass::UnderLease);
+            self.start_reads(now, ReadPass::UnderLease);
         }
     }
 
     fn start_fetch(&mut self, now: Timestamp) {
         self.last_fetch_started = Some(now);
+        self.phase = Phase::Fetching;
         let effect = match &self.config.source {
             Source::OAuth2(client) => match client.build_request(self.refresh_token.as_ref()) {
                 Ok(request) => {
-                    self.phase = Phase::Fetching;
-                    let id = self.new_id(Pending::Fetch);
-                    Effect::SendRequest { id, request }
+                    let max_body = client.body_limit();
+                    let spends_refresh_token = client.grant() == GrantType::RefreshToken;
+                    let id = self.new_id(
+                        now,
+                        Pending::Fetch {
+                            spends_refresh_token,
+                        },
+                    );
+                    Effect::SendRequest {
+                        id,
+                        request,
+                        max_body,
+                    }
                 }
                 Err(e) => {
-                    self.phase = Phase::Fetching;
                     self.on_fetched(now, Err(e));
                     return;
                 }
             },
             Source::Custom => {
-                self.phase = Phase::Fetching;
-                let id = self.new_id(Pending::Fetch);
-                Effect::Fetch {
-                    id,
-                    refresh_token: self.refresh_token.clone(),
-                }
+                let refresh_token = self.refresh_token.clone();
+                let spends_refresh_token = refresh_token.is_some();
+                let id = self.new_id(
+                    now,
+                    Pending::Fetch {
+                        spends_refresh_token,
+                    },
+                );
+                Effect::Fetch { id, refresh_token }
             }
         };
         self.effects.push_back(effect);
@@ -718,10 +1073,12 @@ impl Refresher {
                 self.retry_at = None;
                 self.forced_over = None;
                 self.last_success_at = Some(now);
-                self.adopt(now, record, io::Origin::Authority);
+                self.adopt(record, io::Origin::Authority);
                 let all: Vec<usize> = (0..self.config.layers.len()).collect();
                 if let Some(record) = self.current.clone() {
-                    self.write_layers(&record, all);
+                    self.write_layers(now, &record, all);
+                    self.writing_fetched_refresh_token =
+                        self.phase == Phase::Writing && record.refresh_token.is_some();
                 }
             }
             Err(error) => {
@@ -757,11 +1114,35 @@ impl Refresher {
         }
     }
 
-    /// Everything time-driven: expiry, due refreshes, the end of a lease wait.
+    /// Whether stopping now could lose a refresh token: a fetch spending one
+    /// is outstanding, or the record it brought is being written.
+    fn refresh_token_at_stake(&self) -> bool {
+        match self.phase {
+            Phase::Fetching => self.pending.values().any(|o| {
+                o.kind
+                    == Pending::Fetch {
+                        spends_refresh_token: true,
+                    }
+            }),
+            Phase::Writing => self.writing_fetched_refresh_token,
+            _ => false,
+        }
+    }
+
+    fn finish(&mut self) {
+        self.release_leases();
+        self.draining_until = None;
+        self.phase = Phase::Finished;
+        self.events.push_back(Event::Stopped);
+    }
+
+    /// Everything time-driven: effects past their deadline, expiry, the end
+    /// of a shutdown's grace, due refreshes, the end of a lease wait.
     fn tick(&mut self, now: Timestamp) {
         if self.phase == Phase::Finished {
             return;
         }
+        self.expire(now);
         if let Some(t) = &self.current {
             if !self.expiry_announced && now >= t.expiry {
                 self.expiry_announced = true;
@@ -769,16 +1150,22 @@ impl Refresher {
                     .push_back(Event::TokenExpired { expiry: t.expiry });
             }
         }
+        if let Some(until) = self.draining_until {
+            if now >= until || !matches!(self.phase, Phase::Fetching | Phase::Writing) {
+                self.finish();
+            }
+            return;
+        }
         if self.linger_until.is_some_and(|until| now >= until) {
             self.release_leases();
         }
         match self.phase {
-            Phase::Idle if self.due().is_some_and(|due| now >= due) => {
+            Phase::Idle if now >= self.due() => {
                 self.forced_pending = false;
                 self.begin_cycle(now);
             }
             Phase::WaitingForLease { until } if now >= until => {
-                self.start_reads(ReadPass::AfterLeaseWait);
+                self.start_reads(now, ReadPass::AfterLeaseWait);
             }
             _ => {}
         }

@@ -492,7 +492,12 @@ fn retry_after_is_honoured() {
 
 #[test]
 fn forced_refresh_is_rate_limited_and_wants_a_newer_token() {
-    let mut h = H::new(leased().refresh_now_min_interval(secs(10)));
+    // Writes stay outstanding for the whole test (well inside the timeout).
+    let mut h = H::new(
+        leased()
+            .refresh_now_min_interval(secs(10))
+            .cache_timeout(secs(60)),
+    );
     let id = h.expect_read(0);
     h.read(id, Some(encoded("current", T0, 3600)));
     h.no_effect();
@@ -588,12 +593,14 @@ fn misuse_is_an_error_not_a_state_change() {
         h.r.handle_cache_read(h.now, EffectId(999), Ok(None)),
         Err(MisuseError::UnknownEffect(EffectId(999)))
     );
-    // The real answer still works, once.
+    // The real answer still works, once; a duplicate is ignored.
     h.read(id, None);
-    assert_eq!(
-        h.r.handle_cache_read(h.now, id, Ok(None)),
-        Err(MisuseError::UnknownEffect(id))
-    );
+    let id = h.expect_fetch();
+    assert_eq!(h.r.handle_cache_read(h.now, EffectId(0), Ok(None)), Ok(()));
+    h.no_effect();
+    assert!(h.r.status(h.now).fetch_in_flight);
+    h.grant(id, Ok(grant("x", 60)));
+    assert_eq!(h.access().as_deref(), Some("x"));
 }
 
 #[test]
@@ -666,4 +673,718 @@ fn an_expired_cached_record_still_supplies_its_newer_refresh_token() {
         sent.contains(&("refresh_token".into(), "rt-latest".into())),
         "{sent:?}"
     );
+}
+
+// ---- one entry point, deadlines, waits, draining shutdown ----
+
+const URL: &str = "https://auth.example/token";
+
+fn refresh_client() -> OAuth2Client {
+    OAuth2Client::refresh_token(URL, ClientId::new("c"), Some(ClientSecret::new("s"))).unwrap()
+}
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+impl H {
+    fn input(&mut self, input: Input) {
+        self.r.handle(self.now, input).unwrap();
+        self.drain();
+    }
+
+    fn expect_request(&mut self) -> (EffectId, String) {
+        match self.next() {
+            Effect::SendRequest { id, request, .. } => {
+                let rt = url::form_urlencoded::parse(request.as_http().body())
+                    .find(|(k, _)| k == "refresh_token")
+                    .map(|(_, v)| v.into_owned())
+                    .unwrap_or_default();
+                (id, rt)
+            }
+            other => panic!("expected a request, got {other:?}"),
+        }
+    }
+
+    fn respond(&mut self, id: EffectId, body: &str) {
+        self.input(Input::Response {
+            id,
+            status: 200,
+            headers: HeaderMap::new(),
+            body: body.as_bytes().to_vec(),
+        });
+    }
+
+    fn stopped(&self) -> bool {
+        self.events.iter().any(|e| matches!(e, Event::Stopped))
+    }
+}
+
+/// Drives one refresher through every kind of answer, either through
+/// `handle(now, Input)` or through the `handle_*` methods, and logs all it
+/// says.
+fn scripted(via_input: bool) -> Vec<String> {
+    struct S {
+        r: Refresher,
+        now: Timestamp,
+        via_input: bool,
+        log: Vec<String>,
+        queue: VecDeque<Effect>,
+    }
+    impl S {
+        fn give(&mut self, input: Input) {
+            let now = self.now;
+            let result = if self.via_input {
+                self.r.handle(now, input)
+            } else {
+                match input {
+                    Input::Timeout => {
+                        self.r.handle_timeout(now);
+                        Ok(())
+                    }
+                    Input::CacheRead { id, result } => self.r.handle_cache_read(now, id, result),
+                    Input::CacheWritten { id, result } => {
+                        self.r.handle_cache_written(now, id, result)
+                    }
+                    Input::Lease { id, outcome } => self.r.handle_lease(now, id, outcome),
+                    Input::Response {
+                        id,
+                        status,
+                        headers,
+                        body,
+                    } => self.r.handle_response(now, id, status, &headers, &body),
+                    Input::FetchFailed { id, error } => self.r.handle_fetch_error(now, id, error),
+                    Input::Grant { id, result } => self.r.handle_grant(now, id, result),
+                    Input::CacheChanged { layer } => {
+                        self.r.handle_cache_changed(now, layer);
+                        Ok(())
+                    }
+                }
+            };
+            self.log.push(format!("{result:?}"));
+            while let Some(e) = self.r.poll_effect() {
+                self.log.push(format!("{e:?}"));
+                self.queue.push_back(e);
+            }
+            while let Some(e) = self.r.poll_event() {
+                self.log.push(format!("{e:?}"));
+            }
+            self.log.push(format!("{:?}", self.r.poll_wait()));
+            self.log.push(format!("{:?}", self.r.status(self.now)));
+        }
+        fn id(&mut self) -> EffectId {
+            match self.queue.pop_front() {
+                Some(
+                    Effect::ReadCache { id, .. }
+                    | Effect::WriteCache { id, .. }
+                    | Effect::AcquireLease { id, .. }
+                    | Effect::SendRequest { id, .. }
+                    | Effect::Fetch { id, .. },
+                ) => id,
+                other => panic!("{other:?}"),
+            }
+        }
+        fn at(&mut self, t: Timestamp) {
+            self.now = t;
+            self.give(Input::Timeout);
+        }
+        fn wait(&mut self) {
+            let t = self.r.poll_wait().deadline().unwrap();
+            self.at(t);
+        }
+    }
+    let config = RefresherConfig::oauth2(refresh_client())
+        .initial_refresh_token(RefreshToken::new("rt-0"))
+        .layer(Layer::new("shared").with_lease(LeaseSettings::default()));
+    let mut s = S {
+        r: Refresher::new(config, 7, T0),
+        now: T0,
+        via_input,
+        log: Vec::new(),
+        queue: VecDeque::new(),
+    };
+    s.give(Input::Timeout);
+    let id = s.id();
+    s.give(Input::CacheRead {
+        id,
+        result: Ok(None),
+    });
+    let id = s.id();
+    s.give(Input::Lease {
+        id,
+        outcome: LeaseOutcome::HeldByOther,
+    });
+    s.give(Input::CacheChanged { layer: 0 });
+    let id = s.id();
+    let io = CacheError::new(CacheErrorKind::Io, "denied");
+    s.give(Input::CacheRead {
+        id,
+        result: Err(io),
+    });
+    let id = s.id();
+    s.give(Input::Lease {
+        id,
+        outcome: LeaseOutcome::Acquired,
+    });
+    let id = s.id();
+    // Misuse, then the right answer.
+    s.give(Input::Grant {
+        id,
+        result: Err(unavailable()),
+    });
+    s.give(Input::CacheRead {
+        id: EffectId(9_999),
+        result: Ok(None),
+    });
+    s.give(Input::CacheRead {
+        id,
+        result: Ok(None),
+    });
+    let id = s.id();
+    let error = FetchError::Transport {
+        message: "reset".into(),
+    };
+    s.give(Input::FetchFailed { id, error });
+    s.wait();
+    let id = s.id();
+    s.give(Input::CacheRead {
+        id,
+        result: Ok(None),
+    });
+    let id = s.id();
+    let mut headers = HeaderMap::new();
+    headers.insert("retry-after", "7".parse().unwrap());
+    s.give(Input::Response {
+        id,
+        status: 503,
+        headers,
+        body: b"busy".to_vec(),
+    });
+    s.wait();
+    let id = s.id();
+    s.give(Input::CacheRead {
+        id,
+        result: Ok(None),
+    });
+    let id = s.id();
+    let body = br#"{"access_token":"a1","expires_in":600,"refresh_token":"rt-1"}"#;
+    s.give(Input::Response {
+        id,
+        status: 200,
+        headers: HeaderMap::new(),
+        body: body.to_vec(),
+    });
+    let id = s.id();
+    let down = CacheError::new(CacheErrorKind::Unavailable, "down");
+    s.give(Input::CacheWritten {
+        id,
+        result: Err(down),
+    });
+    s.queue.clear(); // the release
+    s.wait();
+    let id = s.id();
+    s.give(Input::Lease {
+        id,
+        outcome: LeaseOutcome::Acquired,
+    });
+    let id = s.id();
+    s.give(Input::CacheRead {
+        id,
+        result: Ok(None),
+    });
+    let id = s.id();
+    s.give(Input::Grant {
+        id,
+        result: Ok(grant("a2", 600)),
+    });
+    // The write goes unanswered and times out.
+    s.wait();
+    s.give(Input::CacheWritten { id, result: Ok(()) });
+    s.log
+}
+
+#[test]
+fn handle_with_inputs_does_what_the_handle_methods_do() {
+    let via_input = scripted(true);
+    let via_methods = scripted(false);
+    assert_eq!(via_input, via_methods);
+    let all = via_input.join("\n");
+    for needle in [
+        "LeaseBusy",
+        "CacheProblem",
+        "WrongAnswer",
+        "UnknownEffect",
+        "Transport",
+        "status: 503",
+        "TokenChanged",
+        "ReleaseLease",
+        "Timeout",
+    ] {
+        assert!(all.contains(needle), "{needle} missing from\n{all}");
+    }
+}
+
+#[test]
+fn input_debug_shows_no_secret() {
+    let mut headers = HeaderMap::new();
+    headers.insert("x-echo", "hunter2-header".parse().unwrap());
+    let inputs = [
+        Input::CacheRead {
+            id: EffectId(1),
+            result: Ok(Some(b"hunter2-record".to_vec())),
+        },
+        Input::Response {
+            id: EffectId(2),
+            status: 200,
+            headers,
+            body: br#"{"access_token":"hunter2-body"}"#.to_vec(),
+        },
+        Input::Grant {
+            id: EffectId(3),
+            result: Ok(
+                grant("hunter2-grant", 60).with_refresh_token(RefreshToken::new("hunter2-refresh"))
+            ),
+        },
+    ];
+    let shown = format!("{inputs:?}");
+    assert!(!shown.contains("hunter2"), "{shown}");
+    assert!(shown.contains("<14 bytes>"), "{shown}");
+    assert!(shown.contains("<31 bytes>"), "{shown}");
+    assert!(shown.contains("x-echo"), "{shown}");
+}
+
+#[test]
+fn an_unanswered_read_times_out_into_a_miss() {
+    let mut h = H::new(H::custom().layer(Layer::new("slow")));
+    assert_eq!(h.r.config().get_cache_timeout(), secs(10));
+    let id = h.expect_read(0);
+    let deadline = T0.saturating_add(secs(10));
+    assert_eq!(h.r.effect_deadline(id), Some(deadline));
+    assert_eq!(h.r.poll_wait(), Wait::Answer { deadline });
+    h.at(deadline.saturating_sub(ms(1)));
+    h.no_effect();
+    assert!(h.events.is_empty(), "{:?}", h.events);
+    h.at(deadline);
+    assert!(
+        matches!(
+            &h.events[..],
+            [Event::CacheProblem {
+                layer: 0,
+                problem: CacheProblem::Read(e),
+            }] if e.kind == CacheErrorKind::Timeout
+        ),
+        "{:?}",
+        h.events
+    );
+    assert_eq!(h.r.effect_deadline(id), None);
+    let fetch = h.expect_fetch();
+    // The late answer changes nothing, even with a token in it.
+    assert_eq!(
+        h.r.handle_cache_read(h.now, id, Ok(Some(encoded("late", T0, 3600)))),
+        Ok(())
+    );
+    h.no_effect();
+    assert_eq!(h.access(), None);
+    h.grant(fetch, Ok(grant("fetched", 3600)));
+    assert_eq!(h.access().as_deref(), Some("fetched"));
+}
+
+#[test]
+fn an_unanswered_lease_times_out_and_the_cycle_goes_on() {
+    let mut h = H::new(leased().cache_timeout(secs(2)));
+    assert_eq!(h.r.config().get_cache_timeout(), secs(2));
+    let id = h.expect_read(0);
+    h.read(id, None);
+    let lease = h.expect_lease(0);
+    assert_eq!(h.r.effect_deadline(lease), Some(T0.saturating_add(secs(2))));
+    h.advance(secs(2));
+    assert!(
+        matches!(
+            h.events.last(),
+            Some(Event::CacheProblem {
+                layer: 0,
+                problem: CacheProblem::Lease(e),
+            }) if e.kind == CacheErrorKind::Timeout
+        ),
+        "{:?}",
+        h.events
+    );
+    // On without the lease: re-read, fetch, write.
+    let id = h.expect_read(0);
+    h.read(id, None);
+    let id = h.expect_fetch();
+    h.grant(id, Ok(grant("mine", 3600)));
+    let (id, _) = h.expect_write(0);
+    h.written(id);
+    h.no_effect();
+    // The store grants the lease at last: it goes straight back.
+    h.lease(lease, LeaseOutcome::Acquired);
+    h.expect_release(0);
+    h.no_effect();
+    assert_eq!(h.access().as_deref(), Some("mine"));
+}
+
+#[test]
+fn an_unanswered_write_times_out_and_the_lease_goes_back() {
+    let mut h = H::new(leased());
+    let id = h.expect_read(0);
+    h.read(id, None);
+    let id = h.expect_lease(0);
+    h.lease(id, LeaseOutcome::Acquired);
+    let id = h.expect_read(0);
+    h.read(id, None);
+    let id = h.expect_fetch();
+    h.advance(secs(1));
+    h.grant(id, Ok(grant("mine", 3600)));
+    let (write, _) = h.expect_write(0);
+    let deadline = h.now.saturating_add(secs(10));
+    assert_eq!(h.r.poll_wait(), Wait::Answer { deadline });
+    h.at(deadline);
+    assert!(
+        matches!(
+            h.events.last(),
+            Some(Event::CacheProblem {
+                layer: 0,
+                problem: CacheProblem::Write(e),
+            }) if e.kind == CacheErrorKind::Timeout
+        ),
+        "{:?}",
+        h.events
+    );
+    h.expect_release(0);
+    let refresh_at = T0.saturating_add(secs(1 + 2700));
+    assert_eq!(h.r.poll_wait(), Wait::Until(refresh_at));
+    assert_eq!(h.r.status(h.now).next_attempt, Some(refresh_at));
+    h.written(write);
+    h.no_effect();
+}
+
+#[test]
+fn an_unanswered_fetch_times_out_into_backoff() {
+    let mut h = H::new(H::custom().fetch_timeout(secs(30)));
+    assert_eq!(h.r.config().get_fetch_timeout(), secs(30));
+    let id = h.expect_fetch();
+    let deadline = T0.saturating_add(secs(30));
+    assert_eq!(h.r.poll_wait(), Wait::Answer { deadline });
+    h.at(deadline.saturating_sub(ms(1)));
+    assert!(h.events.is_empty());
+    assert!(h.r.status(h.now).fetch_in_flight);
+    h.at(deadline);
+    let Some(Event::FetchFailed {
+        error,
+        class,
+        consecutive_failures,
+        retry_at,
+    }) = h.events.last().cloned()
+    else {
+        panic!("{:?}", h.events)
+    };
+    assert_eq!(error, FetchError::Timeout { after: secs(30) });
+    assert_eq!(class, ErrorClass::Transient);
+    assert_eq!(consecutive_failures, 1);
+    assert!(retry_at > h.now && retry_at <= h.now.saturating_add(secs(1)));
+    assert!(!h.r.status(h.now).fetch_in_flight);
+    assert_eq!(h.r.poll_wait(), Wait::Until(retry_at));
+    // The answer that comes too late is ignored.
+    h.grant(id, Ok(grant("late", 3600)));
+    assert_eq!(h.access(), None);
+    assert_eq!(h.changed_count(), 0);
+    h.at(retry_at);
+    let id = h.expect_fetch();
+    h.grant(id, Ok(grant("on time", 3600)));
+    assert_eq!(h.access().as_deref(), Some("on time"));
+    assert_eq!(h.r.status(h.now).consecutive_failures, 0);
+}
+
+#[test]
+fn an_answer_in_hand_beats_its_own_deadline() {
+    let mut h = H::new(H::custom());
+    let id = h.expect_fetch();
+    h.now = T0.saturating_add(secs(61));
+    h.grant(id, Ok(grant("slow but here", 3600)));
+    assert_eq!(h.access().as_deref(), Some("slow but here"));
+    assert!(
+        !h.events
+            .iter()
+            .any(|e| matches!(e, Event::FetchFailed { .. }))
+    );
+}
+
+#[test]
+fn late_and_duplicate_answers_are_ignored_unissued_ids_are_misuse() {
+    let mut h = H::new(H::custom().layer(Layer::new("file")));
+    let read = h.expect_read(0);
+    h.advance(secs(10));
+    let fetch = h.expect_fetch();
+    // Late, and of the wrong kind: still misuse.
+    assert_eq!(
+        h.r.handle_grant(h.now, read, Ok(grant("x", 60))),
+        Err(MisuseError::WrongAnswer {
+            id: read,
+            expected: "a cache read answer"
+        })
+    );
+    // Late and right: ignored.
+    assert_eq!(h.r.handle_cache_read(h.now, read, Ok(None)), Ok(()));
+    // Twice: ignored too.
+    assert_eq!(h.r.handle_cache_read(h.now, read, Ok(None)), Ok(()));
+    h.no_effect();
+    // Never issued.
+    let unissued = EffectId(fetch.0 + 1);
+    assert_eq!(
+        h.r.handle(
+            h.now,
+            Input::Grant {
+                id: unissued,
+                result: Ok(grant("x", 60))
+            }
+        ),
+        Err(MisuseError::UnknownEffect(unissued))
+    );
+    assert_eq!(h.r.effect_deadline(unissued), None);
+    assert!(h.r.status(h.now).fetch_in_flight, "misuse changed nothing");
+    h.grant(fetch, Ok(grant("real", 3600)));
+    let (write, _) = h.expect_write(0);
+    h.written(write);
+    assert_eq!(
+        h.r.handle_cache_written(h.now, write, Ok(())),
+        Ok(()),
+        "a duplicate is ignored"
+    );
+    assert_eq!(
+        h.r.handle_grant(h.now, fetch, Ok(grant("again", 3600))),
+        Ok(())
+    );
+    h.no_effect();
+    assert_eq!(h.access().as_deref(), Some("real"));
+    assert_eq!(h.changed_count(), 1);
+}
+
+#[test]
+fn a_late_grant_still_hands_over_its_rotated_refresh_token() {
+    let config = RefresherConfig::oauth2(refresh_client())
+        .initial_refresh_token(RefreshToken::new("rt-0"))
+        .jitter(Jitter::none());
+    let mut h = H::new(config);
+    let (id, sent) = h.expect_request();
+    assert_eq!(sent, "rt-0");
+    h.advance(secs(60));
+    assert!(matches!(
+        h.events.last(),
+        Some(Event::FetchFailed {
+            error: FetchError::Timeout { .. },
+            ..
+        })
+    ));
+    // The authority did rotate it; its answer arrives after the deadline.
+    h.respond(
+        id,
+        r#"{"access_token":"a1","expires_in":600,"refresh_token":"rt-1"}"#,
+    );
+    assert_eq!(h.changed_count(), 0, "a late answer is not adopted");
+    h.at(h.r.poll_timeout().unwrap());
+    let (_, sent) = h.expect_request();
+    assert_eq!(sent, "rt-1", "but its rotated refresh token is not lost");
+}
+
+#[test]
+fn poll_wait_names_each_situation() {
+    let mut h = H::new(leased());
+    let id = h.expect_read(0);
+    assert_eq!(
+        h.r.poll_wait(),
+        Wait::Answer {
+            deadline: T0.saturating_add(secs(10))
+        }
+    );
+    h.read(id, None);
+    let id = h.expect_lease(0);
+    h.lease(id, LeaseOutcome::HeldByOther);
+    let Some(Event::LeaseBusy { retry_at, .. }) = h.events.last().cloned() else {
+        panic!("{:?}", h.events)
+    };
+    assert_eq!(h.r.poll_wait(), Wait::Until(retry_at));
+    assert_eq!(h.r.poll_timeout(), Some(retry_at));
+    h.at(retry_at);
+    let id = h.expect_read(0);
+    h.read(id, Some(encoded("theirs", retry_at, 100)));
+    // 100 s token: refreshed at 70 s, 30 s before it expires.
+    let refresh_at = retry_at.saturating_add(secs(70));
+    assert_eq!(h.r.poll_wait(), Wait::Until(refresh_at));
+    h.at(refresh_at);
+    let id = h.expect_lease(0);
+    h.lease(id, LeaseOutcome::Acquired);
+    let id = h.expect_read(0);
+    h.read(id, None);
+    let _fetch = h.expect_fetch();
+    // The fetch may take 60 s, but the token expires in 30: that comes first.
+    let expiry = retry_at.saturating_add(secs(100));
+    assert_eq!(h.r.poll_wait(), Wait::Answer { deadline: expiry });
+    h.at(expiry);
+    assert!(matches!(h.events.last(), Some(Event::TokenExpired { .. })));
+    assert_eq!(
+        h.r.poll_wait(),
+        Wait::Answer {
+            deadline: refresh_at.saturating_add(secs(60))
+        }
+    );
+    h.r.shutdown(h.now);
+    assert_eq!(h.r.poll_wait(), Wait::Finished);
+    assert_eq!(h.r.poll_wait().deadline(), None);
+    assert_eq!(h.r.poll_timeout(), None);
+}
+
+#[test]
+fn shutdown_during_a_refresh_token_fetch_keeps_the_rotated_token() {
+    let config = RefresherConfig::oauth2(refresh_client())
+        .initial_refresh_token(RefreshToken::new("rt-0"))
+        .jitter(Jitter::none())
+        .layer(Layer::new("shared").with_lease(LeaseSettings::default()));
+    assert_eq!(config.get_shutdown_grace(), secs(5));
+    let key = config.cache_key().clone();
+    let mut h = H::new(config);
+    let id = h.expect_read(0);
+    h.read(id, None);
+    let id = h.expect_lease(0);
+    h.lease(id, LeaseOutcome::Acquired);
+    let id = h.expect_read(0);
+    h.read(id, None);
+    let (request, _) = h.expect_request();
+    h.r.shutdown(h.now);
+    h.drain();
+    assert!(h.r.is_stopping());
+    assert!(!h.r.is_finished());
+    assert!(!h.r.status(h.now).shut_down);
+    assert!(!h.stopped());
+    h.no_effect(); // the lease is kept while the request is out
+    assert_eq!(
+        h.r.poll_wait(),
+        Wait::Answer {
+            deadline: T0.saturating_add(secs(5))
+        }
+    );
+    assert_eq!(h.r.refresh_now(h.now), RefreshNow::ShutDown);
+    h.advance(secs(2));
+    h.no_effect();
+    assert!(!h.r.is_finished());
+    h.respond(
+        request,
+        r#"{"access_token":"a1","expires_in":3600,"refresh_token":"rt-1"}"#,
+    );
+    let Some(Event::TokenChanged { token, .. }) = h.events.last() else {
+        panic!("{:?}", h.events)
+    };
+    assert_eq!(
+        token.refresh_token.as_ref().map(|t| t.expose_secret()),
+        Some("rt-1")
+    );
+    let (write, record) = h.expect_write(0);
+    let stored = crate::cache::decode_record(&key, record.bytes()).unwrap();
+    assert_eq!(
+        stored.refresh_token.as_ref().map(|t| t.expose_secret()),
+        Some("rt-1")
+    );
+    assert!(!h.r.is_finished(), "the write is awaited");
+    h.no_effect();
+    h.written(write);
+    h.expect_release(0);
+    assert!(h.r.is_finished());
+    assert!(matches!(h.events.last(), Some(Event::Stopped)));
+    assert_eq!(h.r.poll_wait(), Wait::Finished);
+    assert!(h.r.status(h.now).shut_down);
+    h.advance(secs(100_000));
+    h.no_effect();
+}
+
+#[test]
+fn shutdown_without_an_answer_stops_at_the_end_of_the_grace() {
+    // A custom source that spends a refresh token, with no answer at all.
+    let config = H::custom()
+        .initial_refresh_token(RefreshToken::new("rt-0"))
+        .shutdown_grace(secs(3));
+    let mut h = H::new(config);
+    let Effect::Fetch {
+        id,
+        refresh_token: Some(_),
+    } = h.next()
+    else {
+        panic!("expected a fetch spending a refresh token")
+    };
+    h.advance(secs(1));
+    h.r.shutdown(h.now);
+    h.r.shutdown(h.now); // twice: the grace does not move
+    let end = T0.saturating_add(secs(4));
+    assert_eq!(h.r.poll_wait(), Wait::Answer { deadline: end });
+    h.at(end.saturating_sub(ms(1)));
+    assert!(!h.r.is_finished());
+    h.at(end);
+    assert!(h.r.is_finished());
+    assert!(h.stopped());
+    h.grant(id, Ok(grant("too late", 3600)));
+    assert_eq!(h.changed_count(), 0);
+    h.no_effect();
+
+    // An answer, then writes that never complete: the grace still ends it.
+    let config = H::custom()
+        .initial_refresh_token(RefreshToken::new("rt-0"))
+        .layer(Layer::new("file"));
+    let mut h = H::new(config);
+    let id = h.expect_read(0);
+    h.read(id, None);
+    let id = h.expect_fetch();
+    h.r.shutdown(h.now);
+    h.grant(
+        id,
+        Ok(grant("a1", 3600).with_refresh_token(RefreshToken::new("rt-1"))),
+    );
+    let _ = h.expect_write(0);
+    assert!(!h.r.is_finished());
+    h.at(T0.saturating_add(secs(5)));
+    assert!(h.r.is_finished());
+    assert!(h.stopped());
+}
+
+#[test]
+fn shutdown_while_a_rotated_token_is_written_waits_for_the_write() {
+    let config = H::custom()
+        .initial_refresh_token(RefreshToken::new("rt-0"))
+        .layer(Layer::new("file"));
+    let mut h = H::new(config);
+    let id = h.expect_read(0);
+    h.read(id, None);
+    let id = h.expect_fetch();
+    h.grant(
+        id,
+        Ok(grant("a1", 3600).with_refresh_token(RefreshToken::new("rt-1"))),
+    );
+    let (write, _) = h.expect_write(0);
+    h.r.shutdown(h.now);
+    h.drain();
+    assert!(h.r.is_stopping() && !h.r.is_finished());
+    h.written(write);
+    assert!(h.r.is_finished());
+    assert!(h.stopped());
+}
+
+#[test]
+fn shutdown_during_a_client_credentials_fetch_finishes_at_once() {
+    let client =
+        OAuth2Client::client_credentials(URL, ClientId::new("c"), ClientSecret::new("s")).unwrap();
+    let mut h = H::new(RefresherConfig::oauth2(client));
+    let (id, _) = h.expect_request();
+    h.r.shutdown(h.now);
+    h.drain();
+    assert!(h.r.is_finished());
+    assert!(h.r.is_stopping());
+    assert!(h.stopped());
+    assert_eq!(h.r.poll_wait(), Wait::Finished);
+    h.respond(id, r#"{"access_token":"late","expires_in":3600}"#);
+    assert_eq!(h.changed_count(), 0);
+    h.no_effect();
+
+    // A custom fetch given no refresh token spends nothing either.
+    let mut h = H::new(H::custom());
+    let _ = h.expect_fetch();
+    h.r.shutdown(h.now);
+    assert!(h.r.is_finished());
 }

@@ -5,8 +5,8 @@
 
 use std::time::Duration;
 
-use tokenkeeper::core::Jitter;
-use tokenkeeper::core::sim::{AuthorityModel, FleetConfig, FleetReport, Outage, simulate};
+use tokenkeeper::engine::Jitter;
+use tokenkeeper::engine::sim::{AuthorityModel, FleetConfig, FleetReport, Outage, simulate};
 
 fn show(title: &str, r: &FleetReport) {
     println!("{title}");

@@ -3,7 +3,7 @@
 //! APIs reads it with one atomic load and never waits on the token authority.
 //!
 //! It is the same watcher as `tokenkeeper-tokio`'s, with the same shape and
-//! guarantees (both are [`tokenkeeper_async`]'s), on a runtime built on
+//! guarantees (both are [`tokenkeeper_driver`]'s), on a runtime built on
 //! `async-io`, and with no tokio runtime anywhere in the dependency tree:
 //!
 //! - the watcher's tasks run on async-std's executor (feature `async-std`,
@@ -25,7 +25,7 @@
 //! use std::time::Duration;
 //! use tokenkeeper_core::oauth2::OAuth2Client;
 //! use tokenkeeper_core::{ClientId, ClientSecret};
-//! use tokenkeeper_async_std::{HttpSettings, TokenWatcher};
+//! use tokenkeeper_driver_std::{HttpSettings, TokenWatcher};
 //! # use tokenkeeper_testkit::{Authority, Client};
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -71,7 +71,7 @@
 //! ```
 //! # use tokenkeeper_core::oauth2::OAuth2Client;
 //! # use tokenkeeper_core::{ClientId, ClientSecret};
-//! use tokenkeeper_async_std::{AsyncIoRuntime, TokenWatcher};
+//! use tokenkeeper_driver_std::{AsyncIoRuntime, TokenWatcher};
 //! # use tokenkeeper_testkit::{Authority, Client};
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! # let authority = Authority::start();
@@ -110,24 +110,20 @@
 mod runtime;
 
 pub use runtime::{AsyncIoRuntime, Connection};
-pub use tokenkeeper_async::{
-    BoxFuture, BoxStream, CacheLayer, HttpSettings, HttpSetupError, Notifier, Sleeper, Source,
-    SpawnError, Token, TokenError, TokenSource, WatcherStopped, change_feed,
+pub use tokenkeeper_driver::{
+    BlockingCacheLayer, BlockingTokenSource, BoxFuture, BoxStream, CacheLayer, ChangedError,
+    GetTokenError, HttpSettings, HttpSetupError, Notifier, Obtained, OneShot, Sleeper, Source,
+    SpawnError, Token, TokenError, TokenSource, Warning, WatcherStopped, change_feed,
 };
 
 /// Keeps a token fresh in the background on async-std or smol, and hands it
-/// out without waiting. See [`tokenkeeper_async::TokenWatcher`] for its
+/// out without waiting. See [`tokenkeeper_driver::TokenWatcher`] for its
 /// methods.
-pub type TokenWatcher = tokenkeeper_async::TokenWatcher<AsyncIoRuntime>;
+pub type TokenWatcher = tokenkeeper_driver::TokenWatcher<AsyncIoRuntime>;
 
 /// Configures a [`TokenWatcher`]; made by [`TokenWatcher::builder`]. See
-/// [`tokenkeeper_async::TokenWatcherBuilder`] for its settings.
-pub type TokenWatcherBuilder = tokenkeeper_async::TokenWatcherBuilder<AsyncIoRuntime>;
-
-/// The file cache of `tokenkeeper-fs` as a cache layer whose file calls run
-/// on the runtime's blocking pool. [`TokenWatcherBuilder::file_cache`] and
-/// [`TokenWatcherBuilder::file_cache_in`] add one.
-pub type FileCacheLayer = tokenkeeper_async::FileCacheLayer<AsyncIoRuntime>;
+/// [`tokenkeeper_driver::TokenWatcherBuilder`] for its settings.
+pub type TokenWatcherBuilder = tokenkeeper_driver::TokenWatcherBuilder<AsyncIoRuntime>;
 
 /// The engine this adapter drives, re-exported for convenience.
-pub use tokenkeeper_core as core;
+pub use tokenkeeper_core as engine;

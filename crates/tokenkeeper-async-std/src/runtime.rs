@@ -7,7 +7,6 @@ use std::fmt;
 use std::io;
 use std::net::{IpAddr, SocketAddr, TcpStream, ToSocketAddrs};
 use std::pin::Pin;
-#[cfg(feature = "smol")]
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -16,7 +15,8 @@ use async_io::{Async, Timer};
 use futures_io::{AsyncRead, AsyncWrite};
 use futures_rustls::TlsConnector;
 use futures_rustls::client::TlsStream;
-use tokenkeeper_async::{BoxFuture, Endpoint, Runtime};
+use tokenkeeper_driver::{BoxFuture, HttpSettings, HttpSetupError, Runtime, SharedExchange};
+use tokenkeeper_hyper::{Connect, Endpoint, HttpClient};
 
 #[cfg(not(any(feature = "async-std", feature = "smol")))]
 compile_error!("tokenkeeper-async-std needs the `async-std` feature, the `smol` feature, or both");
@@ -134,7 +134,7 @@ impl AsyncIoRuntime {
 }
 
 impl Runtime for AsyncIoRuntime {
-    type Io = Connection;
+    type Wait = tokenkeeper_driver::Async;
 
     fn name(&self) -> &'static str {
         match &self.executor {
@@ -172,6 +172,14 @@ impl Runtime for AsyncIoRuntime {
             timer.await;
         })
     }
+
+    fn exchange(&self, settings: &HttpSettings) -> Result<SharedExchange, HttpSetupError> {
+        Ok(Arc::new(HttpClient::new(self.clone(), settings)?))
+    }
+}
+
+impl Connect for AsyncIoRuntime {
+    type Io = Connection;
 
     fn connect(&self, endpoint: &Endpoint) -> BoxFuture<'static, io::Result<Connection>> {
         let runtime = self.clone();

@@ -2,32 +2,23 @@
 //!
 //! Two ways to get a token:
 //!
-//! - [`TokenWatcher`]: one background thread drives the core
-//!   [`Refresher`](tokenkeeper_core::Refresher) and keeps a token fresh;
-//!   [`TokenWatcher::token`] returns it without waiting or locking.
-//! - [`get_token`]: a one-shot call for programs that run and exit (a command,
-//!   a cron job): it drives the same refresher on the calling thread until it
-//!   has a usable token, reusing a file cache between runs so that most runs
-//!   never touch the network, and making one request between all the processes
-//!   that share the cache.
+//! - [`TokenWatcher`]: a background thread keeps a token fresh;
+//!   [`TokenWatcher::token`] returns it without waiting or locking (one
+//!   atomic load, as in every adapter).
+//! - [`TokenWatcherBuilder::get_token`]: a one-shot call for programs that
+//!   run and exit (a command, a cron job): it gets a usable token and stops,
+//!   reusing a file cache between runs so that most runs never touch the
+//!   network, and making one request between all the processes that share
+//!   the cache.
 //!
-//! HTTP goes through [`ureq`] 3 over rustls (ring provider, set on the client
-//! alone), with connect and whole-request timeouts, no redirects and a capped
-//! body ([`HttpSettings`]). Caches are [`CacheLayer`]s; the file cache of
-//! `tokenkeeper-fs` is the built-in one, and its lock file is the lease.
-//! There is no async runtime anywhere in this crate's dependencies.
-//!
-//! # The driving loop
-//!
-//! The watcher's thread is the core's canonical loop: carry out the
-//! refresher's effects (cache reads, writes and leases on the thread itself,
-//! in order; token requests on a short-lived worker thread whose answer comes
-//! back over the same channel), publish its events, then wait on the channel
-//! for `min(deadline - now, max_sleep)` and feed back what arrives: a fetch's
-//! answer, a forced refresh, a stop, or the timeout. `max_sleep` (60 s by
-//! default) makes the thread look at the wall clock at least once a minute,
-//! so that a suspended machine or a clock step is noticed. All staleness,
-//! jitter and backoff decisions are the refresher's.
+//! The watcher, its builder and the one-shot are [`tokenkeeper_driver`]'s,
+//! the same as every other adapter's: this crate is its [`ThreadRuntime`]
+//! (threads, with a park-based executor that needs no timer thread) and its
+//! HTTP exchange (ureq 3 over rustls with the *ring* provider, trusting the
+//! same roots as every adapter, no redirects, connect and whole-request
+//! timeouts, a capped body). The methods that wait (`spawn`, `changed`,
+//! `refresh_now`, `shutdown`, `get_token`) block the calling thread. There is
+//! no async runtime anywhere in this crate's dependencies.
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -47,7 +38,7 @@
 //!     .first_token_timeout(Duration::from_secs(10))
 //!     .spawn()?;
 //! // On every outgoing request:
-//! if let Some(token) = watcher.token() {
+//! if let Ok(token) = watcher.token() {
 //!     let _authorization = token.authorization_header_value();
 //! }
 //! // After a 401 from the resource server:
@@ -59,20 +50,27 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-mod cache;
-mod engine;
-mod http;
-mod oneshot;
-mod source;
-mod watcher;
+mod exchange;
+mod runtime;
 
-pub use cache::CacheLayer;
-pub use http::HttpSettings;
-pub use oneshot::{GetTokenConfig, GetTokenError, Obtained, Warning, get_token};
-pub use source::{Source, TokenSource};
-pub use watcher::{ChangedError, SpawnError, TokenWatcher, TokenWatcherBuilder};
+pub use runtime::ThreadRuntime;
+pub use tokenkeeper_driver::{
+    BlockingCacheLayer, BlockingTokenSource, BoxFuture, BoxStream, CacheLayer, ChangedError,
+    GetTokenError, HttpSettings, HttpSetupError, Notifier, Obtained, OneShot, Sleeper, Source,
+    SpawnError, Token, TokenError, TokenSource, Warning, WatcherStopped, change_feed,
+};
+
+/// Keeps a token fresh on a background thread, and hands it out without
+/// waiting. See [`tokenkeeper_driver::TokenWatcher`] for its methods.
+pub type TokenWatcher = tokenkeeper_driver::TokenWatcher<ThreadRuntime>;
+
+/// Configures a [`TokenWatcher`] (or a one-shot
+/// [`get_token`](tokenkeeper_driver::TokenWatcherBuilder::get_token)); made
+/// by [`TokenWatcher::builder`]. See
+/// [`tokenkeeper_driver::TokenWatcherBuilder`] for its settings.
+pub type TokenWatcherBuilder = tokenkeeper_driver::TokenWatcherBuilder<ThreadRuntime>;
 
 /// The core crate, re-exported for convenience.
-pub use tokenkeeper_core as core;
+pub use tokenkeeper_core as engine;
 /// The file cache crate, re-exported for convenience.
 pub use tokenkeeper_fs as fs;

@@ -101,8 +101,8 @@ pub(crate) fn run(args: &DemoArgs) -> Result<(), CliError> {
         std::thread::spawn(move || {
             while Instant::now() < until {
                 let counter = match watcher.token().map(|t| t.state_at(now())) {
-                    Some(TokenState::Fresh) => &reads.fresh,
-                    Some(TokenState::Stale) => &reads.stale,
+                    Ok(TokenState::Fresh) => &reads.fresh,
+                    Ok(TokenState::Stale) => &reads.stale,
                     _ => &reads.none,
                 };
                 counter.fetch_add(1, Ordering::Relaxed);
@@ -203,7 +203,7 @@ pub(crate) fn run(args: &DemoArgs) -> Result<(), CliError> {
                     retry_at,
                 } => {
                     let serving = match watcher.token() {
-                        Some(t) => {
+                        Ok(t) => {
                             stale_since.get_or_insert(at);
                             format!(
                                 "serving the last token ({}, {} left)",
@@ -211,7 +211,7 @@ pub(crate) fn run(args: &DemoArgs) -> Result<(), CliError> {
                                 human(t.expiry.duration_since(now()))
                             )
                         }
-                        None => "no valid token to serve".to_owned(),
+                        Err(_) => "no valid token to serve".to_owned(),
                     };
                     line(
                         at,

@@ -4,7 +4,7 @@ use std::io::Write;
 use std::time::Duration;
 
 use serde_json::json;
-use tokenkeeper_blocking::{GetTokenConfig, HttpSettings, Warning, get_token};
+use tokenkeeper_blocking::{HttpSettings, OneShot, TokenWatcher, Warning};
 use tokenkeeper_core::oauth2::GrantType;
 use tokenkeeper_core::{CacheKey, Origin, TokenRecord};
 use tokenkeeper_fs::FileCache;
@@ -30,9 +30,8 @@ pub(crate) fn run(args: &TokenArgs) -> Result<(), CliError> {
             .max(1),
     );
     let min_valid = Duration::from_secs(args.min_valid.or(resolved.profile.min_valid).unwrap_or(0));
-    let mut config = GetTokenConfig::new(resolved.client.clone())
-        .min_valid(min_valid)
-        .max_wait(timeout)
+    let options = OneShot::new().min_valid(min_valid).max_wait(timeout);
+    let mut config = TokenWatcher::builder(resolved.client.clone())
         .http(HttpSettings::default().request_timeout(timeout.min(MAX_REQUEST)));
     match &resolved.cache {
         CacheChoice::File(path) => {
@@ -49,7 +48,7 @@ pub(crate) fn run(args: &TokenArgs) -> Result<(), CliError> {
     if let Some(redis) = &resolved.redis {
         tracing::debug!(server = %redis.server(), "sharing tokens through redis");
         let key = CacheKey::for_client(&resolved.client);
-        config = config.cache(BlockingRedisLayer::new(redis.clone(), &key));
+        config = config.blocking_cache(BlockingRedisLayer::new(redis.clone(), &key));
     }
 
     // With a refresh token, the whole read-use-write-back runs under the
@@ -80,7 +79,7 @@ pub(crate) fn run(args: &TokenArgs) -> Result<(), CliError> {
         initial = Some(token);
     }
 
-    let obtained = get_token(&config)?;
+    let obtained = config.get_token(options)?;
     for warning in &obtained.warnings {
         warn(&describe_warning(warning));
     }

@@ -2,14 +2,14 @@
 //! SIGTERM.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use serde_json::json;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
-use tokenkeeper_blocking::{ChangedError, HttpSettings, TokenWatcher};
+use tokenkeeper_blocking::{ChangedError, HttpSettings, Token, TokenError, TokenWatcher};
 use tokenkeeper_core::oauth2::GrantType;
 use tokenkeeper_core::{CacheKey, Event, RefreshToken, TokenRecord};
 use tokenkeeper_fs::FileCache;
@@ -28,9 +28,16 @@ pub(crate) fn run(args: &WatchArgs) -> Result<(), CliError> {
         .map_err(|e| CliError::other(format!("cannot listen for signals: {e}")))?;
     let signal_handle = signals.handle();
 
+    // The last token the watcher published, even during its shutdown (a
+    // refresh-token request allowed to finish may rotate the refresh token).
+    let latest: Arc<Mutex<Option<Arc<TokenRecord>>>> = Arc::default();
+    let seen = Arc::clone(&latest);
     let mut builder = TokenWatcher::builder(resolved.client.clone())
         .http(HttpSettings::default())
-        .on_event(|event| {
+        .on_event(move |event| {
+            if let Event::TokenChanged { token, .. } = event {
+                *seen.lock().unwrap_or_else(PoisonError::into_inner) = Some(Arc::clone(token));
+            }
             if let Event::FetchFailed {
                 error,
                 consecutive_failures,
@@ -56,7 +63,7 @@ pub(crate) fn run(args: &WatchArgs) -> Result<(), CliError> {
     if let Some(redis) = &resolved.redis {
         tracing::debug!(server = %redis.server(), "sharing tokens through redis");
         let key = CacheKey::for_client(&resolved.client);
-        builder = builder.cache(BlockingRedisLayer::new(redis.clone(), &key));
+        builder = builder.blocking_cache(BlockingRedisLayer::new(redis.clone(), &key));
     }
     let rt_file = resolved
         .refresh_token_file
@@ -102,36 +109,40 @@ pub(crate) fn run(args: &WatchArgs) -> Result<(), CliError> {
         }
         let current = if first {
             first = false;
-            Ok(watcher.token())
+            watcher
+                .token()
+                .map(Token::into_arc)
+                .map_err(|_| ChangedError::TimedOut)
         } else {
-            watcher.changed(Some(Duration::from_millis(500)))
+            watcher.changed_within(Duration::from_millis(500))
         };
         match current {
-            Ok(Some(token)) => out.publish(&token),
-            Ok(None) => out.expired(),
-            Err(ChangedError::TimedOut) => {
-                if out.written.is_none() {
+            Ok(token) => out.publish(&token),
+            Err(ChangedError::TimedOut) => match watcher.token() {
+                Ok(_) => {}
+                // Expired unreplaced (withdrawn by the watcher).
+                Err(TokenError::Unavailable { .. }) if out.written.is_some() => out.expired(),
+                Err(_) if out.written.is_none() => {
                     let status = watcher.status();
-                    if let Some(error) = status.last_error.filter(|e| e.is_permanent())
-                        && watcher.token().is_none()
-                    {
+                    if let Some(error) = status.last_error.filter(|e| e.is_permanent()) {
                         break Err(CliError::from_fetch(&error));
                     }
                 }
-            }
+                Err(_) => {}
+            },
             Err(_) => break Ok(()),
         }
     };
-    let last = watcher.clone();
     watcher.shutdown();
     // A fetch that finished during the shutdown may have rotated the refresh
     // token: keep what the watcher ended with.
+    let last = latest.lock().unwrap_or_else(PoisonError::into_inner).take();
     if result.is_ok()
-        && let Some(token) = last.token()
+        && let Some(token) = last
+        && token.is_usable_at(now())
     {
         out.publish(&token);
     }
-    drop(last);
     signal_handle.close();
     let _ = signal_thread.join();
     result

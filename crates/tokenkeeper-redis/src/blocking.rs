@@ -226,7 +226,7 @@ impl Drop for Subscription {
 }
 
 #[cfg(feature = "blocking")]
-impl tokenkeeper_blocking::CacheLayer for BlockingRedisLayer {
+impl tokenkeeper_driver::BlockingCacheLayer for BlockingRedisLayer {
     fn layer(&self) -> tokenkeeper_core::Layer {
         self.settings.core_layer()
     }

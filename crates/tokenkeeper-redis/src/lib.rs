@@ -34,7 +34,7 @@
 //! `tokenkeeper-blocking`) and [`AsyncRedisLayer`] (multiplexed async
 //! connections, for tokio and for async-std/smol, chosen by cargo feature).
 //! With the `async-layer` feature, `AsyncRedisLayer` is a
-//! `tokenkeeper_async::CacheLayer`, the cache layer of both async watchers
+//! `tokenkeeper_driver::CacheLayer`, the cache layer of both async watchers
 //! (`tokenkeeper-tokio`, `tokenkeeper-async-std`); its change notifications
 //! wake a watcher waiting for another instance's lease. The record format is
 //! the same everywhere, so blocking, tokio and async-std instances share one

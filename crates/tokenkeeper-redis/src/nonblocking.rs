@@ -218,27 +218,27 @@ impl AsyncRedisLayer {
 /// the key's pub/sub channel, so that a watcher waiting for another
 /// instance's lease re-reads as soon as that instance stores its token.
 #[cfg(feature = "async-layer")]
-impl tokenkeeper_async::CacheLayer for AsyncRedisLayer {
+impl tokenkeeper_driver::CacheLayer for AsyncRedisLayer {
     fn layer(&self) -> tokenkeeper_core::Layer {
         self.settings.core_layer()
     }
 
-    fn read(&self) -> tokenkeeper_async::BoxFuture<'_, Result<Option<Vec<u8>>, CacheError>> {
+    fn read(&self) -> tokenkeeper_driver::BoxFuture<'_, Result<Option<Vec<u8>>, CacheError>> {
         Box::pin(AsyncRedisLayer::read(self))
     }
 
     fn write<'a>(
         &'a self,
         record: &'a EncodedRecord,
-    ) -> tokenkeeper_async::BoxFuture<'a, Result<(), CacheError>> {
+    ) -> tokenkeeper_driver::BoxFuture<'a, Result<(), CacheError>> {
         Box::pin(AsyncRedisLayer::write(self, record))
     }
 
-    fn try_acquire_lease(&self, ttl: Duration) -> tokenkeeper_async::BoxFuture<'_, LeaseOutcome> {
+    fn try_acquire_lease(&self, ttl: Duration) -> tokenkeeper_driver::BoxFuture<'_, LeaseOutcome> {
         Box::pin(self.try_acquire(ttl))
     }
 
-    fn release_lease(&self) -> tokenkeeper_async::BoxFuture<'_, ()> {
+    fn release_lease(&self) -> tokenkeeper_driver::BoxFuture<'_, ()> {
         Box::pin(async move {
             if let Err(error) = self.release().await {
                 tracing::warn!(%error, "could not release the redis lease");
@@ -248,11 +248,13 @@ impl tokenkeeper_async::CacheLayer for AsyncRedisLayer {
 
     fn changes(
         self: std::sync::Arc<Self>,
-        sleeper: tokenkeeper_async::Sleeper,
-    ) -> Option<tokenkeeper_async::BoxStream<'static, ()>> {
-        Some(tokenkeeper_async::change_feed(move |notifier| async move {
-            self.watch_changes(move || notifier.notify(), move |d| sleeper.sleep(d))
-                .await;
-        }))
+        sleeper: tokenkeeper_driver::Sleeper,
+    ) -> Option<tokenkeeper_driver::BoxStream<'static, ()>> {
+        Some(tokenkeeper_driver::change_feed(
+            move |notifier| async move {
+                self.watch_changes(move || notifier.notify(), move |d| sleeper.sleep(d))
+                    .await;
+            },
+        ))
     }
 }

@@ -10,7 +10,7 @@
 //! ```ignore
 //! struct Tokio;
 //! impl tokenkeeper_testkit::conformance::Adapter for Tokio { /* ... */ }
-//! tokenkeeper_testkit::conformance_tests!(Tokio);
+//! tokenkeeper_testkit::conformance_tests!(tokio: Tokio);
 //! ```
 
 use std::path::PathBuf;
@@ -509,7 +509,10 @@ pub fn child_main<A: Adapter>() {
 
 /// Processes sharing a cold file cache make one request between them and all
 /// serve the same token.
-pub fn cross_process_single_flight<A: Adapter>() {
+///
+/// `child` is the full name of the test that runs [`child_main`] for this
+/// adapter (the macro passes it).
+pub fn cross_process_single_flight<A: Adapter>(child: &str) {
     let fx = Fixture::new(Duration::from_secs(300));
     // Slow answers widen the window in which the processes race.
     fx.authority
@@ -521,7 +524,7 @@ pub fn cross_process_single_flight<A: Adapter>() {
             std::process::Command::new(&exe)
                 .args([
                     "--exact",
-                    "conformance_child",
+                    child,
                     "--ignored",
                     "--nocapture",
                     "--test-threads=1",
@@ -687,60 +690,69 @@ pub fn bad_answers<A: Adapter>() {
     }
 }
 
-/// Expands to one `#[test]` per conformance scenario for an [`Adapter`].
-/// Invoke it at the top level of a test file (the cross-process scenario
-/// re-runs the test binary with `--exact conformance_child`).
+/// Expands to a module `$name` holding one `#[test]` per conformance
+/// scenario for an [`Adapter`]. Invoke it at the top level of a test file
+/// (the cross-process scenario re-runs the test binary with
+/// `--exact $name::conformance_child`).
 #[macro_export]
 macro_rules! conformance_tests {
-    ($adapter:ty) => {
-        #[test]
-        fn conformance_first_token() {
-            $crate::conformance::first_token::<$adapter>();
-        }
-        #[test]
-        fn conformance_background_refresh() {
-            $crate::conformance::background_refresh::<$adapter>();
-        }
-        #[test]
-        fn conformance_grace_through_outage() {
-            $crate::conformance::grace_through_outage::<$adapter>();
-        }
-        #[test]
-        fn conformance_backoff_and_retry_after() {
-            $crate::conformance::backoff_and_retry_after::<$adapter>();
-        }
-        #[test]
-        fn conformance_permanent_errors() {
-            $crate::conformance::permanent_errors::<$adapter>();
-        }
-        #[test]
-        fn conformance_refresh_token_rotation() {
-            $crate::conformance::refresh_token_rotation::<$adapter>();
-        }
-        #[test]
-        fn conformance_file_cache_reuse() {
-            $crate::conformance::file_cache_reuse::<$adapter>();
-        }
-        #[test]
-        fn conformance_cross_process_single_flight() {
-            $crate::conformance::cross_process_single_flight::<$adapter>();
-        }
-        #[test]
-        fn conformance_shutdown_and_drop() {
-            $crate::conformance::shutdown_and_drop::<$adapter>();
-        }
-        #[test]
-        fn conformance_forced_refresh_rate_limit() {
-            $crate::conformance::forced_refresh_rate_limit::<$adapter>();
-        }
-        #[test]
-        fn conformance_bad_answers() {
-            $crate::conformance::bad_answers::<$adapter>();
-        }
-        #[test]
-        #[ignore = "helper process of conformance_cross_process_single_flight"]
-        fn conformance_child() {
-            $crate::conformance::child_main::<$adapter>();
+    ($name:ident: $adapter:ty) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            #[test]
+            fn conformance_first_token() {
+                $crate::conformance::first_token::<$adapter>();
+            }
+            #[test]
+            fn conformance_background_refresh() {
+                $crate::conformance::background_refresh::<$adapter>();
+            }
+            #[test]
+            fn conformance_grace_through_outage() {
+                $crate::conformance::grace_through_outage::<$adapter>();
+            }
+            #[test]
+            fn conformance_backoff_and_retry_after() {
+                $crate::conformance::backoff_and_retry_after::<$adapter>();
+            }
+            #[test]
+            fn conformance_permanent_errors() {
+                $crate::conformance::permanent_errors::<$adapter>();
+            }
+            #[test]
+            fn conformance_refresh_token_rotation() {
+                $crate::conformance::refresh_token_rotation::<$adapter>();
+            }
+            #[test]
+            fn conformance_file_cache_reuse() {
+                $crate::conformance::file_cache_reuse::<$adapter>();
+            }
+            #[test]
+            fn conformance_cross_process_single_flight() {
+                $crate::conformance::cross_process_single_flight::<$adapter>(concat!(
+                    stringify!($name),
+                    "::conformance_child"
+                ));
+            }
+            #[test]
+            fn conformance_shutdown_and_drop() {
+                $crate::conformance::shutdown_and_drop::<$adapter>();
+            }
+            #[test]
+            fn conformance_forced_refresh_rate_limit() {
+                $crate::conformance::forced_refresh_rate_limit::<$adapter>();
+            }
+            #[test]
+            fn conformance_bad_answers() {
+                $crate::conformance::bad_answers::<$adapter>();
+            }
+            #[test]
+            #[ignore = "helper process of conformance_cross_process_single_flight"]
+            fn conformance_child() {
+                $crate::conformance::child_main::<$adapter>();
+            }
         }
     };
 }

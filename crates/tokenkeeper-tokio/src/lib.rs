@@ -11,9 +11,10 @@
 //! blocking pool, and any [`CacheLayer`] of your own (such as
 //! `tokenkeeper_redis::AsyncRedisLayer`, feature `async-layer`).
 //!
-//! The watcher itself (its handles, its background task, its HTTP exchange)
-//! is [`tokenkeeper_async`]'s, shared with the async-std/smol adapter; this
-//! crate is its [`TokioRuntime`] and the names of its types.
+//! The watcher itself (its handles, its driver, its settings) is
+//! [`tokenkeeper_driver`]'s, shared with every other adapter, and its HTTP
+//! exchange is `tokenkeeper-hyper`'s, shared with the async-std/smol adapter;
+//! this crate is its [`TokioRuntime`] and the names of its types.
 //!
 //! # Quick start
 //!
@@ -91,31 +92,26 @@
 //! write and lease has a span of its own (`tokenkeeper.fetch`,
 //! `tokenkeeper.cache.read`, ...), with events for outcomes. The events come
 //! from the shared crate's modules: filter with `tokenkeeper=debug` (every
-//! tokenkeeper crate) or `tokenkeeper_async=debug`.
+//! tokenkeeper crate) or `tokenkeeper_driver=debug`.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 mod runtime;
 
 pub use runtime::{Connection, TokioRuntime};
-pub use tokenkeeper_async::{
-    BoxFuture, BoxStream, CacheLayer, HttpSettings, HttpSetupError, Notifier, Sleeper, Source,
-    SpawnError, Token, TokenError, TokenSource, WatcherStopped, change_feed,
+pub use tokenkeeper_driver::{
+    BlockingCacheLayer, BlockingTokenSource, BoxFuture, BoxStream, CacheLayer, ChangedError,
+    GetTokenError, HttpSettings, HttpSetupError, Notifier, Obtained, OneShot, Sleeper, Source,
+    SpawnError, Token, TokenError, TokenSource, Warning, WatcherStopped, change_feed,
 };
 
 /// Keeps a token fresh in a background task on tokio, and hands it out
-/// without waiting. See [`tokenkeeper_async::TokenWatcher`] for its methods.
-pub type TokenWatcher = tokenkeeper_async::TokenWatcher<TokioRuntime>;
+/// without waiting. See [`tokenkeeper_driver::TokenWatcher`] for its methods.
+pub type TokenWatcher = tokenkeeper_driver::TokenWatcher<TokioRuntime>;
 
 /// Configures a [`TokenWatcher`]; made by [`TokenWatcher::builder`]. See
-/// [`tokenkeeper_async::TokenWatcherBuilder`] for its settings.
-pub type TokenWatcherBuilder = tokenkeeper_async::TokenWatcherBuilder<TokioRuntime>;
-
-/// The file cache of `tokenkeeper-fs` as a [`CacheLayer`]: atomic replace,
-/// private files, and a lease that is a cross-process lock file, so that
-/// processes sharing the file make one request per refresh. Its file calls
-/// run on tokio's blocking pool.
-pub type FileCacheLayer = tokenkeeper_async::FileCacheLayer<TokioRuntime>;
+/// [`tokenkeeper_driver::TokenWatcherBuilder`] for its settings.
+pub type TokenWatcherBuilder = tokenkeeper_driver::TokenWatcherBuilder<TokioRuntime>;
 
 /// The engine this adapter drives, re-exported for convenience.
-pub use tokenkeeper_core as core;
+pub use tokenkeeper_core as engine;

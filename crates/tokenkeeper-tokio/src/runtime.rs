@@ -8,7 +8,10 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
-use tokenkeeper_async::{BoxFuture, Endpoint, Runtime};
+use std::sync::Arc;
+
+use tokenkeeper_driver::{Async, BoxFuture, HttpSettings, HttpSetupError, Runtime, SharedExchange};
+use tokenkeeper_hyper::{Connect, Endpoint, HttpClient};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::runtime::Handle;
@@ -70,7 +73,7 @@ impl TokioRuntime {
 }
 
 impl Runtime for TokioRuntime {
-    type Io = Connection;
+    type Wait = Async;
 
     fn name(&self) -> &'static str {
         "tokio"
@@ -101,6 +104,14 @@ impl Runtime for TokioRuntime {
         let _entered = self.handle.as_ref().map(Handle::enter);
         Box::pin(tokio::time::sleep(duration))
     }
+
+    fn exchange(&self, settings: &HttpSettings) -> Result<SharedExchange, HttpSetupError> {
+        Ok(Arc::new(HttpClient::new(self.clone(), settings)?))
+    }
+}
+
+impl Connect for TokioRuntime {
+    type Io = Connection;
 
     fn connect(&self, endpoint: &Endpoint) -> BoxFuture<'static, io::Result<Connection>> {
         let endpoint = endpoint.clone();

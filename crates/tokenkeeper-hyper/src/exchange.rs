@@ -1,9 +1,4 @@
-//! The HTTP exchange that carries the refresher's token requests: hyper 1
-//! over any connection a [`Runtime`] opens, rustls with the *ring* provider,
-//! connect and total timeouts, a body size cap, and no redirects.
-//!
-//! One request per connection: token requests come minutes apart, longer
-//! than servers keep idle connections, so a pool would only hold dead ones.
+//! The hyper exchange: [`HttpClient`].
 
 use std::error::Error as StdError;
 use std::fmt;
@@ -14,193 +9,14 @@ use bytes::Bytes;
 use futures_lite::FutureExt;
 use http::header::{CONNECTION, CONTENT_LENGTH, HOST, USER_AGENT};
 use http::uri::PathAndQuery;
-use http::{HeaderMap, HeaderValue, Request, Uri};
+use http::{HeaderValue, Request, Uri};
 use http_body_util::{BodyExt, Full};
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::ServerName;
 use tokenkeeper_core::FetchError;
+use tokenkeeper_driver::{BoxFuture, Exchange, HttpAnswer, HttpSettings, HttpSetupError, timeout};
 use zeroize::Zeroizing;
 
-use crate::runtime::{Endpoint, Runtime, Tls, timeout};
-
-/// Settings of the HTTP client that talks to the token endpoint.
-///
-/// TLS is rustls with the *ring* crypto provider (set on the client's own
-/// configuration, never installed as a process default), trusting the
-/// webpki (Mozilla) roots; with the cargo feature `native-roots`, the
-/// operating system's store is trusted as well. Redirects are never
-/// followed: a `3xx` answer is an error status like any other. Plain
-/// `http://` is refused by
-/// [`OAuth2Client`](tokenkeeper_core::oauth2::OAuth2Client) unless the host is
-/// loopback or insecure http was allowed explicitly. The response size cap is
-/// the client's [`max_body_bytes`](tokenkeeper_core::oauth2::OAuth2Client::max_body_bytes).
-#[derive(Clone)]
-pub struct HttpSettings {
-    pub(crate) connect_timeout: Duration,
-    pub(crate) request_timeout: Duration,
-    pub(crate) user_agent: Option<String>,
-    pub(crate) webpki_roots: bool,
-    #[cfg(feature = "native-roots")]
-    pub(crate) native_roots: bool,
-    pub(crate) extra_roots: Vec<Vec<u8>>,
-}
-
-impl fmt::Debug for HttpSettings {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut d = f.debug_struct("HttpSettings");
-        d.field("connect_timeout", &self.connect_timeout)
-            .field("request_timeout", &self.request_timeout)
-            .field("user_agent", &self.user_agent)
-            .field("webpki_roots", &self.webpki_roots);
-        #[cfg(feature = "native-roots")]
-        d.field("native_roots", &self.native_roots);
-        d.field("extra_roots", &self.extra_roots.len()).finish()
-    }
-}
-
-impl Default for HttpSettings {
-    fn default() -> Self {
-        HttpSettings {
-            connect_timeout: Duration::from_secs(10),
-            request_timeout: Duration::from_secs(30),
-            user_agent: None,
-            webpki_roots: true,
-            #[cfg(feature = "native-roots")]
-            native_roots: true,
-            extra_roots: Vec::new(),
-        }
-    }
-}
-
-impl HttpSettings {
-    /// Default settings: 10 s to connect, 30 s for the whole exchange.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// The longest wait for a connection: TCP, and the TLS handshake for
-    /// `https` (default 10 s).
-    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
-        self.connect_timeout = timeout;
-        self
-    }
-
-    /// The longest wait for the whole exchange: connecting, TLS, sending the
-    /// request and reading the complete answer (default 30 s). It also bounds
-    /// each call of a custom [`TokenSource`](crate::TokenSource).
-    pub fn request_timeout(mut self, timeout: Duration) -> Self {
-        self.request_timeout = timeout;
-        self
-    }
-
-    /// The `User-Agent` header (default `tokenkeeper-<runtime>/<version>`,
-    /// such as `tokenkeeper-tokio/0.1.0`).
-    pub fn user_agent(mut self, user_agent: impl Into<String>) -> Self {
-        self.user_agent = Some(user_agent.into());
-        self
-    }
-
-    /// Whether to trust the webpki (Mozilla) roots (default yes).
-    pub fn webpki_roots(mut self, yes: bool) -> Self {
-        self.webpki_roots = yes;
-        self
-    }
-
-    /// Whether to trust the operating system's certificate store (default yes
-    /// when the `native-roots` feature is on).
-    #[cfg(feature = "native-roots")]
-    pub fn native_roots(mut self, yes: bool) -> Self {
-        self.native_roots = yes;
-        self
-    }
-
-    /// Also trusts this root certificate (DER), for a private CA.
-    pub fn add_root_certificate(mut self, der: impl Into<Vec<u8>>) -> Self {
-        self.extra_roots.push(der.into());
-        self
-    }
-
-    /// The whole-exchange timeout.
-    pub fn timeout(&self) -> Duration {
-        self.request_timeout
-    }
-
-    /// Has no effect. Each token request opens a connection of its own:
-    /// requests come minutes apart, longer than servers keep an idle
-    /// connection open, so a pool would only hold dead ones. Kept so that
-    /// code written for the first `tokenkeeper-tokio` builds unchanged.
-    #[deprecated(note = "token requests no longer share pooled connections; this has no effect")]
-    pub fn pool_idle_timeout(self, timeout: Duration) -> Self {
-        let _ = timeout;
-        self
-    }
-}
-
-/// The HTTP client could not be set up (no trusted roots, a bad certificate).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("the HTTP client could not be set up: {message}")]
-pub struct HttpSetupError {
-    message: String,
-}
-
-impl HttpSetupError {
-    fn new(message: impl Into<String>) -> Self {
-        HttpSetupError {
-            message: message.into(),
-        }
-    }
-}
-
-fn tls_config(settings: &HttpSettings) -> Result<rustls::ClientConfig, HttpSetupError> {
-    let mut roots = rustls::RootCertStore::empty();
-    if settings.webpki_roots {
-        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    }
-    #[cfg(feature = "native-roots")]
-    if settings.native_roots {
-        let found = rustls_native_certs::load_native_certs();
-        for error in &found.errors {
-            tracing::warn!(%error, "could not load part of the system certificate store");
-        }
-        let (added, ignored) = roots.add_parsable_certificates(found.certs);
-        tracing::debug!(added, ignored, "loaded the system certificate store");
-    }
-    for der in &settings.extra_roots {
-        roots.add(CertificateDer::from(der.clone())).map_err(|e| {
-            HttpSetupError::new(format!("an added root certificate is invalid: {e}"))
-        })?;
-    }
-    if roots.is_empty() {
-        return Err(HttpSetupError::new("no trusted root certificates"));
-    }
-    // The workspace's one crypto provider, given explicitly: never a process default.
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    Ok(rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| HttpSetupError::new(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth())
-}
-
-/// A complete answer from the token endpoint. The body may hold a token: it
-/// is zeroed on drop, and `Debug` shows only its length.
-#[non_exhaustive]
-pub struct HttpAnswer {
-    /// The HTTP status.
-    pub status: u16,
-    /// The response headers.
-    pub headers: HeaderMap,
-    /// The body, at most the cap given to [`HttpClient::send`].
-    pub body: Zeroizing<Vec<u8>>,
-}
-
-impl fmt::Debug for HttpAnswer {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("HttpAnswer")
-            .field("status", &self.status)
-            .field("body_len", &self.body.len())
-            .finish_non_exhaustive()
-    }
-}
+use crate::{Connect, Endpoint, Tls};
 
 /// The HTTP client of a watcher: one hyper HTTP/1.1 exchange per token
 /// request, over a connection the runtime `R` opens. Cheap to clone.
@@ -234,24 +50,28 @@ impl<R> fmt::Debug for HttpClient<R> {
     }
 }
 
-impl<R: Runtime> HttpClient<R> {
+impl<R: Connect> Exchange for HttpClient<R> {
+    fn send(
+        &self,
+        request: Request<Vec<u8>>,
+        limit: usize,
+    ) -> BoxFuture<'static, Result<HttpAnswer, FetchError>> {
+        let client = self.clone();
+        Box::pin(async move { client.send(request, limit).await })
+    }
+}
+
+impl<R: Connect> HttpClient<R> {
     /// A client on `runtime` with `settings`.
     pub fn new(runtime: R, settings: &HttpSettings) -> Result<Self, HttpSetupError> {
-        let user_agent = match &settings.user_agent {
-            Some(agent) => agent.clone(),
-            None => format!(
-                "tokenkeeper-{}/{}",
-                runtime.name(),
-                env!("CARGO_PKG_VERSION")
-            ),
-        };
+        let user_agent = settings.user_agent_for(runtime.name());
         let user_agent = HeaderValue::from_str(&user_agent)
             .map_err(|_| HttpSetupError::new("the user agent is not a valid header value"))?;
         Ok(HttpClient {
-            tls: Arc::new(tls_config(settings)?),
+            tls: Arc::new(settings.rustls_config()?),
             runtime,
-            connect_timeout: settings.connect_timeout,
-            request_timeout: settings.request_timeout,
+            connect_timeout: settings.get_connect_timeout(),
+            request_timeout: settings.get_request_timeout(),
             user_agent,
         })
     }
@@ -429,11 +249,9 @@ async fn read_answer(
             collected.extend_from_slice(&data);
         }
     }
-    Ok(HttpAnswer {
-        status: parts.status.as_u16(),
-        headers: parts.headers,
-        body: collected,
-    })
+    let mut answer = HttpAnswer::new(parts.status.as_u16(), parts.headers, Vec::new());
+    answer.body = collected;
+    Ok(answer)
 }
 
 fn transport(message: impl Into<String>) -> FetchError {
@@ -463,12 +281,10 @@ fn chain(error: &(dyn StdError + 'static)) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runtime::testing::Threads;
+    use crate::testing::Threads;
 
     #[test]
-    fn tls_config_builds_with_ring_and_webpki_roots() {
-        let config = tls_config(&HttpSettings::default()).unwrap();
-        assert!(config.crypto_provider().cipher_suites.len() > 1);
+    fn user_agents_default_to_the_runtime() {
         let client = HttpClient::new(Threads, &HttpSettings::default()).unwrap();
         assert_eq!(
             client.user_agent,
@@ -477,19 +293,6 @@ mod tests {
         let custom = HttpClient::new(Threads, &HttpSettings::new().user_agent("me/1")).unwrap();
         assert_eq!(custom.user_agent, "me/1");
         assert!(HttpClient::new(Threads, &HttpSettings::new().user_agent("bad\nagent")).is_err());
-    }
-
-    #[test]
-    fn no_roots_at_all_is_a_setup_error() {
-        let mut settings = HttpSettings::default().webpki_roots(false);
-        #[cfg(feature = "native-roots")]
-        {
-            settings = settings.native_roots(false);
-        }
-        let err = tls_config(&settings).unwrap_err();
-        assert!(err.to_string().contains("no trusted root"), "{err}");
-        settings = settings.add_root_certificate(b"not a certificate".to_vec());
-        assert!(tls_config(&settings).is_err());
     }
 
     #[test]
@@ -524,7 +327,7 @@ mod tests {
         let request = Request::post("http://127.0.0.1:9/token")
             .body(b"grant_type=client_credentials".to_vec())
             .unwrap();
-        let error = futures_lite::future::block_on(client.send(request, 1024)).unwrap_err();
+        let error = tokenkeeper_driver::park::block_on(client.send(request, 1024)).unwrap_err();
         match error {
             FetchError::Transport { message } => {
                 assert!(message.contains("127.0.0.1:9"), "{message}")

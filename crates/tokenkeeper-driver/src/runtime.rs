@@ -1,16 +1,17 @@
-//! What the watcher needs from an async runtime ([`Runtime`]), and the few
-//! runtime-agnostic task helpers built on it.
+//! What the driver needs from a runtime ([`Runtime`]), how the runtime's
+//! users wait ([`WaitStyle`]), and the few runtime-agnostic task helpers
+//! built on it.
 
 use std::fmt;
 use std::future::Future;
-use std::io;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_lite::{FutureExt, Stream};
-use rustls::pki_types::ServerName;
+
+use crate::http::{HttpSettings, HttpSetupError, SharedExchange};
 
 /// A boxed, sendable future: what the object-safe traits of this crate
 /// ([`TokenSource`](crate::TokenSource), [`CacheLayer`](crate::CacheLayer),
@@ -21,25 +22,28 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// returns.
 pub type BoxStream<'a, T> = Pin<Box<dyn Stream<Item = T> + Send + 'a>>;
 
-/// The few things a watcher needs from an async runtime: spawn a task, run
-/// blocking work, sleep, and open a connection (TCP, with TLS for `https`)
-/// to a token endpoint.
+/// The few things a watcher needs from a runtime: spawn a task, run blocking
+/// work, sleep, say how its users wait, and make the HTTP exchange that
+/// carries token requests.
 ///
-/// Each async adapter implements it once (`tokenkeeper-tokio` for tokio,
-/// `tokenkeeper-async-std` for async-std and smol); everything else (the
-/// driving loop, the handles, the HTTP exchange, the cache layers) is this
-/// crate's and the same for every runtime. To run a watcher on another
-/// executor, implement it for a small handle type of your own and build the
-/// watcher with [`TokenWatcherBuilder::new`](crate::TokenWatcherBuilder::new).
+/// Each adapter implements it once (`tokenkeeper-tokio` for tokio,
+/// `tokenkeeper-async-std` for async-std and smol, `tokenkeeper-blocking` for
+/// plain threads); everything else (the driving loop, the handles, the cache
+/// layers, the settings) is this crate's and the same for every runtime. To
+/// run a watcher on another executor, implement it for a small handle type
+/// of your own and build the watcher with
+/// [`TokenWatcherBuilder::new`](crate::TokenWatcherBuilder::new).
 ///
 /// Spawned work is wrapped by this crate: a task that panics is caught and
 /// logged, so implementations may simply detach what they spawn.
 pub trait Runtime: Clone + Send + Sync + 'static {
-    /// A connection to a token endpoint, as hyper reads and writes it.
-    type Io: hyper::rt::Read + hyper::rt::Write + Send + Unpin + 'static;
+    /// How the handles' waiting methods (`spawn`, `changed`, `shutdown`, ...)
+    /// wait on this runtime: [`Async`] returns futures, [`Blocking`] blocks
+    /// the calling thread.
+    type Wait: WaitStyle;
 
     /// A short name for logs and the default `User-Agent`
-    /// (`tokio`, `async-std`, `smol`, ...).
+    /// (`tokio`, `async-std`, `smol`, `threads`, ...).
     fn name(&self) -> &'static str;
 
     /// The runtime to start a watcher on, seen from the calling context, or
@@ -54,49 +58,63 @@ pub trait Runtime: Clone + Send + Sync + 'static {
     /// its output; dropping the runtime may drop it unfinished.
     fn spawn(&self, task: BoxFuture<'static, ()>);
 
-    /// Runs `work`, which blocks (file I/O, DNS), where it does not hold up
-    /// async tasks: the runtime's blocking pool.
+    /// Runs `work`, which blocks (file I/O, a blocking cache layer or token
+    /// source), where it does not hold up async tasks.
     fn spawn_blocking(&self, work: Box<dyn FnOnce() + Send + 'static>);
 
     /// A future that completes after `duration`.
     fn sleep(&self, duration: Duration) -> BoxFuture<'static, ()>;
 
-    /// Opens a connection to `endpoint`: TCP to its host and port (resolving
-    /// the name first, without blocking the executor), then, when
-    /// [`Endpoint::tls`] is set, a TLS handshake with that configuration. The
-    /// caller bounds the time it may take.
-    fn connect(&self, endpoint: &Endpoint) -> BoxFuture<'static, io::Result<Self::Io>>;
+    /// The HTTP exchange for token requests, set up with `settings`.
+    fn exchange(&self, settings: &HttpSettings) -> Result<SharedExchange, HttpSetupError>;
 }
 
-/// Where [`Runtime::connect`] connects to.
-#[derive(Debug, Clone)]
-#[non_exhaustive]
-pub struct Endpoint {
-    /// The host: a DNS name, or an IP address (without brackets).
-    pub host: String,
-    /// The TCP port.
-    pub port: u16,
-    /// TLS to run over the connection, for `https`.
-    pub tls: Option<Tls>,
+/// How a runtime's users wait: the one difference between an async adapter
+/// and the thread adapter that shows in their API. Every waiting method of
+/// this crate is written once as a future; the style turns it into what the
+/// runtime's users expect.
+pub trait WaitStyle: Send + Sync + 'static {
+    /// What a waiting method returns for a result `T`: a future to `.await`
+    /// ([`Async`]), or `T` itself ([`Blocking`]).
+    type Out<'a, T: Send + 'a>;
+
+    /// Turns the waiting future into what users get.
+    fn wait<'a, T: Send + 'a>(future: BoxFuture<'a, T>) -> Self::Out<'a, T>;
 }
 
-/// The TLS half of an [`Endpoint`]: the client configuration (rustls with the
-/// *ring* provider and the configured roots) and the name to verify.
-#[derive(Clone)]
-#[non_exhaustive]
-pub struct Tls {
-    /// The rustls client configuration.
-    pub config: Arc<rustls::ClientConfig>,
-    /// The server name to send (SNI) and to verify the certificate against.
-    pub server_name: ServerName<'static>,
-}
+/// Waiting methods return futures.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Async;
 
-impl fmt::Debug for Tls {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Tls")
-            .field("server_name", &self.server_name)
-            .finish_non_exhaustive()
+impl WaitStyle for Async {
+    type Out<'a, T: Send + 'a> = BoxFuture<'a, T>;
+
+    fn wait<'a, T: Send + 'a>(future: BoxFuture<'a, T>) -> BoxFuture<'a, T> {
+        future
     }
+}
+
+/// Waiting methods block the calling thread (with [`park::block_on`](crate::park::block_on)).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Blocking;
+
+impl WaitStyle for Blocking {
+    type Out<'a, T: Send + 'a> = T;
+
+    fn wait<'a, T: Send + 'a>(future: BoxFuture<'a, T>) -> T {
+        crate::park::block_on(future)
+    }
+}
+
+/// What a waiting method of a handle on the runtime `R` returns: a future
+/// for async runtimes, the value itself for threads.
+pub type Waited<'a, R, T> = <<R as Runtime>::Wait as WaitStyle>::Out<'a, T>;
+
+/// Hands `future` to `R`'s wait style.
+pub(crate) fn wait<'a, R: Runtime, T: Send + 'a>(
+    future: impl Future<Output = T> + Send + 'a,
+) -> Waited<'a, R, T> {
+    <R::Wait as WaitStyle>::wait(Box::pin(future))
 }
 
 /// The watcher's timer, handed to cache layers whose change feed must wait
@@ -183,7 +201,7 @@ pub(crate) fn spawn<R: Runtime>(
 }
 
 /// Runs `future` for at most `limit`; `None` when the time ran out first.
-pub(crate) async fn timeout<R: Runtime, T>(
+pub async fn timeout<R: Runtime, T>(
     runtime: &R,
     limit: Duration,
     future: impl Future<Output = T>,
@@ -198,11 +216,11 @@ pub(crate) async fn timeout<R: Runtime, T>(
 
 /// The blocking work panicked, or the runtime dropped it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct NotCompleted;
+pub struct NotCompleted;
 
 /// Runs blocking `work` on the runtime's blocking pool and waits for its
 /// result.
-pub(crate) async fn unblock<R: Runtime, T: Send + 'static>(
+pub async fn unblock<R: Runtime, T: Send + 'static>(
     runtime: &R,
     work: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, NotCompleted> {
@@ -217,8 +235,8 @@ pub(crate) async fn unblock<R: Runtime, T: Send + 'static>(
 
 #[cfg(test)]
 pub(crate) mod testing {
-    //! A runtime of plain threads, for unit tests: each task and each piece
-    //! of blocking work gets a thread; timers are threads that sleep.
+    //! A runtime of plain threads, for unit tests: each task gets a thread
+    //! running the park executor; it has no network.
 
     use super::*;
 
@@ -226,50 +244,32 @@ pub(crate) mod testing {
     #[derive(Debug, Clone, Default)]
     pub(crate) struct Threads;
 
-    /// No connection is ever made by this runtime.
-    pub(crate) struct NoIo;
+    struct Refuse;
 
-    impl hyper::rt::Read for NoIo {
-        fn poll_read(
-            self: Pin<&mut Self>,
-            _: &mut std::task::Context<'_>,
-            _: hyper::rt::ReadBufCursor<'_>,
-        ) -> std::task::Poll<io::Result<()>> {
-            std::task::Poll::Ready(Ok(()))
-        }
-    }
-
-    impl hyper::rt::Write for NoIo {
-        fn poll_write(
-            self: Pin<&mut Self>,
-            _: &mut std::task::Context<'_>,
-            buf: &[u8],
-        ) -> std::task::Poll<io::Result<usize>> {
-            std::task::Poll::Ready(Ok(buf.len()))
-        }
-        fn poll_flush(
-            self: Pin<&mut Self>,
-            _: &mut std::task::Context<'_>,
-        ) -> std::task::Poll<io::Result<()>> {
-            std::task::Poll::Ready(Ok(()))
-        }
-        fn poll_shutdown(
-            self: Pin<&mut Self>,
-            _: &mut std::task::Context<'_>,
-        ) -> std::task::Poll<io::Result<()>> {
-            std::task::Poll::Ready(Ok(()))
+    impl crate::http::Exchange for Refuse {
+        fn send(
+            &self,
+            _: http::Request<Vec<u8>>,
+            _: usize,
+        ) -> BoxFuture<'static, Result<crate::http::HttpAnswer, tokenkeeper_core::FetchError>>
+        {
+            Box::pin(async {
+                Err(tokenkeeper_core::FetchError::Transport {
+                    message: "this test runtime has no network".into(),
+                })
+            })
         }
     }
 
     impl Runtime for Threads {
-        type Io = NoIo;
+        type Wait = Blocking;
 
         fn name(&self) -> &'static str {
             "threads"
         }
 
         fn spawn(&self, task: BoxFuture<'static, ()>) {
-            std::thread::spawn(move || futures_lite::future::block_on(task));
+            std::thread::spawn(move || crate::park::block_on(task));
         }
 
         fn spawn_blocking(&self, work: Box<dyn FnOnce() + Send + 'static>) {
@@ -277,18 +277,11 @@ pub(crate) mod testing {
         }
 
         fn sleep(&self, duration: Duration) -> BoxFuture<'static, ()> {
-            let (tx, rx) = async_channel::bounded::<()>(1);
-            std::thread::spawn(move || {
-                std::thread::sleep(duration);
-                drop(tx);
-            });
-            Box::pin(async move {
-                let _ = rx.recv().await;
-            })
+            Box::pin(crate::park::sleep(duration))
         }
 
-        fn connect(&self, _: &Endpoint) -> BoxFuture<'static, io::Result<NoIo>> {
-            Box::pin(async { Err(io::Error::from(io::ErrorKind::ConnectionRefused)) })
+        fn exchange(&self, _: &HttpSettings) -> Result<SharedExchange, HttpSetupError> {
+            Ok(Arc::new(Refuse))
         }
     }
 }
@@ -297,7 +290,7 @@ pub(crate) mod testing {
 mod tests {
     use super::testing::Threads;
     use super::*;
-    use futures_lite::future::block_on;
+    use crate::park::block_on;
     use std::time::Instant;
 
     #[test]

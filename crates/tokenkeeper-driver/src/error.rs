@@ -33,9 +33,13 @@ pub enum SpawnError {
     /// Not called where the runtime can start the watcher (for
     /// `tokenkeeper-tokio`: outside a tokio runtime).
     #[error(
-        "a token watcher must be started within its async runtime (for tokenkeeper-tokio, a tokio runtime)"
+        "a token watcher must be started within its runtime (for tokenkeeper-tokio, a tokio runtime)"
     )]
     NoRuntime,
+    /// The default cache folder was asked for, but neither `XDG_CACHE_HOME`
+    /// nor `HOME` gives one.
+    #[error("no cache folder: neither XDG_CACHE_HOME nor HOME is set")]
+    NoCacheDir,
     /// The watcher's task ended before a token was held (its runtime shut
     /// down, say).
     #[error("the token watcher stopped before it held a token")]
@@ -102,6 +106,19 @@ fn unavailable_details(expired_at: &Option<Timestamp>) -> String {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("the token watcher has stopped")]
 pub struct WatcherStopped;
+
+/// Why [`TokenWatcher::changed_within`](crate::TokenWatcher::changed_within)
+/// returned without a new token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ChangedError {
+    /// No new token within the wait.
+    #[error("no new token within the wait")]
+    TimedOut,
+    /// The watcher stopped first.
+    #[error("the token watcher has stopped")]
+    Stopped,
+}
 
 impl From<WatcherStopped> for TokenError {
     fn from(_: WatcherStopped) -> Self {

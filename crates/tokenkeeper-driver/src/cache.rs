@@ -1,17 +1,15 @@
 //! Cache layers: where a watcher keeps tokens between runs and shares them
 //! with other processes.
 
-use std::fmt;
 use std::future::Future;
-use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_lite::Stream;
-use tokenkeeper_core::{CacheError, CacheErrorKind, CacheKey, EncodedRecord, Layer, LeaseOutcome};
-use tokenkeeper_fs::{FileCache, FileLayer};
+use tokenkeeper_core::{CacheError, CacheErrorKind, EncodedRecord, Layer, LeaseOutcome};
+use tokenkeeper_fs::FileLayer;
 
 use crate::runtime::{BoxFuture, BoxStream, Runtime, Sleeper, unblock};
 
@@ -40,7 +38,7 @@ use crate::runtime::{BoxFuture, BoxStream, Runtime, Sleeper, unblock};
 ///
 /// ```
 /// use std::sync::Mutex;
-/// use tokenkeeper_async::{BoxFuture, CacheLayer};
+/// use tokenkeeper_driver::{BoxFuture, CacheLayer};
 /// use tokenkeeper_core::{CacheError, EncodedRecord, Layer};
 ///
 /// /// A cache in memory, shared by the watchers of one process.
@@ -128,7 +126,7 @@ impl Notifier {
 /// is gone.
 ///
 /// ```
-/// use tokenkeeper_async::{BoxStream, change_feed};
+/// use tokenkeeper_driver::{BoxStream, change_feed};
 ///
 /// fn feed() -> BoxStream<'static, ()> {
 ///     change_feed(|notifier| async move {
@@ -168,119 +166,162 @@ impl Stream for ChangeFeed {
     }
 }
 
-/// The file cache ([`tokenkeeper_fs`]) as a [`CacheLayer`]: atomic replace,
-/// private (0600) files, and a lease that is a cross-process lock file, so
-/// that processes sharing the file make one request per refresh. The file
-/// calls block, so they run on the blocking pool of the runtime `R`.
-pub struct FileCacheLayer<R> {
-    inner: Arc<FileLayer>,
-    runtime: R,
-}
+/// A cache layer whose calls block (files, a sync client of a store): the
+/// thread-friendly twin of [`CacheLayer`], with the same contract. The
+/// watcher runs its calls where blocking is allowed (the runtime's blocking
+/// pool, or a thread), one at a time and in order. The file cache of
+/// [`tokenkeeper_fs`] is one; add a layer with
+/// [`TokenWatcherBuilder::blocking_cache`](crate::TokenWatcherBuilder::blocking_cache).
+pub trait BlockingCacheLayer: Send + Sync + 'static {
+    /// How the refresher sees this layer; see [`CacheLayer::layer`].
+    fn layer(&self) -> Layer;
 
-impl<R: Clone> Clone for FileCacheLayer<R> {
-    fn clone(&self) -> Self {
-        FileCacheLayer {
-            inner: Arc::clone(&self.inner),
-            runtime: self.runtime.clone(),
-        }
+    /// Loads the stored record; `Ok(None)` when there is none.
+    fn read(&self) -> Result<Option<Vec<u8>>, CacheError>;
+
+    /// Stores `record`, replacing what is there.
+    fn write(&self, record: &EncodedRecord) -> Result<(), CacheError>;
+
+    /// Tries to take the lease for `ttl` without waiting; see
+    /// [`CacheLayer::try_acquire_lease`]. The default refuses with an error.
+    fn try_acquire_lease(&self, ttl: Duration) -> LeaseOutcome {
+        let _ = ttl;
+        LeaseOutcome::Failed(CacheError::new(
+            CacheErrorKind::Other,
+            "this cache layer offers no lease",
+        ))
+    }
+
+    /// Gives the lease back; a no-op when it is not held.
+    fn release_lease(&self) {}
+
+    /// Subscribes to the store's change notifications: `notify` is called
+    /// (from any thread) whenever anyone stores a record. The subscription
+    /// lasts as long as the returned guard. The default returns `None`: no
+    /// notifications.
+    fn subscribe(&self, notify: Box<dyn Fn() + Send + Sync>) -> Option<Box<dyn Send>> {
+        let _ = notify;
+        None
     }
 }
 
-impl<R> fmt::Debug for FileCacheLayer<R> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("FileCacheLayer")
-            .field("path", &self.inner.cache().path())
-            .finish()
-    }
-}
-
-impl<R: Runtime> FileCacheLayer<R> {
-    /// A layer over `layer`, whose calls run on the blocking pool of `runtime`.
-    pub fn with_runtime(runtime: R, layer: FileLayer) -> Self {
-        FileCacheLayer {
-            inner: Arc::new(layer),
-            runtime,
-        }
-    }
-
-    /// The record file.
-    pub fn path(&self) -> &Path {
-        self.inner.cache().path()
-    }
-
-    async fn blocking<T: Send + 'static>(
-        &self,
-        what: &'static str,
-        f: impl FnOnce(&FileLayer) -> T + Send + 'static,
-    ) -> Result<T, CacheError> {
-        let inner = Arc::clone(&self.inner);
-        unblock(&self.runtime, move || f(&inner))
-            .await
-            .map_err(|_| {
-                CacheError::new(
-                    CacheErrorKind::Other,
-                    format!("the file cache {what} did not complete"),
-                )
-            })
-    }
-}
-
-impl<R: Runtime + Default> FileCacheLayer<R> {
-    /// A layer over an existing [`FileLayer`].
-    pub fn new(layer: FileLayer) -> Self {
-        Self::with_runtime(R::default(), layer)
-    }
-
-    /// A layer in the file at `path` (and its lock file `<path>.lock`).
-    pub fn at(path: impl Into<PathBuf>) -> Self {
-        Self::new(FileLayer::new(FileCache::new(path)))
-    }
-
-    /// A layer in `dir`, in a file named after `key` (`<dir>/<key id>.json`),
-    /// so different clients never share a file.
-    pub fn in_dir(dir: impl AsRef<Path>, key: &CacheKey) -> Self {
-        Self::new(FileLayer::in_dir(dir, key))
-    }
-}
-
-impl<R: Runtime> CacheLayer for FileCacheLayer<R> {
+impl BlockingCacheLayer for FileLayer {
     fn layer(&self) -> Layer {
         FileLayer::core_layer()
     }
 
-    fn read(&self) -> BoxFuture<'_, Result<Option<Vec<u8>>, CacheError>> {
-        Box::pin(async move { self.blocking("read", FileLayer::read).await? })
+    fn read(&self) -> Result<Option<Vec<u8>>, CacheError> {
+        FileLayer::read(self)
     }
 
-    fn write<'a>(&'a self, record: &'a EncodedRecord) -> BoxFuture<'a, Result<(), CacheError>> {
-        let record = record.clone();
-        Box::pin(async move { self.blocking("write", move |l| l.write(&record)).await? })
+    fn write(&self, record: &EncodedRecord) -> Result<(), CacheError> {
+        FileLayer::write(self, record)
     }
 
-    fn try_acquire_lease(&self, _ttl: Duration) -> BoxFuture<'_, LeaseOutcome> {
-        Box::pin(async move {
-            self.blocking("lease", FileLayer::try_acquire)
-                .await
-                .unwrap_or_else(LeaseOutcome::Failed)
-        })
+    fn try_acquire_lease(&self, _ttl: Duration) -> LeaseOutcome {
+        FileLayer::try_acquire(self)
     }
 
-    fn release_lease(&self) -> BoxFuture<'_, ()> {
-        Box::pin(async move {
-            if let Err(e) = self.blocking("lease release", FileLayer::release).await {
-                tracing::warn!(error = %e, "could not release the file cache lease");
+    fn release_lease(&self) {
+        FileLayer::release(self)
+    }
+}
+
+/// A cache layer as the driver holds it: async, or blocking (its calls run
+/// where blocking is allowed).
+#[derive(Clone)]
+pub(crate) enum AnyLayer {
+    Async(Arc<dyn CacheLayer>),
+    Blocking(Arc<dyn BlockingCacheLayer>),
+}
+
+impl AnyLayer {
+    pub(crate) fn layer(&self) -> Layer {
+        match self {
+            AnyLayer::Async(l) => l.layer(),
+            AnyLayer::Blocking(l) => l.layer(),
+        }
+    }
+
+    pub(crate) async fn read<R: Runtime>(
+        &self,
+        runtime: &R,
+    ) -> Result<Option<Vec<u8>>, CacheError> {
+        match self {
+            AnyLayer::Async(l) => l.read().await,
+            AnyLayer::Blocking(l) => {
+                let l = Arc::clone(l);
+                unblock(runtime, move || l.read())
+                    .await
+                    .unwrap_or_else(|_| Err(incomplete("read")))
             }
-        })
+        }
     }
+
+    pub(crate) async fn write<R: Runtime>(
+        &self,
+        runtime: &R,
+        record: &EncodedRecord,
+    ) -> Result<(), CacheError> {
+        match self {
+            AnyLayer::Async(l) => l.write(record).await,
+            AnyLayer::Blocking(l) => {
+                let (l, record) = (Arc::clone(l), record.clone());
+                unblock(runtime, move || l.write(&record))
+                    .await
+                    .unwrap_or_else(|_| Err(incomplete("write")))
+            }
+        }
+    }
+
+    pub(crate) async fn try_acquire_lease<R: Runtime>(
+        &self,
+        runtime: &R,
+        ttl: Duration,
+    ) -> LeaseOutcome {
+        match self {
+            AnyLayer::Async(l) => l.try_acquire_lease(ttl).await,
+            AnyLayer::Blocking(l) => {
+                let l = Arc::clone(l);
+                unblock(runtime, move || l.try_acquire_lease(ttl))
+                    .await
+                    .unwrap_or_else(|_| LeaseOutcome::Failed(incomplete("lease")))
+            }
+        }
+    }
+
+    /// `false` when the call panicked.
+    pub(crate) async fn release_lease<R: Runtime>(&self, runtime: &R) -> bool {
+        match self {
+            AnyLayer::Async(l) => futures_lite::FutureExt::catch_unwind(
+                std::panic::AssertUnwindSafe(l.release_lease()),
+            )
+            .await
+            .is_ok(),
+            AnyLayer::Blocking(l) => {
+                let l = Arc::clone(l);
+                unblock(runtime, move || l.release_lease()).await.is_ok()
+            }
+        }
+    }
+}
+
+/// A blocking call that panicked (or was dropped with its runtime).
+fn incomplete(what: &str) -> CacheError {
+    CacheError::new(
+        CacheErrorKind::Other,
+        format!("the cache layer's {what} panicked or did not complete"),
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::park::block_on;
     use crate::runtime::testing::Threads;
     use futures_lite::StreamExt;
-    use futures_lite::future::block_on;
     use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokenkeeper_core::CacheKey;
     use tokenkeeper_core::cache::encode_record;
     use tokenkeeper_core::{AccessToken, LifetimePolicy, Timestamp, TokenGrant};
 
@@ -302,33 +343,49 @@ mod tests {
     }
 
     #[test]
-    fn the_file_layer_runs_on_the_blocking_pool() {
+    fn blocking_layers_run_off_the_caller_and_report_panics() {
         let dir = tempfile::tempdir().unwrap();
         let key = CacheKey::custom("test", &["file"]);
-        let layer = FileCacheLayer::<Threads>::in_dir(dir.path(), &key);
-        assert_eq!(layer.path(), dir.path().join(format!("{}.json", key.id())));
-        assert_eq!(block_on(layer.read()), Ok(None));
+        let layer = AnyLayer::Blocking(Arc::new(FileLayer::in_dir(dir.path(), &key)));
+        let rt = Threads;
+        assert_eq!(block_on(layer.read(&rt)), Ok(None));
         let record = LifetimePolicy::default().record(
             TokenGrant::bearer(AccessToken::new("at"), Some(Duration::from_secs(60))),
             Timestamp::from_secs(100),
             None,
         );
-        block_on(layer.write(&encode_record(&key, &record))).unwrap();
-        assert!(block_on(layer.read()).unwrap().is_some());
-        let other = FileCacheLayer::with_runtime(Threads, FileLayer::in_dir(dir.path(), &key));
+        block_on(layer.write(&rt, &encode_record(&key, &record))).unwrap();
+        assert!(block_on(layer.read(&rt)).unwrap().is_some());
+        let other = AnyLayer::Blocking(Arc::new(FileLayer::in_dir(dir.path(), &key)));
+        let ttl = Duration::from_secs(1);
         assert_eq!(
-            block_on(layer.try_acquire_lease(Duration::from_secs(1))),
+            block_on(layer.try_acquire_lease(&rt, ttl)),
             LeaseOutcome::Acquired
         );
         assert_eq!(
-            block_on(other.try_acquire_lease(Duration::from_secs(1))),
+            block_on(other.try_acquire_lease(&rt, ttl)),
             LeaseOutcome::HeldByOther
         );
-        block_on(layer.release_lease());
+        assert!(block_on(layer.release_lease(&rt)));
         assert_eq!(
-            block_on(other.try_acquire_lease(Duration::from_secs(1))),
+            block_on(other.try_acquire_lease(&rt, ttl)),
             LeaseOutcome::Acquired
         );
-        assert!(Arc::new(layer).changes(Sleeper::of(Threads)).is_none());
+
+        struct Panics;
+        impl BlockingCacheLayer for Panics {
+            fn layer(&self) -> Layer {
+                Layer::new("panics")
+            }
+            fn read(&self) -> Result<Option<Vec<u8>>, CacheError> {
+                panic!("read")
+            }
+            fn write(&self, _: &EncodedRecord) -> Result<(), CacheError> {
+                panic!("write")
+            }
+        }
+        let panics = AnyLayer::Blocking(Arc::new(Panics));
+        let error = block_on(panics.read(&rt)).unwrap_err();
+        assert!(error.message.contains("panicked"), "{error:?}");
     }
 }

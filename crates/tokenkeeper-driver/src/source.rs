@@ -6,7 +6,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use tokenkeeper_core::oauth2::OAuth2Client;
-use tokenkeeper_core::{CacheKey, FetchError, RefreshToken, TokenGrant};
+use tokenkeeper_core::{CacheKey, FetchError, RefreshToken, RefresherConfig, TokenGrant};
 
 use crate::runtime::BoxFuture;
 
@@ -24,7 +24,7 @@ use crate::runtime::BoxFuture;
 /// ```
 /// use std::time::Duration;
 /// use tokenkeeper_core::{AccessToken, FetchError, RefreshToken, TokenGrant};
-/// use tokenkeeper_async::{BoxFuture, TokenSource};
+/// use tokenkeeper_driver::{BoxFuture, TokenSource};
 ///
 /// struct Fixed;
 ///
@@ -70,12 +70,37 @@ where
     }
 }
 
+/// A source of tokens whose calls block (a command, a file, a sync SDK): the
+/// thread-friendly twin of [`TokenSource`]. The watcher runs each call where
+/// blocking is allowed (the runtime's blocking pool, or a thread), bounded by
+/// the configured request timeout.
+pub trait BlockingTokenSource: Send + Sync + 'static {
+    /// Gets a new token; see [`TokenSource::fetch`].
+    fn fetch(&self, refresh_token: Option<&RefreshToken>) -> Result<TokenGrant, FetchError>;
+}
+
+/// A [`BlockingTokenSource`] made of a closure.
+struct BlockingFnSource<F>(F);
+
+impl<F> BlockingTokenSource for BlockingFnSource<F>
+where
+    F: Fn(Option<RefreshToken>) -> Result<TokenGrant, FetchError> + Send + Sync + 'static,
+{
+    fn fetch(&self, refresh_token: Option<&RefreshToken>) -> Result<TokenGrant, FetchError> {
+        (self.0)(refresh_token.cloned())
+    }
+}
+
 #[derive(Clone)]
 pub(crate) enum SourceKind {
     OAuth2(OAuth2Client),
     Custom {
         key: CacheKey,
         source: Arc<dyn TokenSource>,
+    },
+    Blocking {
+        key: CacheKey,
+        source: Arc<dyn BlockingTokenSource>,
     },
 }
 
@@ -110,7 +135,7 @@ impl Source {
     /// ```
     /// use std::time::Duration;
     /// use tokenkeeper_core::{AccessToken, CacheKey, TokenGrant};
-    /// use tokenkeeper_async::Source;
+    /// use tokenkeeper_driver::Source;
     ///
     /// let source = Source::from_fn(CacheKey::custom("metadata", &["default"]), |_refresh| async {
     ///     // Ask a metadata service here.
@@ -126,11 +151,41 @@ impl Source {
         Self::custom(key, FnSource(f))
     }
 
+    /// Tokens from your own [`BlockingTokenSource`], cached under `key`.
+    pub fn custom_blocking(key: CacheKey, source: impl BlockingTokenSource) -> Self {
+        Source(SourceKind::Blocking {
+            key,
+            source: Arc::new(source),
+        })
+    }
+
+    /// Tokens from a closure that blocks, cached under `key`. The closure
+    /// gets the current refresh token, if any, and runs where blocking is
+    /// allowed.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tokenkeeper_core::{AccessToken, CacheKey, TokenGrant};
+    /// use tokenkeeper_driver::Source;
+    ///
+    /// let source = Source::from_blocking_fn(CacheKey::custom("file", &["token"]), |_refresh| {
+    ///     // Read a file or run a command here.
+    ///     Ok(TokenGrant::bearer(AccessToken::new("t0k3n"), Some(Duration::from_secs(600))))
+    /// });
+    /// # let _ = source;
+    /// ```
+    pub fn from_blocking_fn<F>(key: CacheKey, f: F) -> Self
+    where
+        F: Fn(Option<RefreshToken>) -> Result<TokenGrant, FetchError> + Send + Sync + 'static,
+    {
+        Self::custom_blocking(key, BlockingFnSource(f))
+    }
+
     /// The key under which this source's tokens are cached.
     pub fn cache_key(&self) -> CacheKey {
         match &self.0 {
             SourceKind::OAuth2(client) => CacheKey::for_client(client),
-            SourceKind::Custom { key, .. } => key.clone(),
+            SourceKind::Custom { key, .. } | SourceKind::Blocking { key, .. } => key.clone(),
         }
     }
 
@@ -138,7 +193,17 @@ impl Source {
     pub fn oauth2_client(&self) -> Option<&OAuth2Client> {
         match &self.0 {
             SourceKind::OAuth2(client) => Some(client),
-            SourceKind::Custom { .. } => None,
+            _ => None,
+        }
+    }
+
+    /// The refresher configuration for this source, with every default.
+    pub(crate) fn refresher_config(&self) -> RefresherConfig {
+        match &self.0 {
+            SourceKind::OAuth2(client) => RefresherConfig::oauth2(client.clone()),
+            SourceKind::Custom { key, .. } | SourceKind::Blocking { key, .. } => {
+                RefresherConfig::custom(key.clone())
+            }
         }
     }
 }
@@ -158,7 +223,7 @@ impl fmt::Debug for Source {
                 .field("client_id", client.client_id())
                 .field("grant", &client.grant())
                 .finish_non_exhaustive(),
-            SourceKind::Custom { key, .. } => f
+            SourceKind::Custom { key, .. } | SourceKind::Blocking { key, .. } => f
                 .debug_struct("Source::Custom")
                 .field("key", key)
                 .finish_non_exhaustive(),

@@ -1,0 +1,659 @@
+//! The driver: the core's canonical loop, written once for every runtime.
+//!
+//! It drains the refresher's effects (each fetch a task of its own; each
+//! cache layer's reads, writes and leases in order, in the layer's own task)
+//! and events (handed to the [`Publisher`]), then waits for the earliest of a
+//! command from the handles, a finished effect, a change announced by a
+//! cache layer, and the refresher's deadline (capped by the wake interval,
+//! so that a suspended machine or a clock step is noticed), and feeds what
+//! happened back. Every decision about time (staleness, jitter, backoff,
+//! leases, effect deadlines, the shutdown grace) is the refresher's; the
+//! runtime only spawns, sleeps and carries out HTTP.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use futures_lite::{FutureExt, StreamExt};
+use tokenkeeper_core::oauth2::TokenRequest;
+use tokenkeeper_core::{
+    CacheError, CacheErrorKind, Effect, EffectId, EncodedRecord, ErrorClass, FetchError, Input,
+    LeaseOutcome, RefreshToken, Refresher, TokenGrant, Wait,
+};
+use tracing::{Instrument, Span, debug, error, info, info_span, trace, warn};
+
+use crate::cache::AnyLayer;
+use crate::http::{SharedExchange, loggable_url};
+use crate::publish::Publisher;
+use crate::runtime::{self, Runtime, Sleeper, Task, timeout, unblock};
+use crate::source::SourceKind;
+use crate::watcher::{Command, now};
+
+/// How long a stopping watcher waits for its cache layers to finish (lease
+/// releases, a last write) and its abandoned requests to end, before leaving
+/// them behind.
+const GRACE: Duration = Duration::from_secs(5);
+
+/// How the refresher's fetches are carried out.
+pub(crate) enum FetchWith {
+    /// Token requests built by the core, sent over the runtime's HTTP stack.
+    Http {
+        exchange: SharedExchange,
+        grant: &'static str,
+    },
+    /// A custom source, bounded by a timeout.
+    Source {
+        source: SourceKind,
+        timeout: Duration,
+    },
+}
+
+/// Something that happened outside the loop, on its way back to it.
+enum Answer {
+    /// An answer for the refresher.
+    Input(Input),
+    /// A cache layer announced a change.
+    Changed(usize),
+}
+
+/// What one cache layer is asked to do, in order.
+enum LayerOp {
+    Read(EffectId),
+    Write(EffectId, EncodedRecord),
+    Acquire(EffectId, Duration),
+    Release,
+}
+
+/// What wakes the loop.
+enum Wake {
+    Command(Option<Command>),
+    Answer(Answer),
+    Timeout,
+}
+
+/// Answers an effect even when its work panics or is cancelled, so the
+/// refresher hears back at once instead of at the effect's deadline.
+struct Reply {
+    answers: Option<async_channel::Sender<Answer>>,
+    otherwise: Option<Input>,
+}
+
+impl Reply {
+    fn new(answers: &async_channel::Sender<Answer>, otherwise: Input) -> Self {
+        Reply {
+            answers: Some(answers.clone()),
+            otherwise: Some(otherwise),
+        }
+    }
+
+    fn send(mut self, input: Input) {
+        if let Some(answers) = self.answers.take() {
+            let _ = answers.try_send(Answer::Input(input));
+        }
+    }
+}
+
+impl Drop for Reply {
+    fn drop(&mut self) {
+        if let (Some(answers), Some(input)) = (self.answers.take(), self.otherwise.take()) {
+            let _ = answers.try_send(Answer::Input(input));
+        }
+    }
+}
+
+/// Everything a driver is made of; built by the builder.
+pub(crate) struct DriverParts<R> {
+    pub(crate) runtime: R,
+    pub(crate) refresher: Refresher,
+    pub(crate) fetch: FetchWith,
+    pub(crate) layers: Vec<AnyLayer>,
+    pub(crate) publisher: Publisher,
+    pub(crate) commands: async_channel::Receiver<Command>,
+    pub(crate) wake_interval: Duration,
+}
+
+pub(crate) struct Driver<R: Runtime> {
+    runtime: R,
+    refresher: Refresher,
+    fetch: FetchWith,
+    layers: Vec<AnyLayer>,
+    workers: Vec<async_channel::Sender<LayerOp>>,
+    worker_tasks: Vec<Task>,
+    feeds: Vec<Task>,
+    /// Guards of blocking layers' subscriptions (in a mutex only to make
+    /// the driver `Sync`).
+    subscriptions: std::sync::Mutex<Vec<Box<dyn Send>>>,
+    answers_tx: async_channel::Sender<Answer>,
+    answers_rx: async_channel::Receiver<Answer>,
+    commands: Option<async_channel::Receiver<Command>>,
+    fetches: Vec<Task>,
+    publisher: Publisher,
+    wake_interval: Duration,
+    stopping: Arc<AtomicBool>,
+}
+
+impl<R: Runtime> Driver<R> {
+    pub(crate) fn new(parts: DriverParts<R>) -> Self {
+        let (answers_tx, answers_rx) = async_channel::unbounded();
+        Driver {
+            runtime: parts.runtime,
+            refresher: parts.refresher,
+            fetch: parts.fetch,
+            layers: parts.layers,
+            workers: Vec::new(),
+            worker_tasks: Vec::new(),
+            feeds: Vec::new(),
+            subscriptions: std::sync::Mutex::new(Vec::new()),
+            answers_tx,
+            answers_rx,
+            commands: Some(parts.commands),
+            fetches: Vec::new(),
+            publisher: parts.publisher,
+            wake_interval: parts.wake_interval,
+            stopping: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    pub(crate) async fn run(self) {
+        let shared = self.publisher.shared();
+        let span = info_span!(
+            "tokenkeeper.watcher",
+            name = %shared.name(),
+            key = %shared.key(),
+            runtime = self.runtime.name(),
+        );
+        self.run_loop().instrument(span).await;
+    }
+
+    async fn run_loop(mut self) {
+        self.start_layers();
+        info!(layers = self.workers.len(), "started");
+        loop {
+            self.drain();
+            let sleep_for = match self.refresher.poll_wait() {
+                Wait::Finished => break,
+                wait => wait.deadline().map_or(self.wake_interval, |deadline| {
+                    deadline.duration_since(now()).min(self.wake_interval)
+                }),
+            };
+            match self.wait(sleep_for).await {
+                Wake::Command(command) => self.command(command),
+                Wake::Answer(Answer::Input(input)) => self.feed(input),
+                Wake::Answer(Answer::Changed(layer)) => {
+                    trace!(layer, "a cache layer announced a change");
+                    self.feed(Input::CacheChanged { layer });
+                }
+                Wake::Timeout => self.feed(Input::Timeout),
+            }
+        }
+        self.finish().await;
+    }
+
+    /// The first of: a command (first, so a shutdown is never starved), a
+    /// finished effect or change, the deadline.
+    async fn wait(&self, sleep_for: Duration) -> Wake {
+        let command = async {
+            match &self.commands {
+                Some(commands) => Wake::Command(commands.recv().await.ok()),
+                None => std::future::pending().await,
+            }
+        };
+        let answer = async {
+            match self.answers_rx.recv().await {
+                Ok(answer) => Wake::Answer(answer),
+                // The loop holds a sender: never closed.
+                Err(_) => std::future::pending().await,
+            }
+        };
+        let deadline = async {
+            self.runtime.sleep(sleep_for).await;
+            Wake::Timeout
+        };
+        command.or(answer).or(deadline).await
+    }
+
+    fn feed(&mut self, input: Input) {
+        if let Err(e) = self.refresher.handle(now(), input) {
+            error!(error = %e, "driver bug: the refresher refused an answer");
+        }
+    }
+
+    /// Carries out every effect the refresher asks for, refreshes the status
+    /// snapshot, and publishes every event: the status first, so that
+    /// whoever wakes up for a new token (`spawn` among them) sees the status
+    /// that goes with it.
+    fn drain(&mut self) {
+        let mut events = Vec::new();
+        loop {
+            let mut idle = true;
+            while let Some(effect) = self.refresher.poll_effect() {
+                idle = false;
+                self.dispatch(effect);
+            }
+            while let Some(event) = self.refresher.poll_event() {
+                idle = false;
+                events.push(event);
+            }
+            if idle {
+                break;
+            }
+        }
+        self.publisher.status(self.refresher.status(now()));
+        for event in events {
+            self.publisher.event(event);
+        }
+        self.fetches.retain(|task| !task.is_finished());
+    }
+
+    fn command(&mut self, command: Option<Command>) {
+        match command {
+            Some(Command::RefreshNow(reply)) => {
+                let outcome = self.refresher.refresh_now(now());
+                info!(?outcome, "early refresh asked for");
+                let _ = reply.try_send(outcome);
+            }
+            Some(Command::Shutdown) => {
+                info!("shutdown asked for");
+                self.stop();
+            }
+            None => {
+                info!("the last handle was dropped");
+                self.commands = None;
+                self.stop();
+            }
+        }
+    }
+
+    /// Asks the refresher to stop; it finishes at once, or after letting a
+    /// refresh-token request in flight finish (within its grace).
+    fn stop(&mut self) {
+        self.refresher.shutdown(now());
+        if self.refresher.is_finished() {
+            self.stopping.store(true, Ordering::Release);
+        }
+    }
+
+    async fn finish(mut self) {
+        self.stopping.store(true, Ordering::Release);
+        // Nothing still running is needed any more: the refresher has finished.
+        for task in self.fetches.iter().chain(&self.feeds) {
+            task.abort();
+        }
+        drop(std::mem::take(
+            self.subscriptions
+                .get_mut()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        ));
+        let fetches = std::mem::take(&mut self.fetches);
+        let feeds = std::mem::take(&mut self.feeds);
+        let ended = timeout(&self.runtime, GRACE, async {
+            for task in fetches.iter().chain(&feeds) {
+                task.join().await;
+            }
+        })
+        .await;
+        if ended.is_none() {
+            warn!("a request or change feed did not end in time; left behind");
+        }
+        // Closing the queues lets each worker finish what it was given
+        // (lease releases, a last write) and end.
+        self.workers.clear();
+        for task in std::mem::take(&mut self.worker_tasks) {
+            if timeout(&self.runtime, GRACE, task.join()).await.is_none() {
+                warn!("a cache layer did not finish in time; abandoned");
+                task.abort();
+            }
+        }
+        // Dropping the publisher (with `self`) marks the watcher stopped.
+    }
+
+    fn start_layers(&mut self) {
+        for (index, layer) in self.layers.iter().enumerate() {
+            let name = layer.layer().name().to_owned();
+            let (ops_tx, ops_rx) = async_channel::unbounded();
+            let task = runtime::spawn(
+                &self.runtime,
+                "cache layer",
+                serve_layer(
+                    self.runtime.clone(),
+                    index,
+                    name.clone(),
+                    layer.clone(),
+                    ops_rx,
+                    self.answers_tx.clone(),
+                    Arc::clone(&self.stopping),
+                ),
+            );
+            self.workers.push(ops_tx);
+            self.worker_tasks.push(task);
+            match layer {
+                AnyLayer::Async(layer) => {
+                    let sleeper = Sleeper::of(self.runtime.clone());
+                    let Some(mut feed) = Arc::clone(layer).changes(sleeper) else {
+                        continue;
+                    };
+                    let answers = self.answers_tx.clone();
+                    let span = info_span!("tokenkeeper.cache.changes", layer = index, name = %name);
+                    let task = runtime::spawn(
+                        &self.runtime,
+                        "cache change feed",
+                        async move {
+                            while feed.next().await.is_some() {
+                                if answers.send(Answer::Changed(index)).await.is_err() {
+                                    break;
+                                }
+                            }
+                            debug!("the change feed ended");
+                        }
+                        .instrument(span),
+                    );
+                    self.feeds.push(task);
+                }
+                AnyLayer::Blocking(layer) => {
+                    let answers = self.answers_tx.clone();
+                    let notify = Box::new(move || {
+                        let _ = answers.try_send(Answer::Changed(index));
+                    });
+                    if let Some(guard) = layer.subscribe(notify) {
+                        self.subscriptions
+                            .get_mut()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .push(guard);
+                    }
+                }
+            }
+        }
+    }
+
+    fn dispatch(&mut self, effect: Effect) {
+        match effect {
+            Effect::ReadCache { id, layer } => self.send_to_layer(layer, LayerOp::Read(id)),
+            Effect::WriteCache { id, layer, record } => {
+                self.send_to_layer(layer, LayerOp::Write(id, record));
+            }
+            Effect::AcquireLease { id, layer, ttl } => {
+                self.send_to_layer(layer, LayerOp::Acquire(id, ttl));
+            }
+            Effect::ReleaseLease { layer } => self.send_to_layer(layer, LayerOp::Release),
+            Effect::SendRequest {
+                id,
+                request,
+                max_body,
+            } => self.send_request(id, request, max_body),
+            Effect::Fetch { id, refresh_token } => self.fetch_from_source(id, refresh_token),
+            other => error!(effect = ?other, "driver bug: an effect this driver does not know"),
+        }
+    }
+
+    fn send_to_layer(&mut self, layer: usize, op: LayerOp) {
+        let sent = match self.workers.get(layer) {
+            Some(worker) => worker.try_send(op).map_err(|e| e.into_inner()),
+            None => Err(op),
+        };
+        if let Err(op) = sent {
+            error!(layer, "the cache layer's worker is gone");
+            let gone = || CacheError::new(CacheErrorKind::Unavailable, "the cache layer is gone");
+            let input = match op {
+                LayerOp::Read(id) => Input::CacheRead {
+                    id,
+                    result: Err(gone()),
+                },
+                LayerOp::Write(id, _) => Input::CacheWritten {
+                    id,
+                    result: Err(gone()),
+                },
+                LayerOp::Acquire(id, _) => Input::Lease {
+                    id,
+                    outcome: LeaseOutcome::Failed(gone()),
+                },
+                LayerOp::Release => return,
+            };
+            self.feed(input);
+        }
+    }
+
+    fn send_request(&mut self, id: EffectId, request: TokenRequest, max_body: usize) {
+        let reply = Reply::new(
+            &self.answers_tx,
+            Input::FetchFailed {
+                id,
+                error: FetchError::Transport {
+                    message: "the request was abandoned".into(),
+                },
+            },
+        );
+        let FetchWith::Http { exchange, grant } = &self.fetch else {
+            error!("driver bug: an HTTP request for a custom source");
+            return;
+        };
+        let exchange = Arc::clone(exchange);
+        let request = request.into_http();
+        let span = info_span!(
+            "tokenkeeper.fetch",
+            effect = %id,
+            grant = *grant,
+            url = %loggable_url(request.uri()),
+        );
+        let task = runtime::spawn(
+            &self.runtime,
+            "fetch",
+            async move {
+                debug!("requesting a token");
+                let started = Instant::now();
+                let result = exchange.send(request, max_body).await;
+                let elapsed_ms = started.elapsed().as_millis() as u64;
+                let input = match result {
+                    Ok(answer) => {
+                        debug!(
+                            status = answer.status,
+                            bytes = answer.body.len(),
+                            elapsed_ms,
+                            "the token endpoint answered"
+                        );
+                        Input::Response {
+                            id,
+                            status: answer.status,
+                            headers: answer.headers.clone(),
+                            body: answer.body.to_vec(),
+                        }
+                    }
+                    Err(error) => {
+                        warn!(%error, elapsed_ms, "no answer from the token endpoint");
+                        Input::FetchFailed { id, error }
+                    }
+                };
+                reply.send(input);
+            }
+            .instrument(span),
+        );
+        self.fetches.push(task);
+    }
+
+    fn fetch_from_source(&mut self, id: EffectId, refresh_token: Option<RefreshToken>) {
+        let reply = Reply::new(
+            &self.answers_tx,
+            Input::Grant {
+                id,
+                result: Err(FetchError::Source {
+                    message: "the token source panicked or was cancelled".into(),
+                    class: ErrorClass::Transient,
+                }),
+            },
+        );
+        let FetchWith::Source {
+            source,
+            timeout: limit,
+        } = &self.fetch
+        else {
+            error!("driver bug: a custom fetch for an OAuth2 source");
+            return;
+        };
+        let (source, limit) = (source.clone(), *limit);
+        let runtime = self.runtime.clone();
+        let span = info_span!(
+            "tokenkeeper.fetch",
+            effect = %id,
+            source = "custom",
+            refresh_token = ?refresh_token.as_ref().map(|t| t.fingerprint()),
+        );
+        let task = runtime::spawn(
+            &self.runtime,
+            "fetch",
+            async move {
+                debug!("asking the token source");
+                let started = Instant::now();
+                let call = call_source(&runtime, source, refresh_token);
+                let Some(result) = timeout(&runtime, limit, call).await else {
+                    reply.send(Input::Grant {
+                        id,
+                        result: Err(FetchError::Timeout { after: limit }),
+                    });
+                    return;
+                };
+                let Some(result) = result else {
+                    // It panicked: `reply` answers as it drops.
+                    warn!("the token source panicked");
+                    return;
+                };
+                let elapsed_ms = started.elapsed().as_millis() as u64;
+                match &result {
+                    Ok(grant) => debug!(
+                        token = %grant.access_token.fingerprint(),
+                        expires_in = ?grant.expires_in,
+                        elapsed_ms,
+                        "the token source answered"
+                    ),
+                    Err(error) => warn!(%error, elapsed_ms, "the token source failed"),
+                }
+                reply.send(Input::Grant { id, result });
+            }
+            .instrument(span),
+        );
+        self.fetches.push(task);
+    }
+}
+
+/// Calls a custom source; `None` when it panicked.
+async fn call_source<R: Runtime>(
+    runtime: &R,
+    source: SourceKind,
+    refresh_token: Option<RefreshToken>,
+) -> Option<Result<TokenGrant, FetchError>> {
+    match source {
+        SourceKind::Custom { source, .. } => AssertUnwindSafe(source.fetch(refresh_token.as_ref()))
+            .catch_unwind()
+            .await
+            .ok(),
+        SourceKind::Blocking { source, .. } => {
+            unblock(runtime, move || source.fetch(refresh_token.as_ref()))
+                .await
+                .ok()
+        }
+        SourceKind::OAuth2(_) => Some(Err(FetchError::Source {
+            message: "an OAuth2 source is not called as a custom one".into(),
+            class: ErrorClass::Permanent,
+        })),
+    }
+}
+
+/// Runs one layer's effects one at a time, in order. A call that panics is
+/// answered with an error instead of leaving the refresher waiting.
+async fn serve_layer<R: Runtime>(
+    runtime: R,
+    index: usize,
+    name: String,
+    layer: AnyLayer,
+    ops: async_channel::Receiver<LayerOp>,
+    answers: async_channel::Sender<Answer>,
+    stopping: Arc<AtomicBool>,
+) {
+    let mut holds_lease = false;
+    while let Ok(op) = ops.recv().await {
+        // Once stopping, nothing new is read or leased; writes and releases finish.
+        let stopping = stopping.load(Ordering::Acquire);
+        let input = match op {
+            LayerOp::Read(id) => {
+                if stopping {
+                    continue;
+                }
+                let span =
+                    info_span!("tokenkeeper.cache.read", layer = index, name = %name, effect = %id);
+                let result = isolated(layer.read(&runtime), span.clone())
+                    .await
+                    .unwrap_or_else(|()| Err(panicked("read")));
+                span.in_scope(|| match &result {
+                    Ok(Some(bytes)) => debug!(bytes = bytes.len(), "found a record"),
+                    Ok(None) => debug!("no record"),
+                    Err(error) => warn!(%error, "could not read"),
+                });
+                Input::CacheRead { id, result }
+            }
+            LayerOp::Write(id, record) => {
+                let span = info_span!(
+                    "tokenkeeper.cache.write",
+                    layer = index,
+                    name = %name,
+                    effect = %id,
+                    bytes = record.bytes().len(),
+                    expiry = %record.expiry(),
+                );
+                let result = isolated(layer.write(&runtime, &record), span.clone())
+                    .await
+                    .unwrap_or_else(|()| Err(panicked("write")));
+                span.in_scope(|| match &result {
+                    Ok(()) => debug!("stored the record"),
+                    Err(error) => warn!(%error, "could not store the record"),
+                });
+                Input::CacheWritten { id, result }
+            }
+            LayerOp::Acquire(id, ttl) => {
+                if stopping {
+                    continue;
+                }
+                let span = info_span!("tokenkeeper.cache.lease", layer = index, name = %name, effect = %id, ttl_ms = ttl.as_millis() as u64);
+                let outcome = isolated(layer.try_acquire_lease(&runtime, ttl), span.clone())
+                    .await
+                    .unwrap_or_else(|()| LeaseOutcome::Failed(panicked("lease")));
+                holds_lease = outcome == LeaseOutcome::Acquired;
+                span.in_scope(|| debug!(outcome = ?outcome, "asked for the lease"));
+                Input::Lease { id, outcome }
+            }
+            LayerOp::Release => {
+                release(&runtime, &layer, index, &name).await;
+                holds_lease = false;
+                continue;
+            }
+        };
+        let _ = answers.send(Answer::Input(input)).await;
+    }
+    // A lease granted while the watcher was stopping is never known to the
+    // refresher; give it back here.
+    if holds_lease {
+        release(&runtime, &layer, index, &name).await;
+    }
+}
+
+async fn release<R: Runtime>(runtime: &R, layer: &AnyLayer, index: usize, name: &str) {
+    let span = info_span!("tokenkeeper.cache.release", layer = index, name = %name);
+    if layer.release_lease(runtime).instrument(span.clone()).await {
+        span.in_scope(|| debug!("released the lease"));
+    } else {
+        span.in_scope(|| warn!(error = %panicked("lease release"), "could not release the lease"));
+    }
+}
+
+/// Runs a layer's call in `span`; `Err` when it panicked.
+async fn isolated<T>(work: impl Future<Output = T>, span: Span) -> Result<T, ()> {
+    AssertUnwindSafe(work.instrument(span))
+        .catch_unwind()
+        .await
+        .map_err(|_| ())
+}
+
+fn panicked(what: &str) -> CacheError {
+    CacheError::new(
+        CacheErrorKind::Other,
+        format!("the cache layer's {what} panicked"),
+    )
+}

@@ -1,0 +1,122 @@
+//! What the driver reports: every event of the refresher becomes a change of
+//! the shared state (a token published or withdrawn), a log line with safe
+//! fields only, a call of the user's event hook, and the end of `spawn`'s
+//! wait for a first token.
+
+use std::sync::Arc;
+
+use tokenkeeper_core::{ErrorClass, Event, FetchError, Origin, Status};
+use tracing::{debug, error, info, warn};
+
+use crate::shared::Shared;
+
+/// A user's hook, called with every event of the refresher.
+pub(crate) type EventHook = Arc<dyn Fn(&Event) + Send + Sync>;
+
+/// How `spawn`'s wait for a first token ends.
+pub(crate) type FirstToken = async_channel::Sender<Result<(), FetchError>>;
+
+/// Publishes what the refresher reports to the handles. Dropping it (when the
+/// driver ends, even by a panic, or when its runtime drops it) marks the
+/// watcher stopped.
+pub(crate) struct Publisher {
+    shared: Arc<Shared>,
+    first: Option<FirstToken>,
+    hook: Option<EventHook>,
+}
+
+impl Publisher {
+    pub(crate) fn new(shared: Arc<Shared>, first: FirstToken, hook: Option<EventHook>) -> Self {
+        Publisher {
+            shared,
+            first: Some(first),
+            hook,
+        }
+    }
+
+    pub(crate) fn shared(&self) -> &Shared {
+        &self.shared
+    }
+
+    fn layer_name(&self, layer: usize) -> &str {
+        self.shared.layer_name(layer)
+    }
+
+    pub(crate) fn status(&self, status: Status) {
+        self.shared.set_status(status);
+    }
+
+    pub(crate) fn event(&mut self, event: Event) {
+        if let Some(hook) = &self.hook {
+            // A hook that panics must not take the driver down.
+            let called = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| hook(&event)));
+            if called.is_err() {
+                error!("the event hook panicked");
+            }
+        }
+        match event {
+            Event::TokenChanged { token, origin } => {
+                let from = match origin {
+                    Origin::Cache { layer } => self.layer_name(layer),
+                    _ => "authority",
+                };
+                info!(
+                    token = %token.access_token.fingerprint(),
+                    refresh_token = ?token.refresh_token.as_ref().map(|t| t.fingerprint()),
+                    from,
+                    issued = %token.issued,
+                    stale = %token.stale,
+                    expiry = %token.expiry,
+                    "new token"
+                );
+                self.shared.publish(token);
+                if let Some(first) = self.first.take() {
+                    let _ = first.try_send(Ok(()));
+                }
+            }
+            Event::TokenExpired { expiry } => {
+                warn!(%expiry, "the token expired before it could be replaced");
+                self.shared.withdraw(expiry);
+            }
+            Event::FetchFailed {
+                error,
+                class,
+                consecutive_failures,
+                retry_at,
+            } => {
+                if class == ErrorClass::Permanent {
+                    error!(%error, consecutive_failures, %retry_at, "the token source refused");
+                    if self.shared.current().is_none()
+                        && let Some(first) = self.first.take()
+                    {
+                        let _ = first.try_send(Err(error));
+                    }
+                } else {
+                    warn!(%error, consecutive_failures, %retry_at, "fetching a token failed");
+                }
+            }
+            Event::CacheProblem { layer, problem } => {
+                warn!(
+                    layer,
+                    name = self.layer_name(layer),
+                    ?problem,
+                    "cache layer problem"
+                );
+            }
+            Event::LeaseBusy { layer, retry_at } => {
+                debug!(layer, name = self.layer_name(layer), %retry_at, "lease held elsewhere; will re-read");
+            }
+            Event::Stopped => info!("stopped"),
+            other => debug!(event = ?other, "refresher event"),
+        }
+    }
+}
+
+impl Drop for Publisher {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            error!("the token watcher's driver panicked; the watcher has stopped");
+        }
+        self.shared.close();
+    }
+}

@@ -1,0 +1,251 @@
+//! The state the handles and the driver share, and the only code that
+//! touches it: the token slot readers load, the change notifications
+//! waiters listen to, the status snapshot, and whether the watcher stopped.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use arc_swap::{ArcSwap, Guard};
+use event_listener::Event;
+use tokenkeeper_core::{
+    AccessToken, CacheKey, LifetimePolicy, Status, Timestamp, TokenGrant, TokenRecord,
+};
+
+/// The token readers get, alone in its cache lines (two, for CPUs that fetch
+/// lines in pairs), so that writes to the rest of [`Shared`] never slow
+/// readers down.
+///
+/// It always holds a record; "no token" is a placeholder record that is
+/// never handed out, so that a handed-out token needs no further check.
+#[repr(align(128))]
+struct Slot {
+    current: ArcSwap<TokenRecord>,
+    none: Arc<TokenRecord>,
+}
+
+impl Slot {
+    fn empty() -> Self {
+        let placeholder = LifetimePolicy::default().record(
+            TokenGrant::bearer(AccessToken::new(String::new()), Some(Duration::ZERO)),
+            Timestamp::EPOCH,
+            None,
+        );
+        let none = Arc::new(placeholder);
+        Slot {
+            current: ArcSwap::new(Arc::clone(&none)),
+            none,
+        }
+    }
+}
+
+/// Each new token, for the handles that wait for one: a version counter, the
+/// latest token, and whether the driver has ended.
+#[derive(Default)]
+pub(crate) struct ChangeState {
+    pub(crate) version: u64,
+    pub(crate) latest: Option<Arc<TokenRecord>>,
+    pub(crate) closed: bool,
+}
+
+/// Rarely touched state: the status snapshot and why there is no token.
+struct Cold {
+    status: Status,
+    expired_at: Option<Timestamp>,
+}
+
+/// State shared by the handles and the driver.
+pub(crate) struct Shared {
+    slot: Slot,
+    cold: Mutex<Cold>,
+    changes: Mutex<ChangeState>,
+    changed: Event,
+    stopped: AtomicBool,
+    key: CacheKey,
+    name: String,
+    layer_names: Vec<String>,
+}
+
+impl Shared {
+    pub(crate) fn new(
+        key: CacheKey,
+        name: String,
+        layer_names: Vec<String>,
+        status: Status,
+    ) -> Self {
+        Shared {
+            slot: Slot::empty(),
+            cold: Mutex::new(Cold {
+                status,
+                expired_at: None,
+            }),
+            changes: Mutex::new(ChangeState::default()),
+            changed: Event::new(),
+            stopped: AtomicBool::new(false),
+            key,
+            name,
+            layer_names,
+        }
+    }
+
+    fn cold(&self) -> MutexGuard<'_, Cold> {
+        self.cold.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn change_state(&self) -> MutexGuard<'_, ChangeState> {
+        self.changes.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    // ---- readers ----
+
+    /// The current token: one atomic load. `Err` hands the placeholder back
+    /// when there is none.
+    #[inline]
+    pub(crate) fn load(&self) -> Result<Guard<Arc<TokenRecord>>, Guard<Arc<TokenRecord>>> {
+        let guard = self.slot.current.load();
+        if Arc::ptr_eq(&guard, &self.slot.none) {
+            Err(guard)
+        } else {
+            Ok(guard)
+        }
+    }
+
+    /// The current token, reference-counted (not for the hot path).
+    pub(crate) fn current(&self) -> Option<Arc<TokenRecord>> {
+        let current = self.slot.current.load_full();
+        (!Arc::ptr_eq(&current, &self.slot.none)).then_some(current)
+    }
+
+    pub(crate) fn expired_at(&self) -> Option<Timestamp> {
+        self.cold().expired_at
+    }
+
+    pub(crate) fn status(&self) -> Status {
+        self.cold().status.clone()
+    }
+
+    pub(crate) fn is_stopped(&self) -> bool {
+        self.stopped.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn key(&self) -> &CacheKey {
+        &self.key
+    }
+
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The name of cache layer `layer`, for logs and warnings.
+    pub(crate) fn layer_name(&self, layer: usize) -> &str {
+        self.layer_names.get(layer).map_or("?", String::as_str)
+    }
+
+    pub(crate) fn version(&self) -> u64 {
+        self.change_state().version
+    }
+
+    /// Waits until `done` says yes to the change state, which it is given
+    /// under the lock each time it may have changed. Runtime-agnostic (an
+    /// [`Event`]), so every wait style can use it.
+    pub(crate) async fn wait<T>(&self, mut done: impl FnMut(&ChangeState) -> Option<T>) -> T {
+        loop {
+            // Listen before looking, so that no notification is missed.
+            let listener = self.changed.listen();
+            if let Some(value) = done(&self.change_state()) {
+                return value;
+            }
+            listener.await;
+        }
+    }
+
+    // ---- the driver's side ----
+
+    /// A new token: readers get it from now on, and waiters wake.
+    pub(crate) fn publish(&self, token: Arc<TokenRecord>) {
+        self.slot.current.store(Arc::clone(&token));
+        {
+            let mut state = self.change_state();
+            state.version += 1;
+            state.latest = Some(token);
+        }
+        self.changed.notify(usize::MAX);
+    }
+
+    /// The token expired unreplaced: readers get none.
+    pub(crate) fn withdraw(&self, expired_at: Timestamp) {
+        self.slot.current.store(Arc::clone(&self.slot.none));
+        self.cold().expired_at = Some(expired_at);
+    }
+
+    pub(crate) fn set_status(&self, status: Status) {
+        self.cold().status = status;
+    }
+
+    /// The driver has ended: readers get [`TokenError::Stopped`](crate::TokenError::Stopped)
+    /// and waiters wake, for good.
+    pub(crate) fn close(&self) {
+        self.slot.current.store(Arc::clone(&self.slot.none));
+        self.cold().status.shut_down = true;
+        self.stopped.store(true, Ordering::Release);
+        self.change_state().closed = true;
+        self.changed.notify(usize::MAX);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::park::block_on;
+
+    fn shared() -> Arc<Shared> {
+        let refresher = tokenkeeper_core::Refresher::new(
+            tokenkeeper_core::RefresherConfig::custom(CacheKey::custom("t", &[])),
+            1,
+            Timestamp::from_secs(1),
+        );
+        Arc::new(Shared::new(
+            CacheKey::custom("t", &[]),
+            "t".into(),
+            vec![],
+            refresher.status(Timestamp::from_secs(1)),
+        ))
+    }
+
+    fn record(token: &str) -> Arc<TokenRecord> {
+        Arc::new(LifetimePolicy::default().record(
+            TokenGrant::bearer(AccessToken::new(token), Some(Duration::from_secs(60))),
+            Timestamp::from_secs(1),
+            None,
+        ))
+    }
+
+    #[test]
+    fn waiters_see_later_tokens_and_the_end() {
+        let shared = shared();
+        assert!(shared.load().is_err());
+        let s = Arc::clone(&shared);
+        let waiter = std::thread::spawn(move || {
+            let seen = s.version();
+            block_on(s.wait(|c| (c.version > seen).then(|| c.latest.clone())))
+        });
+        std::thread::sleep(Duration::from_millis(50));
+        shared.publish(record("one"));
+        let got = waiter.join().unwrap().unwrap();
+        assert_eq!(got.access_token.expose_secret(), "one");
+        assert_eq!(
+            shared.load().ok().unwrap().access_token.expose_secret(),
+            "one"
+        );
+        shared.withdraw(Timestamp::from_secs(61));
+        assert!(shared.load().is_err());
+        assert_eq!(shared.expired_at(), Some(Timestamp::from_secs(61)));
+
+        let s = Arc::clone(&shared);
+        let closer = std::thread::spawn(move || block_on(s.wait(|c| c.closed.then_some(()))));
+        std::thread::sleep(Duration::from_millis(50));
+        shared.close();
+        closer.join().unwrap();
+        assert!(shared.is_stopped() && shared.status().shut_down);
+    }
+}

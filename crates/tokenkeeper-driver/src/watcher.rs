@@ -1,0 +1,309 @@
+//! The handle users hold: [`TokenWatcher`], and the token it hands out.
+
+use std::fmt;
+use std::ops::Deref;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use arc_swap::Guard;
+use futures_lite::FutureExt;
+use tokenkeeper_core::{CacheKey, RefreshNow, Status, Timestamp, TokenRecord};
+
+use crate::builder::TokenWatcherBuilder;
+use crate::error::{ChangedError, TokenError, WatcherStopped};
+use crate::runtime::{Runtime, Waited, wait};
+use crate::shared::Shared;
+use crate::source::Source;
+
+/// The wall clock, as the core reads time.
+pub(crate) fn now() -> Timestamp {
+    Timestamp::from_system_time(SystemTime::now())
+}
+
+/// What handles ask of the driver.
+pub(crate) enum Command {
+    RefreshNow(async_channel::Sender<RefreshNow>),
+    Shutdown,
+}
+
+/// Keeps an OAuth2 access token (or a token from your own source) fresh in
+/// the background, and hands it out without waiting.
+///
+/// Build one with [`TokenWatcher::builder`] (or
+/// [`TokenWatcherBuilder::new`] for a runtime of your own). Handles are
+/// cheap to clone and share one driver; the driver ends when
+/// [`TokenWatcher::shutdown`] is called or the last handle is dropped, and
+/// makes no request after that (except letting a refresh-token request in
+/// flight finish, so that a rotated refresh token is never lost).
+///
+/// `R` is the [`Runtime`] the driver runs on; the adapters name the type for
+/// theirs (`tokenkeeper_tokio::TokenWatcher`,
+/// `tokenkeeper_async_std::TokenWatcher`, `tokenkeeper_blocking::TokenWatcher`).
+/// The methods that wait ([`changed`](Self::changed),
+/// [`refresh_now`](Self::refresh_now), [`shutdown`](Self::shutdown), ...)
+/// return futures on async runtimes and block on the thread runtime; every
+/// other method is the same everywhere and works from any thread.
+pub struct TokenWatcher<R> {
+    shared: Arc<Shared>,
+    commands: async_channel::Sender<Command>,
+    runtime: R,
+}
+
+impl<R: Clone> Clone for TokenWatcher<R> {
+    fn clone(&self) -> Self {
+        TokenWatcher {
+            shared: Arc::clone(&self.shared),
+            commands: self.commands.clone(),
+            runtime: self.runtime.clone(),
+        }
+    }
+}
+
+impl<R> fmt::Debug for TokenWatcher<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let token = self.shared.current();
+        f.debug_struct("TokenWatcher")
+            .field("name", &self.shared.name())
+            .field("cache_key", self.shared.key())
+            .field(
+                "token",
+                &token.as_ref().map(|t| t.access_token.fingerprint()),
+            )
+            .field("stopped", &self.shared.is_stopped())
+            .finish()
+    }
+}
+
+impl<R: Runtime + Default> TokenWatcher<R> {
+    /// Starts building a watcher for `source`: an
+    /// [`OAuth2Client`](tokenkeeper_core::oauth2::OAuth2Client), or a
+    /// [`Source`] of your own. It runs on `R::default()` unless
+    /// [`TokenWatcherBuilder::runtime`] says otherwise.
+    pub fn builder(source: impl Into<Source>) -> TokenWatcherBuilder<R> {
+        TokenWatcherBuilder::new(R::default(), source)
+    }
+}
+
+impl<R> TokenWatcher<R> {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        commands: async_channel::Sender<Command>,
+        runtime: R,
+    ) -> Self {
+        TokenWatcher {
+            shared,
+            commands,
+            runtime,
+        }
+    }
+
+    /// The current token, without waiting and without a lock: one atomic
+    /// load, the same cost in every adapter.
+    ///
+    /// The returned [`Token`] borrows a slot of the watcher's lock-free
+    /// storage: use it at once (read the header value, say) and drop it, or
+    /// keep it longer with [`Token::into_arc`].
+    ///
+    /// Errors when there is no usable token (none yet, or the last one
+    /// expired before it could be replaced; the watcher keeps trying) or the
+    /// watcher has stopped. A token is withdrawn as soon as the driver sees
+    /// it expire (it wakes at the expiry); to check against the clock
+    /// yourself, use [`TokenRecord::is_usable_at`].
+    #[inline]
+    pub fn token(&self) -> Result<Token, TokenError> {
+        match self.shared.load() {
+            Ok(guard) => Ok(Token { guard }),
+            Err(empty) => Err(self.no_token(empty)),
+        }
+    }
+
+    /// Why there is no token; out of line, so that `token` stays small
+    /// enough to inline into the caller's loop.
+    #[cold]
+    #[inline(never)]
+    fn no_token(&self, empty: Guard<Arc<TokenRecord>>) -> TokenError {
+        drop(empty);
+        if self.shared.is_stopped() {
+            return TokenError::Stopped;
+        }
+        TokenError::Unavailable {
+            expired_at: self.shared.expired_at(),
+        }
+    }
+
+    /// The refresher's state: the current token's times, the last error, the
+    /// failures in a row, the next planned attempt. Cheap; for health checks.
+    pub fn status(&self) -> Status {
+        let mut status = self.shared.status();
+        let now = now();
+        status.token_state = self.shared.current().map(|t| t.state_at(now));
+        if self.shared.is_stopped() {
+            status.shut_down = true;
+        }
+        status
+    }
+
+    /// Whether the driver has ended.
+    pub fn is_stopped(&self) -> bool {
+        self.shared.is_stopped()
+    }
+
+    /// The key under which tokens are cached.
+    pub fn cache_key(&self) -> &CacheKey {
+        self.shared.key()
+    }
+
+    /// The watcher's name, as it appears in logs.
+    pub fn name(&self) -> &str {
+        self.shared.name()
+    }
+
+    /// The runtime the driver runs on.
+    pub(crate) fn runtime(&self) -> &R {
+        &self.runtime
+    }
+
+    /// The name of cache layer `layer`.
+    pub(crate) fn layer_name(&self, layer: usize) -> String {
+        self.shared.layer_name(layer).to_owned()
+    }
+}
+
+impl<R: Runtime> TokenWatcher<R> {
+    /// Waits for the next token (one published after this call starts
+    /// waiting) and returns it. Errors when the watcher stops first.
+    ///
+    /// A token published between an earlier read and this call is not
+    /// waited for; to wait for a token other than one you hold, without that
+    /// race, use [`TokenWatcher::changed_from`].
+    pub fn changed(&self) -> Waited<'_, R, Result<Arc<TokenRecord>, WatcherStopped>> {
+        let shared = &self.shared;
+        let seen = shared.version();
+        wait::<R, _>(shared.wait(move |state| {
+            if state.version > seen {
+                Some(state.latest.clone().ok_or(WatcherStopped))
+            } else if state.closed {
+                Some(Err(WatcherStopped))
+            } else {
+                None
+            }
+        }))
+    }
+
+    /// Like [`changed`](Self::changed), but gives up after `timeout` with
+    /// [`ChangedError::TimedOut`].
+    pub fn changed_within(
+        &self,
+        timeout: Duration,
+    ) -> Waited<'_, R, Result<Arc<TokenRecord>, ChangedError>> {
+        let shared = &self.shared;
+        let seen = shared.version();
+        let changed = shared.wait(move |state| {
+            if state.version > seen {
+                Some(state.latest.clone().ok_or(ChangedError::Stopped))
+            } else if state.closed {
+                Some(Err(ChangedError::Stopped))
+            } else {
+                None
+            }
+        });
+        let sleep = self.runtime.sleep(timeout);
+        wait::<R, _>(changed.or(async move {
+            sleep.await;
+            Err(ChangedError::TimedOut)
+        }))
+    }
+
+    /// Waits until the watcher has published a token other than `seen` and
+    /// returns it, at once if it already has. The race-free way to wait for
+    /// the result of [`TokenWatcher::refresh_now`].
+    pub fn changed_from<'a>(
+        &'a self,
+        seen: &'a TokenRecord,
+    ) -> Waited<'a, R, Result<Arc<TokenRecord>, WatcherStopped>> {
+        wait::<R, _>(self.shared.wait(move |state| match &state.latest {
+            Some(token) if **token != *seen => Some(Ok(Arc::clone(token))),
+            _ if state.closed => Some(Err(WatcherStopped)),
+            _ => None,
+        }))
+    }
+
+    /// Asks for a token newer than the current one, typically after a
+    /// resource server answered 401 to it. Rate-limited by
+    /// [`TokenWatcherBuilder::refresh_now_min_interval`]: too soon after the
+    /// last one, the answer is [`RefreshNow::RateLimited`] and nothing is sent.
+    /// Returns once the refresh has started (or was refused), not when it
+    /// finished; [`TokenWatcher::changed_from`] waits for the new token.
+    /// A stopped (or stopping) watcher answers [`WatcherStopped`].
+    pub fn refresh_now(&self) -> Waited<'_, R, Result<RefreshNow, WatcherStopped>> {
+        wait::<R, _>(self.refresh_now_async())
+    }
+
+    /// [`refresh_now`](Self::refresh_now) as a future.
+    pub(crate) async fn refresh_now_async(&self) -> Result<RefreshNow, WatcherStopped> {
+        let (reply, answer) = async_channel::bounded(1);
+        self.commands
+            .send(Command::RefreshNow(reply))
+            .await
+            .map_err(|_| WatcherStopped)?;
+        match answer.recv().await {
+            Ok(RefreshNow::ShutDown) | Err(_) => Err(WatcherStopped),
+            Ok(outcome) => Ok(outcome),
+        }
+    }
+
+    /// Stops the driver and waits until it has ended: a request that spends
+    /// a refresh token is allowed to finish (within the shutdown grace) and
+    /// its rotated token stored, other requests are abandoned, leases are
+    /// released, and every handle's [`token`](TokenWatcher::token) answers
+    /// [`TokenError::Stopped`] from then on. Idempotent.
+    pub fn shutdown(&self) -> Waited<'_, R, ()> {
+        wait::<R, _>(self.stop_async())
+    }
+
+    /// [`shutdown`](Self::shutdown) as a future, for this crate's own
+    /// futures whatever the runtime's wait style.
+    pub(crate) async fn stop_async(&self) {
+        // A closed channel means the driver is ending already.
+        let _ = self.commands.send(Command::Shutdown).await;
+        self.shared.wait(|state| state.closed.then_some(())).await;
+    }
+}
+
+/// The current token, as handed out by [`TokenWatcher::token`]: a
+/// [`TokenRecord`] (dereference it) held in the watcher's lock-free storage.
+///
+/// Meant to be used at once and dropped; holding many for long makes later
+/// reads slower. Keep one with [`Token::into_arc`]. Its `Debug` shows only a
+/// fingerprint of the secrets.
+pub struct Token {
+    guard: Guard<Arc<TokenRecord>>,
+}
+
+impl Token {
+    /// The record, reference-counted, to keep beyond a quick use.
+    #[inline]
+    pub fn into_arc(self) -> Arc<TokenRecord> {
+        Guard::into_inner(self.guard)
+    }
+}
+
+impl Deref for Token {
+    type Target = TokenRecord;
+
+    #[inline]
+    fn deref(&self) -> &TokenRecord {
+        &self.guard
+    }
+}
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Token")
+            .field("access_token", &self.access_token)
+            .field("issued", &self.issued)
+            .field("stale", &self.stale)
+            .field("expiry", &self.expiry)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,178 @@
+//! What every cross-driver suite shares: each driver as a [`Flavor`] (its
+//! runtime, and how a test waits on it), a macro that runs a generic test
+//! once per driver, and the conformance adapter written once for all.
+#![allow(dead_code)]
+
+use std::marker::PhantomData;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use tokenkeeper_core::{RefreshNow, Status, TokenRecord};
+use tokenkeeper_driver::{Runtime, Source, TokenWatcher, TokenWatcherBuilder, Waited};
+use tokenkeeper_testkit::conformance::{Adapter, ConformanceWatcher, SpawnFailure, WatcherSpec};
+
+/// One driver under test: a runtime, and how a test on a plain thread waits
+/// for what the runtime's handles return.
+pub(crate) trait Flavor: Send + Sync + 'static {
+    /// The runtime.
+    type R: Runtime;
+    /// A name for messages.
+    const NAME: &'static str;
+    /// The runtime to build watchers on.
+    fn runtime() -> Self::R;
+    /// Waits for what a waiting method returned (a future, or the value).
+    fn block_on<'a, T: Send + 'a>(waited: Waited<'a, Self::R, T>) -> T;
+    /// A builder on this flavor's runtime.
+    fn builder(source: impl Into<Source>) -> TokenWatcherBuilder<Self::R> {
+        TokenWatcherBuilder::new(Self::runtime(), source)
+    }
+}
+
+fn tokio_runtime() -> &'static tokio::runtime::Runtime {
+    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("a tokio runtime")
+    })
+}
+
+/// tokenkeeper-tokio, on a shared multi-thread runtime.
+pub(crate) struct Tokio;
+
+impl Flavor for Tokio {
+    type R = tokenkeeper_tokio::TokioRuntime;
+    const NAME: &'static str = "tokio";
+    fn runtime() -> Self::R {
+        tokenkeeper_tokio::TokioRuntime::from_handle(tokio_runtime().handle().clone())
+    }
+    fn block_on<'a, T: Send + 'a>(waited: Waited<'a, Self::R, T>) -> T {
+        tokio_runtime().block_on(waited)
+    }
+}
+
+/// tokenkeeper-async-std on async-std.
+pub(crate) struct AsyncStd;
+
+impl Flavor for AsyncStd {
+    type R = tokenkeeper_async_std::AsyncIoRuntime;
+    const NAME: &'static str = "async-std";
+    fn runtime() -> Self::R {
+        tokenkeeper_async_std::AsyncIoRuntime::async_std()
+    }
+    fn block_on<'a, T: Send + 'a>(waited: Waited<'a, Self::R, T>) -> T {
+        async_std::task::block_on(waited)
+    }
+}
+
+/// tokenkeeper-async-std on smol.
+pub(crate) struct Smol;
+
+impl Flavor for Smol {
+    type R = tokenkeeper_async_std::AsyncIoRuntime;
+    const NAME: &'static str = "smol";
+    fn runtime() -> Self::R {
+        tokenkeeper_async_std::AsyncIoRuntime::smol()
+    }
+    fn block_on<'a, T: Send + 'a>(waited: Waited<'a, Self::R, T>) -> T {
+        smol::block_on(waited)
+    }
+}
+
+/// tokenkeeper-blocking: plain threads.
+pub(crate) struct Threads;
+
+impl Flavor for Threads {
+    type R = tokenkeeper_blocking::ThreadRuntime;
+    const NAME: &'static str = "threads";
+    fn runtime() -> Self::R {
+        tokenkeeper_blocking::ThreadRuntime
+    }
+    fn block_on<'a, T: Send + 'a>(waited: Waited<'a, Self::R, T>) -> T {
+        waited
+    }
+}
+
+/// Runs each named generic test `fn name<F: Flavor>()` once per driver, in a
+/// module per driver (`tokio::name`, `async_std::name`, `smol::name`,
+/// `threads::name`).
+#[macro_export]
+macro_rules! per_driver {
+    ($($test:ident),* $(,)?) => {
+        $crate::per_driver!(@one tokio, Tokio, $($test),*);
+        $crate::per_driver!(@one async_std, AsyncStd, $($test),*);
+        $crate::per_driver!(@one smol, Smol, $($test),*);
+        $crate::per_driver!(@one threads, Threads, $($test),*);
+    };
+    (@one $module:ident, $flavor:ident, $($test:ident),*) => {
+        mod $module {
+            $(
+                #[test]
+                fn $test() {
+                    super::$test::<$crate::common::$flavor>();
+                }
+            )*
+        }
+    };
+}
+
+/// A running watcher seen through the conformance interface.
+pub(crate) struct ConfWatcher<F: Flavor>(pub(crate) TokenWatcher<F::R>);
+
+impl<F: Flavor> ConformanceWatcher for ConfWatcher<F> {
+    fn token(&self) -> Option<Arc<TokenRecord>> {
+        self.0.token().ok().map(|t| t.into_arc())
+    }
+
+    fn wait_changed(&self, timeout: Duration) -> bool {
+        F::block_on(self.0.changed_within(timeout)).is_ok()
+    }
+
+    fn status(&self) -> Status {
+        self.0.status()
+    }
+
+    fn refresh_now(&self) -> RefreshNow {
+        F::block_on(self.0.refresh_now()).unwrap_or(RefreshNow::ShutDown)
+    }
+
+    fn shutdown(self) {
+        F::block_on(self.0.shutdown());
+    }
+}
+
+/// The conformance adapter of a driver: the spec mapped onto the one builder.
+pub(crate) struct Conformance<F>(PhantomData<F>);
+
+impl<F: Flavor> Adapter for Conformance<F> {
+    const NAME: &'static str = F::NAME;
+    type Watcher = ConfWatcher<F>;
+
+    fn spawn(spec: WatcherSpec) -> Result<ConfWatcher<F>, SpawnFailure> {
+        let mut builder = F::builder(spec.client)
+            .lifetime_policy(spec.policy)
+            .jitter(spec.jitter)
+            .backoff(spec.backoff)
+            .refresh_now_min_interval(spec.refresh_now_min_interval)
+            .http(
+                tokenkeeper_driver::HttpSettings::default()
+                    .request_timeout(spec.request_timeout)
+                    .connect_timeout(spec.request_timeout),
+            )
+            .first_token_timeout(spec.first_token_timeout);
+        if let Some(token) = spec.initial_refresh_token {
+            builder = builder.initial_refresh_token(token);
+        }
+        if let Some(path) = spec.cache_file {
+            builder = builder.file_cache(path);
+        }
+        F::block_on(builder.spawn())
+            .map(ConfWatcher)
+            .map_err(|e| SpawnFailure {
+                permanent: e.is_permanent(),
+                message: e.to_string(),
+            })
+    }
+}

@@ -82,3 +82,25 @@ pub use tokenkeeper_fs as fs;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use tokenkeeper_redis as redis;
+
+/// Every Rust block of the README and the guides in `docs/` compiles and runs
+/// as a doctest of this crate, so what users copy first works.
+#[cfg(doctest)]
+mod markdown {
+    #[doc = include_str!("../README.md")]
+    struct Readme;
+    #[doc = include_str!("../docs/tokio.md")]
+    struct Tokio;
+    #[doc = include_str!("../docs/async-std.md")]
+    struct AsyncStd;
+    #[doc = include_str!("../docs/blocking.md")]
+    struct Blocking;
+    #[doc = include_str!("../docs/redis.md")]
+    struct Redis;
+    #[doc = include_str!("../docs/cli.md")]
+    struct Cli;
+    #[doc = include_str!("../docs/embedding.md")]
+    struct Embedding;
+    #[doc = include_str!("../docs/performance.md")]
+    struct Performance;
+}

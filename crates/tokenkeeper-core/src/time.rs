@@ -83,6 +83,14 @@ impl Timestamp {
     }
 }
 
+/// `SystemTime::now().into()`: how a driver turns the clock it reads into
+/// the core's time (the core itself never reads a clock).
+impl From<std::time::SystemTime> for Timestamp {
+    fn from(t: std::time::SystemTime) -> Self {
+        Timestamp::from_system_time(t)
+    }
+}
+
 impl fmt::Debug for Timestamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Timestamp({})", self.to_rfc3339())

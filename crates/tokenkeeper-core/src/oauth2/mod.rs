@@ -202,12 +202,12 @@ impl OAuth2Client {
     /// A client-credentials client (RFC 6749 §4.4). Plain http is accepted for
     /// loopback hosts only; see [`OAuth2Client::allow_insecure_http`].
     pub fn client_credentials(
-        token_url: &str,
+        token_url: impl AsRef<str>,
         client_id: ClientId,
         client_secret: ClientSecret,
     ) -> Result<Self, ConfigError> {
         Ok(Self::new(
-            TokenUrl::parse(token_url, false)?,
+            TokenUrl::parse(token_url.as_ref(), false)?,
             client_id,
             Some(client_secret),
             GrantType::ClientCredentials,
@@ -218,12 +218,12 @@ impl OAuth2Client {
     /// not configuration: give the first one to the refresher.
     /// `client_secret` is `None` for public clients.
     pub fn refresh_token(
-        token_url: &str,
+        token_url: impl AsRef<str>,
         client_id: ClientId,
         client_secret: Option<ClientSecret>,
     ) -> Result<Self, ConfigError> {
         Ok(Self::new(
-            TokenUrl::parse(token_url, false)?,
+            TokenUrl::parse(token_url.as_ref(), false)?,
             client_id,
             client_secret,
             GrantType::RefreshToken,

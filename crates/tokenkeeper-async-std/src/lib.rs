@@ -110,11 +110,7 @@
 mod runtime;
 
 pub use runtime::{AsyncIoRuntime, Connection};
-pub use tokenkeeper_driver::{
-    BlockingCacheLayer, BlockingTokenSource, BoxFuture, BoxStream, CacheLayer, ChangedError,
-    GetTokenError, HttpSettings, HttpSetupError, Notifier, Obtained, OneShot, Sleeper, Source,
-    SpawnError, Token, TokenError, TokenSource, Warning, WatcherStopped, change_feed,
-};
+pub use tokenkeeper_driver::prelude::*;
 
 /// Keeps a token fresh in the background on async-std or smol, and hands it
 /// out without waiting. See [`tokenkeeper_driver::TokenWatcher`] for its
@@ -124,6 +120,3 @@ pub type TokenWatcher = tokenkeeper_driver::TokenWatcher<AsyncIoRuntime>;
 /// Configures a [`TokenWatcher`]; made by [`TokenWatcher::builder`]. See
 /// [`tokenkeeper_driver::TokenWatcherBuilder`] for its settings.
 pub type TokenWatcherBuilder = tokenkeeper_driver::TokenWatcherBuilder<AsyncIoRuntime>;
-
-/// The engine this adapter drives, re-exported for convenience.
-pub use tokenkeeper_core as engine;

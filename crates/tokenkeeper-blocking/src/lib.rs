@@ -54,11 +54,7 @@ mod exchange;
 mod runtime;
 
 pub use runtime::ThreadRuntime;
-pub use tokenkeeper_driver::{
-    BlockingCacheLayer, BlockingTokenSource, BoxFuture, BoxStream, CacheLayer, ChangedError,
-    GetTokenError, HttpSettings, HttpSetupError, Notifier, Obtained, OneShot, Sleeper, Source,
-    SpawnError, Token, TokenError, TokenSource, Warning, WatcherStopped, change_feed,
-};
+pub use tokenkeeper_driver::prelude::*;
 
 /// Keeps a token fresh on a background thread, and hands it out without
 /// waiting. See [`tokenkeeper_driver::TokenWatcher`] for its methods.
@@ -70,7 +66,5 @@ pub type TokenWatcher = tokenkeeper_driver::TokenWatcher<ThreadRuntime>;
 /// [`tokenkeeper_driver::TokenWatcherBuilder`] for its settings.
 pub type TokenWatcherBuilder = tokenkeeper_driver::TokenWatcherBuilder<ThreadRuntime>;
 
-/// The core crate, re-exported for convenience.
-pub use tokenkeeper_core as engine;
 /// The file cache crate, re-exported for convenience.
 pub use tokenkeeper_fs as fs;

@@ -89,3 +89,15 @@ pub use watcher::{Token, TokenWatcher};
 
 /// The engine driven here, re-exported for convenience.
 pub use tokenkeeper_core as engine;
+
+/// What every adapter re-exports to its users: the same names in every
+/// runtime (each adapter adds its runtime and the `TokenWatcher` and
+/// `TokenWatcherBuilder` aliases for it).
+pub mod prelude {
+    pub use crate::{
+        BlockingCacheLayer, BlockingTokenSource, BoxFuture, BoxStream, CacheLayer, ChangedError,
+        GetTokenError, HttpSettings, HttpSetupError, Notifier, Obtained, OneShot, Sleeper, Source,
+        SpawnError, Token, TokenError, TokenSource, Warning, WatcherStopped, change_feed,
+    };
+    pub use tokenkeeper_core as engine;
+}

@@ -99,11 +99,7 @@
 mod runtime;
 
 pub use runtime::{Connection, TokioRuntime};
-pub use tokenkeeper_driver::{
-    BlockingCacheLayer, BlockingTokenSource, BoxFuture, BoxStream, CacheLayer, ChangedError,
-    GetTokenError, HttpSettings, HttpSetupError, Notifier, Obtained, OneShot, Sleeper, Source,
-    SpawnError, Token, TokenError, TokenSource, Warning, WatcherStopped, change_feed,
-};
+pub use tokenkeeper_driver::prelude::*;
 
 /// Keeps a token fresh in a background task on tokio, and hands it out
 /// without waiting. See [`tokenkeeper_driver::TokenWatcher`] for its methods.
@@ -112,6 +108,3 @@ pub type TokenWatcher = tokenkeeper_driver::TokenWatcher<TokioRuntime>;
 /// Configures a [`TokenWatcher`]; made by [`TokenWatcher::builder`]. See
 /// [`tokenkeeper_driver::TokenWatcherBuilder`] for its settings.
 pub type TokenWatcherBuilder = tokenkeeper_driver::TokenWatcherBuilder<TokioRuntime>;
-
-/// The engine this adapter drives, re-exported for convenience.
-pub use tokenkeeper_core as engine;

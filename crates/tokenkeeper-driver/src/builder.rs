@@ -18,9 +18,9 @@ use crate::error::SpawnError;
 use crate::http::HttpSettings;
 use crate::publish::{EventHook, Publisher};
 use crate::runtime::{self, Runtime, Waited, timeout, wait};
-use crate::shared::Shared;
+use crate::shared::{Shared, now};
 use crate::source::{Source, SourceKind};
-use crate::watcher::{TokenWatcher, now};
+use crate::watcher::TokenWatcher;
 
 /// Room for commands from handles waiting for the driver (refresh_now, shutdown).
 const COMMAND_QUEUE: usize = 32;
@@ -32,6 +32,16 @@ pub const MIN_WAKE_INTERVAL: Duration = Duration::from_millis(10);
 /// own timeout before the refresher gives up on it: the exchange should
 /// always answer first.
 const FETCH_DEADLINE_MARGIN: Duration = Duration::from_secs(5);
+
+impl<R: Runtime + Default> TokenWatcher<R> {
+    /// Starts building a watcher for `source`: an
+    /// [`OAuth2Client`](tokenkeeper_core::oauth2::OAuth2Client), or a
+    /// [`Source`] of your own. It runs on `R::default()` unless
+    /// [`TokenWatcherBuilder::runtime`] says otherwise.
+    pub fn builder(source: impl Into<Source>) -> TokenWatcherBuilder<R> {
+        TokenWatcherBuilder::new(R::default(), source)
+    }
+}
 
 /// A cache layer as configured; file layers in a folder get their file name
 /// from the cache key when the watcher starts.

@@ -27,8 +27,8 @@ use crate::cache::AnyLayer;
 use crate::http::{SharedExchange, loggable_url};
 use crate::publish::Publisher;
 use crate::runtime::{self, Runtime, Sleeper, Task, timeout, unblock};
+use crate::shared::{Command, now};
 use crate::source::SourceKind;
-use crate::watcher::{Command, now};
 
 /// How long a stopping watcher waits for its cache layers to finish (lease
 /// releases, a last write) and its abandoned requests to end, before leaving

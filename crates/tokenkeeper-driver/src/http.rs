@@ -12,7 +12,7 @@ use rustls::pki_types::pem::PemObject;
 use tokenkeeper_core::FetchError;
 use zeroize::Zeroizing;
 
-use crate::runtime::BoxFuture;
+use crate::boxed::BoxFuture;
 
 /// Settings of the HTTP client that talks to the token endpoint; the same in
 /// every adapter.

@@ -62,6 +62,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod boxed;
 mod builder;
 mod cache;
 mod driver;

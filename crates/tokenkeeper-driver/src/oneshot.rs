@@ -14,7 +14,8 @@ use tokenkeeper_core::{
 use crate::builder::TokenWatcherBuilder;
 use crate::error::SpawnError;
 use crate::runtime::{Runtime, Waited, timeout, wait};
-use crate::watcher::{TokenWatcher, now};
+use crate::shared::now;
+use crate::watcher::TokenWatcher;
 
 /// How [`TokenWatcherBuilder::get_token`] decides: how much validity is
 /// enough, how long it may take, and how quickly it retries.

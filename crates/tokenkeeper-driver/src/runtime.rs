@@ -5,22 +5,13 @@
 use std::fmt;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_lite::{FutureExt, Stream};
+use futures_lite::FutureExt;
 
+pub use crate::boxed::{BoxFuture, BoxStream};
 use crate::http::{HttpSettings, HttpSetupError, SharedExchange};
-
-/// A boxed, sendable future: what the object-safe traits of this crate
-/// ([`TokenSource`](crate::TokenSource), [`CacheLayer`](crate::CacheLayer),
-/// [`Runtime`]) return.
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
-
-/// A boxed, sendable stream: what [`CacheLayer::changes`](crate::CacheLayer::changes)
-/// returns.
-pub type BoxStream<'a, T> = Pin<Box<dyn Stream<Item = T> + Send + 'a>>;
 
 /// The few things a watcher needs from a runtime: spawn a task, run blocking
 /// work, sleep, say how its users wait, and make the HTTP exchange that

@@ -1,16 +1,28 @@
 //! The state the handles and the driver share, and the only code that
 //! touches it: the token slot readers load, the change notifications
-//! waiters listen to, the status snapshot, and whether the watcher stopped.
+//! waiters listen to, the status snapshot, whether the watcher stopped, and
+//! the commands handles send the driver.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use arc_swap::{ArcSwap, Guard};
 use event_listener::Event;
 use tokenkeeper_core::{
-    AccessToken, CacheKey, LifetimePolicy, Status, Timestamp, TokenGrant, TokenRecord,
+    AccessToken, CacheKey, LifetimePolicy, RefreshNow, Status, Timestamp, TokenGrant, TokenRecord,
 };
+
+/// The wall clock, as the core reads time.
+pub(crate) fn now() -> Timestamp {
+    SystemTime::now().into()
+}
+
+/// What handles ask of the driver.
+pub(crate) enum Command {
+    RefreshNow(async_channel::Sender<RefreshNow>),
+    Shutdown,
+}
 
 /// The token readers get, alone in its cache lines (two, for CPUs that fetch
 /// lines in pairs), so that writes to the rest of [`Shared`] never slow

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use tokenkeeper_core::oauth2::OAuth2Client;
 use tokenkeeper_core::{CacheKey, FetchError, RefreshToken, RefresherConfig, TokenGrant};
 
-use crate::runtime::BoxFuture;
+use crate::boxed::BoxFuture;
 
 /// A source of tokens other than an OAuth2 token endpoint: a cloud metadata
 /// service, a secrets manager, a token exchange, a test double.

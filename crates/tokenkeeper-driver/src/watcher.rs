@@ -3,34 +3,22 @@
 use std::fmt;
 use std::ops::Deref;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use arc_swap::Guard;
 use futures_lite::FutureExt;
-use tokenkeeper_core::{CacheKey, RefreshNow, Status, Timestamp, TokenRecord};
+use tokenkeeper_core::{CacheKey, RefreshNow, Status, TokenRecord};
 
-use crate::builder::TokenWatcherBuilder;
 use crate::error::{ChangedError, TokenError, WatcherStopped};
 use crate::runtime::{Runtime, Waited, wait};
-use crate::shared::Shared;
-use crate::source::Source;
-
-/// The wall clock, as the core reads time.
-pub(crate) fn now() -> Timestamp {
-    Timestamp::from_system_time(SystemTime::now())
-}
-
-/// What handles ask of the driver.
-pub(crate) enum Command {
-    RefreshNow(async_channel::Sender<RefreshNow>),
-    Shutdown,
-}
+use crate::shared::{Command, Shared, now};
 
 /// Keeps an OAuth2 access token (or a token from your own source) fresh in
 /// the background, and hands it out without waiting.
 ///
 /// Build one with [`TokenWatcher::builder`] (or
-/// [`TokenWatcherBuilder::new`] for a runtime of your own). Handles are
+/// [`TokenWatcherBuilder::new`](crate::TokenWatcherBuilder::new) for a
+/// runtime of your own). Handles are
 /// cheap to clone and share one driver; the driver ends when
 /// [`TokenWatcher::shutdown`] is called or the last handle is dropped, and
 /// makes no request after that (except letting a refresh-token request in
@@ -71,16 +59,6 @@ impl<R> fmt::Debug for TokenWatcher<R> {
             )
             .field("stopped", &self.shared.is_stopped())
             .finish()
-    }
-}
-
-impl<R: Runtime + Default> TokenWatcher<R> {
-    /// Starts building a watcher for `source`: an
-    /// [`OAuth2Client`](tokenkeeper_core::oauth2::OAuth2Client), or a
-    /// [`Source`] of your own. It runs on `R::default()` unless
-    /// [`TokenWatcherBuilder::runtime`] says otherwise.
-    pub fn builder(source: impl Into<Source>) -> TokenWatcherBuilder<R> {
-        TokenWatcherBuilder::new(R::default(), source)
     }
 }
 
@@ -230,7 +208,7 @@ impl<R: Runtime> TokenWatcher<R> {
 
     /// Asks for a token newer than the current one, typically after a
     /// resource server answered 401 to it. Rate-limited by
-    /// [`TokenWatcherBuilder::refresh_now_min_interval`]: too soon after the
+    /// [`TokenWatcherBuilder::refresh_now_min_interval`](crate::TokenWatcherBuilder::refresh_now_min_interval): too soon after the
     /// last one, the answer is [`RefreshNow::RateLimited`] and nothing is sent.
     /// Returns once the refresh has started (or was refused), not when it
     /// finished; [`TokenWatcher::changed_from`] waits for the new token.

@@ -84,7 +84,8 @@ fn check(feature_args: &[&str], runtime: &str, absent_runtime: Option<&str>) {
     let (packages, shown) = normal_tree(feature_args);
     for needed in [
         "tokenkeeper-async-std",
-        "tokenkeeper-async",
+        "tokenkeeper-driver",
+        "tokenkeeper-hyper",
         runtime,
         "async-io",
         "hyper",

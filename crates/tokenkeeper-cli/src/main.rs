@@ -65,7 +65,9 @@ fn init_logging(verbose: u8) {
         "tokenkeeper",
         "tokenkeeper_core",
         "tokenkeeper_fs",
+        "tokenkeeper_driver",
         "tokenkeeper_blocking",
+        "tokenkeeper_redis",
         "tokenkeeper_testkit",
     ];
     let directives = std::iter::once("warn".to_owned())

@@ -214,11 +214,11 @@ fn verbose_runs_say_more_and_show_no_secret() {
     let fx = Fixture::new(Duration::from_secs(300));
     let cold = fx.token(&["-vv"]);
     ok(&cold);
-    assert!(cold.stderr.contains("token changed"), "{}", cold.stderr);
+    assert!(cold.stderr.contains("new token"), "{}", cold.stderr);
     assert!(cold.stderr.contains("fp:"), "{}", cold.stderr);
     let warm = fx.token(&["-v"]);
     ok(&warm);
-    assert!(warm.stderr.contains("read the cache"), "{}", warm.stderr);
+    assert!(warm.stderr.contains("found a record"), "{}", warm.stderr);
 }
 
 #[test]

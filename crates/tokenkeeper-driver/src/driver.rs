@@ -330,7 +330,13 @@ impl<R: Runtime> Driver<R> {
             match layer {
                 AnyLayer::Async(layer) => {
                     let sleeper = Sleeper::of(self.runtime.clone());
-                    let Some(mut feed) = Arc::clone(layer).changes(sleeper) else {
+                    let layer = Arc::clone(layer);
+                    let changes =
+                        std::panic::catch_unwind(AssertUnwindSafe(move || layer.changes(sleeper)));
+                    let Some(mut feed) = changes.unwrap_or_else(|_| {
+                        error!(layer = index, name = %name, "the cache layer's change feed panicked; going on without it");
+                        None
+                    }) else {
                         continue;
                     };
                     let answers = self.answers_tx.clone();
@@ -355,7 +361,13 @@ impl<R: Runtime> Driver<R> {
                     let notify = Box::new(move || {
                         let _ = answers.try_send(Answer::Changed(index));
                     });
-                    if let Some(guard) = layer.subscribe(notify) {
+                    let subscribed =
+                        std::panic::catch_unwind(AssertUnwindSafe(|| layer.subscribe(notify)))
+                            .unwrap_or_else(|_| {
+                                error!(layer = index, name = %name, "the cache layer's subscription panicked; going on without it");
+                                None
+                            });
+                    if let Some(guard) = subscribed {
                         self.subscriptions
                             .get_mut()
                             .unwrap_or_else(std::sync::PoisonError::into_inner)

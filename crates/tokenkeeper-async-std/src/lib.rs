@@ -25,7 +25,7 @@
 //! use std::time::Duration;
 //! use tokenkeeper_core::oauth2::OAuth2Client;
 //! use tokenkeeper_core::{ClientId, ClientSecret};
-//! use tokenkeeper_driver_std::{HttpSettings, TokenWatcher};
+//! use tokenkeeper_async_std::{HttpSettings, TokenWatcher};
 //! # use tokenkeeper_testkit::{Authority, Client};
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -71,7 +71,7 @@
 //! ```
 //! # use tokenkeeper_core::oauth2::OAuth2Client;
 //! # use tokenkeeper_core::{ClientId, ClientSecret};
-//! use tokenkeeper_driver_std::{AsyncIoRuntime, TokenWatcher};
+//! use tokenkeeper_async_std::{AsyncIoRuntime, TokenWatcher};
 //! # use tokenkeeper_testkit::{Authority, Client};
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! # let authority = Authority::start();

@@ -101,4 +101,5 @@ pub mod prelude {
         SpawnError, Token, TokenError, TokenSource, Warning, WatcherStopped, change_feed,
     };
     pub use tokenkeeper_core as engine;
+    pub use tokenkeeper_core::{Event, RefreshNow, Status, TokenRecord};
 }

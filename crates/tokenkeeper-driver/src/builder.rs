@@ -308,9 +308,10 @@ impl<R: Runtime> TokenWatcherBuilder<R> {
     /// stopped and makes no further request.
     pub fn spawn(self) -> Waited<'static, R, Result<TokenWatcher<R>, SpawnError>> {
         let waited = self.first_token_timeout;
-        let launched = self.launch();
+        // Started when first polled, as an `async fn` would be: the runtime
+        // is bound where the future runs (tokio: `rt.block_on(b.spawn())`).
         wait::<R, _>(async move {
-            let (watcher, first, runtime) = launched?;
+            let (watcher, first, runtime) = self.launch()?;
             let error = match timeout(&runtime, waited, first.recv()).await {
                 Some(Ok(Ok(()))) => return Ok(watcher),
                 Some(Ok(Err(error))) => SpawnError::Rejected { error },

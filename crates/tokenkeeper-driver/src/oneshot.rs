@@ -208,9 +208,9 @@ impl<R: Runtime> TokenWatcherBuilder<R> {
             .also_on_event(move |event| {
                 let _ = events_tx.try_send(event.clone());
             });
-        let started = builder.start();
+        // Started when first polled, where the runtime can be bound.
         wait::<R, _>(async move {
-            let watcher = started.map_err(|e| match e {
+            let watcher = builder.start().map_err(|e| match e {
                 SpawnError::NoCacheDir => GetTokenError::NoCacheDir,
                 other => GetTokenError::Start(other),
             })?;

@@ -323,7 +323,9 @@ impl<R: Runtime> Driver<R> {
                     ops_rx,
                     self.answers_tx.clone(),
                     Arc::clone(&self.stopping),
-                ),
+                )
+                // Its spans belong to this watcher's.
+                .instrument(Span::current()),
             );
             self.workers.push(ops_tx);
             self.worker_tasks.push(task);

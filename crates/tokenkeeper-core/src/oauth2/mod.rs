@@ -85,9 +85,26 @@ pub enum ConfigError {
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct TokenUrl(Url);
 
+/// Scheme, host, port and path only: a query may carry a key, so `Debug`
+/// (which reaches logs through every configuration that holds a client)
+/// shows only that there is one.
 impl std::fmt::Debug for TokenUrl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "TokenUrl({})", self.0)
+        let url = &self.0;
+        write!(
+            f,
+            "TokenUrl({}://{}",
+            url.scheme(),
+            url.host_str().unwrap_or("")
+        )?;
+        if let Some(port) = url.port() {
+            write!(f, ":{port}")?;
+        }
+        f.write_str(url.path())?;
+        if url.query().is_some() {
+            f.write_str("?<redacted>")?;
+        }
+        f.write_str(")")
     }
 }
 
@@ -400,6 +417,19 @@ mod tests {
         assert!(!shown.contains("the-client-secret"), "{shown}");
         assert!(!shown.contains("signed-jwt-value"), "{shown}");
         assert!(shown.contains("client_assertion"), "{shown}");
+
+        let keyed = OAuth2Client::client_credentials(
+            "https://a.example:8443/t?api_key=the-url-key",
+            ClientId::new("c"),
+            ClientSecret::new("s"),
+        )
+        .unwrap();
+        let shown = format!("{keyed:?}");
+        assert!(!shown.contains("the-url-key"), "{shown}");
+        assert!(
+            shown.contains("TokenUrl(https://a.example:8443/t?<redacted>)"),
+            "{shown}"
+        );
     }
 
     #[test]

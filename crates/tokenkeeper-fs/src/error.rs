@@ -45,6 +45,49 @@ pub enum FileCacheError {
         /// The configured maximum, in bytes.
         max: u64,
     },
+    /// The cache folder, the record or the lock file belongs to another user
+    /// (neither the current user nor root). Like OpenSSH's `StrictModes`, the
+    /// cache neither reads from nor writes into what someone else controls.
+    #[error(
+        "{} is owned by uid {owner}, not by the current user (uid {uid}): refusing to use it; \
+         use a folder of your own, or give it to the current user (`chown {uid} {}`)",
+        path.display(),
+        path.display()
+    )]
+    NotOwned {
+        /// The folder or file with the wrong owner.
+        path: PathBuf,
+        /// Its owner's user id.
+        owner: u32,
+        /// The current (effective) user id.
+        uid: u32,
+    },
+    /// The cache folder or the record can be written by group or others, who
+    /// could then plant or swap a record. Nothing was read from it or
+    /// written into it.
+    #[error(
+        "{} can be written by group or others (mode {mode:04o}): refusing to trust it; \
+         remove their write permission (`chmod go-w {}`)",
+        path.display(),
+        path.display()
+    )]
+    WritableByOthers {
+        /// The folder or file that others can write.
+        path: PathBuf,
+        /// Its permission bits (`st_mode & 0o7777`).
+        mode: u32,
+    },
+    /// A symbolic link where the cache does not follow one: at the record or
+    /// lock path, or a folder on the way that could redirect the cache
+    /// elsewhere (a link owned by another user, or in a folder others can
+    /// write). The link's target is neither opened nor quoted.
+    #[error("{} is a symbolic link that the cache does not follow: {reason}", path.display())]
+    Symlink {
+        /// The link.
+        path: PathBuf,
+        /// Why it is not followed, and what to do instead.
+        reason: &'static str,
+    },
     /// The path cannot hold a cache record: it has no file name, or it names
     /// something that is not a regular file (a folder, a pipe, a device).
     #[error("{} cannot be used as a cache file: {reason}", path.display())]
@@ -64,7 +107,10 @@ impl FileCacheError {
             Self::NotWritable { path, .. }
             | Self::Io { path, .. }
             | Self::TooLarge { path, .. }
-            | Self::InvalidPath { path, .. } => path,
+            | Self::InvalidPath { path, .. }
+            | Self::NotOwned { path, .. }
+            | Self::WritableByOthers { path, .. }
+            | Self::Symlink { path, .. } => path,
         }
     }
 
@@ -73,7 +119,11 @@ impl FileCacheError {
     pub fn io_error(&self) -> Option<&io::Error> {
         match self {
             Self::NotWritable { source, .. } | Self::Io { source, .. } => Some(source),
-            Self::TooLarge { .. } | Self::InvalidPath { .. } => None,
+            Self::TooLarge { .. }
+            | Self::InvalidPath { .. }
+            | Self::NotOwned { .. }
+            | Self::WritableByOthers { .. }
+            | Self::Symlink { .. } => None,
         }
     }
 }

@@ -3,6 +3,7 @@
 //!
 //! The calls block on file I/O; async adapters run them on their blocking pool.
 
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -48,16 +49,52 @@ impl FileLayer {
     }
 
     /// The per-user default folder: `$XDG_CACHE_HOME/tokenkeeper`, or
-    /// `$HOME/.cache/tokenkeeper`. `None` when neither variable is set.
+    /// `$HOME/.cache/tokenkeeper`. `None` when neither variable holds an
+    /// absolute path. Empty and relative values are ignored, as the XDG Base
+    /// Directory specification asks: a relative one would put the cache
+    /// wherever the program happens to run. See
+    /// [`default_dir_from`](Self::default_dir_from).
     pub fn default_dir() -> Option<PathBuf> {
-        let from = |var: &str| {
-            std::env::var_os(var)
-                .filter(|v| !v.is_empty())
-                .map(PathBuf::from)
+        Self::default_dir_from(
+            std::env::var_os("XDG_CACHE_HOME").as_deref(),
+            std::env::var_os("HOME").as_deref(),
+        )
+    }
+
+    /// [`default_dir`](Self::default_dir) computed from the given values of
+    /// `XDG_CACHE_HOME` and `HOME` (`None` for an unset variable) rather than
+    /// from the process environment.
+    ///
+    /// ```
+    /// use std::ffi::OsStr;
+    /// use std::path::PathBuf;
+    /// use tokenkeeper_fs::FileLayer;
+    ///
+    /// let home = Some(OsStr::new("/home/ada"));
+    /// assert_eq!(
+    ///     FileLayer::default_dir_from(Some(OsStr::new("/var/cache/ada")), home),
+    ///     Some(PathBuf::from("/var/cache/ada/tokenkeeper"))
+    /// );
+    /// // A relative XDG_CACHE_HOME is ignored.
+    /// assert_eq!(
+    ///     FileLayer::default_dir_from(Some(OsStr::new("cache")), home),
+    ///     Some(PathBuf::from("/home/ada/.cache/tokenkeeper"))
+    /// );
+    /// assert_eq!(FileLayer::default_dir_from(None, Some(OsStr::new("ada"))), None);
+    /// ```
+    pub fn default_dir_from(
+        xdg_cache_home: Option<&OsStr>,
+        home: Option<&OsStr>,
+    ) -> Option<PathBuf> {
+        let absolute = |value: Option<&OsStr>| {
+            value
+                .map(Path::new)
+                .filter(|path| path.is_absolute())
+                .map(Path::to_path_buf)
         };
-        from("XDG_CACHE_HOME")
-            .or_else(|| from("HOME").map(|h| h.join(".cache")))
-            .map(|d| d.join("tokenkeeper"))
+        absolute(xdg_cache_home)
+            .or_else(|| absolute(home).map(|home| home.join(".cache")))
+            .map(|dir| dir.join("tokenkeeper"))
     }
 
     /// The layer as the refresher is configured with it: named `file`, with a

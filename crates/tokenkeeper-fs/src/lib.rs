@@ -23,6 +23,40 @@
 //!   binds those who take it, and [`load`](FileCache::load) and
 //!   [`store`](FileCache::store) do not take it themselves (they are safe
 //!   without it; the lock is for callers that must not fetch twice).
+//! - Nothing blocks on a special file: a FIFO, socket, device or folder at
+//!   the record or lock path is refused at once
+//!   ([`FileCacheError::InvalidPath`]).
+//! - A store removes the temporary files that crashed writers left next to
+//!   the record: those named like its own, owned by the current user and
+//!   untouched for [`STALE_TEMP_AGE`].
+//!
+//! # Hostile paths (Unix)
+//!
+//! Like OpenSSH's `StrictModes`, the cache trusts only what nobody else could
+//! have put in place. Each refusal is a typed error naming the path and the
+//! fix; no error ever quotes a file's content.
+//!
+//! - The record's folder must belong to the current user (or root) and must
+//!   not be writable by group or others; the same holds for the record
+//!   ([`FileCacheError::NotOwned`], [`FileCacheError::WritableByOthers`]).
+//!   A record of another user, or in a folder others can write, is never
+//!   served and never written.
+//! - The record, lock and temporary files are opened with `O_NOFOLLOW`: a
+//!   symbolic link there is refused ([`FileCacheError::Symlink`]), and the
+//!   lock file is never created through one. A lock file of the current user
+//!   with a mode wider than `0600` is narrowed to `0600`; one of another user
+//!   is refused.
+//! - The folder path is walked one folder at a time, each opened relative to
+//!   the one before with `O_NOFOLLOW`, and folders are created the same way.
+//!   A symbolic link on the way is followed only if nobody but the current
+//!   user or root could have made it (the link is theirs, in a folder of
+//!   theirs that group and others cannot write, or that is sticky like
+//!   `/tmp`): pointing `~/.cache` at another disk works, a folder swapped for
+//!   a link by someone else is refused. All reads and writes then happen
+//!   relative to the folder that was checked.
+//!
+//! On other platforms the cache goes through paths and checks neither owners
+//! nor links.
 //!
 //! # Example
 //!
@@ -52,17 +86,20 @@
 #![warn(missing_docs)]
 
 mod error;
+mod folder;
 mod layer;
 mod lock;
 
 use std::collections::hash_map::RandomState;
 use std::ffi::{OsStr, OsString};
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::hash::{BuildHasher, Hasher};
 use std::io::{self, ErrorKind, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
+
+use folder::Folder;
 
 pub use error::FileCacheError;
 pub use layer::FileLayer;
@@ -71,12 +108,11 @@ pub use lock::FileLock;
 /// The default largest record [`FileCache::load`] accepts: 1 MiB.
 pub const DEFAULT_MAX_SIZE: u64 = 1024 * 1024;
 
-/// Mode bits of the record and lock files.
-#[cfg(unix)]
-const FILE_MODE: u32 = 0o600;
-/// Mode bits of the folders the cache creates.
-#[cfg(unix)]
-const DIR_MODE: u32 = 0o700;
+/// How long a temporary file left in the cache's folder must have been
+/// untouched before [`FileCache::store`] takes it for the leftover of a
+/// crashed writer and removes it: one minute. A writer at work touches its
+/// temporary file within moments, so its file is never this old.
+pub const STALE_TEMP_AGE: Duration = Duration::from_secs(60);
 
 /// First and longest pause between two attempts of [`FileCache::lock_timeout`].
 const LOCK_POLL_FIRST: Duration = Duration::from_millis(5);
@@ -145,29 +181,31 @@ impl FileCache {
 
     /// Reads the whole record.
     ///
-    /// Returns `Ok(None)` when the file does not exist, and
+    /// Returns `Ok(None)` when the file (or its folder) does not exist, and
     /// [`FileCacheError::TooLarge`] when it holds more than
     /// [`max_size`](Self::max_size) bytes (at most one byte past the limit is
-    /// read). A path that names a folder or another non-regular file is
-    /// [`FileCacheError::InvalidPath`].
+    /// read). Never blocks on a special file: a path that names a folder, a
+    /// FIFO, a socket or a device is [`FileCacheError::InvalidPath`] at once.
+    ///
+    /// On Unix nothing that someone else controls is served:
+    /// [`FileCacheError::NotOwned`] when the folder or the record belongs to
+    /// another user, [`FileCacheError::WritableByOthers`] when group or
+    /// others can write either, [`FileCacheError::Symlink`] when the record
+    /// is a symbolic link (its target is neither read nor quoted) or a link
+    /// on the way could redirect the cache.
     pub fn load(&self) -> Result<Option<Vec<u8>>, FileCacheError> {
-        let file = match File::open(&self.path) {
-            Ok(file) => file,
-            Err(error) if error.kind() == ErrorKind::NotFound => {
-                tracing::trace!(path = %self.path.display(), "no cache file");
-                return Ok(None);
-            }
-            Err(source) => return Err(self.io_error("open", source)),
+        let name = self.file_name()?;
+        let Some(folder) = Folder::open(self.folder(), false)? else {
+            tracing::trace!(path = %self.path.display(), "no cache folder");
+            return Ok(None);
+        };
+        let Some(file) = folder.open_record(name, &self.path)? else {
+            tracing::trace!(path = %self.path.display(), "no cache file");
+            return Ok(None);
         };
         let metadata = file
             .metadata()
             .map_err(|source| self.io_error("inspect", source))?;
-        if !metadata.is_file() {
-            return Err(FileCacheError::InvalidPath {
-                path: self.path.clone(),
-                reason: "it is not a regular file",
-            });
-        }
         if metadata.len() > self.max_size {
             return Err(self.too_large(metadata.len()));
         }
@@ -192,50 +230,81 @@ impl FileCache {
     /// `0600`), syncs it to disk, renames it over the record and syncs the
     /// folder, creating missing folders (mode `0700`) first. If any step
     /// fails the temporary file is removed and the previous record, if any,
-    /// is left as it was.
+    /// is left as it was. Afterwards it removes the temporary files of this
+    /// record that crashed writers left behind: those of the current user
+    /// untouched for [`STALE_TEMP_AGE`] or longer (younger ones may belong to
+    /// a writer at work).
     ///
     /// Fails with [`FileCacheError::NotWritable`] (naming the folder) when
     /// the folder cannot be created or written into, and with
     /// [`FileCacheError::TooLarge`] when `bytes` exceeds
-    /// [`max_size`](Self::max_size).
+    /// [`max_size`](Self::max_size). On Unix it writes only into a folder
+    /// of the current user that group and others cannot write (else
+    /// [`FileCacheError::NotOwned`] or [`FileCacheError::WritableByOthers`]),
+    /// reached without following a link that someone else could have placed
+    /// ([`FileCacheError::Symlink`]); every file operation is relative to the
+    /// folder checked, so swapping a folder on the way for a link meanwhile
+    /// cannot redirect it.
     pub fn store(&self, bytes: &[u8]) -> Result<(), FileCacheError> {
         let size = u64::try_from(bytes.len()).unwrap_or(u64::MAX);
         if size > self.max_size {
             return Err(self.too_large(size));
         }
         let name = self.file_name()?;
-        let folder = self.folder();
-        create_folder(folder)?;
-        let (temp_path, mut file) = create_temp_file(folder, name)?;
-        let temp = TempFile(Some(temp_path));
-        let temp_path = temp.path();
+        let folder = self.open_folder_creating()?;
+        let (temp_name, mut file) = create_temp_file(&folder, name)?;
+        let temp = TempFile {
+            folder: &folder,
+            name: Some(temp_name),
+        };
+        let temp_path = || folder.path().join(temp.name());
 
         file.write_all(bytes).map_err(|source| FileCacheError::Io {
             op: "write temporary file",
-            path: temp_path.to_path_buf(),
+            path: temp_path(),
             source,
         })?;
         file.sync_all().map_err(|source| FileCacheError::Io {
             op: "sync temporary file",
-            path: temp_path.to_path_buf(),
+            path: temp_path(),
             source,
         })?;
         drop(file);
-        fs::rename(temp_path, &self.path).map_err(|source| FileCacheError::Io {
-            op: "rename a temporary file over",
-            path: self.path.clone(),
-            source,
-        })?;
+        folder
+            .rename(temp.name(), name)
+            .map_err(|source| FileCacheError::Io {
+                op: "rename a temporary file over",
+                path: self.path.clone(),
+                source,
+            })?;
         temp.keep();
-        sync_folder(folder)?;
+        sync_folder(&folder)?;
         tracing::debug!(path = %self.path.display(), bytes = bytes.len(), "stored cache file");
+        match folder.remove_stale(|entry| is_temp_name(entry, name), STALE_TEMP_AGE) {
+            Ok(0) => {}
+            Ok(removed) => tracing::debug!(
+                folder = %folder.path().display(),
+                removed,
+                "removed temporary files left by crashed writers"
+            ),
+            Err(error) => tracing::debug!(
+                folder = %folder.path().display(),
+                %error,
+                "cannot look for temporary files left by crashed writers"
+            ),
+        }
         Ok(())
     }
 
     /// Removes the record. A record that does not exist is not an error.
-    /// The lock file is left in place.
+    /// The lock file is left in place. A symbolic link at the record's path
+    /// is removed, not followed.
     pub fn remove(&self) -> Result<(), FileCacheError> {
-        match fs::remove_file(&self.path) {
+        let name = self.file_name()?;
+        let Some(folder) = Folder::open(self.folder(), false)? else {
+            return Ok(());
+        };
+        match folder.remove(name) {
             Ok(()) => {
                 tracing::debug!(path = %self.path.display(), "removed cache file");
                 Ok(())
@@ -252,6 +321,13 @@ impl FileCache {
     /// `FileCache` for the same path). Creates the lock file (mode `0600`)
     /// and its folders (mode `0700`) when missing; the lock file is never
     /// deleted, since deleting lock files races with their users.
+    ///
+    /// On Unix the lock file is opened without following a link
+    /// ([`FileCacheError::Symlink`]); one of another user is refused
+    /// ([`FileCacheError::NotOwned`]), and one of the current user with a
+    /// mode wider than `0600` is narrowed to `0600`, so that nobody else can
+    /// open it to hold the lock. Its folder passes the same checks as for
+    /// [`store`](Self::store).
     pub fn try_lock(&self) -> Result<Option<FileLock>, FileCacheError> {
         let file = self.open_lock_file()?;
         if self.try_lock_file(&file)? {
@@ -311,41 +387,18 @@ impl FileCache {
 
     /// Opens (creating if needed) the lock file for reading and writing.
     fn open_lock_file(&self) -> Result<File, FileCacheError> {
-        let open = || {
-            let mut options = OpenOptions::new();
-            options.read(true).write(true).create(true).truncate(false);
-            #[cfg(unix)]
-            std::os::unix::fs::OpenOptionsExt::mode(&mut options, FILE_MODE);
-            options.open(&self.lock_path)
-        };
-        let result = match open() {
-            Err(error)
-                if matches!(error.kind(), ErrorKind::NotFound | ErrorKind::NotADirectory) =>
-            {
-                // A missing folder, or a path component that is a file:
-                // creating the folders either fixes it or names the culprit.
-                create_folder(self.folder())?;
-                open()
-            }
-            other => other,
-        };
-        result.map_err(|source| {
-            if is_not_writable(&source) {
-                // Blame the lock file if it exists (we may not write it),
-                // else the folder (we may not create files in it).
-                let path = if self.lock_path.exists() {
-                    self.lock_path.clone()
-                } else {
-                    self.folder().to_path_buf()
-                };
-                FileCacheError::NotWritable { path, source }
-            } else {
-                FileCacheError::Io {
-                    op: "open lock file",
-                    path: self.lock_path.clone(),
-                    source,
-                }
-            }
+        let mut name = self.file_name()?.to_os_string();
+        name.push(".lock");
+        let folder = self.open_folder_creating()?;
+        folder.open_lock(&name, &self.lock_path)
+    }
+
+    /// Opens the record's folder, creating it (and missing ancestors) first.
+    fn open_folder_creating(&self) -> Result<Folder, FileCacheError> {
+        Folder::open(self.folder(), true)?.ok_or_else(|| FileCacheError::Io {
+            op: "create folder",
+            path: self.folder().to_path_buf(),
+            source: io::Error::new(ErrorKind::NotFound, "the folder vanished as it was created"),
         })
     }
 
@@ -385,48 +438,21 @@ impl FileCache {
 
 /// Errors that mean "this place cannot be written", as opposed to a
 /// transient or unexpected I/O failure.
-fn is_not_writable(error: &io::Error) -> bool {
+pub(crate) fn is_not_writable(error: &io::Error) -> bool {
     matches!(
         error.kind(),
         ErrorKind::PermissionDenied | ErrorKind::ReadOnlyFilesystem | ErrorKind::NotADirectory
     )
 }
 
-/// Creates `folder` and its missing ancestors with mode `0700`.
-fn create_folder(folder: &Path) -> Result<(), FileCacheError> {
-    let mut builder = fs::DirBuilder::new();
-    builder.recursive(true);
-    #[cfg(unix)]
-    std::os::unix::fs::DirBuilderExt::mode(&mut builder, DIR_MODE);
-    builder.create(folder).map_err(|source| {
-        // `AlreadyExists` here means a non-folder sits where a folder must be.
-        if is_not_writable(&source) || source.kind() == ErrorKind::AlreadyExists {
-            FileCacheError::NotWritable {
-                path: folder.to_path_buf(),
-                source,
-            }
-        } else {
-            FileCacheError::Io {
-                op: "create folder",
-                path: folder.to_path_buf(),
-                source,
-            }
-        }
-    })
-}
-
 /// Creates a new, uniquely named temporary file (mode `0600`) in `folder`.
-fn create_temp_file(folder: &Path, target: &OsStr) -> Result<(PathBuf, File), FileCacheError> {
+fn create_temp_file(folder: &Folder, target: &OsStr) -> Result<(OsString, File), FileCacheError> {
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let path = folder.join(temp_name(target));
-        let mut options = OpenOptions::new();
-        options.write(true).create_new(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, FILE_MODE);
-        match options.open(&path) {
-            Ok(file) => return Ok((path, file)),
+        let name = temp_name(target);
+        match folder.create_new(&name) {
+            Ok(file) => return Ok((name, file)),
             Err(error)
                 if error.kind() == ErrorKind::AlreadyExists && attempt < TEMP_NAME_ATTEMPTS =>
             {
@@ -434,19 +460,28 @@ fn create_temp_file(folder: &Path, target: &OsStr) -> Result<(PathBuf, File), Fi
             }
             Err(source) if is_not_writable(&source) => {
                 return Err(FileCacheError::NotWritable {
-                    path: folder.to_path_buf(),
+                    path: folder.path().to_path_buf(),
                     source,
                 });
             }
             Err(source) => {
                 return Err(FileCacheError::Io {
                     op: "create a temporary file in",
-                    path: folder.to_path_buf(),
+                    path: folder.path().to_path_buf(),
                     source,
                 });
             }
         }
     }
+}
+
+/// The part of the record's name that starts its temporary files' names.
+fn temp_prefix(target: &OsStr) -> String {
+    target
+        .to_string_lossy()
+        .chars()
+        .take(TEMP_PREFIX_CHARS)
+        .collect()
 }
 
 /// `.<target>.<pid>.<counter>.<random>.tmp`: unique across processes (pid),
@@ -463,29 +498,40 @@ fn temp_name(target: &OsStr) -> OsString {
         hasher.write_u128(since_epoch.as_nanos());
     }
     let random = hasher.finish();
-    let prefix: String = target
-        .to_string_lossy()
-        .chars()
-        .take(TEMP_PREFIX_CHARS)
-        .collect();
+    let prefix = temp_prefix(target);
     OsString::from(format!(".{prefix}.{pid}.{counter}.{random:016x}.tmp"))
 }
 
-/// Syncs a folder so that a rename inside it is durable. File systems that
+/// Whether `name` is exactly what [`temp_name`] makes for `target`.
+fn is_temp_name(name: &OsStr, target: &OsStr) -> bool {
+    let Some(name) = name.to_str() else {
+        return false;
+    };
+    let Some(rest) = name
+        .strip_prefix('.')
+        .and_then(|rest| rest.strip_prefix(temp_prefix(target).as_str()))
+        .and_then(|rest| rest.strip_prefix('.'))
+        .and_then(|rest| rest.strip_suffix(".tmp"))
+    else {
+        return false;
+    };
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    let mut parts = rest.split('.');
+    matches!(
+        (parts.next(), parts.next(), parts.next(), parts.next()),
+        (Some(pid), Some(counter), Some(random), None)
+            if digits(pid)
+                && digits(counter)
+                && random.len() == 16
+                && random.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    )
+}
+
+/// Syncs the folder so that a rename inside it is durable. File systems that
 /// cannot sync folders (they answer "invalid argument" or "not supported")
 /// are accepted as they are.
-#[cfg(unix)]
-fn sync_folder(folder: &Path) -> Result<(), FileCacheError> {
-    let dir = match File::open(folder) {
-        Ok(dir) => dir,
-        Err(error) => {
-            // A folder we may write but not read: the rename is done, only
-            // its durability is not confirmed.
-            tracing::debug!(path = %folder.display(), %error, "cannot open the folder to sync it");
-            return Ok(());
-        }
-    };
-    match dir.sync_all() {
+fn sync_folder(folder: &Folder) -> Result<(), FileCacheError> {
+    match folder.sync() {
         Ok(()) => Ok(()),
         Err(error)
             if matches!(
@@ -493,44 +539,44 @@ fn sync_folder(folder: &Path) -> Result<(), FileCacheError> {
                 ErrorKind::InvalidInput | ErrorKind::Unsupported
             ) =>
         {
-            tracing::trace!(path = %folder.display(), %error, "folder sync not supported here");
+            tracing::trace!(path = %folder.path().display(), %error, "folder sync not supported here");
             Ok(())
         }
         Err(source) => Err(FileCacheError::Io {
             op: "sync folder",
-            path: folder.to_path_buf(),
+            path: folder.path().to_path_buf(),
             source,
         }),
     }
 }
 
-/// Folders cannot be opened as files on this platform; the rename is as
-/// durable as the platform makes it.
-#[cfg(not(unix))]
-fn sync_folder(_folder: &Path) -> Result<(), FileCacheError> {
-    Ok(())
+/// A temporary file that is removed on drop unless [`kept`](TempFile::keep).
+struct TempFile<'a> {
+    folder: &'a Folder,
+    name: Option<OsString>,
 }
 
-/// A temporary file that is removed on drop unless [`kept`](TempFile::keep).
-struct TempFile(Option<PathBuf>);
-
-impl TempFile {
-    fn path(&self) -> &Path {
-        self.0.as_deref().unwrap_or(Path::new(""))
+impl TempFile<'_> {
+    fn name(&self) -> &OsStr {
+        self.name.as_deref().unwrap_or_default()
     }
 
     /// The file was renamed into place: nothing left to clean up.
     fn keep(mut self) {
-        self.0 = None;
+        self.name = None;
     }
 }
 
-impl Drop for TempFile {
+impl Drop for TempFile<'_> {
     fn drop(&mut self) {
-        if let Some(path) = self.0.take()
-            && let Err(error) = fs::remove_file(&path)
+        if let Some(name) = self.name.take()
+            && let Err(error) = self.folder.remove(&name)
         {
-            tracing::warn!(path = %path.display(), %error, "cannot remove a temporary cache file");
+            tracing::warn!(
+                path = %self.folder.path().join(&name).display(),
+                %error,
+                "cannot remove a temporary cache file"
+            );
         }
     }
 }
@@ -547,6 +593,38 @@ mod tests {
         let nested = FileCache::new("a/b.json");
         assert_eq!(nested.folder(), Path::new("a"));
         assert_eq!(nested.lock_path(), Path::new("a/b.json.lock"));
+    }
+
+    #[test]
+    fn temporary_names_are_recognised_exactly() {
+        let target = OsStr::new("cache.json");
+        let made = temp_name(target);
+        assert!(is_temp_name(&made, target), "{made:?}");
+        assert!(!is_temp_name(&made, OsStr::new("cache")));
+        assert!(!is_temp_name(&made, OsStr::new("other.json")));
+        for other in [
+            "cache.json",
+            "cache.json.lock",
+            ".cache.json.tmp",
+            ".cache.json.1.2.tmp",
+            ".cache.json.1.2.0123456789abcdef",
+            ".cache.json.x.2.0123456789abcdef.tmp",
+            ".cache.json.1.2.0123456789ABCDEF.tmp",
+            ".cache.json.1.2.0123456789abcde.tmp",
+            ".cache.json.1.2.3.0123456789abcdef.tmp",
+            ".cache.json.1..0123456789abcdef.tmp",
+        ] {
+            assert!(!is_temp_name(OsStr::new(other), target), "{other}");
+        }
+        assert!(is_temp_name(
+            OsStr::new(".cache.json.1.2.0123456789abcdef.tmp"),
+            target
+        ));
+        let long = "x".repeat(250);
+        assert!(is_temp_name(
+            &temp_name(OsStr::new(&long)),
+            OsStr::new(&long)
+        ));
     }
 
     #[test]

@@ -14,13 +14,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use common::Flavor;
+use common::{Flavor, Memory, Slot, fast_backoff};
 use tokenkeeper_core::cache::decode_record;
 use tokenkeeper_core::oauth2::OAuth2Client;
 use tokenkeeper_core::{
-    AccessToken, BackoffPolicy, CacheError, CacheKey, CacheProblem, ClientId, ClientSecret,
-    EncodedRecord, ErrorClass, Event, FetchError, Jitter, Layer, LeaseOutcome, LeaseSettings,
-    RefreshNow, RefreshToken, TokenGrant, TokenRecord,
+    AccessToken, CacheError, CacheKey, CacheProblem, ClientId, ClientSecret, EncodedRecord,
+    ErrorClass, Event, FetchError, Jitter, Layer, LeaseOutcome, LeaseSettings, RefreshNow,
+    RefreshToken, TokenGrant, TokenRecord,
 };
 use tokenkeeper_driver::{
     BlockingCacheLayer, BoxFuture, CacheLayer, HttpSettings, HttpSetupError, Runtime,
@@ -71,16 +71,6 @@ fn quiet_deliberate_panics() {
 
 fn deliberate(what: &str) -> ! {
     panic!("{DELIBERATE}: {what}")
-}
-
-/// Fast retries, so that each scenario takes a second or two.
-fn fast_backoff() -> BackoffPolicy {
-    BackoffPolicy::builder()
-        .floor(Duration::from_millis(20))
-        .initial(Duration::from_millis(50))
-        .cap(Duration::from_millis(500))
-        .build()
-        .expect("a valid backoff")
 }
 
 fn grant(token: &str, life: Duration) -> TokenGrant {
@@ -194,25 +184,6 @@ impl Drop for Gate {
 }
 
 /// One stored record, shared by a pair of memory layers.
-type Slot = Arc<Mutex<Option<Vec<u8>>>>;
-
-/// A cache in memory whose calls block (a mutex): a working layer next to a
-/// broken one.
-struct BlockingMemory(Slot);
-
-impl BlockingCacheLayer for BlockingMemory {
-    fn layer(&self) -> Layer {
-        Layer::new("blocking memory")
-    }
-    fn read(&self) -> Result<Option<Vec<u8>>, CacheError> {
-        Ok(self.0.lock().unwrap().clone())
-    }
-    fn write(&self, record: &EncodedRecord) -> Result<(), CacheError> {
-        *self.0.lock().unwrap() = Some(record.bytes().to_vec());
-        Ok(())
-    }
-}
-
 /// A cache in memory with async calls that need no reactor, so it runs on
 /// every driver, plain threads included.
 struct AsyncMemory(Slot);
@@ -419,7 +390,7 @@ fn a_panicking_async_cache_layer_is_a_cache_problem<F: Flavor>() {
     let (source, calls) = counting_source(key("panicking async layer", F::NAME), "t");
     let builder = F::builder(source)
         .cache(PanickingAsyncLayer)
-        .blocking_cache(BlockingMemory(Arc::clone(&slot)));
+        .blocking_cache(Memory(Arc::clone(&slot)));
     a_panicking_cache_layer_is_a_cache_problem::<F>(builder, &slot, &calls);
 }
 

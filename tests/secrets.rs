@@ -18,14 +18,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use common::Flavor;
+use common::{Flavor, Memory, fast_backoff};
 use tokenkeeper_core::oauth2::{AuthMethod, OAuth2Client};
 use tokenkeeper_core::{
-    AccessToken, BackoffPolicy, CacheError, CacheKey, ClientId, ClientSecret, EncodedRecord,
-    ErrorClass, Event, FetchError, Jitter, Layer, RefreshNow, RefreshToken, TokenGrant,
-    TokenRecord,
+    AccessToken, CacheKey, ClientId, ClientSecret, ErrorClass, Event, FetchError, Jitter,
+    RefreshNow, RefreshToken, TokenGrant, TokenRecord,
 };
-use tokenkeeper_driver::{BlockingCacheLayer, Runtime, Source, TokenWatcher};
+use tokenkeeper_driver::{Runtime, Source, TokenWatcher};
 use tokenkeeper_testkit::{Authority, Client, Fault};
 use tracing_subscriber::util::SubscriberInitExt;
 
@@ -119,15 +118,6 @@ fn lines_of<'a>(logs: &'a str, watcher: &str) -> Vec<&'a str> {
 // Helpers
 // ---------------------------------------------------------------------------
 
-fn fast_backoff() -> BackoffPolicy {
-    BackoffPolicy::builder()
-        .floor(Duration::from_millis(20))
-        .initial(Duration::from_millis(50))
-        .cap(Duration::from_millis(500))
-        .build()
-        .expect("a valid backoff")
-}
-
 /// Every event of a watcher, formatted as it came.
 #[derive(Clone, Default)]
 struct Events(Arc<Mutex<Vec<String>>>);
@@ -146,23 +136,6 @@ impl Events {
 
     fn all(&self) -> String {
         self.0.lock().unwrap().join("\n")
-    }
-}
-
-/// A cache in memory: the records it is given hold every secret.
-#[derive(Clone, Default)]
-struct Memory(Arc<Mutex<Option<Vec<u8>>>>);
-
-impl BlockingCacheLayer for Memory {
-    fn layer(&self) -> Layer {
-        Layer::new("memory")
-    }
-    fn read(&self) -> Result<Option<Vec<u8>>, CacheError> {
-        Ok(self.0.lock().unwrap().clone())
-    }
-    fn write(&self, record: &EncodedRecord) -> Result<(), CacheError> {
-        *self.0.lock().unwrap() = Some(record.bytes().to_vec());
-        Ok(())
     }
 }
 

@@ -17,12 +17,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant, SystemTime};
 
-use common::{AsyncStd, Flavor, Smol, Threads, Tokio};
+use common::{AsyncStd, Flavor, Smol, Threads, Tokio, fast_backoff};
 use tokenkeeper_core::cache::encode_record;
 use tokenkeeper_core::oauth2::OAuth2Client;
 use tokenkeeper_core::{
-    AccessToken, BackoffPolicy, CacheKey, ClientId, ClientSecret, Event, Jitter, LeaseOutcome,
-    LeaseSettings, LifetimePolicy, Timestamp, TokenGrant,
+    AccessToken, CacheKey, ClientId, ClientSecret, Event, Jitter, LeaseOutcome, LeaseSettings,
+    LifetimePolicy, Timestamp, TokenGrant,
 };
 use tokenkeeper_driver::{Runtime, TokenWatcher, TokenWatcherBuilder};
 use tokenkeeper_redis::{AsyncRedisLayer, BlockingRedisLayer, RedisSettings};
@@ -58,15 +58,6 @@ fn client(authority: &Authority, scope: &str) -> OAuth2Client {
     )
     .unwrap()
     .scope(scope)
-}
-
-fn fast_backoff() -> BackoffPolicy {
-    BackoffPolicy::builder()
-        .floor(Duration::from_millis(20))
-        .initial(Duration::from_millis(50))
-        .cap(Duration::from_millis(500))
-        .build()
-        .expect("a valid backoff")
 }
 
 fn builder<G: Flavor>(client: &OAuth2Client) -> TokenWatcherBuilder<G::R> {

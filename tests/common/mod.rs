@@ -4,10 +4,13 @@
 #![allow(dead_code)]
 
 use std::marker::PhantomData;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use tokenkeeper_core::{RefreshNow, Status, TokenRecord};
+use tokenkeeper_core::{
+    BackoffPolicy, CacheError, EncodedRecord, Layer, RefreshNow, Status, TokenRecord,
+};
+use tokenkeeper_driver::BlockingCacheLayer;
 use tokenkeeper_driver::{Runtime, Source, TokenWatcher, TokenWatcherBuilder, Waited};
 use tokenkeeper_testkit::conformance::{Adapter, ConformanceWatcher, SpawnFailure, WatcherSpec};
 
@@ -174,5 +177,36 @@ impl<F: Flavor> Adapter for Conformance<F> {
                 permanent: e.is_permanent(),
                 message: e.to_string(),
             })
+    }
+}
+
+/// Fast retries, so that each scenario takes a second or two.
+pub(crate) fn fast_backoff() -> BackoffPolicy {
+    BackoffPolicy::builder()
+        .floor(Duration::from_millis(20))
+        .initial(Duration::from_millis(50))
+        .cap(Duration::from_millis(500))
+        .build()
+        .expect("a valid backoff")
+}
+
+/// Where [`Memory`] keeps its record; share it to look inside.
+pub(crate) type Slot = Arc<Mutex<Option<Vec<u8>>>>;
+
+/// A cache layer in memory whose calls block (a mutex): a working layer for
+/// every driver.
+#[derive(Clone, Default)]
+pub(crate) struct Memory(pub(crate) Slot);
+
+impl BlockingCacheLayer for Memory {
+    fn layer(&self) -> Layer {
+        Layer::new("memory")
+    }
+    fn read(&self) -> Result<Option<Vec<u8>>, CacheError> {
+        Ok(self.0.lock().unwrap().clone())
+    }
+    fn write(&self, record: &EncodedRecord) -> Result<(), CacheError> {
+        *self.0.lock().unwrap() = Some(record.bytes().to_vec());
+        Ok(())
     }
 }

@@ -627,11 +627,10 @@ impl Refresher {
                     refresh_token: Some(rt),
                     ..
                 }) = result
+                    && self.phase != Phase::Finished
                 {
-                    if self.phase != Phase::Finished {
-                        self.refresh_token = Some(rt);
-                        self.refresh_token_issued = Some(now);
-                    }
+                    self.refresh_token = Some(rt);
+                    self.refresh_token_issued = Some(now);
                 }
             }
             Claim::Late(None) => {}
@@ -897,11 +896,11 @@ impl Refresher {
     }
 
     fn take_refresh_token(&mut self, record: &TokenRecord) {
-        if let Some(rt) = &record.refresh_token {
-            if self.refresh_token_issued.is_none_or(|t| record.issued >= t) {
-                self.refresh_token = Some(rt.clone());
-                self.refresh_token_issued = Some(record.issued);
-            }
+        if let Some(rt) = &record.refresh_token
+            && self.refresh_token_issued.is_none_or(|t| record.issued >= t)
+        {
+            self.refresh_token = Some(rt.clone());
+            self.refresh_token_issued = Some(record.issued);
         }
     }
 
@@ -1143,12 +1142,13 @@ impl Refresher {
             return;
         }
         self.expire(now);
-        if let Some(t) = &self.current {
-            if !self.expiry_announced && now >= t.expiry {
-                self.expiry_announced = true;
-                self.events
-                    .push_back(Event::TokenExpired { expiry: t.expiry });
-            }
+        if let Some(t) = &self.current
+            && !self.expiry_announced
+            && now >= t.expiry
+        {
+            self.expiry_announced = true;
+            self.events
+                .push_back(Event::TokenExpired { expiry: t.expiry });
         }
         if let Some(until) = self.draining_until {
             if now >= until || !matches!(self.phase, Phase::Fetching | Phase::Writing) {

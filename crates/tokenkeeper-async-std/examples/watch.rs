@@ -45,7 +45,7 @@ async fn run(runtime: AsyncIoRuntime) -> Result<(), Box<dyn Error>> {
     println!("authority: {}", authority.token_url());
 
     let client = OAuth2Client::client_credentials(
-        &authority.token_url(),
+        authority.token_url(),
         ClientId::new("example-service"),
         ClientSecret::new("example-secret"),
     )?

@@ -36,6 +36,8 @@ use crate::source::SourceKind;
 const GRACE: Duration = Duration::from_secs(5);
 
 /// How the refresher's fetches are carried out.
+// One per watcher, never moved on a hot path: its size does not matter.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum FetchWith {
     /// Token requests built by the core, sent over the runtime's HTTP stack.
     Http {

@@ -67,13 +67,13 @@ impl BlockingRedisLayer {
     ) -> Result<T, CacheError> {
         let mut guard = self.conn.lock().unwrap_or_else(|p| p.into_inner());
         if guard.conn.is_none() {
-            if let Some(at) = guard.failed_at {
-                if at.elapsed() < self.settings.reconnect_delay {
-                    return Err(CacheError::new(
-                        CacheErrorKind::Unavailable,
-                        "redis: not reachable (waiting before reconnecting)",
-                    ));
-                }
+            if let Some(at) = guard.failed_at
+                && at.elapsed() < self.settings.reconnect_delay
+            {
+                return Err(CacheError::new(
+                    CacheErrorKind::Unavailable,
+                    "redis: not reachable (waiting before reconnecting)",
+                ));
             }
             let conn = self
                 .settings

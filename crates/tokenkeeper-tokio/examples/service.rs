@@ -36,7 +36,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // --- what a service does at start-up ---
     let client = OAuth2Client::client_credentials(
-        &authority.token_url(),
+        authority.token_url(),
         ClientId::new("orders-service"),
         ClientSecret::new("orders-s3cret"),
     )?

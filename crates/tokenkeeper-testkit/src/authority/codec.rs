@@ -25,7 +25,7 @@ pub(crate) fn base64_decode(input: &str) -> Option<Vec<u8>> {
         return None;
     }
     let data = &bytes[..bytes.len() - unpadded_len];
-    if unpadded_len > 0 && bytes.len() % 4 != 0 {
+    if unpadded_len > 0 && !bytes.len().is_multiple_of(4) {
         return None;
     }
     if data.len() % 4 == 1 {

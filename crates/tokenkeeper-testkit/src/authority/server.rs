@@ -246,10 +246,10 @@ fn fault_response(shared: &Shared, fault: &Fault) -> Response<ResponseBody> {
                     response
                 }
             };
-            if let Some(retry_after) = retry_after {
-                if let Ok(value) = HeaderValue::from_str(&retry_after.header_value()) {
-                    response.headers_mut().insert(header::RETRY_AFTER, value);
-                }
+            if let Some(retry_after) = retry_after
+                && let Ok(value) = HeaderValue::from_str(&retry_after.header_value())
+            {
+                response.headers_mut().insert(header::RETRY_AFTER, value);
             }
             response
         }

@@ -273,10 +273,10 @@ impl Shared {
     /// Marks a request whose answer was never decided as abandoned.
     pub(crate) fn abandon(&self, seq: u64) {
         let mut state = self.lock();
-        if let Some(record) = state.record_mut(seq) {
-            if record.outcome == Outcome::Pending {
-                record.outcome = Outcome::Abandoned;
-            }
+        if let Some(record) = state.record_mut(seq)
+            && record.outcome == Outcome::Pending
+        {
+            record.outcome = Outcome::Abandoned;
         }
     }
 

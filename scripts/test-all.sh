@@ -236,9 +236,9 @@ status=0
 if [ "$#" -gt 0 ]; then
   run_command "$@" || status=$?
 else
-  run_command cargo test --workspace --all-targets || status=$?
+  run_command cargo test --workspace --all-targets --no-fail-fast || status=$?
   doc_status=0
-  run_command cargo test --workspace --doc || doc_status=$?
+  run_command cargo test --workspace --doc --no-fail-fast || doc_status=$?
   [ "$status" -ne 0 ] || status=$doc_status
 fi
 exit "$status"

@@ -115,6 +115,10 @@ impl fmt::Display for Warning {
                     "cache {layer}: the stored record is unusable ({e}); replacing it"
                 ),
                 CacheProblem::Write(e) => write!(f, "cache {layer}: cannot write: {}", e.message),
+                CacheProblem::FromTheFuture { issued } => write!(
+                    f,
+                    "cache {layer}: the stored record claims to be issued at {issued}, in the future; distrusting and replacing it"
+                ),
                 CacheProblem::Lease(e) => {
                     write!(f, "cache {layer}: cannot take the lock: {}", e.message)
                 }

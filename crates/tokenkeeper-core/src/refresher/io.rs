@@ -322,6 +322,12 @@ pub enum CacheProblem {
     Write(CacheError),
     /// The lease could not be asked for.
     Lease(CacheError),
+    /// The store held a record issued in the future (another machine's
+    /// clock, or a planted file): distrusted and replaced.
+    FromTheFuture {
+        /// When the record claims it was issued.
+        issued: Timestamp,
+    },
 }
 
 /// Something that happened, for drivers to publish and log.

@@ -146,6 +146,13 @@ enum Claim {
     Late(Option<Pending>),
 }
 
+/// How far in the future a cached record may claim to be issued and still
+/// be trusted (clocks of machines sharing a cache disagree a little).
+const FUTURE_ISSUE_TOLERANCE: Duration = Duration::from_secs(5 * 60);
+
+/// How many spent refresh tokens a refresher remembers.
+const SPENT_REMEMBERED: usize = 8;
+
 /// The sans-IO token refresher. See the [module documentation](self).
 #[derive(Debug)]
 pub struct Refresher {
@@ -161,9 +168,14 @@ pub struct Refresher {
     current: Option<Arc<TokenRecord>>,
     expiry_announced: bool,
     refresh_token: Option<RefreshToken>,
-    /// When the record that gave `refresh_token` was issued (`None`: the
-    /// initial one from the configuration).
+    /// When `refresh_token` was issued: the wall time a grant brought it, or
+    /// the `issued` of the cached record it came from (`None`: the initial
+    /// one from the configuration).
     refresh_token_issued: Option<Timestamp>,
+    /// The refresh tokens this refresher has sent (the latest few): a
+    /// cached record holding one of them is never trusted for its refresh
+    /// token, whatever its timestamps say.
+    spent: VecDeque<RefreshToken>,
     /// Jittered instant at which the current token is refreshed.
     refresh_at: Option<Timestamp>,
     /// Planned retry after a failure.
@@ -219,6 +231,7 @@ impl Refresher {
             expiry_announced: false,
             refresh_token,
             refresh_token_issued: None,
+            spent: VecDeque::new(),
             refresh_at: None,
             retry_at: None,
             forced_over: None,
@@ -768,11 +781,18 @@ impl Refresher {
                 None
             }
         };
+        let record = record.filter(|r| {
+            let trusted = r.issued <= now.saturating_add(FUTURE_ISSUE_TOLERANCE);
+            if !trusted {
+                self.cache_problem(layer, CacheProblem::FromTheFuture { issued: r.issued });
+            }
+            trusted
+        });
         self.seen[layer] = record.as_ref().map(|r| r.expiry);
         if let Some(r) = &record {
             // A cached refresh token is the latest rotation persisted, even
             // when its access token has expired: it beats an older one.
-            self.take_refresh_token(r);
+            self.take_refresh_token(now, r);
         }
         let mut done = layer + 1 >= self.config.layers.len();
         if let Some(record) = record {
@@ -895,8 +915,15 @@ impl Refresher {
         }
     }
 
-    fn take_refresh_token(&mut self, record: &TokenRecord) {
+    /// Takes the refresh token of a cached record when it is a rotation this
+    /// refresher has not seen: not the one it holds, not one it has spent,
+    /// and not older than the one it holds. (Records claiming to be issued
+    /// in the future never get here.)
+    fn take_refresh_token(&mut self, now: Timestamp, record: &TokenRecord) {
         if let Some(rt) = &record.refresh_token
+            && self.refresh_token.as_ref() != Some(rt)
+            && !self.spent.contains(rt)
+            && record.issued <= now.saturating_add(FUTURE_ISSUE_TOLERANCE)
             && self.refresh_token_issued.is_none_or(|t| record.issued >= t)
         {
             self.refresh_token = Some(rt.clone());
@@ -904,8 +931,18 @@ impl Refresher {
         }
     }
 
+    /// Remembers that `rt` is being sent: the authority may spend it.
+    fn spend(&mut self, rt: Option<RefreshToken>) {
+        let Some(rt) = rt else { return };
+        if !self.spent.contains(&rt) {
+            if self.spent.len() >= SPENT_REMEMBERED {
+                self.spent.pop_front();
+            }
+            self.spent.push_back(rt);
+        }
+    }
+
     fn adopt(&mut self, record: TokenRecord, origin: io::Origin) {
-        self.take_refresh_token(&record);
         let mut refresh_at = self.config.jitter.refresh_at_for(&record);
         // No hot loop even with absurdly short tokens.
         if let Some(started) = self.last_fetch_started {
@@ -1029,6 +1066,9 @@ impl Refresher {
                 Ok(request) => {
                     let max_body = client.body_limit();
                     let spends_refresh_token = client.grant() == GrantType::RefreshToken;
+                    if spends_refresh_token {
+                        self.spend(self.refresh_token.clone());
+                    }
                     let id = self.new_id(
                         now,
                         Pending::Fetch {
@@ -1049,6 +1089,7 @@ impl Refresher {
             Source::Custom => {
                 let refresh_token = self.refresh_token.clone();
                 let spends_refresh_token = refresh_token.is_some();
+                self.spend(refresh_token.clone());
                 let id = self.new_id(
                     now,
                     Pending::Fetch {
@@ -1068,6 +1109,12 @@ impl Refresher {
                     .config
                     .policy
                     .record(grant, now, self.refresh_token.clone());
+                // The newest rotation this refresher saw, whatever the clock
+                // said then or says now.
+                if record.refresh_token != self.refresh_token {
+                    self.refresh_token = record.refresh_token.clone();
+                    self.refresh_token_issued = Some(now);
+                }
                 self.consecutive_failures = 0;
                 self.retry_at = None;
                 self.forced_over = None;

@@ -1388,3 +1388,94 @@ fn shutdown_during_a_client_credentials_fetch_finishes_at_once() {
     h.r.shutdown(h.now);
     assert!(h.r.is_finished());
 }
+
+/// The refresh token an `Effect::Fetch` hands the custom source.
+fn fetch_with_rt(h: &mut H) -> (EffectId, Option<String>) {
+    match h.next() {
+        Effect::Fetch { id, refresh_token } => {
+            (id, refresh_token.map(|t| t.expose_secret().to_owned()))
+        }
+        other => panic!("expected a fetch, got {other:?}"),
+    }
+}
+
+fn rotating(name: &str, rt: &str) -> TokenGrant {
+    grant(name, 3600).with_refresh_token(RefreshToken::new(rt))
+}
+
+#[test]
+fn a_forward_clock_excursion_never_keeps_a_spent_refresh_token() {
+    let mut h = H::new(H::custom().initial_refresh_token(RefreshToken::new("rt-0")));
+    let (id, sent) = fetch_with_rt(&mut h);
+    assert_eq!(sent.as_deref(), Some("rt-0"));
+    h.grant(id, Ok(rotating("a1", "rt-1")));
+
+    // The wall clock jumps ten years ahead; the next refresh rotates rt-1.
+    h.at(T0.saturating_add(secs(10 * 365 * 86_400)));
+    let (id, sent) = fetch_with_rt(&mut h);
+    assert_eq!(sent.as_deref(), Some("rt-1"));
+    h.grant(id, Ok(rotating("a2", "rt-2")));
+
+    // Corrected; a forced refresh rotates rt-2.
+    h.at(T0.saturating_add(secs(60)));
+    assert_eq!(h.r.refresh_now(h.now), RefreshNow::Started);
+    let (id, sent) = fetch_with_rt(&mut h);
+    assert_eq!(sent.as_deref(), Some("rt-2"));
+    h.grant(id, Ok(rotating("a3", "rt-3")));
+
+    // The next refresh sends rt-3, the newest rotation, not spent rt-2.
+    h.at(T0.saturating_add(secs(2 * 3600)));
+    let (_, sent) = fetch_with_rt(&mut h);
+    assert_eq!(sent.as_deref(), Some("rt-3"));
+}
+
+#[test]
+fn a_cached_record_from_the_future_or_holding_a_spent_token_is_not_trusted() {
+    let layered = H::custom()
+        .initial_refresh_token(RefreshToken::new("rt-0"))
+        .layer(Layer::new("memory"));
+    let mut h = H::new(layered);
+    // A planted record, issued ten years ahead, with a refresh token.
+    let future = T0.saturating_add(secs(10 * 365 * 86_400));
+    let planted = LifetimePolicy::default().record(
+        grant("planted", 60).with_refresh_token(RefreshToken::new("rt-planted")),
+        future,
+        None,
+    );
+    let id = h.expect_read(0);
+    h.read(id, Some(encode_record(&key(), &planted).bytes().to_vec()));
+    assert!(h.access().is_none(), "a record from the future was served");
+    assert!(h.events.iter().any(|e| matches!(
+        e,
+        Event::CacheProblem {
+            problem: CacheProblem::FromTheFuture { .. },
+            ..
+        }
+    )));
+    let (id, sent) = fetch_with_rt(&mut h);
+    assert_eq!(
+        sent.as_deref(),
+        Some("rt-0"),
+        "the future record outranked ours"
+    );
+    h.grant(id, Ok(rotating("a1", "rt-1")));
+    let (wid, _) = h.expect_write(0);
+    h.written(wid);
+
+    // Another process's record, issued now, holding a rotation we have not
+    // seen: taken. One holding a token we already spent: ignored.
+    let spent = LifetimePolicy::default().record(
+        grant("old", 60).with_refresh_token(RefreshToken::new("rt-0")),
+        T0.saturating_add(secs(30)),
+        None,
+    );
+    h.at(T0.saturating_add(secs(3000)));
+    let id = h.expect_read(0);
+    h.read(id, Some(encode_record(&key(), &spent).bytes().to_vec()));
+    let (_, sent) = fetch_with_rt(&mut h);
+    assert_eq!(
+        sent.as_deref(),
+        Some("rt-1"),
+        "a spent token came back from the cache"
+    );
+}

@@ -14,21 +14,26 @@ use std::error::Error;
 use std::path::Path;
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::thread;
-use std::time::{Duration, SystemTime};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant, SystemTime};
 
 use tokenkeeper_core::oauth2::OAuth2Client;
 use tokenkeeper_core::{
-    ClientId, ClientSecret, Effect, Event, FetchError, Input, Jitter, Refresher, RefresherConfig,
-    Timestamp, Wait,
+    ClientId, ClientSecret, Effect, Event, FetchError, Input, Jitter, Monotonic, Now, Refresher,
+    RefresherConfig,
 };
 use tokenkeeper_fs::{FileCache, FileLayer};
 
 /// The longest the loop sleeps before it looks at the clock again.
 const WAKE_AT_LEAST_EVERY: Duration = Duration::from_secs(60);
 
-/// The wall clock, as the core reads time.
-fn now() -> Timestamp {
-    SystemTime::now().into()
+/// Both clocks, as the core reads time: the wall clock for facts shared
+/// with others (a cached record's expiry), a monotonic reading for the
+/// refresher's own schedule (it survives a wall clock that steps).
+fn now() -> Now {
+    static START: OnceLock<Instant> = OnceLock::new();
+    let start = *START.get_or_init(Instant::now);
+    Now::new(SystemTime::now().into(), Monotonic::from_elapsed(start.elapsed()))
 }
 
 /// What the driver did.
@@ -151,13 +156,12 @@ pub(crate) fn run(
                 other => println!("{other:?}"),
             }
         }
-        // 5. Wait as the machine says, for an answer or until its deadline.
-        let deadline = match refresher.poll_wait() {
-            Wait::Until(at) | Wait::Answer { deadline: at } => at,
-            // Wait::Finished, or anything newer: nothing more will happen.
-            _ => break,
+        // 5. Wait as the machine says, for an answer or until its deadline,
+        //    measured on the monotonic clock; `None`: finished.
+        let Some(sleep) = refresher.poll_sleep(now()) else {
+            break;
         };
-        let sleep = deadline.duration_since(now()).min(WAKE_AT_LEAST_EVERY);
+        let sleep = sleep.min(WAKE_AT_LEAST_EVERY);
         match inbox.recv_timeout(sleep) {
             Ok(answer) => refresher.handle(now(), answer)?,
             Err(RecvTimeoutError::Timeout) => refresher.handle(now(), Input::Timeout)?,

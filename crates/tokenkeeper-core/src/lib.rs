@@ -126,6 +126,7 @@
 
 pub mod backoff;
 pub mod cache;
+mod clock;
 mod error;
 mod hash;
 pub mod jitter;
@@ -139,6 +140,7 @@ mod token;
 
 pub use backoff::BackoffPolicy;
 pub use cache::{CacheKey, EncodedRecord, RecordError};
+pub use clock::{Monotonic, Now};
 pub use error::{
     CacheError, CacheErrorKind, ErrorClass, FetchError, OAuthError, PERMANENT_OAUTH_ERRORS,
 };

@@ -19,7 +19,7 @@ use futures_lite::{FutureExt, StreamExt};
 use tokenkeeper_core::oauth2::TokenRequest;
 use tokenkeeper_core::{
     CacheError, CacheErrorKind, Effect, EffectId, EncodedRecord, ErrorClass, FetchError, Input,
-    LeaseOutcome, RefreshToken, Refresher, TokenGrant, Wait,
+    LeaseOutcome, RefreshToken, Refresher, TokenGrant,
 };
 use tracing::{Instrument, Span, debug, error, info, info_span, trace, warn};
 
@@ -173,12 +173,12 @@ impl<R: Runtime> Driver<R> {
         info!(layers = self.workers.len(), "started");
         loop {
             self.drain();
-            let sleep_for = match self.refresher.poll_wait() {
-                Wait::Finished => break,
-                wait => wait.deadline().map_or(self.wake_interval, |deadline| {
-                    deadline.duration_since(now()).min(self.wake_interval)
-                }),
+            // Measured on the monotonic clock: a wall clock that steps
+            // cannot stretch or shrink it.
+            let Some(sleep) = self.refresher.poll_sleep(now()) else {
+                break;
             };
+            let sleep_for = sleep.min(self.wake_interval);
             match self.wait(sleep_for).await {
                 Wake::Command(command) => self.command(command),
                 Wake::Answer(Answer::Input(input)) => self.feed(input),

@@ -240,7 +240,7 @@ impl<R: Runtime> TokenWatcherBuilder<R> {
                     }
                 },
             };
-            let remaining = token.remaining_at(now());
+            let remaining = token.remaining_at(now().wall);
             if remaining < options.min_valid {
                 run.warnings.push(Warning::ShortLived { remaining });
             }
@@ -280,7 +280,7 @@ impl Run {
     }
 
     fn usable(&self) -> Option<Arc<TokenRecord>> {
-        let now = now();
+        let now = now().wall;
         self.current.clone().filter(|t| t.is_usable_at(now))
     }
 
@@ -298,7 +298,7 @@ impl Run {
                     self.from_authority |= origin == Origin::Authority;
                     self.new_since_forced |= self.forced;
                     self.current = Some(Arc::clone(&token));
-                    let now = now();
+                    let now = now().wall;
                     if token.state_at(now) != TokenState::Fresh {
                         // Stale: the refresher is refreshing it already.
                         continue;

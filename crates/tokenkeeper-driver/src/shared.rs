@@ -4,18 +4,23 @@
 //! the commands handles send the driver.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, SystemTime};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::{ArcSwap, Guard};
 use event_listener::Event;
 use tokenkeeper_core::{
-    AccessToken, CacheKey, LifetimePolicy, RefreshNow, Status, Timestamp, TokenGrant, TokenRecord,
+    AccessToken, CacheKey, LifetimePolicy, Monotonic, Now, RefreshNow, Status, Timestamp,
+    TokenGrant, TokenRecord,
 };
 
-/// The wall clock, as the core reads time.
-pub(crate) fn now() -> Timestamp {
-    SystemTime::now().into()
+/// Both clocks, as the core reads time: the wall clock, and a monotonic
+/// reading (milliseconds since this process first looked), so that the
+/// refresher's schedule survives a wall clock that steps.
+pub(crate) fn now() -> Now {
+    static ORIGIN: OnceLock<Instant> = OnceLock::new();
+    let origin = *ORIGIN.get_or_init(Instant::now);
+    Now::new(SystemTime::now().into(), Monotonic::from_elapsed(origin.elapsed()))
 }
 
 /// What handles ask of the driver.

@@ -113,7 +113,7 @@ impl<R> TokenWatcher<R> {
     /// failures in a row, the next planned attempt. Cheap; for health checks.
     pub fn status(&self) -> Status {
         let mut status = self.shared.status();
-        let now = now();
+        let now = now().wall;
         status.token_state = self.shared.current().map(|t| t.state_at(now));
         if self.shared.is_stopped() {
             status.shut_down = true;

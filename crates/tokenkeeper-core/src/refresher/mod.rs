@@ -71,6 +71,7 @@ use http::HeaderMap;
 use zeroize::Zeroize;
 
 use crate::cache::{decode_record, encode_record};
+use crate::clock::Now;
 use crate::error::{CacheError, CacheErrorKind, FetchError};
 use crate::oauth2::{GrantType, parse_token_response};
 use crate::secret::RefreshToken;
@@ -166,6 +167,8 @@ pub struct Refresher {
     timed_out: VecDeque<(EffectId, Pending)>,
     next_id: u64,
     current: Option<Arc<TokenRecord>>,
+    /// When the current token goes stale and expires, on the schedule axis.
+    clocked: Option<Clocked>,
     expiry_announced: bool,
     refresh_token: Option<RefreshToken>,
     /// When `refresh_token` was issued: the wall time a grant brought it, or
@@ -202,13 +205,26 @@ pub struct Refresher {
     writing_fetched_refresh_token: bool,
     /// Shutting down: the end of the grace for a refresh token at stake.
     draining_until: Option<Timestamp>,
+    /// The clocks as of the latest input: outputs name wall times estimated
+    /// from it.
+    last_now: Now,
+}
+
+/// A token's times on the schedule axis (the monotonic clock): fixed when
+/// the token is adopted, so that a wall clock that steps later cannot make it
+/// fresh for longer, or expire sooner, than it really is.
+#[derive(Debug, Clone, Copy)]
+struct Clocked {
+    stale: Timestamp,
+    expiry: Timestamp,
 }
 
 impl Refresher {
     /// A refresher that starts by reading its cache layers (or fetching, when it
     /// has none). `seed` drives jitter and backoff: give each process its own
     /// (drawn from the OS by the driver), or a fleet would move in lockstep.
-    pub fn new(config: RefresherConfig, seed: u64, now: Timestamp) -> Self {
+    pub fn new(config: RefresherConfig, seed: u64, now: impl Into<Now>) -> Self {
+        let now = now.into();
         let lease_layers = config
             .layers
             .iter()
@@ -228,6 +244,7 @@ impl Refresher {
             timed_out: VecDeque::new(),
             next_id: 0,
             current: None,
+            clocked: None,
             expiry_announced: false,
             refresh_token,
             refresh_token_issued: None,
@@ -247,6 +264,7 @@ impl Refresher {
             lease_layers,
             writing_fetched_refresh_token: false,
             draining_until: None,
+            last_now: now,
         };
         if layers > 0 {
             r.start_reads(now, ReadPass::Startup);
@@ -283,12 +301,40 @@ impl Refresher {
     /// instant ([`Wait::Until`]), answers to outstanding effects up to a
     /// deadline ([`Wait::Answer`]), or nothing ever again ([`Wait::Finished`]).
     /// Until it has finished, the refresher always names a finite instant.
+    ///
+    /// The instants are wall times estimated from the clocks of the latest
+    /// input; to sleep exactly as long as the monotonic schedule says, use
+    /// [`Refresher::poll_sleep`].
     #[must_use]
     pub fn poll_wait(&self) -> Wait {
-        if self.phase == Phase::Finished {
-            return Wait::Finished;
+        let to_wall = |t| self.last_now.to_wall(t);
+        match self.next_deadline() {
+            None => Wait::Finished,
+            Some((deadline, true)) => Wait::Answer {
+                deadline: to_wall(deadline),
+            },
+            Some((deadline, false)) => Wait::Until(to_wall(deadline)),
         }
-        let expiry = self.token().map(|t| t.expiry);
+    }
+
+    /// How long to wait, measured on the monotonic clock from `now`, before
+    /// handing the refresher [`Input::Timeout`] (unless another input comes
+    /// first); `None` once it has finished. What a driver sleeps for (capped
+    /// by its own wake-up interval).
+    #[must_use]
+    pub fn poll_sleep(&self, now: impl Into<Now>) -> Option<Duration> {
+        let now = now.into();
+        self.next_deadline()
+            .map(|(deadline, _)| deadline.duration_since(now.sched()))
+    }
+
+    /// The earliest deadline on the schedule axis, and whether answers are
+    /// outstanding; `None` once finished.
+    fn next_deadline(&self) -> Option<(Timestamp, bool)> {
+        if self.phase == Phase::Finished {
+            return None;
+        }
+        let expiry = self.token().and(self.clocked).map(|clocked| clocked.expiry);
         let own = match self.phase {
             Phase::Idle if self.draining_until.is_none() => Some(match self.linger_until {
                 Some(linger) => self.due().min(linger),
@@ -301,15 +347,13 @@ impl Refresher {
             .into_iter()
             .flatten()
             .min();
-        match self.pending.values().map(|o| o.deadline).min() {
-            Some(answer) => Wait::Answer {
-                deadline: timers.map_or(answer, |t| t.min(answer)),
-            },
+        Some(match self.pending.values().map(|o| o.deadline).min() {
+            Some(answer) => (timers.map_or(answer, |t| t.min(answer)), true),
             // Unreachable: with nothing outstanding the refresher is idle,
             // waiting for a lease, or finished. Were it not, the driver's
             // periodic wake-up would still reach it.
-            None => Wait::Until(timers.unwrap_or(Timestamp::MAX)),
-        }
+            None => (timers.unwrap_or(Timestamp::MAX), false),
+        })
     }
 
     /// When to hand the refresher a timeout at the latest, if no other input
@@ -331,7 +375,9 @@ impl Refresher {
         if self.phase == Phase::Finished {
             return None;
         }
-        self.pending.get(&id).map(|o| o.deadline)
+        self.pending
+            .get(&id)
+            .map(|o| self.last_now.to_wall(o.deadline))
     }
 
     /// Whether the refresher has shut down.
@@ -346,10 +392,11 @@ impl Refresher {
     }
 
     /// A snapshot of the refresher's state at `now`.
-    pub fn status(&self, now: Timestamp) -> Status {
+    pub fn status(&self, now: impl Into<Now>) -> Status {
+        let now = now.into();
         let token = self.token();
         Status {
-            token_state: token.map(|t| t.state_at(now)),
+            token_state: token.and(self.state(now.sched())),
             issued: token.map(|t| t.issued),
             stale: token.map(|t| t.stale),
             expiry: token.map(|t| t.expiry),
@@ -359,8 +406,8 @@ impl Refresher {
             last_success_at: self.last_success_at,
             next_attempt: match self.phase {
                 _ if self.draining_until.is_some() => None,
-                Phase::Idle => Some(self.due()),
-                Phase::WaitingForLease { until } => Some(until),
+                Phase::Idle => Some(now.to_wall(self.due())),
+                Phase::WaitingForLease { until } => Some(now.to_wall(until)),
                 _ => None,
             },
             fetch_in_flight: self.phase == Phase::Fetching,
@@ -379,7 +426,8 @@ impl Refresher {
     /// by a fetch that timed out is kept for the next request). `Err` means
     /// driver misuse: an id never issued, or an answer of the wrong kind;
     /// the refresher is then unchanged.
-    pub fn handle(&mut self, now: Timestamp, input: Input) -> Result<(), MisuseError> {
+    pub fn handle(&mut self, now: impl Into<Now>, input: Input) -> Result<(), MisuseError> {
+        let now = self.observe(now.into());
         match input {
             Input::Timeout => {
                 self.tick(now);
@@ -409,7 +457,8 @@ impl Refresher {
 
     /// Time has passed: [`Input::Timeout`]. Calling it early, late or with a
     /// clock that went backwards is harmless.
-    pub fn handle_timeout(&mut self, now: Timestamp) {
+    pub fn handle_timeout(&mut self, now: impl Into<Now>) {
+        let now = self.observe(now.into());
         self.tick(now);
     }
 
@@ -417,17 +466,20 @@ impl Refresher {
     /// rejected it, say). Rate-limited by the configured minimum interval.
     /// Once [`Refresher::shutdown`] was called, answers
     /// [`RefreshNow::ShutDown`] and does nothing.
-    pub fn refresh_now(&mut self, now: Timestamp) -> RefreshNow {
+    pub fn refresh_now(&mut self, now: impl Into<Now>) -> RefreshNow {
+        let now = self.observe(now.into());
         if self.is_stopping() {
             return RefreshNow::ShutDown;
         }
         if let Some(last) = self.last_forced {
             let until = last.saturating_add(self.config.refresh_now_min_interval);
-            if now < until {
-                return RefreshNow::RateLimited { until };
+            if now.sched() < until {
+                return RefreshNow::RateLimited {
+                    until: now.to_wall(until),
+                };
             }
         }
-        self.last_forced = Some(now);
+        self.last_forced = Some(now.sched());
         self.forced_over = Some(self.current.as_ref().map_or(Timestamp::EPOCH, |t| t.issued));
         match self.phase {
             Phase::Idle => {
@@ -464,12 +516,13 @@ impl Refresher {
     /// [`Refresher::poll_effect`] once more), [`Event::Stopped`] is reported,
     /// and answers still outstanding are ignored. Calling it again does
     /// nothing.
-    pub fn shutdown(&mut self, now: Timestamp) {
+    pub fn shutdown(&mut self, now: impl Into<Now>) {
+        let now = self.observe(now.into());
         if self.is_stopping() {
             return;
         }
         if self.refresh_token_at_stake() {
-            self.draining_until = Some(now.saturating_add(self.config.shutdown_grace));
+            self.draining_until = Some(now.sched().saturating_add(self.config.shutdown_grace));
             self.tick(now);
         } else {
             self.finish();
@@ -477,37 +530,41 @@ impl Refresher {
     }
 
     /// Another process changed `layer`: [`Input::CacheChanged`].
-    pub fn handle_cache_changed(&mut self, now: Timestamp, layer: usize) {
+    pub fn handle_cache_changed(&mut self, now: impl Into<Now>, layer: usize) {
+        let now = self.observe(now.into());
         self.cache_changed(now, layer);
     }
 
     /// Answers an [`Effect::ReadCache`]: [`Input::CacheRead`].
     pub fn handle_cache_read(
         &mut self,
-        now: Timestamp,
+        now: impl Into<Now>,
         id: EffectId,
         result: Result<Option<Vec<u8>>, CacheError>,
     ) -> Result<(), MisuseError> {
+        let now = self.observe(now.into());
         self.answer_read(now, id, result)
     }
 
     /// Answers an [`Effect::WriteCache`]: [`Input::CacheWritten`].
     pub fn handle_cache_written(
         &mut self,
-        now: Timestamp,
+        now: impl Into<Now>,
         id: EffectId,
         result: Result<(), CacheError>,
     ) -> Result<(), MisuseError> {
+        let now = self.observe(now.into());
         self.answer_write(now, id, result)
     }
 
     /// Answers an [`Effect::AcquireLease`]: [`Input::Lease`].
     pub fn handle_lease(
         &mut self,
-        now: Timestamp,
+        now: impl Into<Now>,
         id: EffectId,
         outcome: LeaseOutcome,
     ) -> Result<(), MisuseError> {
+        let now = self.observe(now.into());
         self.answer_lease(now, id, outcome)
     }
 
@@ -516,12 +573,13 @@ impl Refresher {
     /// The body should already be capped by the driver; it is checked again.
     pub fn handle_response(
         &mut self,
-        now: Timestamp,
+        now: impl Into<Now>,
         id: EffectId,
         status: u16,
         headers: &HeaderMap,
         body: &[u8],
     ) -> Result<(), MisuseError> {
+        let now = self.observe(now.into());
         self.answer_response(now, id, status, headers, body)
     }
 
@@ -529,10 +587,11 @@ impl Refresher {
     /// [`Input::FetchFailed`].
     pub fn handle_fetch_error(
         &mut self,
-        now: Timestamp,
+        now: impl Into<Now>,
         id: EffectId,
         error: FetchError,
     ) -> Result<(), MisuseError> {
+        let now = self.observe(now.into());
         self.answer_fetch(now, id, Err(error))
     }
 
@@ -540,10 +599,11 @@ impl Refresher {
     /// the source granted: [`Input::Grant`].
     pub fn handle_grant(
         &mut self,
-        now: Timestamp,
+        now: impl Into<Now>,
         id: EffectId,
         result: Result<TokenGrant, FetchError>,
     ) -> Result<(), MisuseError> {
+        let now = self.observe(now.into());
         self.answer_fetch(now, id, result)
     }
 
@@ -551,7 +611,7 @@ impl Refresher {
 
     fn answer_read(
         &mut self,
-        now: Timestamp,
+        now: Now,
         id: EffectId,
         mut result: Result<Option<Vec<u8>>, CacheError>,
     ) -> Result<(), MisuseError> {
@@ -569,7 +629,7 @@ impl Refresher {
 
     fn answer_write(
         &mut self,
-        now: Timestamp,
+        now: Now,
         id: EffectId,
         result: Result<(), CacheError>,
     ) -> Result<(), MisuseError> {
@@ -584,7 +644,7 @@ impl Refresher {
 
     fn answer_lease(
         &mut self,
-        now: Timestamp,
+        now: Now,
         id: EffectId,
         outcome: LeaseOutcome,
     ) -> Result<(), MisuseError> {
@@ -611,19 +671,19 @@ impl Refresher {
 
     fn answer_response(
         &mut self,
-        now: Timestamp,
+        now: Now,
         id: EffectId,
         status: u16,
         headers: &HeaderMap,
         body: &[u8],
     ) -> Result<(), MisuseError> {
-        let result = parse_token_response(status, headers, body, now, self.body_limit());
+        let result = parse_token_response(status, headers, body, now.wall, self.body_limit());
         self.answer_fetch(now, id, result)
     }
 
     fn answer_fetch(
         &mut self,
-        now: Timestamp,
+        now: Now,
         id: EffectId,
         result: Result<TokenGrant, FetchError>,
     ) -> Result<(), MisuseError> {
@@ -643,7 +703,7 @@ impl Refresher {
                     && self.phase != Phase::Finished
                 {
                     self.refresh_token = Some(rt);
-                    self.refresh_token_issued = Some(now);
+                    self.refresh_token_issued = Some(now.wall);
                 }
             }
             Claim::Late(None) => {}
@@ -652,7 +712,7 @@ impl Refresher {
         Ok(())
     }
 
-    fn cache_changed(&mut self, now: Timestamp, layer: usize) {
+    fn cache_changed(&mut self, now: Now, layer: usize) {
         if matches!(self.phase, Phase::WaitingForLease { .. }) && layer < self.config.layers.len() {
             self.phase = Phase::Idle;
             self.start_reads(now, ReadPass::AfterLeaseWait);
@@ -669,10 +729,10 @@ impl Refresher {
         }
     }
 
-    fn new_id(&mut self, now: Timestamp, kind: Pending) -> EffectId {
+    fn new_id(&mut self, now: Now, kind: Pending) -> EffectId {
         let id = EffectId(self.next_id);
         self.next_id += 1;
-        let deadline = now.saturating_add(kind.timeout(&self.config));
+        let deadline = now.sched().saturating_add(kind.timeout(&self.config));
         self.pending.insert(id, Outstanding { kind, deadline });
         id
     }
@@ -711,18 +771,18 @@ impl Refresher {
 
     /// Answers, as transient failures, the outstanding effects whose deadline
     /// has come, earliest first.
-    fn expire(&mut self, now: Timestamp) {
+    fn expire(&mut self, now: Now) {
         // After the clock stepped back, a deadline is never further than a
         // whole timeout away.
         for o in self.pending.values_mut() {
             o.deadline = o
                 .deadline
-                .min(now.saturating_add(o.kind.timeout(&self.config)));
+                .min(now.sched().saturating_add(o.kind.timeout(&self.config)));
         }
         while let Some((id, kind)) = self
             .pending
             .iter()
-            .filter(|(_, o)| o.deadline <= now)
+            .filter(|(_, o)| o.deadline <= now.sched())
             .min_by_key(|(id, o)| (o.deadline, **id))
             .map(|(id, o)| (*id, o.kind))
         {
@@ -756,7 +816,7 @@ impl Refresher {
         }
     }
 
-    fn on_read(&mut self, now: Timestamp, result: Result<Option<Vec<u8>>, CacheError>) {
+    fn on_read(&mut self, now: Now, result: Result<Option<Vec<u8>>, CacheError>) {
         let Phase::Reading { pass, layer } = self.phase else {
             if let Ok(Some(mut bytes)) = result {
                 bytes.zeroize();
@@ -782,7 +842,7 @@ impl Refresher {
             }
         };
         let record = record.filter(|r| {
-            let trusted = r.issued <= now.saturating_add(FUTURE_ISSUE_TOLERANCE);
+            let trusted = r.issued <= now.wall.saturating_add(FUTURE_ISSUE_TOLERANCE);
             if !trusted {
                 self.cache_problem(layer, CacheProblem::FromTheFuture { issued: r.issued });
             }
@@ -797,14 +857,14 @@ impl Refresher {
         let mut done = layer + 1 >= self.config.layers.len();
         if let Some(record) = record {
             let acceptable = match pass {
-                ReadPass::Startup => record.is_usable_at(now),
+                ReadPass::Startup => record.is_usable_at(now.wall),
                 _ => {
-                    record.state_at(now) == TokenState::Fresh
+                    record.state_at(now.wall) == TokenState::Fresh
                         && self.forced_over.is_none_or(|over| record.issued > over)
                 }
             };
             if acceptable && self.is_better(&record, now) {
-                self.adopt(record, io::Origin::Cache { layer });
+                self.adopt(now, record, io::Origin::Cache { layer });
             }
             done = done || self.satisfied(now);
         }
@@ -823,7 +883,7 @@ impl Refresher {
         }
     }
 
-    fn on_written(&mut self, now: Timestamp, layer: usize, result: Result<(), CacheError>) {
+    fn on_written(&mut self, now: Now, layer: usize, result: Result<(), CacheError>) {
         if self.phase == Phase::Finished {
             return;
         }
@@ -843,7 +903,7 @@ impl Refresher {
         }
     }
 
-    fn on_lease(&mut self, now: Timestamp, layer: usize, outcome: LeaseOutcome) {
+    fn on_lease(&mut self, now: Now, layer: usize, outcome: LeaseOutcome) {
         let Phase::Leasing { next } = self.phase else {
             // A lease granted after we stopped wanting it goes straight back.
             if outcome == LeaseOutcome::Acquired {
@@ -856,7 +916,8 @@ impl Refresher {
                 let ttl = self.config.layers[layer]
                     .lease()
                     .map_or(Duration::from_secs(30), |l| l.ttl);
-                self.leases_held.push((layer, now.saturating_add(ttl)));
+                self.leases_held
+                    .push((layer, now.sched().saturating_add(ttl)));
                 self.next_lease(now, next + 1);
             }
             LeaseOutcome::Failed(e) => {
@@ -871,11 +932,13 @@ impl Refresher {
                 let ms = duration_millis(retry);
                 let wait = Duration::from_millis(self.rng.u64(ms / 2..=ms));
                 // Waiting on a lease must not become a hot loop on the store either.
-                let until = now.saturating_add(wait.max(self.config.backoff.floor()));
+                let until = now
+                    .sched()
+                    .saturating_add(wait.max(self.config.backoff.floor()));
                 self.phase = Phase::WaitingForLease { until };
                 self.events.push_back(Event::LeaseBusy {
                     layer,
-                    retry_at: until,
+                    retry_at: now.to_wall(until),
                 });
             }
         }
@@ -883,12 +946,12 @@ impl Refresher {
 
     /// The cycle has what it came for: a token not yet due for refresh, and
     /// newer than the one a forced refresh wanted replaced.
-    fn satisfied(&self, now: Timestamp) -> bool {
+    fn satisfied(&self, now: Now) -> bool {
         let Some(cur) = &self.current else {
             return false;
         };
-        cur.state_at(now) == TokenState::Fresh
-            && self.refresh_at.is_some_and(|at| now < at)
+        self.state(now.sched()) == Some(TokenState::Fresh)
+            && self.refresh_at.is_some_and(|at| now.sched() < at)
             && self.forced_over.is_none_or(|over| cur.issued > over)
     }
 
@@ -908,22 +971,42 @@ impl Refresher {
             .unwrap_or(Timestamp::EPOCH)
     }
 
-    fn is_better(&self, candidate: &TokenRecord, now: Timestamp) -> bool {
-        match &self.current {
-            None => true,
-            Some(cur) => !cur.is_usable_at(now) || candidate.expiry > cur.expiry,
+    fn is_better(&self, candidate: &TokenRecord, now: Now) -> bool {
+        match (&self.current, self.clocked) {
+            (Some(_), Some(cur)) => {
+                now.sched() >= cur.expiry || now.to_sched(candidate.expiry) > cur.expiry
+            }
+            _ => true,
         }
+    }
+
+    /// The current token's state at `sched` (schedule axis).
+    fn state(&self, sched: Timestamp) -> Option<TokenState> {
+        let clocked = self.current.as_ref().and(self.clocked)?;
+        Some(if sched >= clocked.expiry {
+            TokenState::Expired
+        } else if sched >= clocked.stale {
+            TokenState::Stale
+        } else {
+            TokenState::Fresh
+        })
+    }
+
+    /// Takes the clocks of an input as the latest.
+    fn observe(&mut self, now: Now) -> Now {
+        self.last_now = now;
+        now
     }
 
     /// Takes the refresh token of a cached record when it is a rotation this
     /// refresher has not seen: not the one it holds, not one it has spent,
     /// and not older than the one it holds. (Records claiming to be issued
     /// in the future never get here.)
-    fn take_refresh_token(&mut self, now: Timestamp, record: &TokenRecord) {
+    fn take_refresh_token(&mut self, now: Now, record: &TokenRecord) {
         if let Some(rt) = &record.refresh_token
             && self.refresh_token.as_ref() != Some(rt)
             && !self.spent.contains(rt)
-            && record.issued <= now.saturating_add(FUTURE_ISSUE_TOLERANCE)
+            && record.issued <= now.wall.saturating_add(FUTURE_ISSUE_TOLERANCE)
             && self.refresh_token_issued.is_none_or(|t| record.issued >= t)
         {
             self.refresh_token = Some(rt.clone());
@@ -942,8 +1025,14 @@ impl Refresher {
         }
     }
 
-    fn adopt(&mut self, record: TokenRecord, origin: io::Origin) {
-        let mut refresh_at = self.config.jitter.refresh_at_for(&record);
+    /// Makes `record` current. Its wall times are facts as of `now`; from
+    /// here on, it ages on the monotonic clock.
+    fn adopt(&mut self, now: Now, record: TokenRecord, origin: io::Origin) {
+        self.clocked = Some(Clocked {
+            stale: now.to_sched(record.stale),
+            expiry: now.to_sched(record.expiry),
+        });
+        let mut refresh_at = now.to_sched(self.config.jitter.refresh_at_for(&record));
         // No hot loop even with absurdly short tokens.
         if let Some(started) = self.last_fetch_started {
             refresh_at = refresh_at.max(started.saturating_add(self.config.backoff.floor()));
@@ -955,14 +1044,14 @@ impl Refresher {
         self.events.push_back(Event::TokenChanged { token, origin });
     }
 
-    fn start_reads(&mut self, now: Timestamp, pass: ReadPass) {
+    fn start_reads(&mut self, now: Now, pass: ReadPass) {
         self.seen.iter_mut().for_each(|s| *s = None);
         self.phase = Phase::Reading { pass, layer: 0 };
         let id = self.new_id(now, Pending::Read);
         self.effects.push_back(Effect::ReadCache { id, layer: 0 });
     }
 
-    fn finish_reads(&mut self, now: Timestamp, pass: ReadPass, last_read: usize) {
+    fn finish_reads(&mut self, now: Now, pass: ReadPass, last_read: usize) {
         if self.satisfied(now) {
             self.forced_over = None;
             self.retry_at = None;
@@ -988,14 +1077,14 @@ impl Refresher {
     }
 
     /// Stores `record` in the layers (up to `last_read`) that lack it.
-    fn write_back(&mut self, now: Timestamp, record: &Arc<TokenRecord>, last_read: usize) {
+    fn write_back(&mut self, now: Now, record: &Arc<TokenRecord>, last_read: usize) {
         let layers: Vec<usize> = (0..=last_read.min(self.config.layers.len().saturating_sub(1)))
             .filter(|&l| self.seen[l].is_none_or(|e| e < record.expiry))
             .collect();
         self.write_layers(now, record, layers);
     }
 
-    fn write_layers(&mut self, now: Timestamp, record: &Arc<TokenRecord>, layers: Vec<usize>) {
+    fn write_layers(&mut self, now: Now, record: &Arc<TokenRecord>, layers: Vec<usize>) {
         if layers.is_empty() {
             self.end_cycle();
             return;
@@ -1025,7 +1114,7 @@ impl Refresher {
         }
     }
 
-    fn begin_cycle(&mut self, now: Timestamp) {
+    fn begin_cycle(&mut self, now: Now) {
         if self.config.layers.is_empty() {
             self.start_fetch(now);
         } else if self.lease_layers.is_empty() {
@@ -1037,7 +1126,7 @@ impl Refresher {
 
     /// Asks for the `next`-th lease, or reads the layers once all are held.
     /// Leases still held from a failed attempt are kept, not asked for again.
-    fn next_lease(&mut self, now: Timestamp, mut next: usize) {
+    fn next_lease(&mut self, now: Now, mut next: usize) {
         self.linger_until = None;
         while let Some(&layer) = self.lease_layers.get(next) {
             if !self.leases_held.iter().any(|&(l, _)| l == layer) {
@@ -1058,8 +1147,8 @@ impl Refresher {
         }
     }
 
-    fn start_fetch(&mut self, now: Timestamp) {
-        self.last_fetch_started = Some(now);
+    fn start_fetch(&mut self, now: Now) {
+        self.last_fetch_started = Some(now.sched());
         self.phase = Phase::Fetching;
         let effect = match &self.config.source {
             Source::OAuth2(client) => match client.build_request(self.refresh_token.as_ref()) {
@@ -1102,24 +1191,24 @@ impl Refresher {
         self.effects.push_back(effect);
     }
 
-    fn on_fetched(&mut self, now: Timestamp, result: Result<TokenGrant, FetchError>) {
+    fn on_fetched(&mut self, now: Now, result: Result<TokenGrant, FetchError>) {
         match result {
             Ok(grant) => {
                 let record = self
                     .config
                     .policy
-                    .record(grant, now, self.refresh_token.clone());
+                    .record(grant, now.wall, self.refresh_token.clone());
                 // The newest rotation this refresher saw, whatever the clock
                 // said then or says now.
                 if record.refresh_token != self.refresh_token {
                     self.refresh_token = record.refresh_token.clone();
-                    self.refresh_token_issued = Some(now);
+                    self.refresh_token_issued = Some(now.wall);
                 }
                 self.consecutive_failures = 0;
                 self.retry_at = None;
                 self.forced_over = None;
-                self.last_success_at = Some(now);
-                self.adopt(record, io::Origin::Authority);
+                self.last_success_at = Some(now.wall);
+                self.adopt(now, record, io::Origin::Authority);
                 let all: Vec<usize> = (0..self.config.layers.len()).collect();
                 if let Some(record) = self.current.clone() {
                     self.write_layers(now, &record, all);
@@ -1130,20 +1219,22 @@ impl Refresher {
             Err(error) => {
                 self.consecutive_failures = self.consecutive_failures.saturating_add(1);
                 let class = error.class();
+                // A Retry-After date is a wall fact: as a delay from now.
+                let retry_after = error.retry_after().map(|date| now.to_sched(date));
                 let retry_at = self.config.backoff.retry_at(
-                    now,
+                    now.sched(),
                     self.consecutive_failures,
                     class,
-                    error.retry_after(),
+                    retry_after,
                     &mut self.rng,
                 );
                 self.retry_at = Some(retry_at);
-                self.last_error = Some((error.clone(), now));
+                self.last_error = Some((error.clone(), now.wall));
                 self.events.push_back(Event::FetchFailed {
                     error,
                     class,
                     consecutive_failures: self.consecutive_failures,
-                    retry_at,
+                    retry_at: now.to_wall(retry_at),
                 });
                 self.phase = Phase::Idle;
                 let layers = &self.config.layers;
@@ -1184,34 +1275,34 @@ impl Refresher {
 
     /// Everything time-driven: effects past their deadline, expiry, the end
     /// of a shutdown's grace, due refreshes, the end of a lease wait.
-    fn tick(&mut self, now: Timestamp) {
+    fn tick(&mut self, now: Now) {
         if self.phase == Phase::Finished {
             return;
         }
         self.expire(now);
-        if let Some(t) = &self.current
+        if let (Some(t), Some(clocked)) = (&self.current, self.clocked)
             && !self.expiry_announced
-            && now >= t.expiry
+            && now.sched() >= clocked.expiry
         {
             self.expiry_announced = true;
             self.events
                 .push_back(Event::TokenExpired { expiry: t.expiry });
         }
         if let Some(until) = self.draining_until {
-            if now >= until || !matches!(self.phase, Phase::Fetching | Phase::Writing) {
+            if now.sched() >= until || !matches!(self.phase, Phase::Fetching | Phase::Writing) {
                 self.finish();
             }
             return;
         }
-        if self.linger_until.is_some_and(|until| now >= until) {
+        if self.linger_until.is_some_and(|until| now.sched() >= until) {
             self.release_leases();
         }
         match self.phase {
-            Phase::Idle if now >= self.due() => {
+            Phase::Idle if now.sched() >= self.due() => {
                 self.forced_pending = false;
                 self.begin_cycle(now);
             }
-            Phase::WaitingForLease { until } if now >= until => {
+            Phase::WaitingForLease { until } if now.sched() >= until => {
                 self.start_reads(now, ReadPass::AfterLeaseWait);
             }
             _ => {}

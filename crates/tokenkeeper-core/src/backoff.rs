@@ -121,7 +121,7 @@ impl BackoffPolicy {
         if grown >= self.cap.as_secs_f64() {
             self.cap
         } else {
-            Duration::from_secs_f64(grown)
+            Duration::try_from_secs_f64(grown).map_or(self.cap, |d| d.min(self.cap))
         }
     }
 
@@ -151,6 +151,10 @@ impl BackoffPolicy {
 
 /// Parses a `Retry-After` header value received at `now`: delta-seconds or an
 /// HTTP-date in any of the three forms of RFC 9110 §5.6.7. `None` when invalid.
+///
+/// Never overflows: a delay or a date beyond the last representable instant
+/// gives [`Timestamp::MAX`], which [`BackoffPolicy::retry_at`] caps at
+/// [`BackoffPolicy::max_retry_after`] like any other distant `Retry-After`.
 pub fn parse_retry_after(value: &str, now: Timestamp) -> Option<Timestamp> {
     let value = value.trim();
     if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
@@ -183,6 +187,7 @@ fn hms(s: &str) -> Option<(u64, u64, u64)> {
 
 /// Parses IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`), RFC 850
 /// (`Sunday, 06-Nov-94 08:49:37 GMT`) and asctime (`Sun Nov  6 08:49:37 1994`).
+/// A date beyond the last representable instant gives [`Timestamp::MAX`].
 pub fn parse_http_date(s: &str) -> Option<Timestamp> {
     let parts: Vec<&str> = s.split_whitespace().collect();
     let (year, mon, day, time) = match parts.as_slice() {
@@ -215,8 +220,13 @@ pub fn parse_http_date(s: &str) -> Option<Timestamp> {
     if !(1..=31).contains(&day) || year < 1970 {
         return None;
     }
-    let days = days_from_civil(year, mon, day);
-    let secs = u64::try_from(days).ok()? * 86_400 + time.0 * 3600 + time.1 * 60 + time.2;
+    // A date past the last representable instant (the year 584,556,019)
+    // saturates: the caller's cap on `Retry-After` then applies to it.
+    let secs = days_from_civil(year, mon, day)
+        .and_then(|days| u64::try_from(days).ok())
+        .and_then(|days| days.checked_mul(86_400))
+        .and_then(|s| s.checked_add(time.0 * 3600 + time.1 * 60 + time.2))
+        .unwrap_or(u64::MAX);
     Some(Timestamp::from_secs(secs))
 }
 
@@ -252,6 +262,28 @@ mod tests {
         ] {
             assert_eq!(parse_retry_after(bad, now), None, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn absurd_dates_saturate_and_are_capped() {
+        let now = Timestamp::from_secs(1_000);
+        for date in [
+            "Sun, 06 Nov 1000000000000 08:49:37 GMT",
+            "Sun, 31 Dec 9223372036854775807 23:59:60 GMT",
+            "Sun Dec 31 23:59:59 9223372036854775807",
+        ] {
+            assert_eq!(parse_retry_after(date, now), Some(Timestamp::MAX), "{date}");
+        }
+        let b = BackoffPolicy::default();
+        let mut rng = fastrand::Rng::with_seed(3);
+        let at = b.retry_at(
+            now,
+            1,
+            ErrorClass::Transient,
+            Some(Timestamp::MAX),
+            &mut rng,
+        );
+        assert_eq!(at, now.saturating_add(b.max_retry_after()));
     }
 
     #[test]

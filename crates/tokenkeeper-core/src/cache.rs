@@ -23,6 +23,7 @@ use zeroize::Zeroizing;
 use crate::hash::fnv1a_128;
 use crate::oauth2::OAuth2Client;
 use crate::secret::{AccessToken, IdToken, RefreshToken};
+use crate::text::escape_capped;
 use crate::time::Timestamp;
 use crate::token::TokenRecord;
 
@@ -39,6 +40,13 @@ pub const MAX_RECORD_BYTES: usize = 1024 * 1024;
 /// id, grant, scope (as a set), audience, resources (as a set) and extra
 /// parameters (as a set). Secrets and the authentication method are not part
 /// of it: they change how a token is asked for, not what it grants.
+///
+/// The [`id`](CacheKey::id) is derived from all of that, values included, so
+/// clients whose extra parameters or URL query differ never share a token.
+/// The [`description`](CacheKey::description), which every record stores and
+/// tools print, names the extra parameters without their values and shows
+/// the URL without its query: either may hold a credential (a
+/// `client_assertion`, an API key).
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct CacheKey {
     description: String,
@@ -80,18 +88,34 @@ impl CacheKey {
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
         extra.sort_unstable();
-        let description = serde_json::json!([
+        let scope = scope.join(" ");
+        let audience = client.requested_audience().unwrap_or_default();
+        // The id hashes everything, values included (and so stays what
+        // earlier versions derived: their cache slots remain this key's).
+        let full = serde_json::json!([
             "v1",
             client.token_url().as_str(),
             client.client_id().as_str(),
             client.grant().as_str(),
-            scope.join(" "),
-            client.requested_audience().unwrap_or_default(),
+            scope,
+            audience,
             resources,
             extra,
+        ]);
+        let id = hash_id(&full.to_string());
+        let names: Vec<&str> = extra.iter().map(|(k, _)| *k).collect();
+        let description = serde_json::json!([
+            "v1",
+            client.token_url().redacted(),
+            client.client_id().as_str(),
+            client.grant().as_str(),
+            scope,
+            audience,
+            resources,
+            names,
         ])
         .to_string();
-        Self::from_description(description)
+        CacheKey { description, id }
     }
 
     /// A key for a custom token source: a namespace and any distinguishing parts.
@@ -100,7 +124,7 @@ impl CacheKey {
     }
 
     fn from_description(description: String) -> Self {
-        let id = format!("{:032x}", fnv1a_128(description.as_bytes()));
+        let id = hash_id(&description);
         CacheKey { description, id }
     }
 
@@ -109,9 +133,66 @@ impl CacheKey {
         &self.id
     }
 
-    /// The canonical description the id is derived from (no secrets in it).
+    /// The canonical description of the key, stored in every record and fit
+    /// to print: for an OAuth2 client, the token URL without its query, the
+    /// client id, grant, scope, audience, resources and the *names* of the
+    /// extra parameters. The id is derived from the same parts with the
+    /// query and the parameter values in.
     pub fn description(&self) -> &str {
         &self.description
+    }
+
+    /// Whether a record stored with `source` is this key's: its description,
+    /// or (a record written before descriptions were redacted) the full
+    /// description this key's id was derived from.
+    fn owns_source(&self, source: &str) -> bool {
+        source == self.description || hash_id(source) == self.id
+    }
+}
+
+/// The 32-character hex id of a full key description.
+fn hash_id(full: &str) -> String {
+    format!("{:032x}", fnv1a_128(full.as_bytes()))
+}
+
+/// A stored description as it may be shown: the values of extra parameters
+/// and the URL query, which records written before descriptions were
+/// redacted still hold, are taken out. Any other description, current ones
+/// included, is returned unchanged, byte for byte.
+fn redact_source(source: &str) -> String {
+    let Ok(Value::Array(mut parts)) = serde_json::from_str::<Value>(source) else {
+        return source.to_owned();
+    };
+    if parts.len() != 8 || parts[0] != "v1" {
+        return source.to_owned();
+    }
+    let mut changed = false;
+    if let Some(url) = parts[1].as_str()
+        && url.contains('?')
+        && !url.ends_with("?<redacted>")
+    {
+        let shown = match url::Url::parse(url) {
+            Ok(parsed) => crate::oauth2::redacted_url(&parsed),
+            Err(_) => format!("{}?<redacted>", url.split('?').next().unwrap_or_default()),
+        };
+        parts[1] = Value::from(shown);
+        changed = true;
+    }
+    if let Value::Array(extra) = &mut parts[7] {
+        for param in extra.iter_mut() {
+            // A `[name, value]` pair becomes its name.
+            if let Value::Array(pair) = param
+                && let Some(name) = pair.first().cloned()
+            {
+                *param = name;
+                changed = true;
+            }
+        }
+    }
+    if changed {
+        Value::Array(parts).to_string()
+    } else {
+        source.to_owned()
     }
 }
 
@@ -235,7 +316,10 @@ pub fn encode_record(key: &CacheKey, record: &TokenRecord) -> EncodedRecord {
 pub fn decode_record(key: &CacheKey, bytes: &[u8]) -> Result<TokenRecord, RecordError> {
     let mut doc = parse_document(bytes)?;
     if doc.get("key").and_then(Value::as_str) != Some(key.id())
-        || doc.get("source").and_then(Value::as_str) != Some(key.description())
+        || !doc
+            .get("source")
+            .and_then(Value::as_str)
+            .is_some_and(|source| key.owns_source(source))
     {
         return Err(RecordError::Foreign("a record for another client".into()));
     }
@@ -249,8 +333,10 @@ pub fn decode_record(key: &CacheKey, bytes: &[u8]) -> Result<TokenRecord, Record
 pub struct StoredRecord {
     /// The id of the key it was stored under ([`CacheKey::id`]).
     pub key_id: String,
-    /// The key's canonical description ([`CacheKey::description`]): token URL,
-    /// client id, grant, scope, audience, resources, extra parameters. No secrets.
+    /// The key's canonical description ([`CacheKey::description`]): token URL
+    /// without its query, client id, grant, scope, audience, resources, the
+    /// names of the extra parameters. No secrets: a record written before
+    /// descriptions were redacted has its values taken out here.
     pub source: String,
     /// The token.
     pub token: TokenRecord,
@@ -268,7 +354,7 @@ pub fn read_record(bytes: &[u8]) -> Result<StoredRecord, RecordError> {
             .ok_or_else(|| RecordError::Corrupt(format!("no {name}")))
     };
     let key_id = field(&doc, "key")?;
-    let source = field(&doc, "source")?;
+    let source = redact_source(&field(&doc, "source")?);
     let token = parse_token(&mut doc)?;
     Ok(StoredRecord {
         key_id,
@@ -301,7 +387,10 @@ fn parse_document(bytes: &[u8]) -> Result<Map<String, Value>, RecordError> {
     };
     match doc.get("format").and_then(Value::as_str) {
         Some(RECORD_FORMAT) => {}
-        Some(other) => return Err(RecordError::Foreign(format!("format {other:?}"))),
+        Some(other) => {
+            let other = escape_capped(other, 64);
+            return Err(RecordError::Foreign(format!("format {other:?}")));
+        }
         None => return Err(RecordError::Foreign("no format marker".into())),
     }
     match doc.get("version").and_then(Value::as_u64) {

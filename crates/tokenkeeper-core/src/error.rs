@@ -6,6 +6,7 @@
 
 use std::time::Duration;
 
+use crate::text::escape_capped;
 use crate::time::Timestamp;
 
 /// Whether an error may go away by itself.
@@ -29,8 +30,21 @@ pub const PERMANENT_OAUTH_ERRORS: [&str; 5] = [
     "unsupported_grant_type",
 ];
 
+/// The most characters kept of an OAuth2 `error` code.
+pub const MAX_ERROR_CODE_CHARS: usize = 100;
+/// The most characters kept of an OAuth2 `error_description` or `error_uri`.
+pub const MAX_ERROR_DESCRIPTION_CHARS: usize = 200;
+/// The most characters of a [`FetchError::Status`] snippet.
+pub const MAX_SNIPPET_CHARS: usize = 400;
+
 /// An error answer in the format of RFC 6749 §5.2.
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// The authority writes these fields, and they reach logs: they are kept
+/// with control characters (newlines, ANSI escapes) and invisible formatting
+/// characters escaped, and cut to [`MAX_ERROR_CODE_CHARS`] and
+/// [`MAX_ERROR_DESCRIPTION_CHARS`]. `Display` and `Debug` apply the same
+/// rules again, in case a field was changed since.
+#[derive(Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct OAuthError {
     /// The `error` code, such as `invalid_client`.
@@ -42,30 +56,49 @@ pub struct OAuthError {
 }
 
 impl OAuthError {
-    /// An error body with the given code and description.
+    /// An error body with the given code and description, sanitised.
     pub fn new(error: impl Into<String>, description: Option<String>) -> Self {
+        Self::sanitised(&error.into(), description.as_deref(), None)
+    }
+
+    /// An error body with every field escaped and capped.
+    pub(crate) fn sanitised(error: &str, description: Option<&str>, uri: Option<&str>) -> Self {
+        let long = |s: &str| escape_capped(s, MAX_ERROR_DESCRIPTION_CHARS);
         OAuthError {
-            error: error.into(),
-            description,
-            uri: None,
+            error: escape_capped(error, MAX_ERROR_CODE_CHARS),
+            description: description.map(long),
+            uri: uri.map(long),
         }
     }
 }
 
 impl std::fmt::Display for OAuthError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.error)?;
+        f.write_str(&escape_capped(&self.error, MAX_ERROR_CODE_CHARS))?;
         if let Some(d) = &self.description {
-            write!(f, ": {d}")?;
+            write!(f, ": {}", escape_capped(d, MAX_ERROR_DESCRIPTION_CHARS))?;
         }
         Ok(())
     }
 }
 
+impl std::fmt::Debug for OAuthError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let long = |s: &String| escape_capped(s, MAX_ERROR_DESCRIPTION_CHARS);
+        f.debug_struct("OAuthError")
+            .field("error", &escape_capped(&self.error, MAX_ERROR_CODE_CHARS))
+            .field("description", &self.description.as_ref().map(long))
+            .field("uri", &self.uri.as_ref().map(long))
+            .finish()
+    }
+}
+
 /// Why a token could not be had from the authority.
 ///
-/// No variant ever holds a secret: body snippets are taken only from error
-/// answers, never from a success body that might hold a token.
+/// No variant ever holds a secret, and none carries raw text from the
+/// authority: a [`FetchError::Status`] snippet describes the body without
+/// showing a credential, and OAuth2 error fields are escaped and capped
+/// ([`OAuthError`]).
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[non_exhaustive]
 pub enum FetchError {
@@ -92,11 +125,16 @@ pub enum FetchError {
         retry_after: Option<Timestamp>,
     },
     /// An error status without an OAuth2 error body.
-    #[error("the token endpoint answered HTTP {status}{}", snippet_suffix(.snippet))]
+    #[error("the token endpoint answered {}", status_text(*.status, .snippet))]
     Status {
         /// The HTTP status.
         status: u16,
-        /// The start of the body, sanitised.
+        /// What the answer was, without its secrets: the status, the content
+        /// type, the body size, and then the OAuth2 `error` and
+        /// `error_description` of a form-encoded body, or a short escaped
+        /// start of a text body that names no credential field (`Display`
+        /// escapes and caps it again, to [`MAX_SNIPPET_CHARS`]). The values
+        /// of a JSON or form body are never shown.
         snippet: String,
         /// When the authority asked us to come back, if it did.
         retry_after: Option<Timestamp>,
@@ -134,11 +172,17 @@ pub enum FetchError {
     },
 }
 
-fn snippet_suffix(snippet: &str) -> String {
+/// `HTTP 502`, then the snippet, which the response parser starts with the
+/// status itself.
+fn status_text(status: u16, snippet: &str) -> String {
+    let head = format!("HTTP {status}");
+    let snippet = escape_capped(snippet, MAX_SNIPPET_CHARS);
     if snippet.is_empty() {
-        String::new()
+        head
+    } else if snippet.starts_with(&head) {
+        snippet
     } else {
-        format!(": {snippet}")
+        format!("{head}: {snippet}")
     }
 }
 

@@ -14,7 +14,7 @@
 use std::time::Duration;
 
 use crate::policy::PolicyError;
-use crate::time::{Timestamp, duration_millis};
+use crate::time::{Timestamp, duration_millis, saturating_mul_f64};
 use crate::token::TokenRecord;
 
 /// How far before its stale time a refresh may be moved. Default: up to 60 s.
@@ -57,7 +57,7 @@ impl Jitter {
     pub fn max_for(&self, lifetime: Duration) -> Duration {
         match self.0 {
             Spread::Fixed(d) => d,
-            Spread::Fraction(f) => lifetime.mul_f64(f),
+            Spread::Fraction(f) => saturating_mul_f64(lifetime, f),
         }
     }
 

@@ -135,6 +135,7 @@ pub mod policy;
 pub mod refresher;
 mod secret;
 pub mod sim;
+mod text;
 mod time;
 mod token;
 
@@ -142,7 +143,8 @@ pub use backoff::BackoffPolicy;
 pub use cache::{CacheKey, EncodedRecord, RecordError};
 pub use clock::{Monotonic, Now};
 pub use error::{
-    CacheError, CacheErrorKind, ErrorClass, FetchError, OAuthError, PERMANENT_OAUTH_ERRORS,
+    CacheError, CacheErrorKind, ErrorClass, FetchError, MAX_ERROR_CODE_CHARS,
+    MAX_ERROR_DESCRIPTION_CHARS, MAX_SNIPPET_CHARS, OAuthError, PERMANENT_OAUTH_ERRORS,
 };
 pub use jitter::Jitter;
 pub use policy::{LifetimePolicy, PolicyError};

@@ -16,7 +16,7 @@
 
 use std::time::Duration;
 
-use crate::time::Timestamp;
+use crate::time::{Timestamp, saturating_mul_f64};
 use crate::token::{TokenGrant, TokenRecord};
 
 /// A lifetime policy that failed validation.
@@ -138,9 +138,12 @@ impl LifetimePolicy {
         let expiry = issued.saturating_add(life);
         let fresh_for = match refresh_in {
             Some(hint) => hint.min(life),
-            None if life >= self.min_stale_window.saturating_mul(2) => life
-                .mul_f64(self.stale_fraction)
-                .min(life - self.min_stale_window),
+            // Saturating: `mul_f64` panics when a lifetime near `u64::MAX`
+            // seconds, times 1.0, rounds up past the largest `Duration`.
+            None if life >= self.min_stale_window.saturating_mul(2) => {
+                saturating_mul_f64(life, self.stale_fraction)
+                    .min(life.saturating_sub(self.min_stale_window))
+            }
             None => life / 2,
         };
         (issued.saturating_add(fresh_for).min(expiry), expiry)
@@ -234,6 +237,19 @@ mod tests {
         assert_eq!(stale_after(&p, 5), (0, 0));
         let (_, expiry) = p.instants(Timestamp::EPOCH, None, None);
         assert_eq!(expiry, Timestamp::from_secs(290));
+    }
+
+    #[test]
+    fn lifetimes_near_the_largest_duration_saturate() {
+        let p = LifetimePolicy::builder()
+            .stale_fraction(1.0)
+            .build()
+            .unwrap();
+        for life in [Duration::from_secs(u64::MAX), Duration::MAX] {
+            let (stale, expiry) = p.instants(Timestamp::from_secs(1), Some(life), None);
+            assert_eq!(expiry, Timestamp::MAX);
+            assert!(stale <= expiry);
+        }
     }
 
     #[test]

@@ -22,7 +22,7 @@
 //! ```
 
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, HashMap};
 use std::time::Duration;
 
 use crate::backoff::BackoffPolicy;
@@ -185,8 +185,9 @@ struct Sim<'a> {
     instances: Vec<Instance>,
     shared: Shared,
     rng: fastrand::Rng,
-    per_second: Vec<u32>,
-    refreshes_per_second: Vec<u32>,
+    /// Requests started in each second of the run (by offset from its start).
+    per_second: HashMap<u64, u32>,
+    refreshes_per_second: HashMap<u64, u32>,
     report: FleetReport,
     issued_counter: u64,
 }
@@ -205,8 +206,8 @@ pub fn simulate(cfg: &FleetConfig) -> FleetReport {
             lease: None,
         },
         rng: fastrand::Rng::with_seed(cfg.seed),
-        per_second: vec![0; (cfg.duration.as_secs() + 2) as usize],
-        refreshes_per_second: vec![0; (cfg.duration.as_secs() + 2) as usize],
+        per_second: HashMap::new(),
+        refreshes_per_second: HashMap::new(),
         report: FleetReport::default(),
         issued_counter: 0,
     };
@@ -250,7 +251,10 @@ impl Sim<'_> {
             .authority
             .outages
             .iter()
-            .map(|o| self.start.saturating_add(o.start + o.duration))
+            .map(|o| {
+                self.start
+                    .saturating_add(o.start.saturating_add(o.duration))
+            })
             .max();
         while let Some(Reverse((at, idx, instance))) = self.queue.pop() {
             while next_read < at && next_read <= end {
@@ -270,10 +274,10 @@ impl Sim<'_> {
             next_read = next_read.saturating_add(step);
         }
         self.report.peak_requests_per_second =
-            self.per_second.iter().copied().max().unwrap_or(0).into();
+            self.per_second.values().copied().max().unwrap_or(0).into();
         self.report.peak_refreshes_per_second = self
             .refreshes_per_second
-            .iter()
+            .values()
             .copied()
             .max()
             .unwrap_or(0)
@@ -472,16 +476,12 @@ impl Sim<'_> {
 
     fn authority(&mut self, now: Timestamp, refresh: bool) -> Result<TokenGrant, FetchError> {
         self.report.authority_requests += 1;
-        let second = now.duration_since(self.start).as_secs() as usize;
-        if let Some(slot) = self.per_second.get_mut(second) {
-            *slot += 1;
-        }
-        if let Some(slot) = self
-            .refreshes_per_second
-            .get_mut(second)
-            .filter(|_| refresh)
-        {
-            *slot += 1;
+        let second = now.duration_since(self.start).as_secs();
+        let slot = self.per_second.entry(second).or_default();
+        *slot = slot.saturating_add(1);
+        if refresh {
+            let slot = self.refreshes_per_second.entry(second).or_default();
+            *slot = slot.saturating_add(1);
         }
         let offset = now.duration_since(self.start);
         let down = self
@@ -489,7 +489,7 @@ impl Sim<'_> {
             .authority
             .outages
             .iter()
-            .any(|o| offset >= o.start && offset < o.start + o.duration);
+            .any(|o| offset >= o.start && offset < o.start.saturating_add(o.duration));
         let fails = self.cfg.authority.failure_rate > 0.0
             && self.rng.f64() < self.cfg.authority.failure_rate;
         if down || fails {

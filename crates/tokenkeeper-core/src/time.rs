@@ -42,9 +42,24 @@ impl Timestamp {
         }
     }
 
-    /// The same instant as a [`std::time::SystemTime`].
+    /// The same instant as a [`std::time::SystemTime`], or the latest
+    /// instant the platform can represent when it cannot represent this one.
     pub fn to_system_time(self) -> std::time::SystemTime {
-        std::time::UNIX_EPOCH + Duration::from_millis(self.0)
+        let epoch = std::time::UNIX_EPOCH;
+        if let Some(t) = epoch.checked_add(Duration::from_millis(self.0)) {
+            return t;
+        }
+        // Saturate: the largest whole millisecond the platform accepts.
+        let (mut lo, mut hi) = (0u64, self.0);
+        while lo < hi {
+            let mid = lo + (hi - lo).div_ceil(2);
+            if epoch.checked_add(Duration::from_millis(mid)).is_some() {
+                lo = mid;
+            } else {
+                hi = mid - 1;
+            }
+        }
+        epoch + Duration::from_millis(lo)
     }
 
     /// Milliseconds since the epoch.
@@ -108,15 +123,30 @@ pub(crate) fn duration_millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// Days since 1970-01-01 for a proleptic Gregorian date (Howard Hinnant's algorithm).
-pub(crate) fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = if y >= 0 { y } else { y - 399 } / 400;
-    let yoe = y - era * 400;
+/// `d × f`, saturating at [`Duration::MAX`] (and zero for a negative or
+/// NaN product) where [`Duration::mul_f64`] would panic. Gives the same
+/// result as `mul_f64` wherever that one does not panic.
+pub(crate) fn saturating_mul_f64(d: Duration, f: f64) -> Duration {
+    let product = d.as_secs_f64() * f;
+    if product.is_nan() || product <= 0.0 {
+        return Duration::ZERO;
+    }
+    Duration::try_from_secs_f64(product).unwrap_or(Duration::MAX)
+}
+
+/// Days since 1970-01-01 for a proleptic Gregorian date (Howard Hinnant's
+/// algorithm); `None` when the count does not fit in an `i64` (years near
+/// ±2.5 × 10¹⁶). `m` is 1 to 12 and `d` 1 to 31.
+pub(crate) fn days_from_civil(y: i64, m: u32, d: u32) -> Option<i64> {
+    let y = if m <= 2 { y.checked_sub(1)? } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
     let m = i64::from(m);
     let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(d) - 1;
     let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
+    era.checked_mul(146_097)?
+        .checked_add(doe)?
+        .checked_sub(719_468)
 }
 
 /// The inverse of [`days_from_civil`].
@@ -154,8 +184,28 @@ mod tests {
     fn civil_round_trips() {
         for z in [-800_000i64, -1, 0, 1, 11_016, 18_321, 2_932_896] {
             let (y, m, d) = civil_from_days(z);
-            assert_eq!(days_from_civil(y, m, d), z);
+            assert_eq!(days_from_civil(y, m, d), Some(z));
         }
+        assert_eq!(days_from_civil(i64::MAX, 12, 31), None);
+        assert_eq!(days_from_civil(i64::MIN, 1, 1), None);
+        assert!(days_from_civil(1_000_000_000_000, 11, 6).is_some());
+    }
+
+    #[test]
+    fn extreme_instants_format_and_convert() {
+        assert!(Timestamp::MAX.to_rfc3339().starts_with("584556019-"));
+        assert!(
+            Timestamp::MAX.to_system_time() >= Timestamp::from_secs(2_000_000_000).to_system_time()
+        );
+        assert_eq!(
+            saturating_mul_f64(Duration::from_secs(u64::MAX), 1.0),
+            Duration::MAX
+        );
+        assert_eq!(saturating_mul_f64(Duration::MAX, f64::NAN), Duration::ZERO);
+        assert_eq!(
+            saturating_mul_f64(Duration::from_secs(3_600), 0.75),
+            Duration::from_secs(3_600).mul_f64(0.75)
+        );
     }
 
     #[test]

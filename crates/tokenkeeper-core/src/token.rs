@@ -1,16 +1,20 @@
 //! What an authority grants, and the timed record the engine keeps of it.
 
+use std::fmt;
 use std::time::Duration;
 
 use serde_json::{Map, Value};
 
 use crate::secret::{AccessToken, IdToken, RefreshToken};
+use crate::text::escape_capped;
 use crate::time::Timestamp;
 
 /// A token as the authority handed it out, before any lifetime policy applies.
 ///
-/// Produced by the OAuth2 response parser, or by a custom token source.
-#[derive(Clone, Debug, PartialEq)]
+/// Produced by the OAuth2 response parser, or by a custom token source. Its
+/// `Debug` shows the secrets as fingerprints and the extra fields by name
+/// only: an authority may put anything in them.
+#[derive(Clone, PartialEq)]
 #[non_exhaustive]
 pub struct TokenGrant {
     /// The access token.
@@ -66,8 +70,9 @@ impl TokenGrant {
 
 /// A token together with the instants that govern its use.
 ///
-/// Invariant: `issued <= stale <= expiry`.
-#[derive(Clone, Debug, PartialEq)]
+/// Invariant: `issued <= stale <= expiry`. Its `Debug` shows the secrets as
+/// fingerprints and the extra fields by name only.
+#[derive(Clone, PartialEq)]
 #[non_exhaustive]
 pub struct TokenRecord {
     /// The access token.
@@ -88,6 +93,52 @@ pub struct TokenRecord {
     pub expiry: Timestamp,
     /// Every other field of the response, kept as sent.
     pub extra: Map<String, Value>,
+}
+
+/// The most characters shown of an extra field's name.
+const FIELD_NAME_CHARS: usize = 64;
+
+/// Shows the names of extra response fields, never their values (which may
+/// be credentials: an `issued_token`, a `session_secret`, ...).
+struct FieldNames<'a>(&'a Map<String, Value>);
+
+impl fmt::Debug for FieldNames<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list()
+            .entries(self.0.keys().map(|k| escape_capped(k, FIELD_NAME_CHARS)))
+            .finish()
+    }
+}
+
+impl fmt::Debug for TokenGrant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenGrant")
+            .field("access_token", &self.access_token)
+            .field("token_type", &self.token_type)
+            .field("expires_in", &self.expires_in)
+            .field("refresh_in", &self.refresh_in)
+            .field("refresh_token", &self.refresh_token)
+            .field("id_token", &self.id_token)
+            .field("scope", &self.scope)
+            .field("extra", &FieldNames(&self.extra))
+            .finish()
+    }
+}
+
+impl fmt::Debug for TokenRecord {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenRecord")
+            .field("access_token", &self.access_token)
+            .field("token_type", &self.token_type)
+            .field("refresh_token", &self.refresh_token)
+            .field("id_token", &self.id_token)
+            .field("scope", &self.scope)
+            .field("issued", &self.issued)
+            .field("stale", &self.stale)
+            .field("expiry", &self.expiry)
+            .field("extra", &FieldNames(&self.extra))
+            .finish()
+    }
 }
 
 /// Where a token stands at a given instant.

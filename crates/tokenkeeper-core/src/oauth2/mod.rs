@@ -90,28 +90,28 @@ pub struct TokenUrl(Url);
 /// shows only that there is one.
 impl std::fmt::Debug for TokenUrl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let url = &self.0;
-        write!(
-            f,
-            "TokenUrl({}://{}",
-            url.scheme(),
-            url.host_str().unwrap_or("")
-        )?;
-        if let Some(port) = url.port() {
-            write!(f, ":{port}")?;
-        }
-        f.write_str(url.path())?;
-        if url.query().is_some() {
-            f.write_str("?<redacted>")?;
-        }
-        f.write_str(")")
+        write!(f, "TokenUrl({})", self.redacted())
     }
 }
 
+/// Like `Debug`, without the query: [`TokenUrl::as_str`] gives the whole URL.
 impl std::fmt::Display for TokenUrl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        std::fmt::Display::fmt(&self.0, f)
+        f.write_str(&self.redacted())
     }
+}
+
+/// `scheme://host:port/path`, and `?<redacted>` when there is a query.
+pub(crate) fn redacted_url(url: &Url) -> String {
+    let mut out = format!("{}://{}", url.scheme(), url.host_str().unwrap_or(""));
+    if let Some(port) = url.port() {
+        out.push_str(&format!(":{port}"));
+    }
+    out.push_str(url.path());
+    if url.query().is_some() {
+        out.push_str("?<redacted>");
+    }
+    out
 }
 
 impl TokenUrl {
@@ -142,9 +142,16 @@ impl TokenUrl {
         &self.0
     }
 
-    /// The URL as text.
+    /// The URL as text, query included: what requests are sent to. Its query
+    /// may hold a key: log [`TokenUrl::redacted`] (or `Display`) instead.
     pub fn as_str(&self) -> &str {
         self.0.as_str()
+    }
+
+    /// The URL fit for logs: scheme, host, port and path, and `?<redacted>`
+    /// in place of a query. This is what `Display` and `Debug` show.
+    pub fn redacted(&self) -> String {
+        redacted_url(&self.0)
     }
 }
 

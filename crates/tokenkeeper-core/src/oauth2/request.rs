@@ -40,9 +40,34 @@ impl fmt::Debug for TokenRequest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TokenRequest")
             .field("method", self.inner.method())
-            .field("uri", self.inner.uri())
+            .field("uri", &RedactedUri(self.inner.uri()))
             .field("body_len", &self.inner.body().len())
             .finish_non_exhaustive()
+    }
+}
+
+/// A URI as `scheme://authority/path`, its query (which may hold a key)
+/// shown only as `?<redacted>`.
+struct RedactedUri<'a>(&'a http::Uri);
+
+impl fmt::Debug for RedactedUri<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let uri = self.0;
+        if let Some(scheme) = uri.scheme_str() {
+            write!(f, "{scheme}://")?;
+        }
+        if let Some(authority) = uri.authority() {
+            // A token URL carries no user info; should one, show the host only.
+            f.write_str(authority.host())?;
+            if let Some(port) = authority.port_u16() {
+                write!(f, ":{port}")?;
+            }
+        }
+        f.write_str(uri.path())?;
+        if uri.query().is_some() {
+            f.write_str("?<redacted>")?;
+        }
+        Ok(())
     }
 }
 

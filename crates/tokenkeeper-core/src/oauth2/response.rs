@@ -3,38 +3,120 @@
 use std::time::Duration;
 
 use http::HeaderMap;
-use http::header::RETRY_AFTER;
+use http::header::{CONTENT_TYPE, RETRY_AFTER};
 use serde_json::{Map, Value};
 
 use crate::backoff::parse_retry_after;
-use crate::error::{FetchError, OAuthError};
+use crate::error::{FetchError, MAX_ERROR_DESCRIPTION_CHARS, MAX_SNIPPET_CHARS, OAuthError};
 use crate::secret::{AccessToken, IdToken, RefreshToken};
+use crate::text::{escape_capped, names_a_credential};
 use crate::time::Timestamp;
 use crate::token::TokenGrant;
 
 /// The default cap on a token response body: 256 KiB, room for large id tokens.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 256 * 1024;
 
+/// The most characters shown of the start of a text error body.
 const SNIPPET_CHARS: usize = 120;
+/// The most characters shown of a `Content-Type` or `token_type` value.
+const SHORT_VALUE_CHARS: usize = 64;
 
-/// A short, printable start of an error body. Only ever taken from error
-/// answers: a success body may hold a token.
-fn snippet(body: &[u8]) -> String {
-    let text = String::from_utf8_lossy(&body[..body.len().min(SNIPPET_CHARS * 4)]);
-    let mut out: String = text
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .take(SNIPPET_CHARS)
-        .collect();
-    out = out.split_whitespace().collect::<Vec<_>>().join(" ");
-    if text.chars().count() > SNIPPET_CHARS || body.len() > SNIPPET_CHARS * 4 {
-        out.push('…');
+/// The `Content-Type` of an answer, escaped and capped.
+fn content_type(headers: &HeaderMap) -> String {
+    match headers.get(CONTENT_TYPE).map(|v| v.to_str()) {
+        None => "no content type".to_owned(),
+        Some(Ok(v)) => escape_capped(v.trim(), SHORT_VALUE_CHARS),
+        Some(Err(_)) => "an unreadable content type".to_owned(),
     }
-    out
 }
 
-fn string_field(map: &Map<String, Value>, name: &str) -> Option<String> {
-    map.get(name).and_then(Value::as_str).map(str::to_owned)
+/// Whether a body is form-encoded: declared so, or shaped like
+/// `name=value&name=value` (a form echoed back as plain text, say).
+fn is_form(content_type: &str, text: &str) -> bool {
+    if content_type
+        .to_ascii_lowercase()
+        .starts_with("application/x-www-form-urlencoded")
+    {
+        return true;
+    }
+    let text = text.trim_end();
+    !text.is_empty()
+        && text.split('&').all(|pair| {
+            pair.split_once('=').is_some_and(|(name, value)| {
+                !name.is_empty()
+                    && name
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"_.-%+[]".contains(&b))
+                    && !value.contains(char::is_whitespace)
+            })
+        })
+}
+
+/// Describes an error answer without any secret it may hold. Only ever
+/// taken from error answers: a success body holds a token.
+///
+/// Kept: the status, the content type and the body size; for a form-encoded
+/// body, its OAuth2 `error` and `error_description`; for a text body (HTML,
+/// plain text), a short escaped start, and only when the body names no
+/// credential field. Never kept: any value of a JSON body (one without an
+/// OAuth2 `error` may be a token response sent with the wrong status), any
+/// other form value (an echo of the request holds its credentials).
+fn snippet(status: u16, headers: &HeaderMap, body: &[u8], json: bool) -> String {
+    let ctype = content_type(headers);
+    let mut out = format!("HTTP {status}, {ctype}, {} bytes", body.len());
+    if body.is_empty() {
+        return out;
+    }
+    let text = String::from_utf8_lossy(body);
+    if json {
+        out.push_str(", JSON without an OAuth2 error (not shown)");
+    } else if is_form(&ctype, &text) {
+        let mut error = None;
+        let mut description = None;
+        for (name, value) in url::form_urlencoded::parse(body) {
+            match &*name {
+                "error" if error.is_none() => error = Some(value),
+                "error_description" if description.is_none() => description = Some(value),
+                _ => {}
+            }
+        }
+        match error {
+            Some(e) => {
+                out.push_str(", error ");
+                out.push_str(&escape_capped(&e, SHORT_VALUE_CHARS));
+                if let Some(d) = description {
+                    out.push_str(": ");
+                    out.push_str(&escape_capped(&d, MAX_ERROR_DESCRIPTION_CHARS));
+                }
+            }
+            None => out.push_str(", form fields not shown"),
+        }
+    } else if names_a_credential(&text) {
+        out.push_str(", not shown: it names a credential field");
+    } else {
+        // One line: runs of blanks and line breaks become one space.
+        let start: String = text
+            .chars()
+            .take(SNIPPET_CHARS * 4)
+            .collect::<String>()
+            .split(|c: char| c.is_ascii_whitespace())
+            .filter(|w| !w.is_empty())
+            .collect::<Vec<_>>()
+            .join(" ");
+        let cut = text.chars().nth(SNIPPET_CHARS * 4).is_some();
+        let mut shown = escape_capped(&start, SNIPPET_CHARS);
+        if cut && !shown.ends_with('…') {
+            shown.push('…');
+        }
+        out.push_str(": ");
+        out.push_str(&shown);
+    }
+    escape_capped(&out, MAX_SNIPPET_CHARS)
+}
+
+/// Whether the body is JSON of any shape.
+fn is_json(body: &[u8]) -> bool {
+    serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok()
 }
 
 /// A number of seconds given as a JSON number or a numeric string.
@@ -63,12 +145,13 @@ fn seconds_field(
 }
 
 fn oauth_error(map: &Map<String, Value>) -> Option<OAuthError> {
-    let error = string_field(map, "error")?;
-    Some(OAuthError {
+    let error = map.get("error").and_then(Value::as_str)?;
+    let text = |name| map.get(name).and_then(Value::as_str);
+    Some(OAuthError::sanitised(
         error,
-        description: string_field(map, "error_description"),
-        uri: string_field(map, "error_uri"),
-    })
+        text("error_description"),
+        text("error_uri"),
+    ))
 }
 
 /// Reads a token endpoint's answer received at `now`.
@@ -111,7 +194,7 @@ pub fn parse_token_response(
     if !success {
         return Err(FetchError::Status {
             status,
-            snippet: snippet(body),
+            snippet: snippet(status, headers, body, parsed.is_some() || is_json(body)),
             retry_after,
         });
     }
@@ -160,7 +243,9 @@ pub fn parse_token_response(
         }
     };
     if !token_type.eq_ignore_ascii_case("bearer") {
-        return Err(FetchError::UnsupportedTokenType { token_type });
+        return Err(FetchError::UnsupportedTokenType {
+            token_type: escape_capped(&token_type, SHORT_VALUE_CHARS),
+        });
     }
     let expires_in = seconds_field(&map, "expires_in", status)?;
     if expires_in == Some(Duration::ZERO) {
@@ -326,7 +411,13 @@ mod tests {
             .unwrap_err()
         {
             FetchError::Status { snippet, .. } => {
-                assert!(snippet.chars().count() <= SNIPPET_CHARS + 1);
+                // The start of the body is cut to SNIPPET_CHARS; the status,
+                // type and size come before it.
+                let (head, start) = snippet.split_once(": ").unwrap();
+                assert_eq!(head, "HTTP 503, no content type, 10015 bytes");
+                assert!(start.chars().count() <= SNIPPET_CHARS, "{start}");
+                assert!(start.ends_with('…'), "{start}");
+                assert!(snippet.chars().count() <= MAX_SNIPPET_CHARS);
                 assert!(!snippet.contains('\n'));
             }
             other => panic!("{other:?}"),

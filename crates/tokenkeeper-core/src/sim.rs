@@ -310,10 +310,12 @@ impl Sim<'_> {
                 }
             }
         }
-        if let Some(e) = outage_end {
-            if all_recovered && now >= e && self.report.recovery_after_outage.is_none() {
-                self.report.recovery_after_outage = Some(now.duration_since(e));
-            }
+        if let Some(e) = outage_end
+            && all_recovered
+            && now >= e
+            && self.report.recovery_after_outage.is_none()
+        {
+            self.report.recovery_after_outage = Some(now.duration_since(e));
         }
     }
 

@@ -27,6 +27,7 @@ use std::time::Duration;
 
 use crate::backoff::BackoffPolicy;
 use crate::cache::CacheKey;
+use crate::clock::{Monotonic, Now};
 use crate::error::{ErrorClass, FetchError};
 use crate::jitter::Jitter;
 use crate::policy::LifetimePolicy;
@@ -97,6 +98,19 @@ pub struct FleetConfig {
     pub backoff: BackoffPolicy,
     /// Seed of the whole run (instances, authority failures, start offsets).
     pub seed: u64,
+    /// Steps of every instance's wall clock (their monotonic clocks run
+    /// true), in order of time.
+    pub clock_steps: Vec<ClockStep>,
+}
+
+/// From `at` into the run, every instance's wall clock reads real time plus
+/// `offset_ms` (negative: behind), until the next step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClockStep {
+    /// When, from the start of the run.
+    pub at: Duration,
+    /// How far the wall clock is off from then on, in milliseconds.
+    pub offset_ms: i64,
 }
 
 impl Default for FleetConfig {
@@ -114,6 +128,7 @@ impl Default for FleetConfig {
             jitter: Jitter::default(),
             backoff: BackoffPolicy::default(),
             seed: 1,
+            clock_steps: Vec::new(),
         }
     }
 }
@@ -190,6 +205,8 @@ struct Sim<'a> {
     refreshes_per_second: HashMap<u64, u32>,
     report: FleetReport,
     issued_counter: u64,
+    /// The real expiry of every token the authority issued.
+    real_expiry: HashMap<String, Timestamp>,
 }
 
 /// Runs the simulation described by `cfg`.
@@ -210,12 +227,35 @@ pub fn simulate(cfg: &FleetConfig) -> FleetReport {
         refreshes_per_second: HashMap::new(),
         report: FleetReport::default(),
         issued_counter: 0,
+        real_expiry: HashMap::new(),
     };
     sim.run();
     sim.report
 }
 
 impl Sim<'_> {
+    /// What instance clocks read at real instant `now`: the wall clock with
+    /// the step in force, and the monotonic clock, true.
+    fn clocks(&self, now: Timestamp) -> Now {
+        let into = now.duration_since(self.start);
+        let offset = self
+            .cfg
+            .clock_steps
+            .iter()
+            .take_while(|s| s.at <= into)
+            .last()
+            .map_or(0, |s| s.offset_ms);
+        let skew = Duration::from_millis(offset.unsigned_abs());
+        let wall = if offset >= 0 {
+            now.saturating_add(skew)
+        } else {
+            now.saturating_sub(skew)
+        };
+        let mono =
+            u64::try_from(now.duration_since(Timestamp::EPOCH).as_millis()).unwrap_or(u64::MAX);
+        Now::new(wall, Monotonic::from_millis(mono))
+    }
+
     fn push(&mut self, at: Timestamp, instance: usize, job: Job) {
         self.jobs.push(Some(job));
         // The job index doubles as a sequence number: equal instants keep FIFO order.
@@ -286,12 +326,29 @@ impl Sim<'_> {
 
     fn read_all(&mut self, now: Timestamp, outage_end: Option<Timestamp>) {
         let mut all_recovered = true;
+        let clocks = self.clocks(now);
+        let ttl = self.cfg.authority.token_ttl;
         for inst in &self.instances {
             let Some(r) = &inst.refresher else {
                 all_recovered = false;
                 continue;
             };
-            match r.token().map(|t| (t.state_at(now), t.issued)) {
+            // Judged by real time: a token served past its real expiry is an
+            // expired read, whatever the instance's clocks say.
+            let served = r.token().map(|t| {
+                let real_expiry = self
+                    .real_expiry
+                    .get(t.access_token.expose_secret())
+                    .copied()
+                    .unwrap_or(Timestamp::EPOCH);
+                let state = if now >= real_expiry {
+                    TokenState::Expired
+                } else {
+                    r.status(clocks).token_state.unwrap_or(TokenState::Expired)
+                };
+                (state, real_expiry.saturating_sub(ttl))
+            });
+            match served {
                 Some((TokenState::Fresh, issued)) => {
                     self.report.reads_fresh += 1;
                     all_recovered &= outage_end.is_some_and(|e| issued >= e);
@@ -330,18 +387,21 @@ impl Sim<'_> {
                     config = config.layer(Layer::new("shared").with_lease(self.cfg.lease));
                 }
                 let seed = self.rng.u64(..);
-                self.instances[i].refresher = Some(Refresher::new(config, seed, now));
+                let clocks = self.clocks(now);
+                self.instances[i].refresher = Some(Refresher::new(config, seed, clocks));
             }
             Job::Timeout { generation } => {
                 if generation != self.instances[i].generation {
                     return;
                 }
                 self.instances[i].scheduled = None;
+                let clocks = self.clocks(now);
                 if let Some(r) = self.instances[i].refresher.as_mut() {
-                    r.handle_timeout(now);
+                    r.handle_timeout(clocks);
                 }
             }
             Job::Answer { id, answer } => {
+                let now = self.clocks(now);
                 let inst = &mut self.instances[i];
                 let Some(r) = inst.refresher.as_mut() else {
                     return;
@@ -460,12 +520,13 @@ impl Sim<'_> {
                 _ => {}
             }
         }
+        let clocks = self.clocks(now);
         let inst = &mut self.instances[i];
         let next = inst
             .refresher
             .as_ref()
-            .and_then(Refresher::poll_timeout)
-            .map(|at| at.max(now));
+            .and_then(|r| r.poll_sleep(clocks))
+            .map(|sleep| now.saturating_add(sleep));
         if next != inst.scheduled {
             inst.generation += 1;
             inst.scheduled = next;
@@ -502,8 +563,13 @@ impl Sim<'_> {
             });
         }
         self.issued_counter += 1;
+        let token = format!("sim-token-{}", self.issued_counter);
+        self.real_expiry.insert(
+            token.clone(),
+            now.saturating_add(self.cfg.authority.token_ttl),
+        );
         Ok(TokenGrant::bearer(
-            AccessToken::new(format!("sim-token-{}", self.issued_counter)),
+            AccessToken::new(token),
             Some(self.cfg.authority.token_ttl),
         ))
     }

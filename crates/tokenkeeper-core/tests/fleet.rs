@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use tokenkeeper_core::Jitter;
-use tokenkeeper_core::sim::{AuthorityModel, FleetConfig, Outage, simulate};
+use tokenkeeper_core::sim::{AuthorityModel, ClockStep, FleetConfig, Outage, simulate};
 
 const HOUR: Duration = Duration::from_secs(3600);
 
@@ -111,4 +111,44 @@ fn simulations_are_deterministic_for_a_seed() {
     // A different seed gives a different, but equally safe, run.
     let b = simulate(&other);
     assert_eq!(b.reads_expired + b.reads_none, 0);
+}
+
+/// (d) The fleet's wall clocks step (a day back at 6 h, ten years ahead at
+/// 12 h, corrected at 13 h) while their monotonic clocks run true: no read
+/// is ever served a token past its real lifetime, none finds no token, and
+/// the fleet still asks about as often as a lone instance with steady
+/// clocks.
+#[test]
+fn a_fleet_rides_out_wall_clock_steps() {
+    let day = 24 * 3600 * 1000_i64;
+    let steps = vec![
+        ClockStep {
+            at: 6 * HOUR,
+            offset_ms: -day,
+        },
+        ClockStep {
+            at: 12 * HOUR,
+            offset_ms: 10 * 365 * day,
+        },
+        ClockStep {
+            at: 13 * HOUR,
+            offset_ms: 0,
+        },
+    ];
+    let lone = simulate(&day_of_hour_tokens(1, true));
+    let fleet = simulate(&FleetConfig {
+        clock_steps: steps,
+        ..day_of_hour_tokens(200, true)
+    });
+    println!("lone: {lone:?}\nfleet with steps: {fleet:?}");
+    assert_eq!(fleet.reads_expired, 0, "{fleet:?}");
+    assert_eq!(fleet.reads_none, 0, "{fleet:?}");
+    // Records written under a skewed clock are distrusted or read as expired
+    // by the others after a step, so a step can cost the fleet a fetch.
+    assert!(
+        fleet.authority_requests <= lone.authority_requests + 6,
+        "fleet {} vs lone {}",
+        fleet.authority_requests,
+        lone.authority_requests
+    );
 }

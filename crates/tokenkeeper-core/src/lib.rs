@@ -2,10 +2,15 @@
 //!
 //! This crate decides everything about keeping an OAuth2 access token fresh and
 //! performs none of it. It never reads a clock, sleeps, spawns, opens a socket
-//! or a file, or draws OS randomness: every input carries `now` (wall-clock
-//! milliseconds since the Unix epoch, see [`Timestamp`]), randomness comes from
-//! a seed the caller gives, and every piece of I/O is an [`Effect`] that a
-//! driver carries out and answers.
+//! or a file, or draws OS randomness: every input carries `now`, a [`Now`]
+//! holding both the wall clock ([`Timestamp`], for facts shared with other
+//! processes: a cached record's expiry, a `Retry-After` date) and a
+//! [`Monotonic`] reading (for everything it schedules itself, so that a wall
+//! clock that steps cannot stretch a token's life or put a refresh off);
+//! randomness comes from a seed the caller gives, and every piece of I/O is
+//! an [`Effect`] that a driver carries out and answers. A bare [`Timestamp`]
+//! converts into a `Now` (the wall clock doubling as the monotonic one), as
+//! in the example below: fine for simulations and tests.
 //!
 //! # In scope
 //!

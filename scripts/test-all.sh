@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace with the services the tests need.
 #
-#   scripts/test-all.sh                           # all targets, then doc tests
-#   scripts/test-all.sh cargo test -p tokenkeeper-fs   # any command instead
+#   scripts/test-all.sh                           # all targets, doc tests, fuzzing
+#   scripts/test-all.sh cargo test -p tokenkeeper-fs   # any command instead (no fuzzing)
 #
 # It installs what is missing (redis-server from Debian's packages, the
 # interop authority's npm packages), starts a private Redis and the interop
@@ -16,6 +16,20 @@
 # runs the tests, stops both services and exits with the tests' status.
 # A service whose variable is already set in the environment is not started:
 # the given one is used instead.
+#
+# Without arguments it then fuzzes (fuzz/, see fuzz/README.md): it installs
+# cargo-fuzz if missing (`cargo install cargo-fuzz --locked`, about a minute;
+# stable Rust is enough, and a C++ compiler for libFuzzer), checks the fuzz
+# crate's formatting, builds the targets and runs each, two at a time, on its
+# seed corpus (fuzz/seeds/TARGET) for a bounded number of inputs. A crash
+# fails the script; its input is kept in fuzz/artifacts/TARGET/ and the log
+# says how to replay it. The step takes about 2 minutes on 2 cores, most of
+# it the build. Variables:
+#
+#   TOKENKEEPER_SKIP_FUZZ=1            skip the fuzzing step
+#   TOKENKEEPER_FUZZ_RUNS=N            inputs per target (default 200000)
+#   TOKENKEEPER_FUZZ_MAX_SECONDS=S     stop a target after S seconds even if it
+#                                      has not run N inputs (default 60)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -189,6 +203,80 @@ start_authority() {
   log "interop authority ready at $TOKENKEEPER_TEST_INTEROP_TOKEN_URL"
 }
 
+# --- fuzzing ---------------------------------------------------------------------
+
+FUZZ_TARGETS=(token_response oauth_error retry_after cache_record token_url cli_config)
+# Stable Rust: no sanitizer (the code is safe Rust; overflow checks and
+# debug assertions are on), and 16 codegen units for a faster build.
+FUZZ_FLAGS=(--debug-assertions --sanitizer none --codegen-units 16)
+
+ensure_cargo_fuzz() {
+  if ! command -v c++ >/dev/null 2>&1; then
+    log "installing g++ (Debian package), which builds libFuzzer"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
+    as_root env DEBIAN_FRONTEND=noninteractive \
+      apt-get install -y -qq --no-install-recommends g++ >/dev/null
+  fi
+  cargo fuzz --version >/dev/null 2>&1 && return 0
+  log "installing cargo-fuzz (crates.io)"
+  cargo install cargo-fuzz --locked --version '^0.13' --quiet
+  cargo fuzz --version >/dev/null 2>&1 || die "cargo fuzz is still missing after installing it"
+}
+
+# Runs one target on a scratch copy of its corpus; its output goes to a log.
+fuzz_target() {
+  local target=$1 corpus="$WORK_DIR/fuzz-corpus/$1"
+  mkdir -p "$corpus"
+  cargo fuzz run "${FUZZ_FLAGS[@]}" "$target" "$corpus" "fuzz/seeds/$target" -- \
+    -runs="$FUZZ_RUNS" -max_total_time="$FUZZ_MAX_SECONDS" -timeout=10 -print_final_stats=1 \
+    >"$WORK_DIR/fuzz-$target.log" 2>&1
+}
+
+# Prints how a target's run ended: its inputs, or its crash and how to replay it.
+fuzz_report() {
+  local target=$1 status=$2 log="$WORK_DIR/fuzz-$1.log" runs artifact
+  runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -n 1)
+  if [ "$status" -eq 0 ]; then
+    log "fuzz $target: ${runs:-?} inputs, no crash"
+    return 0
+  fi
+  log "fuzz $target FAILED (status $status) after ${runs:-?} inputs:"
+  # The panic message, and libFuzzer's account of the crash (or hang).
+  awk '/panicked at/ { show = 1 } /^stack backtrace:/ { show = 0 }
+       show || /ERROR: libFuzzer|^SUMMARY|Test unit written|^Base64/' "$log" >&2 || true
+  [ -n "$(grep -m1 'ERROR: libFuzzer' "$log")" ] || tail -n 30 "$log" >&2
+  artifact=$(sed -n "s/.*Test unit written to \(.*\)$/\1/p" "$log" | tail -n 1)
+  if [ -n "$artifact" ]; then
+    log "replay it with: cargo fuzz run ${FUZZ_FLAGS[*]} $target ${artifact#"$ROOT"/}"
+  fi
+  return 1
+}
+
+# Builds every target, then runs them two at a time (the machine has 2 cores).
+fuzz_all() {
+  local status=0 i first second pid rc
+  cargo fmt --manifest-path fuzz/Cargo.toml --check || {
+    log "fuzz/ is not formatted: run cargo fmt in fuzz/"
+    status=1
+  }
+  cargo fuzz build "${FUZZ_FLAGS[@]}" || return 1
+  for ((i = 0; i < ${#FUZZ_TARGETS[@]}; i += 2)); do
+    first=${FUZZ_TARGETS[i]}
+    second=${FUZZ_TARGETS[i + 1]:-}
+    fuzz_target "$first" &
+    pid=$!
+    if [ -n "$second" ]; then
+      rc=0
+      fuzz_target "$second" || rc=$?
+      fuzz_report "$second" "$rc" || status=1
+    fi
+    rc=0
+    wait "$pid" || rc=$?
+    fuzz_report "$first" "$rc" || status=1
+  done
+  return "$status"
+}
+
 # --- main ----------------------------------------------------------------------
 
 cd "$ROOT"
@@ -240,5 +328,17 @@ else
   doc_status=0
   run_command cargo test --workspace --doc --no-fail-fast || doc_status=$?
   [ "$status" -ne 0 ] || status=$doc_status
+  if [ "${TOKENKEEPER_SKIP_FUZZ:-}" = "1" ]; then
+    log "fuzzing skipped (TOKENKEEPER_SKIP_FUZZ=1)"
+  else
+    FUZZ_RUNS=${TOKENKEEPER_FUZZ_RUNS:-200000}
+    FUZZ_MAX_SECONDS=${TOKENKEEPER_FUZZ_MAX_SECONDS:-60}
+    fuzz_started=$SECONDS
+    fuzz_status=0
+    ensure_cargo_fuzz
+    run_command fuzz_all || fuzz_status=$?
+    log "fuzzing took $((SECONDS - fuzz_started)) s"
+    [ "$status" -ne 0 ] || status=$fuzz_status
+  fi
 fi
 exit "$status"

@@ -197,7 +197,7 @@ impl Connect for AsyncIoRuntime {
                     Err(e) => last = Some(e),
                 }
             }
-            let tcp = match (tcp, last) {
+            let mut tcp = match (tcp, last) {
                 (Some(tcp), _) => tcp,
                 (None, Some(e)) => return Err(e),
                 (None, None) => {
@@ -208,6 +208,12 @@ impl Connect for AsyncIoRuntime {
                 }
             };
             tcp.get_ref().set_nodelay(true)?;
+            if let Some(tunnel) = &endpoint.tunnel {
+                let plain = Connection {
+                    stream: Stream::Plain(tcp),
+                };
+                tcp = tokenkeeper_hyper::tunnel(plain, tunnel).await?.into_tcp()?;
+            }
             let stream = match endpoint.tls {
                 None => Stream::Plain(tcp),
                 Some(tls) => {
@@ -239,6 +245,18 @@ impl fmt::Debug for Connection {
         f.debug_struct("Connection")
             .field("tls", &matches!(self.stream, Stream::Tls(_)))
             .finish()
+    }
+}
+
+impl Connection {
+    /// The TCP stream of a plain connection (the one a tunnel was opened on).
+    fn into_tcp(self) -> io::Result<Async<TcpStream>> {
+        match self.stream {
+            Stream::Plain(tcp) => Ok(tcp),
+            Stream::Tls(_) => Err(io::Error::other(
+                "a TLS connection where a plain one was expected",
+            )),
+        }
     }
 }
 

@@ -284,6 +284,56 @@ fn an_unreachable_or_failing_authority_exits_4() {
 }
 
 #[test]
+fn proxy_variables_never_carry_a_loopback_request() {
+    let fx = Fixture::new(Duration::from_secs(300));
+    let proxy = tokenkeeper_testkit::RecordingProxy::start(fx.authority.addr());
+    let url = proxy.url();
+    let names = [
+        "HTTPS_PROXY",
+        "HTTP_PROXY",
+        "ALL_PROXY",
+        "https_proxy",
+        "http_proxy",
+        "all_proxy",
+    ];
+    for (i, name) in names.into_iter().enumerate() {
+        let run = fx.run(fx.token_command(&["--no-cache"]).env(name, &url));
+        let token = ok(&run);
+        assert!(fx.authority.token_is_active(&token), "{name}: {run:?}");
+        assert_eq!(fx.authority.request_count(), i + 1, "{name}");
+        assert!(proxy.seen().is_empty(), "{name}: {:?}", proxy.seen());
+    }
+    let mut all = fx.token_command(&["--no-cache"]);
+    for name in names {
+        all.env(name, &url);
+    }
+    ok(&fx.run(&mut all));
+    assert!(
+        proxy.received().is_empty(),
+        "the proxy saw a loopback request"
+    );
+
+    // Elsewhere, the variables are honoured: an https token URL goes
+    // through a CONNECT tunnel (whose TLS then fails against the plain
+    // authority behind the proxy).
+    let run = fx.run(
+        fx.command()
+            .args(["token", "--token-url", "https://auth.test/token"])
+            .args(["--client-id", CLIENT_ID, "--no-cache", "--timeout", "2"])
+            .env("HTTPS_PROXY", &url),
+    );
+    assert_eq!(run.code, 4, "{run:?}");
+    let seen = proxy.seen();
+    assert!(!seen.is_empty(), "{run:?}");
+    assert!(
+        seen.iter().all(|r| r.line() == "CONNECT auth.test:443"),
+        "{seen:?}"
+    );
+    let received = String::from_utf8_lossy(&proxy.received()).into_owned();
+    assert!(!received.contains(SECRET));
+}
+
+#[test]
 fn usage_and_configuration_errors_exit_2() {
     let fx = Fixture::new(Duration::from_secs(300));
     let url = fx.authority.token_url();

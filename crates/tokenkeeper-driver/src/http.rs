@@ -13,6 +13,7 @@ use tokenkeeper_core::FetchError;
 use zeroize::Zeroizing;
 
 use crate::boxed::BoxFuture;
+use crate::proxy::{ProxyConfig, ProxyError, ProxyRules};
 
 /// Settings of the HTTP client that talks to the token endpoint; the same in
 /// every adapter.
@@ -30,6 +31,11 @@ use crate::boxed::BoxFuture;
 /// is loopback or insecure http was allowed explicitly. The response size cap
 /// is the client's
 /// [`max_body_bytes`](tokenkeeper_core::oauth2::OAuth2Client::max_body_bytes).
+///
+/// Proxies: by default, the proxy variables of the environment, read once
+/// when the client is built and honoured as curl honours them; an explicit
+/// [`proxy`](Self::proxy) setting overrides them; loopback targets are never
+/// proxied. See [`ProxyConfig`] and [the rules](crate::proxy#the-rules).
 #[derive(Clone)]
 pub struct HttpSettings {
     connect_timeout: Duration,
@@ -38,6 +44,7 @@ pub struct HttpSettings {
     webpki_roots: bool,
     native_roots: bool,
     extra_roots: Vec<Root>,
+    proxy: ProxyConfig,
 }
 
 /// A root certificate added by the user, as given.
@@ -56,6 +63,7 @@ impl fmt::Debug for HttpSettings {
             .field("webpki_roots", &self.webpki_roots)
             .field("native_roots", &self.native_roots)
             .field("extra_roots", &self.extra_roots.len())
+            .field("proxy", &self.proxy)
             .finish()
     }
 }
@@ -69,6 +77,7 @@ impl Default for HttpSettings {
             webpki_roots: true,
             native_roots: cfg!(feature = "native-roots"),
             extra_roots: Vec::new(),
+            proxy: ProxyConfig::default(),
         }
     }
 }
@@ -127,6 +136,26 @@ impl HttpSettings {
     pub fn add_root_certificates_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
         self.extra_roots.push(Root::Pem(pem.into()));
         self
+    }
+
+    /// Which proxy to use (default: [`ProxyConfig::from_env`], the proxy
+    /// variables as the environment holds them when the client is built).
+    /// Whatever this says, loopback targets are never proxied.
+    pub fn proxy(mut self, proxy: ProxyConfig) -> Self {
+        self.proxy = proxy;
+        self
+    }
+
+    /// The proxy configuration.
+    pub fn get_proxy(&self) -> &ProxyConfig {
+        &self.proxy
+    }
+
+    /// The proxy rules every HTTP stack of tokenkeeper follows, resolved now
+    /// (for the default, from the environment as it is now): adapters call
+    /// this once, when they build their client.
+    pub fn proxy_rules(&self) -> Result<ProxyRules, HttpSetupError> {
+        Ok(self.proxy.resolve()?)
     }
 
     /// The connect timeout.
@@ -219,11 +248,13 @@ fn native_roots(_: &mut Vec<CertificateDer<'static>>) -> Result<(), HttpSetupErr
     ))
 }
 
-/// The HTTP client could not be set up (no trusted roots, a bad certificate).
+/// The HTTP client could not be set up (no trusted roots, a bad certificate,
+/// a proxy setting that cannot be used).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("the HTTP client could not be set up: {message}")]
 pub struct HttpSetupError {
     message: String,
+    proxy: Option<ProxyError>,
 }
 
 impl HttpSetupError {
@@ -231,6 +262,21 @@ impl HttpSetupError {
     pub fn new(message: impl Into<String>) -> Self {
         HttpSetupError {
             message: message.into(),
+            proxy: None,
+        }
+    }
+
+    /// The proxy setting at fault, when that is what failed.
+    pub fn proxy_error(&self) -> Option<&ProxyError> {
+        self.proxy.as_ref()
+    }
+}
+
+impl From<ProxyError> for HttpSetupError {
+    fn from(error: ProxyError) -> Self {
+        HttpSetupError {
+            message: error.to_string(),
+            proxy: Some(error),
         }
     }
 }

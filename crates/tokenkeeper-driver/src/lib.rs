@@ -70,6 +70,7 @@ mod error;
 mod http;
 mod oneshot;
 pub mod park;
+pub mod proxy;
 mod publish;
 mod runtime;
 mod shared;
@@ -81,6 +82,7 @@ pub use cache::{BlockingCacheLayer, CacheLayer, Notifier, change_feed};
 pub use error::{ChangedError, SpawnError, TokenError, WatcherStopped};
 pub use http::{Exchange, HttpAnswer, HttpSettings, HttpSetupError, SharedExchange, loggable_url};
 pub use oneshot::{GetTokenError, Obtained, OneShot, Warning};
+pub use proxy::{ProxyConfig, ProxyError, ProxyRules, ProxyTarget};
 pub use runtime::{
     Async, Blocking, BoxFuture, BoxStream, NotCompleted, Runtime, Sleeper, WaitStyle, Waited,
     timeout, unblock,
@@ -97,8 +99,9 @@ pub use tokenkeeper_core as engine;
 pub mod prelude {
     pub use crate::{
         BlockingCacheLayer, BlockingTokenSource, BoxFuture, BoxStream, CacheLayer, ChangedError,
-        GetTokenError, HttpSettings, HttpSetupError, Notifier, Obtained, OneShot, Sleeper, Source,
-        SpawnError, Token, TokenError, TokenSource, Warning, WatcherStopped, change_feed,
+        GetTokenError, HttpSettings, HttpSetupError, Notifier, Obtained, OneShot, ProxyConfig,
+        ProxyError, Sleeper, Source, SpawnError, Token, TokenError, TokenSource, Warning,
+        WatcherStopped, change_feed,
     };
     pub use tokenkeeper_core as engine;
     pub use tokenkeeper_core::{Event, RefreshNow, Status, TokenRecord};

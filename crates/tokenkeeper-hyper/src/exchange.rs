@@ -7,22 +7,25 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_lite::FutureExt;
-use http::header::{CONNECTION, CONTENT_LENGTH, HOST, USER_AGENT};
+use http::header::{CONNECTION, CONTENT_LENGTH, HOST, PROXY_AUTHORIZATION, USER_AGENT};
 use http::uri::PathAndQuery;
 use http::{HeaderValue, Request, Uri};
 use http_body_util::{BodyExt, Full};
 use rustls::pki_types::ServerName;
 use tokenkeeper_core::FetchError;
-use tokenkeeper_driver::{BoxFuture, Exchange, HttpAnswer, HttpSettings, HttpSetupError, timeout};
+use tokenkeeper_driver::{
+    BoxFuture, Exchange, HttpAnswer, HttpSettings, HttpSetupError, ProxyRules, ProxyTarget, timeout,
+};
 use zeroize::Zeroizing;
 
-use crate::{Connect, Endpoint, Tls};
+use crate::{Connect, Endpoint, Tls, Tunnel};
 
 /// The HTTP client of a watcher: one hyper HTTP/1.1 exchange per token
 /// request, over a connection the runtime `R` opens. Cheap to clone.
 pub struct HttpClient<R> {
     runtime: R,
     tls: Arc<rustls::ClientConfig>,
+    proxies: Arc<ProxyRules>,
     connect_timeout: Duration,
     request_timeout: Duration,
     user_agent: HeaderValue,
@@ -33,6 +36,7 @@ impl<R: Clone> Clone for HttpClient<R> {
         HttpClient {
             runtime: self.runtime.clone(),
             tls: Arc::clone(&self.tls),
+            proxies: Arc::clone(&self.proxies),
             connect_timeout: self.connect_timeout,
             request_timeout: self.request_timeout,
             user_agent: self.user_agent.clone(),
@@ -46,6 +50,7 @@ impl<R> fmt::Debug for HttpClient<R> {
             .field("connect_timeout", &self.connect_timeout)
             .field("request_timeout", &self.request_timeout)
             .field("user_agent", &self.user_agent)
+            .field("proxies", &self.proxies)
             .finish_non_exhaustive()
     }
 }
@@ -62,13 +67,15 @@ impl<R: Connect> Exchange for HttpClient<R> {
 }
 
 impl<R: Connect> HttpClient<R> {
-    /// A client on `runtime` with `settings`.
+    /// A client on `runtime` with `settings`. The proxy rules are resolved
+    /// here, once (for the default, from the environment as it is now).
     pub fn new(runtime: R, settings: &HttpSettings) -> Result<Self, HttpSetupError> {
         let user_agent = settings.user_agent_for(runtime.name());
         let user_agent = HeaderValue::from_str(&user_agent)
             .map_err(|_| HttpSetupError::new("the user agent is not a valid header value"))?;
         Ok(HttpClient {
             tls: Arc::new(settings.rustls_config()?),
+            proxies: Arc::new(settings.proxy_rules()?),
             runtime,
             connect_timeout: settings.get_connect_timeout(),
             request_timeout: settings.get_request_timeout(),
@@ -104,19 +111,32 @@ impl<R: Connect> HttpClient<R> {
         limit: usize,
     ) -> Result<HttpAnswer, FetchError> {
         let (mut parts, body) = request.into_parts();
-        let endpoint = self.endpoint(&parts.uri)?;
-        // Origin form on the request line; the authority goes in `Host`.
+        let (endpoint, forward_to) = self.endpoint(&parts.uri)?;
+        // The authority goes in `Host`.
         if let Some(authority) = parts.uri.authority() {
             let host = HeaderValue::from_str(authority.as_str())
                 .map_err(|_| transport("the token URL's host is not a valid header value"))?;
             parts.headers.insert(HOST, host);
         }
-        let path = parts
-            .uri
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        parts.uri = Uri::from(path);
+        match forward_to {
+            // Through a proxy, plain http: absolute form on the request line.
+            Some(proxy) => {
+                if let Some(authorization) = proxy.authorization() {
+                    parts
+                        .headers
+                        .insert(PROXY_AUTHORIZATION, authorization.clone());
+                }
+            }
+            // Direct, or inside a tunnel: origin form.
+            None => {
+                let path = parts
+                    .uri
+                    .path_and_query()
+                    .cloned()
+                    .unwrap_or_else(|| PathAndQuery::from_static("/"));
+                parts.uri = Uri::from(path);
+            }
+        }
         parts
             .headers
             .entry(USER_AGENT)
@@ -140,18 +160,31 @@ impl<R: Connect> HttpClient<R> {
                 });
             }
             Some(Err(e)) => {
-                return Err(transport(format!(
-                    "could not connect to {}:{}: {}",
-                    endpoint.host,
-                    endpoint.port,
-                    chain(&e)
-                )));
+                return Err(transport(match (&endpoint.tunnel, forward_to) {
+                    (Some(tunnel), _) => format!(
+                        "could not connect to {} through the proxy {}: {}",
+                        tunnel.target,
+                        tunnel.proxy,
+                        chain(&e)
+                    ),
+                    (None, Some(proxy)) => {
+                        format!("could not connect to the proxy {proxy}: {}", chain(&e))
+                    }
+                    (None, None) => format!(
+                        "could not connect to {}:{}: {}",
+                        endpoint.host,
+                        endpoint.port,
+                        chain(&e)
+                    ),
+                }));
             }
             Some(Ok(io)) => io,
         };
         tracing::trace!(
             elapsed_ms = started.elapsed().as_millis() as u64,
             tls = endpoint.tls.is_some(),
+            tunnel = endpoint.tunnel.is_some(),
+            proxy = forward_to.is_some(),
             "connected"
         );
 
@@ -177,7 +210,12 @@ impl<R: Connect> HttpClient<R> {
         answer.or(connection).await
     }
 
-    fn endpoint(&self, uri: &Uri) -> Result<Endpoint, FetchError> {
+    /// Where to connect for `uri`, and the proxy to forward a plain-http
+    /// request to in absolute form, if any (the driver's proxy rules decide).
+    fn endpoint<'a>(
+        &'a self,
+        uri: &Uri,
+    ) -> Result<(Endpoint, Option<&'a ProxyTarget>), FetchError> {
         let secure = match uri.scheme_str() {
             Some("https") => true,
             Some("http") => false,
@@ -201,7 +239,36 @@ impl<R: Connect> HttpClient<R> {
         } else {
             None
         };
-        Ok(Endpoint { host, port, tls })
+        let Some(proxy) = self.proxies.proxy_for(uri) else {
+            return Ok((
+                Endpoint {
+                    host,
+                    port,
+                    tunnel: None,
+                    tls,
+                },
+                None,
+            ));
+        };
+        tracing::debug!(%proxy, tunnel = secure, "through a proxy");
+        let target = if host.contains(':') {
+            format!("[{host}]:{port}")
+        } else {
+            format!("{host}:{port}")
+        };
+        let tunnel = secure.then(|| Tunnel {
+            target,
+            proxy: proxy.to_string(),
+            authorization: proxy.authorization().cloned(),
+            user_agent: self.user_agent.clone(),
+        });
+        let endpoint = Endpoint {
+            host: proxy.host().to_owned(),
+            port: proxy.port(),
+            tunnel,
+            tls,
+        };
+        Ok((endpoint, (!secure).then_some(proxy)))
     }
 
     /// A transport failure, with its causes; a timed-out connection is a timeout.
@@ -297,18 +364,19 @@ mod tests {
 
     #[test]
     fn endpoints_follow_the_url() {
-        let client = HttpClient::new(Threads, &HttpSettings::default()).unwrap();
-        let e = client
+        let direct = HttpSettings::default().proxy(tokenkeeper_driver::ProxyConfig::none());
+        let client = HttpClient::new(Threads, &direct).unwrap();
+        let (e, _) = client
             .endpoint(&"https://auth.example.com/token".parse().unwrap())
             .unwrap();
         assert_eq!((e.host.as_str(), e.port), ("auth.example.com", 443));
         assert!(e.tls.is_some());
-        let e = client
+        let (e, _) = client
             .endpoint(&"http://[::1]:8080/token".parse().unwrap())
             .unwrap();
         assert_eq!((e.host.as_str(), e.port), ("::1", 8080));
         assert!(e.tls.is_none());
-        let e = client
+        let (e, _) = client
             .endpoint(&"https://127.0.0.1/t".parse().unwrap())
             .unwrap();
         assert!(matches!(
@@ -319,6 +387,58 @@ mod tests {
             client.endpoint(&"ftp://a.example/".parse().unwrap()),
             Err(FetchError::Transport { .. })
         ));
+    }
+
+    #[test]
+    fn proxied_endpoints_tunnel_https_and_forward_http() {
+        let settings = HttpSettings::default()
+            .proxy(tokenkeeper_driver::ProxyConfig::url("http://u:pw@proxy.test:3128").unwrap());
+        let client = HttpClient::new(Threads, &settings).unwrap();
+        let (e, forward) = client
+            .endpoint(&"https://auth.example.com/token".parse().unwrap())
+            .unwrap();
+        assert_eq!((e.host.as_str(), e.port), ("proxy.test", 3128));
+        assert!(forward.is_none());
+        let tunnel = e.tunnel.unwrap();
+        assert_eq!(tunnel.target, "auth.example.com:443");
+        assert_eq!(tunnel.proxy, "http://proxy.test:3128");
+        assert!(tunnel.authorization.is_some());
+        // TLS is with the target, inside the tunnel.
+        assert_eq!(
+            e.tls.unwrap().server_name,
+            ServerName::try_from("auth.example.com").unwrap()
+        );
+        let (e, forward) = client
+            .endpoint(&"http://[fd00::1]:8080/token".parse().unwrap())
+            .unwrap();
+        assert_eq!((e.host.as_str(), e.port), ("proxy.test", 3128));
+        assert!(e.tunnel.is_none() && e.tls.is_none());
+        assert_eq!(forward.unwrap().authority(), "proxy.test:3128");
+        let (e, _) = client
+            .endpoint(&"https://[fd00::1]/token".parse().unwrap())
+            .unwrap();
+        assert_eq!(e.tunnel.unwrap().target, "[fd00::1]:443");
+        // Loopback goes direct.
+        let (e, forward) = client
+            .endpoint(&"http://127.0.0.1:8080/token".parse().unwrap())
+            .unwrap();
+        assert_eq!(
+            (e.host.as_str(), e.port, forward),
+            ("127.0.0.1", 8080, None)
+        );
+        assert!(!format!("{client:?}").contains("pw"));
+    }
+
+    #[test]
+    fn a_proxy_setting_that_cannot_be_used_fails_the_setup() {
+        let settings =
+            HttpSettings::default().proxy(tokenkeeper_driver::ProxyConfig::from_vars([(
+                "HTTPS_PROXY",
+                "socks5://proxy.test:1080",
+            )]));
+        let error = HttpClient::new(Threads, &settings).unwrap_err();
+        assert!(error.to_string().contains("socks5"), "{error}");
+        assert!(error.proxy_error().is_some());
     }
 
     #[test]

@@ -11,6 +11,12 @@
 //! the connection alongside the request so that nothing runtime-specific is
 //! spawned.
 //!
+//! Proxies follow the driver's rules ([`tokenkeeper_driver::proxy`]),
+//! resolved once when the client is built: a plain-http target goes to the
+//! proxy as an absolute-form request; an `https` target goes through a
+//! `CONNECT` tunnel ([`Endpoint::tunnel`], opened by [`tunnel`], written once
+//! here for every runtime), with TLS to the target inside it.
+//!
 //! One request per connection: token requests come minutes apart, longer
 //! than servers keep idle connections, so a pool would only hold dead ones.
 //! rustls uses the *ring* provider, set on the client's own configuration
@@ -20,6 +26,7 @@
 #![warn(missing_docs)]
 
 mod exchange;
+mod tunnel;
 
 use std::fmt;
 use std::io;
@@ -29,6 +36,7 @@ use rustls::pki_types::ServerName;
 use tokenkeeper_driver::{BoxFuture, Runtime};
 
 pub use exchange::HttpClient;
+pub use tunnel::{Tunnel, tunnel};
 
 /// What the hyper exchange needs from an async runtime besides the driver's
 /// [`Runtime`]: a connection to a token endpoint.
@@ -37,7 +45,9 @@ pub trait Connect: Runtime {
     type Io: hyper::rt::Read + hyper::rt::Write + Send + Unpin + 'static;
 
     /// Opens a connection to `endpoint`: TCP to its host and port (resolving
-    /// the name first, without blocking the executor), then, when
+    /// the name first, without blocking the executor); then, when
+    /// [`Endpoint::tunnel`] is set, a `CONNECT` tunnel through that proxy
+    /// (wrap the TCP stream for hyper, call [`tunnel`], unwrap it); then, when
     /// [`Endpoint::tls`] is set, a TLS handshake with that configuration. The
     /// caller bounds the time it may take.
     fn connect(&self, endpoint: &Endpoint) -> BoxFuture<'static, io::Result<Self::Io>>;
@@ -47,11 +57,16 @@ pub trait Connect: Runtime {
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct Endpoint {
-    /// The host: a DNS name, or an IP address (without brackets).
+    /// The host to open a TCP connection to (the proxy's, when there is
+    /// one): a DNS name, or an IP address (without brackets).
     pub host: String,
     /// The TCP port.
     pub port: u16,
-    /// TLS to run over the connection, for `https`.
+    /// A `CONNECT` tunnel to open through the proxy at `host:port` before
+    /// TLS, for an `https` target reached through a proxy.
+    pub tunnel: Option<Tunnel>,
+    /// TLS to run over the connection (inside the tunnel, if any), for
+    /// `https`; its server name is the target's.
     pub tls: Option<Tls>,
 }
 

@@ -1,5 +1,6 @@
 //! Test kit of tokenkeeper: a real OAuth2 token authority on loopback with fault injection
-//! ([`authority`]), and a home for the adapter conformance scenarios ([`conformance`]).
+//! ([`authority`]), a recording HTTP proxy ([`proxy`]), and a home for the adapter
+//! conformance scenarios ([`conformance`]).
 //!
 //! The authority runs on its own thread and runtime, so it serves tests of every adapter alike:
 //! plain threads, tokio, async-std or smol.
@@ -19,6 +20,7 @@
 
 pub mod authority;
 pub mod conformance;
+pub mod proxy;
 pub mod redis_server;
 
 pub use authority::{
@@ -26,4 +28,5 @@ pub use authority::{
     DEFAULT_TOKEN_LIFETIME, Fault, IssuedToken, Outcome, PresentedAuth, RequestRecord, RetryAfter,
     format_http_date,
 };
+pub use proxy::{ProxiedRequest, RecordingProxy, RecordingProxyBuilder};
 pub use redis_server::RedisServer;

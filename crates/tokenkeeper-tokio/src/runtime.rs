@@ -116,8 +116,13 @@ impl Connect for TokioRuntime {
     fn connect(&self, endpoint: &Endpoint) -> BoxFuture<'static, io::Result<Connection>> {
         let endpoint = endpoint.clone();
         Box::pin(async move {
-            let tcp = TcpStream::connect((endpoint.host.as_str(), endpoint.port)).await?;
+            let mut tcp = TcpStream::connect((endpoint.host.as_str(), endpoint.port)).await?;
             tcp.set_nodelay(true)?;
+            if let Some(tunnel) = &endpoint.tunnel {
+                tcp = tokenkeeper_hyper::tunnel(TokioIo::new(tcp), tunnel)
+                    .await?
+                    .into_inner();
+            }
             let stream = match endpoint.tls {
                 None => Stream::Plain(tcp),
                 Some(tls) => {

@@ -29,7 +29,7 @@
 
 mod body;
 mod client;
-mod codec;
+pub(crate) mod codec;
 mod fault;
 mod record;
 mod server;

@@ -12,9 +12,9 @@
 
 use std::error::Error;
 use std::path::Path;
+use std::sync::OnceLock;
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::thread;
-use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime};
 
 use tokenkeeper_core::oauth2::OAuth2Client;
@@ -33,7 +33,10 @@ const WAKE_AT_LEAST_EVERY: Duration = Duration::from_secs(60);
 fn now() -> Now {
     static START: OnceLock<Instant> = OnceLock::new();
     let start = *START.get_or_init(Instant::now);
-    Now::new(SystemTime::now().into(), Monotonic::from_elapsed(start.elapsed()))
+    Now::new(
+        SystemTime::now().into(),
+        Monotonic::from_elapsed(start.elapsed()),
+    )
 }
 
 /// What the driver did.

@@ -20,7 +20,10 @@ use tokenkeeper_core::{
 pub(crate) fn now() -> Now {
     static ORIGIN: OnceLock<Instant> = OnceLock::new();
     let origin = *ORIGIN.get_or_init(Instant::now);
-    Now::new(SystemTime::now().into(), Monotonic::from_elapsed(origin.elapsed()))
+    Now::new(
+        SystemTime::now().into(),
+        Monotonic::from_elapsed(origin.elapsed()),
+    )
 }
 
 /// What handles ask of the driver.

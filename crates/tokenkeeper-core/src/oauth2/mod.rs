@@ -134,6 +134,14 @@ impl TokenUrl {
             return Err(ConfigError::InvalidUrl("the URL has no host".into()));
         }
         parsed.set_fragment(None);
+        // A URL the `url` crate accepts but the `http` crate refuses (a
+        // backtick in the host, say) could never be requested: a
+        // configuration error now, not a transient failure on every fetch.
+        if http::Uri::try_from(parsed.as_str()).is_err() {
+            return Err(ConfigError::InvalidUrl(
+                "the URL cannot be sent in an HTTP request".into(),
+            ));
+        }
         Ok(TokenUrl(parsed))
     }
 
@@ -408,6 +416,12 @@ mod tests {
         ));
         // A name that merely starts like loopback is not loopback.
         assert!(TokenUrl::parse("http://127.0.0.1.evil.example/token", false).is_err());
+        // Accepted by `url`, refused by `http` (found by fuzzing): no request
+        // could ever be built, so it is a configuration error.
+        assert!(matches!(
+            TokenUrl::parse("https://a`b.example/token", false),
+            Err(ConfigError::InvalidUrl(_))
+        ));
     }
 
     #[test]

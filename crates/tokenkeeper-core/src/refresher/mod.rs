@@ -973,6 +973,10 @@ impl Refresher {
 
     fn is_better(&self, candidate: &TokenRecord, now: Now) -> bool {
         match (&self.current, self.clocked) {
+            // The token we hold, read back from a store: nothing new (its
+            // times, seen through two clocks read a millisecond apart, may
+            // look a hair later).
+            (Some(cur), _) if cur.access_token == candidate.access_token => false,
             (Some(_), Some(cur)) => {
                 now.sched() >= cur.expiry || now.to_sched(candidate.expiry) > cur.expiry
             }

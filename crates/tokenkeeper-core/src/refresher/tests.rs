@@ -1479,3 +1479,45 @@ fn a_cached_record_from_the_future_or_holding_a_spent_token_is_not_trusted() {
         "a spent token came back from the cache"
     );
 }
+
+#[test]
+fn the_token_held_read_back_from_a_store_is_not_adopted_again() {
+    // The clocks of a real driver are read a millisecond apart: the record
+    // just written can look a hair fresher than the token held. Reading it
+    // back must not announce the same token again.
+    let config = H::custom().layer(Layer::new("memory"));
+    let mut h = H::new(config);
+    let id = h.expect_read(0);
+    h.read(id, None);
+    let id = h.expect_fetch();
+    h.grant(id, Ok(grant("a1", 3600)));
+    let (wid, written) = h.expect_write(0);
+    h.written(wid);
+    assert_eq!(h.changed_count(), 1);
+    // Refresh time: the cycle re-reads the store, which holds the same token,
+    // seen with a wall clock one millisecond behind the monotonic schedule.
+    let stale = h.r.token().unwrap().stale;
+    let sched = stale.saturating_add(secs(1));
+    let now = Now::new(
+        sched.saturating_sub(Duration::from_millis(1001)),
+        crate::Monotonic::from_millis(sched.duration_since(Timestamp::EPOCH).as_millis() as u64),
+    );
+    h.r.handle(now, Input::Timeout).unwrap();
+    h.drain();
+    let id = h.expect_read(0);
+    h.r.handle(
+        now,
+        Input::CacheRead {
+            id,
+            result: Ok(Some(written.bytes().to_vec())),
+        },
+    )
+    .unwrap();
+    h.drain();
+    assert_eq!(
+        h.changed_count(),
+        1,
+        "the same token was announced twice: {:?}",
+        h.events
+    );
+}

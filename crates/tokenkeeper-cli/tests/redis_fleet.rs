@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use tokenkeeper_blocking::TokenWatcher;
@@ -102,8 +102,18 @@ fn stop(p: WatchProcess) -> String {
 /// 50 watcher threads and 10 `tokenkeeper watch --redis` processes, over
 /// three token lifetimes, ask the authority no more than one lone instance
 /// does in the same time, plus one.
+/// Each scenario runs dozens of watchers and processes against tight
+/// lifetimes (4 s tokens, 3 s leases); run together on two cores they
+/// starve each other's timers and measure the machine instead of the
+/// fleet. One at a time.
+fn one_at_a_time() -> MutexGuard<'static, ()> {
+    static FLEETS: Mutex<()> = Mutex::new(());
+    FLEETS.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 #[test]
 fn a_fleet_on_redis_asks_like_one_instance() {
+    let _alone = one_at_a_time();
     let lifetime = Duration::from_secs(4);
     let run_for = lifetime * 3;
     let server = RedisServer::start(&[]);
@@ -180,6 +190,7 @@ fn a_fleet_on_redis_asks_like_one_instance() {
 /// more than the lease's TTL.
 #[test]
 fn a_killed_lease_holder_delays_the_fleet_by_at_most_the_lease() {
+    let _alone = one_at_a_time();
     let server = RedisServer::start(&[]);
     let home = tempfile::tempdir().expect("a folder");
     let authority = authority(Duration::from_secs(300));
@@ -256,6 +267,7 @@ fn a_killed_lease_holder_delays_the_fleet_by_at_most_the_lease() {
 /// and the layer is used again afterwards.
 #[test]
 fn redis_going_away_and_back_loses_no_reader_a_token() {
+    let _alone = one_at_a_time();
     let mut server = RedisServer::start(&[]);
     let authority = authority(Duration::from_secs(3));
     let settings = redis_settings(&server, "flaky:", Duration::from_secs(5))

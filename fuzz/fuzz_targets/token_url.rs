@@ -21,10 +21,25 @@ use tokenkeeper_core::oauth2::{ConfigError, OAuth2Client, TokenUrl};
 use tokenkeeper_core::{CacheKey, ClientId, ClientSecret, FetchError};
 use tokenkeeper_fuzz::{PLANTED, assert_no_leak, take_u8};
 
+/// Loopback, written independently of the core's `is_loopback_host`: the
+/// last DNS label is `localhost` (RFC 6761), or the address is in
+/// 127.0.0.0/8, `::1`, or `::ffff:127.0.0.0/104`.
 fn is_loopback(host: &str) -> bool {
     let bare = host.trim_start_matches('[').trim_end_matches(']');
-    host.eq_ignore_ascii_case("localhost")
-        || bare.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    match bare.parse::<IpAddr>() {
+        Ok(IpAddr::V4(v4)) => v4.octets()[0] == 127,
+        Ok(IpAddr::V6(v6)) => {
+            let s = v6.segments();
+            v6 == std::net::Ipv6Addr::LOCALHOST
+                || (s[..5] == [0; 5] && s[5] == 0xffff && s[6] >> 8 == 127)
+        }
+        Err(_) => bare
+            .strip_suffix('.')
+            .unwrap_or(bare)
+            .rsplit('.')
+            .next()
+            .is_some_and(|last| last.eq_ignore_ascii_case("localhost")),
+    }
 }
 
 fuzz_target!(|data: &[u8]| {

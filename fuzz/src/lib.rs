@@ -221,27 +221,3 @@ pub fn check_sanitised(raw: &str, kept: &str, max: usize) {
         }
     }
 }
-
-/// JSON equality, but for floating-point numbers, which may differ by a few
-/// units in the last place: serde_json (without its `float_roundtrip`
-/// feature) does not always read back the shortest text it wrote for a
-/// number as the same number.
-pub fn json_close(a: &Value, b: &Value) -> bool {
-    match (a, b) {
-        (Value::Number(x), Value::Number(y)) if x.is_f64() || y.is_f64() => {
-            match (x.as_f64(), y.as_f64()) {
-                (Some(x), Some(y)) => x == y || (x - y).abs() <= x.abs().max(y.abs()) * 1e-15,
-                _ => false,
-            }
-        }
-        (Value::Array(x), Value::Array(y)) => {
-            x.len() == y.len() && x.iter().zip(y).all(|(x, y)| json_close(x, y))
-        }
-        (Value::Object(x), Value::Object(y)) => {
-            x.len() == y.len()
-                && x.iter()
-                    .all(|(k, v)| y.get(k).is_some_and(|w| json_close(v, w)))
-        }
-        _ => a == b,
-    }
-}

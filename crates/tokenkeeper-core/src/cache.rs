@@ -476,21 +476,6 @@ mod tests {
     }
 
     #[test]
-    fn numbers_in_extra_fields_read_back_exactly() {
-        // Found by fuzzing: without serde_json's float_roundtrip, this
-        // number drifted by one unit in the last place per write and read.
-        let key = CacheKey::for_client(&client("a b"));
-        let mut grant = TokenGrant::bearer(AccessToken::new("at-1"), Some(Duration::from_secs(60)));
-        let drifting: Value = serde_json::from_str("1.7976931348332515e+308").unwrap();
-        grant.extra.insert("n".into(), drifting.clone());
-        let rec = LifetimePolicy::default().record(grant, Timestamp::from_secs(5), None);
-        let enc = encode_record(&key, &rec);
-        let back = decode_record(&key, enc.bytes()).unwrap();
-        assert_eq!(back.extra["n"], drifting);
-        assert_eq!(back, rec);
-    }
-
-    #[test]
     fn records_can_be_read_without_their_key() {
         let key = CacheKey::for_client(&client("a b"));
         let rec = record();

@@ -376,6 +376,7 @@ impl<R: Runtime> TokenWatcherBuilder<R> {
             SourceKind::OAuth2(client) => FetchWith::Http {
                 exchange: runtime.exchange(&http)?,
                 grant: client.grant().as_str(),
+                url: client.token_url().redacted(),
             },
             other => FetchWith::Source {
                 source: other.clone(),

@@ -24,7 +24,7 @@ use tokenkeeper_core::{
 use tracing::{Instrument, Span, debug, error, info, info_span, trace, warn};
 
 use crate::cache::AnyLayer;
-use crate::http::{SharedExchange, loggable_url};
+use crate::http::SharedExchange;
 use crate::publish::Publisher;
 use crate::runtime::{self, Runtime, Sleeper, Task, timeout, unblock};
 use crate::shared::{Command, now};
@@ -43,6 +43,8 @@ pub(crate) enum FetchWith {
     Http {
         exchange: SharedExchange,
         grant: &'static str,
+        /// The token URL as logs show it (no query).
+        url: String,
     },
     /// A custom source, bounded by a timeout.
     Source {
@@ -439,7 +441,12 @@ impl<R: Runtime> Driver<R> {
                 },
             },
         );
-        let FetchWith::Http { exchange, grant } = &self.fetch else {
+        let FetchWith::Http {
+            exchange,
+            grant,
+            url,
+        } = &self.fetch
+        else {
             error!("driver bug: an HTTP request for a custom source");
             return;
         };
@@ -449,7 +456,7 @@ impl<R: Runtime> Driver<R> {
             "tokenkeeper.fetch",
             effect = %id,
             grant = *grant,
-            url = %loggable_url(request.uri()),
+            url = %url,
         );
         let task = runtime::spawn(
             &self.runtime,

@@ -6,7 +6,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{HeaderMap, Request, Uri};
+use http::{HeaderMap, Request};
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 use tokenkeeper_core::FetchError;
@@ -333,37 +333,9 @@ pub trait Exchange: Send + Sync + 'static {
 /// An exchange shared by the tasks of a watcher.
 pub type SharedExchange = Arc<dyn Exchange>;
 
-/// A URL as logs may show it: scheme, host, port and path; never the query
-/// (it may carry a key) nor user information.
-pub fn loggable_url(uri: &Uri) -> String {
-    let host = uri.host().unwrap_or("");
-    match uri.port_u16() {
-        Some(port) => format!(
-            "{}://{host}:{port}{}",
-            uri.scheme_str().unwrap_or("https"),
-            uri.path()
-        ),
-        None => format!(
-            "{}://{host}{}",
-            uri.scheme_str().unwrap_or("https"),
-            uri.path()
-        ),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_loggable_url_drops_query_and_user_info() {
-        let uri: Uri = "https://user:pw@auth.example.com:8443/oauth/token?key=s3cret"
-            .parse()
-            .unwrap();
-        let shown = loggable_url(&uri);
-        assert_eq!(shown, "https://auth.example.com:8443/oauth/token");
-        assert!(!shown.contains("s3cret") && !shown.contains("pw"));
-    }
 
     #[test]
     fn roots_come_from_every_configured_place() {

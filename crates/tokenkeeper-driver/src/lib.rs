@@ -50,8 +50,9 @@
 //! - A cache layer, token source or event hook that panics is answered with
 //!   an error, never leaves the refresher waiting, never stops the driver.
 //! - Secrets never appear in `Debug`, `Display`, errors or the `tracing`
-//!   output (only fingerprints such as `fp:3a9c1e07`); URLs are logged with
-//!   scheme, host and path only ([`loggable_url`]).
+//!   output (only fingerprints such as `fp:3a9c1e07`); URLs are logged as
+//!   [`TokenUrl::redacted`](tokenkeeper_core::oauth2::TokenUrl::redacted)
+//!   shows them (no query).
 //!
 //! # Tracing
 //!
@@ -80,7 +81,7 @@ mod watcher;
 pub use builder::{MIN_WAKE_INTERVAL, TokenWatcherBuilder};
 pub use cache::{BlockingCacheLayer, CacheLayer, Notifier, change_feed};
 pub use error::{ChangedError, SpawnError, TokenError, WatcherStopped};
-pub use http::{Exchange, HttpAnswer, HttpSettings, HttpSetupError, SharedExchange, loggable_url};
+pub use http::{Exchange, HttpAnswer, HttpSettings, HttpSetupError, SharedExchange};
 pub use oneshot::{GetTokenError, Obtained, OneShot, Warning};
 pub use proxy::{ProxyConfig, ProxyError, ProxyRules, ProxyTarget};
 pub use runtime::{

@@ -50,6 +50,7 @@
 
 use std::fmt;
 use std::net::IpAddr;
+use tokenkeeper_core::oauth2::is_loopback_host;
 
 use http::{HeaderValue, Uri};
 use zeroize::Zeroizing;
@@ -290,7 +291,7 @@ impl ProxyRules {
             _ => None,
         }?;
         let host = normalise_host(uri.host()?);
-        if is_loopback(&host) || self.no_proxy.matches(&host) {
+        if is_loopback_host(&host) || self.no_proxy.matches(&host) {
             return None;
         }
         Some(proxy)
@@ -605,14 +606,6 @@ fn normalise_host(host: &str) -> String {
         .trim_end_matches(']')
         .trim_end_matches('.')
         .to_ascii_lowercase()
-}
-
-/// `localhost`, `*.localhost`, `127.0.0.0/8`, `::1` (and `::ffff:127.x.y.z`).
-fn is_loopback(host: &str) -> bool {
-    match host.parse::<IpAddr>() {
-        Ok(ip) => ip.to_canonical().is_loopback(),
-        Err(_) => host == "localhost" || host.ends_with(".localhost"),
-    }
 }
 
 /// `host`, `host:port`, `[v6]` or `[v6]:port`; `None` for a bad port.

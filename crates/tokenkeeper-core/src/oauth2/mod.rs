@@ -126,7 +126,7 @@ impl TokenUrl {
         let host = parsed.host_str().unwrap_or_default().to_owned();
         match parsed.scheme() {
             "https" => {}
-            "http" if allow_insecure_http || is_loopback(&host) => {}
+            "http" if allow_insecure_http || is_loopback_host(&host) => {}
             "http" => return Err(ConfigError::InsecureUrl { host }),
             other => return Err(ConfigError::UnsupportedScheme(other.to_owned())),
         }
@@ -163,10 +163,20 @@ impl TokenUrl {
     }
 }
 
-fn is_loopback(host: &str) -> bool {
-    let bare = host.trim_start_matches('[').trim_end_matches(']');
-    host.eq_ignore_ascii_case("localhost")
-        || bare.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+/// Whether `host` (a URL's host, brackets allowed) names this machine:
+/// `localhost` and `*.localhost` (RFC 6761), `127.0.0.0/8`, `::1` and
+/// `::ffff:127.x.y.z`. The one rule for "loopback" in tokenkeeper: plain
+/// `http` is allowed to it, and no proxy is ever used for it.
+pub fn is_loopback_host(host: &str) -> bool {
+    let bare = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .trim_end_matches('.')
+        .to_ascii_lowercase();
+    match bare.parse::<IpAddr>() {
+        Ok(ip) => ip.to_canonical().is_loopback(),
+        Err(_) => bare == "localhost" || bare.ends_with(".localhost"),
+    }
 }
 
 /// Everything needed to ask a token endpoint for a token.
@@ -416,6 +426,10 @@ mod tests {
         ));
         // A name that merely starts like loopback is not loopback.
         assert!(TokenUrl::parse("http://127.0.0.1.evil.example/token", false).is_err());
+        assert!(TokenUrl::parse("http://localhost.evil.example/token", false).is_err());
+        // RFC 6761 names and IPv4-mapped loopback are loopback.
+        assert!(TokenUrl::parse("http://auth.localhost:8080/token", false).is_ok());
+        assert!(TokenUrl::parse("http://[::ffff:127.0.0.1]/token", false).is_ok());
         // Accepted by `url`, refused by `http` (found by fuzzing): no request
         // could ever be built, so it is a configuration error.
         assert!(matches!(

@@ -30,6 +30,11 @@
 #   TOKENKEEPER_FUZZ_RUNS=N            inputs per target (default 200000)
 #   TOKENKEEPER_FUZZ_MAX_SECONDS=S     stop a target after S seconds even if it
 #                                      has not run N inputs (default 60)
+#   TOKENKEEPER_FUZZ_SEED=N            libFuzzer's seed (default 1). A fixed seed
+#                                      makes this step a repeatable gate: the same
+#                                      commit explores the same inputs, so CI does
+#                                      not fail on a find the change did not make.
+#                                      0 picks a new seed each run (exploring).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -228,7 +233,7 @@ fuzz_target() {
   local target=$1 corpus="$WORK_DIR/fuzz-corpus/$1"
   mkdir -p "$corpus"
   cargo fuzz run "${FUZZ_FLAGS[@]}" "$target" "$corpus" "fuzz/seeds/$target" -- \
-    -runs="$FUZZ_RUNS" -max_total_time="$FUZZ_MAX_SECONDS" -timeout=10 -print_final_stats=1 \
+    -runs="$FUZZ_RUNS" -seed="$FUZZ_SEED" -max_total_time="$FUZZ_MAX_SECONDS" -timeout=10 -print_final_stats=1 \
     >"$WORK_DIR/fuzz-$target.log" 2>&1
 }
 
@@ -333,6 +338,7 @@ else
   else
     FUZZ_RUNS=${TOKENKEEPER_FUZZ_RUNS:-200000}
     FUZZ_MAX_SECONDS=${TOKENKEEPER_FUZZ_MAX_SECONDS:-60}
+    FUZZ_SEED=${TOKENKEEPER_FUZZ_SEED:-1}
     fuzz_started=$SECONDS
     fuzz_status=0
     ensure_cargo_fuzz

@@ -168,11 +168,10 @@ impl TokenUrl {
 /// `::ffff:127.x.y.z`. The one rule for "loopback" in tokenkeeper: plain
 /// `http` is allowed to it, and no proxy is ever used for it.
 pub fn is_loopback_host(host: &str) -> bool {
-    let bare = host
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .trim_end_matches('.')
-        .to_ascii_lowercase();
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    // One trailing dot is a fully qualified name; more make empty labels,
+    // a name no resolver sends to this machine (found by fuzzing).
+    let bare = bare.strip_suffix('.').unwrap_or(bare).to_ascii_lowercase();
     match bare.parse::<IpAddr>() {
         Ok(ip) => ip.to_canonical().is_loopback(),
         Err(_) => bare == "localhost" || bare.ends_with(".localhost"),
@@ -427,6 +426,11 @@ mod tests {
         // A name that merely starts like loopback is not loopback.
         assert!(TokenUrl::parse("http://127.0.0.1.evil.example/token", false).is_err());
         assert!(TokenUrl::parse("http://localhost.evil.example/token", false).is_err());
+        // One trailing dot is the same name; more are empty labels, not
+        // this machine (found by fuzzing in CI).
+        assert!(TokenUrl::parse("http://localhost./token", false).is_ok());
+        assert!(TokenUrl::parse("http://127.0.0.1..../token", false).is_err());
+        assert!(TokenUrl::parse("http://localhost../token", false).is_err());
         // RFC 6761 names and IPv4-mapped loopback are loopback.
         assert!(TokenUrl::parse("http://auth.localhost:8080/token", false).is_ok());
         assert!(TokenUrl::parse("http://[::ffff:127.0.0.1]/token", false).is_ok());

@@ -18,11 +18,15 @@ use std::time::Duration;
 
 use http::Request;
 use tokenkeeper_core::FetchError;
+use tokenkeeper_driver::tls::tls_fetch_error;
 use tokenkeeper_driver::{
     BoxFuture, Exchange, HttpAnswer, HttpSettings, HttpSetupError, ProxyRules, ProxyTarget,
 };
-use ureq::tls::{Certificate, RootCerts, TlsConfig, TlsProvider};
+use ureq::unversioned::resolver::DefaultResolver;
+use ureq::unversioned::transport::{ConnectProxyConnector, Connector, TcpConnector};
 use ureq::{Proxy, ProxyProtocol};
+
+use crate::tls::RustlsWith;
 
 /// Configured ureq agents. Its `send` blocks in the thread that polls it:
 /// the thread adapter runs each fetch on a thread of its own.
@@ -36,25 +40,15 @@ pub(crate) struct UreqExchange {
     proxies: Arc<ProxyRules>,
     connect_timeout: Duration,
     request_timeout: Duration,
+    /// Whether a client certificate is configured.
+    client_certificate: bool,
 }
 
 impl UreqExchange {
     pub(crate) fn new(settings: &HttpSettings) -> Result<Self, HttpSetupError> {
-        // Checks every root the way the other adapters do, so that a bad
-        // certificate is the same setup error everywhere.
-        settings.rustls_config()?;
-        let roots: Vec<Certificate<'static>> = settings
-            .root_certificates()?
-            .iter()
-            .map(|der| Certificate::from_der(der.as_ref()).to_owned())
-            .collect();
-        let tls = TlsConfig::builder()
-            .provider(TlsProvider::Rustls)
-            .root_certs(RootCerts::from(roots))
-            // The workspace's one provider, given explicitly: ureq then never
-            // consults (let alone installs) a process-wide default.
-            .unversioned_rustls_crypto_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .build();
+        // The driver's rustls configuration, as the other adapters use it:
+        // the same trust, verifier, client certificate and TLS versions.
+        let tls = Arc::new(settings.rustls_config()?);
         let proxies = settings.proxy_rules()?;
         let agent = |proxy: Option<Proxy>| {
             let config = ureq::Agent::config_builder()
@@ -64,11 +58,16 @@ impl UreqExchange {
                 .timeout_connect(Some(settings.get_connect_timeout()))
                 .timeout_global(Some(settings.get_request_timeout()))
                 .user_agent(settings.user_agent_for("threads").as_str())
-                .tls_config(tls.clone())
                 // Always set: left alone, ureq reads the environment itself.
                 .proxy(proxy)
                 .build();
-            ureq::Agent::new_with_config(config)
+            // ureq's default chain, with TLS from the driver's configuration
+            // in place of ureq's own rustls connector.
+            let connector =
+                ().chain(ConnectProxyConnector::default())
+                    .chain(TcpConnector::default())
+                    .chain(RustlsWith::new(Arc::clone(&tls)));
+            ureq::Agent::with_parts(config, connector, DefaultResolver::default())
         };
         let mut tunnels = Vec::new();
         for target in proxies.targets() {
@@ -80,11 +79,13 @@ impl UreqExchange {
             proxies: Arc::new(proxies),
             connect_timeout: settings.get_connect_timeout(),
             request_timeout: settings.get_request_timeout(),
+            client_certificate: settings.has_client_certificate(),
         })
     }
 
     fn send_now(&self, request: Request<Vec<u8>>, limit: usize) -> Result<HttpAnswer, FetchError> {
         let proxy = self.proxies.proxy_for(request.uri());
+        let uri = request.uri().clone();
         let sent = match proxy {
             None => self.direct.run(request),
             Some(proxy) => {
@@ -100,7 +101,8 @@ impl UreqExchange {
                 agent.run(request)
             }
         };
-        let mut response = sent.map_err(|e| self.fetch_error(e, limit, proxy))?;
+        let host = request_host(&uri);
+        let mut response = sent.map_err(|e| self.fetch_error(e, limit, proxy, &host))?;
         let status = response.status().as_u16();
         let headers = response.headers().clone();
         let body = response
@@ -108,7 +110,7 @@ impl UreqExchange {
             .with_config()
             .limit(u64::try_from(limit).unwrap_or(u64::MAX))
             .read_to_vec()
-            .map_err(|e| self.fetch_error(e, limit, proxy))?;
+            .map_err(|e| self.fetch_error(e, limit, proxy, &host))?;
         Ok(HttpAnswer::new(status, headers, body))
     }
 
@@ -117,7 +119,16 @@ impl UreqExchange {
         error: ureq::Error,
         limit: usize,
         proxy: Option<&ProxyTarget>,
+        host: &str,
     ) -> FetchError {
+        let tls = match &error {
+            ureq::Error::Io(e) => tls_fetch_error(host, e, self.client_certificate),
+            ureq::Error::Rustls(e) => tls_fetch_error(host, e, self.client_certificate),
+            _ => None,
+        };
+        if let Some(tls) = tls {
+            return tls;
+        }
         match (self.fetch_error_direct(error, limit), proxy) {
             (FetchError::Transport { message }, Some(proxy)) => FetchError::Transport {
                 message: format!("through the proxy {proxy}: {message}"),
@@ -148,6 +159,15 @@ impl UreqExchange {
             },
         }
     }
+}
+
+/// The host of a token URL, without brackets, for messages.
+fn request_host(uri: &http::Uri) -> String {
+    uri.host()
+        .unwrap_or_default()
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned()
 }
 
 /// The ureq proxy for `target`: an HTTP proxy, which ureq talks to with

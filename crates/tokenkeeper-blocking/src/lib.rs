@@ -52,6 +52,7 @@
 
 mod exchange;
 mod runtime;
+mod tls;
 
 pub use runtime::ThreadRuntime;
 pub use tokenkeeper_driver::prelude::*;

@@ -92,7 +92,7 @@ impl CacheKey {
         let audience = client.requested_audience().unwrap_or_default();
         // The id hashes everything, values included (and so stays what
         // earlier versions derived: their cache slots remain this key's).
-        let full = serde_json::json!([
+        let mut full = serde_json::json!([
             "v1",
             client.token_url().as_str(),
             client.client_id().as_str(),
@@ -102,9 +102,8 @@ impl CacheKey {
             resources,
             extra,
         ]);
-        let id = hash_id(&full.to_string());
         let names: Vec<&str> = extra.iter().map(|(k, _)| *k).collect();
-        let description = serde_json::json!([
+        let mut description = serde_json::json!([
             "v1",
             client.token_url().redacted(),
             client.client_id().as_str(),
@@ -113,8 +112,19 @@ impl CacheKey {
             audience,
             resources,
             names,
-        ])
-        .to_string();
+        ]);
+        // Tokens bound to a client certificate (RFC 8705) serve only that
+        // certificate's holder. Appended only when set, so that keys without
+        // one stay what earlier versions derived. A thumbprint is public.
+        if let Some(thumbprint) = client.certificate_thumbprint() {
+            for key in [&mut full, &mut description] {
+                if let Some(parts) = key.as_array_mut() {
+                    parts.push(serde_json::json!({ "x5t#S256": thumbprint }));
+                }
+            }
+        }
+        let id = hash_id(&full.to_string());
+        let description = description.to_string();
         CacheKey { description, id }
     }
 

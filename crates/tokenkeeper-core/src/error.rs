@@ -162,6 +162,29 @@ pub enum FetchError {
     /// The refresh-token grant has no refresh token to send.
     #[error("no refresh token is available for the refresh_token grant")]
     NoRefreshToken,
+    /// The TLS connection to the token endpoint could not be set up: the
+    /// server's certificate could not be verified, or the two sides could
+    /// not agree. Permanent: retrying cannot help until the configuration
+    /// (trusted roots, client certificate) or the server changes.
+    #[error("TLS with {host} failed: {problem} ({})", problem.remedy())]
+    Tls {
+        /// The host name the client connected to.
+        host: String,
+        /// What went wrong.
+        problem: TlsProblem,
+    },
+    /// The URL answered, but not as a token endpoint does: `404`, `405`, a
+    /// redirect, or an HTML page. Permanent: the token URL is wrong.
+    #[error(
+        "the token URL is not a token endpoint: it answered {reason}; check the URL's path, or take it from the issuer's metadata (`token_endpoint` in /.well-known/openid-configuration)"
+    )]
+    NotATokenEndpoint {
+        /// The HTTP status.
+        status: u16,
+        /// What the answer was: its status and content type, and for a
+        /// redirect where it pointed (scheme, host and path only).
+        reason: String,
+    },
     /// A custom token source failed.
     #[error("the token source failed: {message}")]
     Source {
@@ -214,9 +237,10 @@ impl FetchError {
                 }
             }
             FetchError::Status { status, .. } => status_class(*status),
-            FetchError::UnsupportedTokenType { .. } | FetchError::NoRefreshToken => {
-                ErrorClass::Permanent
-            }
+            FetchError::UnsupportedTokenType { .. }
+            | FetchError::NoRefreshToken
+            | FetchError::Tls { .. }
+            | FetchError::NotATokenEndpoint { .. } => ErrorClass::Permanent,
             FetchError::Source { class, .. } => *class,
         }
     }
@@ -236,12 +260,126 @@ impl FetchError {
         }
     }
 
+    /// The TLS problem, when the connection's TLS failed.
+    pub fn tls_problem(&self) -> Option<TlsProblem> {
+        match self {
+            FetchError::Tls { problem, .. } => Some(*problem),
+            _ => None,
+        }
+    }
+
+    /// Whether the token endpoint is misconfigured rather than refusing:
+    /// its certificate cannot be verified ([`FetchError::Tls`]) or the URL
+    /// is not a token endpoint ([`FetchError::NotATokenEndpoint`]).
+    pub fn is_misconfiguration(&self) -> bool {
+        matches!(
+            self,
+            FetchError::Tls { .. } | FetchError::NotATokenEndpoint { .. }
+        )
+    }
+
     /// The OAuth2 error body, when the authority sent one.
     pub fn oauth_error(&self) -> Option<&OAuthError> {
         match self {
             FetchError::OAuth { error, .. } => Some(error),
             _ => None,
         }
+    }
+}
+
+/// Why a TLS connection to the token endpoint failed, as the HTTP stacks of
+/// the adapters classify rustls' errors. Each says what to do in
+/// [`remedy`](Self::remedy).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum TlsProblem {
+    /// The server's certificate chains to no trusted root: a private CA.
+    UnknownIssuer,
+    /// The server presented a certificate it signed itself.
+    SelfSigned,
+    /// The certificate is not valid for the host name connected to.
+    NameMismatch,
+    /// The certificate has expired (or the clock here is wrong).
+    Expired,
+    /// The certificate is not valid yet (or the clock here is wrong).
+    NotYetValid,
+    /// The certificate was revoked.
+    Revoked,
+    /// The certificate is unusable for another reason (wrong key usage,
+    /// a malformed or unsupported certificate).
+    BadCertificate,
+    /// The server asked for a client certificate and none was configured.
+    ClientCertificateRequired,
+    /// The server refused the client certificate presented.
+    ClientCertificateRejected,
+    /// No protocol version in common (a server that speaks only TLS 1.0 or
+    /// 1.1, say), or something other than TLS answered (plain http).
+    ProtocolMismatch,
+    /// The handshake failed for another reason (no cipher suite in common,
+    /// the server aborted).
+    HandshakeFailure,
+}
+
+impl TlsProblem {
+    /// What went wrong, in a few words.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TlsProblem::UnknownIssuer => {
+                "its certificate is signed by a CA this client does not trust"
+            }
+            TlsProblem::SelfSigned => "its certificate is self-signed",
+            TlsProblem::NameMismatch => "its certificate is not valid for this host name",
+            TlsProblem::Expired => "its certificate has expired",
+            TlsProblem::NotYetValid => "its certificate is not valid yet",
+            TlsProblem::Revoked => "its certificate was revoked",
+            TlsProblem::BadCertificate => "its certificate is unusable",
+            TlsProblem::ClientCertificateRequired => {
+                "it requires a client certificate and none is configured"
+            }
+            TlsProblem::ClientCertificateRejected => "it refused the client certificate",
+            TlsProblem::ProtocolMismatch => {
+                "no TLS version in common, or it does not speak TLS on this port"
+            }
+            TlsProblem::HandshakeFailure => "the TLS handshake failed",
+        }
+    }
+
+    /// What to do about it, naming the library's setting and the command's
+    /// flag.
+    pub fn remedy(self) -> &'static str {
+        match self {
+            TlsProblem::UnknownIssuer | TlsProblem::SelfSigned => {
+                "trust the CA that issued it: HttpSettings::add_root_certificates_file, or --ca-file for the command; \
+                 or the system's store: native_roots, --native-roots"
+            }
+            TlsProblem::NameMismatch => {
+                "use the host name the certificate names in the token URL, or have the server's certificate include this name"
+            }
+            TlsProblem::Expired | TlsProblem::NotYetValid => {
+                "check this machine's clock; otherwise the server needs a valid certificate"
+            }
+            TlsProblem::Revoked | TlsProblem::BadCertificate => {
+                "the server needs a valid certificate"
+            }
+            TlsProblem::ClientCertificateRequired => {
+                "configure a client certificate: HttpSettings::client_certificate_files, or --client-cert and --client-key for the command"
+            }
+            TlsProblem::ClientCertificateRejected => {
+                "check that the client certificate is the one registered with the authority, and not expired"
+            }
+            TlsProblem::ProtocolMismatch => {
+                "check the token URL's scheme and port (http:// for a plain-text server); the server must speak TLS 1.2 or 1.3"
+            }
+            TlsProblem::HandshakeFailure => {
+                "the server and this client share no TLS parameters; the server must offer TLS 1.2 or 1.3 with modern cipher suites"
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for TlsProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 

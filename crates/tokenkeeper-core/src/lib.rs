@@ -149,7 +149,7 @@ pub use cache::{CacheKey, EncodedRecord, RecordError};
 pub use clock::{Monotonic, Now};
 pub use error::{
     CacheError, CacheErrorKind, ErrorClass, FetchError, MAX_ERROR_CODE_CHARS,
-    MAX_ERROR_DESCRIPTION_CHARS, MAX_SNIPPET_CHARS, OAuthError, PERMANENT_OAUTH_ERRORS,
+    MAX_ERROR_DESCRIPTION_CHARS, MAX_SNIPPET_CHARS, OAuthError, PERMANENT_OAUTH_ERRORS, TlsProblem,
 };
 pub use jitter::Jitter;
 pub use policy::{LifetimePolicy, PolicyError};

@@ -15,7 +15,7 @@ use tokenkeeper_fs::{FileCache, FileLayer};
 use crate::cache::{AnyLayer, BlockingCacheLayer, CacheLayer};
 use crate::driver::{Driver, DriverParts, FetchWith};
 use crate::error::SpawnError;
-use crate::http::HttpSettings;
+use crate::http::{HttpSettings, HttpSetupError};
 use crate::publish::{EventHook, Publisher};
 use crate::runtime::{self, Runtime, Waited, timeout, wait};
 use crate::shared::{Shared, now};
@@ -303,7 +303,9 @@ impl<R: Runtime> TokenWatcherBuilder<R> {
     /// [`first_token_timeout`](Self::first_token_timeout).
     ///
     /// Fails at once with [`SpawnError::Rejected`] when the source refuses for
-    /// good (`invalid_client`, say), and with [`SpawnError::TimedOut`] (carrying
+    /// good (`invalid_client`, say), with [`SpawnError::Misconfigured`] when
+    /// the endpoint's certificate cannot be verified or the URL is not a
+    /// token endpoint, and with [`SpawnError::TimedOut`] (carrying
     /// the last error) when the wait runs out. Either way the watcher is
     /// stopped and makes no further request.
     pub fn spawn(self) -> Waited<'static, R, Result<TokenWatcher<R>, SpawnError>> {
@@ -314,7 +316,7 @@ impl<R: Runtime> TokenWatcherBuilder<R> {
             let (watcher, first, runtime) = self.launch()?;
             let error = match timeout(&runtime, waited, first.recv()).await {
                 Some(Ok(Ok(()))) => return Ok(watcher),
-                Some(Ok(Err(error))) => SpawnError::Rejected { error },
+                Some(Ok(Err(error))) => SpawnError::permanent(error),
                 Some(Err(_)) => SpawnError::Stopped,
                 None => SpawnError::TimedOut {
                     waited,
@@ -362,6 +364,20 @@ impl<R: Runtime> TokenWatcherBuilder<R> {
             on_event,
         } = self;
         let runtime = runtime.bind().ok_or(SpawnError::NoRuntime)?;
+        // Tokens may be bound to the client certificate (RFC 8705): its
+        // thumbprint is part of the key and kept in the records.
+        if let Some(client) = config.oauth2_client() {
+            match http.client_certificate_thumbprint()? {
+                Some(thumbprint) => config = config.bound_to_certificate(thumbprint),
+                None if client.get_auth_method().uses_client_certificate() => {
+                    return Err(SpawnError::Http(HttpSetupError::new(format!(
+                        "the client authenticates with {}, which needs a client certificate: set one with HttpSettings::client_certificate_files",
+                        client.get_auth_method().as_str()
+                    ))));
+                }
+                None => {}
+            }
+        }
         let key = config.cache_key().clone();
         let layers = layers
             .into_iter()

@@ -18,6 +18,14 @@ pub enum SpawnError {
         /// The refusal.
         error: FetchError,
     },
+    /// The token endpoint is misconfigured: its TLS certificate cannot be
+    /// verified ([`FetchError::Tls`]), or the URL is not a token endpoint
+    /// ([`FetchError::NotATokenEndpoint`]). The message says what to do.
+    #[error("the token endpoint is misconfigured: {error}")]
+    Misconfigured {
+        /// What is wrong.
+        error: FetchError,
+    },
     /// No token came within the configured wait (the source kept failing
     /// with transient errors, or was slow).
     #[error("no token within {waited:?}{}", last_error_suffix(.last_error))]
@@ -54,15 +62,29 @@ fn last_error_suffix(error: &Option<FetchError>) -> String {
 }
 
 impl SpawnError {
-    /// Whether the source refused for good.
+    /// Whether waiting longer cannot help: the source refused, or the
+    /// endpoint is misconfigured.
     pub fn is_permanent(&self) -> bool {
-        matches!(self, SpawnError::Rejected { .. })
+        matches!(
+            self,
+            SpawnError::Rejected { .. } | SpawnError::Misconfigured { .. }
+        )
+    }
+
+    /// A permanent fetch error as `spawn` reports it: a misconfiguration
+    /// apart from a refusal.
+    pub(crate) fn permanent(error: FetchError) -> Self {
+        if error.is_misconfiguration() {
+            SpawnError::Misconfigured { error }
+        } else {
+            SpawnError::Rejected { error }
+        }
     }
 
     /// The fetch error behind this one, if any.
     pub fn fetch_error(&self) -> Option<&FetchError> {
         match self {
-            SpawnError::Rejected { error } => Some(error),
+            SpawnError::Rejected { error } | SpawnError::Misconfigured { error } => Some(error),
             SpawnError::TimedOut { last_error, .. } => last_error.as_ref(),
             _ => None,
         }

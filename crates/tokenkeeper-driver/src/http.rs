@@ -3,28 +3,44 @@
 //! for its HTTP client (hyper for the async runtimes, ureq for threads).
 
 use std::fmt;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderMap, Request};
 use rustls::pki_types::CertificateDer;
-use rustls::pki_types::pem::PemObject;
 use tokenkeeper_core::FetchError;
 use zeroize::Zeroizing;
 
 use crate::boxed::BoxFuture;
 use crate::proxy::{ProxyConfig, ProxyError, ProxyRules};
+use crate::tls::{IdentitySource, ServerVerifier, pem_certificates, read_file};
 
 /// Settings of the HTTP client that talks to the token endpoint; the same in
 /// every adapter.
 ///
 /// TLS is rustls with the *ring* crypto provider, set on the client's own
-/// configuration and never installed as a process default. Trusted roots:
-/// the bundled webpki (Mozilla) roots, plus the operating system's store
-/// when the cargo feature `native-roots` is on (it adds to the bundled
-/// roots, in every adapter), plus any root added with
-/// [`add_root_certificate`](Self::add_root_certificate) or
-/// [`add_root_certificates_pem`](Self::add_root_certificates_pem).
+/// configuration and never installed as a process default; TLS 1.2 and 1.3.
+/// Trusted roots, the same in every adapter:
+///
+/// - the bundled webpki (Mozilla) roots ([`webpki_roots`](Self::webpki_roots));
+/// - the operating system's store, with [`native_roots`](Self::native_roots)
+///   (on by default when the cargo feature `native-roots` is on);
+/// - the certificates named by the `SSL_CERT_FILE` (a PEM bundle) and
+///   `SSL_CERT_DIR` (folders of PEM files, separated by `:`) variables, as
+///   OpenSSL-based tools honour them, read when the client is built; turn
+///   this off with [`ssl_cert_env`](Self::ssl_cert_env);
+/// - private CAs added with [`add_root_certificates_file`](Self::add_root_certificates_file),
+///   [`add_root_certificates_pem`](Self::add_root_certificates_pem) (PEM,
+///   bundles allowed) or [`add_root_certificate`](Self::add_root_certificate) (DER).
+///
+/// A client certificate for mutual TLS (RFC 8705 `tls_client_auth`) is set
+/// with [`client_certificate_files`](Self::client_certificate_files) or
+/// [`client_certificate_pem`](Self::client_certificate_pem).
+///
+/// A server certificate that cannot be verified fails the fetch with
+/// [`FetchError::Tls`], a permanent error naming the host, the problem and
+/// the fix: `spawn` fails at once rather than waiting out its timeout.
 /// Redirects are never followed: a `3xx` answer is an error status like any
 /// other. Plain `http://` is refused by
 /// [`OAuth2Client`](tokenkeeper_core::oauth2::OAuth2Client) unless the host
@@ -43,7 +59,9 @@ pub struct HttpSettings {
     user_agent: Option<String>,
     webpki_roots: bool,
     native_roots: bool,
+    ssl_cert_env: bool,
     extra_roots: Vec<Root>,
+    client_identity: Option<IdentitySource>,
     proxy: ProxyConfig,
 }
 
@@ -52,6 +70,7 @@ pub struct HttpSettings {
 enum Root {
     Der(Vec<u8>),
     Pem(Vec<u8>),
+    File(PathBuf),
 }
 
 impl fmt::Debug for HttpSettings {
@@ -62,7 +81,9 @@ impl fmt::Debug for HttpSettings {
             .field("user_agent", &self.user_agent)
             .field("webpki_roots", &self.webpki_roots)
             .field("native_roots", &self.native_roots)
+            .field("ssl_cert_env", &self.ssl_cert_env)
             .field("extra_roots", &self.extra_roots.len())
+            .field("client_identity", &self.client_identity)
             .field("proxy", &self.proxy)
             .finish()
     }
@@ -76,7 +97,9 @@ impl Default for HttpSettings {
             user_agent: None,
             webpki_roots: true,
             native_roots: cfg!(feature = "native-roots"),
+            ssl_cert_env: true,
             extra_roots: Vec::new(),
+            client_identity: None,
             proxy: ProxyConfig::default(),
         }
     }
@@ -138,6 +161,71 @@ impl HttpSettings {
         self
     }
 
+    /// Also trusts every certificate in this PEM file (a CA bundle may hold
+    /// several), read when the HTTP client is built; a missing file or one
+    /// without a certificate fails the setup with an error naming it.
+    pub fn add_root_certificates_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.extra_roots.push(Root::File(path.into()));
+        self
+    }
+
+    /// Whether to trust the certificates that `SSL_CERT_FILE` and
+    /// `SSL_CERT_DIR` name (default yes), as OpenSSL-based tools do. Read
+    /// when the HTTP client is built; a variable that is set but names
+    /// nothing readable fails the setup. With the system's roots on, the
+    /// store loader honours these variables as well, in place of the
+    /// system's own files.
+    pub fn ssl_cert_env(mut self, yes: bool) -> Self {
+        self.ssl_cert_env = yes;
+        self
+    }
+
+    /// Presents this client certificate (PEM, the leaf first, then any
+    /// intermediates) with this private key (PEM: PKCS#8, PKCS#1 or SEC1)
+    /// when the server asks for one: mutual TLS, as RFC 8705 client
+    /// authentication (`AuthMethod::TlsClientAuth`) needs. The key is zeroed
+    /// when the settings are dropped and never shown.
+    pub fn client_certificate_pem(
+        mut self,
+        chain_pem: impl Into<Vec<u8>>,
+        key_pem: impl Into<Vec<u8>>,
+    ) -> Self {
+        self.client_identity = Some(IdentitySource::Pem {
+            chain: chain_pem.into(),
+            key: Zeroizing::new(key_pem.into()),
+        });
+        self
+    }
+
+    /// Like [`client_certificate_pem`](Self::client_certificate_pem), from
+    /// PEM files read when the HTTP client is built.
+    pub fn client_certificate_files(
+        mut self,
+        chain_path: impl Into<PathBuf>,
+        key_path: impl Into<PathBuf>,
+    ) -> Self {
+        self.client_identity = Some(IdentitySource::Files {
+            chain: chain_path.into(),
+            key: key_path.into(),
+        });
+        self
+    }
+
+    /// Whether a client certificate is configured.
+    pub fn has_client_certificate(&self) -> bool {
+        self.client_identity.is_some()
+    }
+
+    /// The SHA-256 thumbprint (`x5t#S256`, base64url) of the configured
+    /// client certificate, if any: what certificate-bound tokens are bound
+    /// to (RFC 8705 §3).
+    pub fn client_certificate_thumbprint(&self) -> Result<Option<String>, HttpSetupError> {
+        match &self.client_identity {
+            Some(source) => Ok(Some(source.load()?.thumbprint())),
+            None => Ok(None),
+        }
+    }
+
     /// Which proxy to use (default: [`ProxyConfig::from_env`], the proxy
     /// variables as the environment holds them when the client is built).
     /// Whatever this says, loopback targets are never proxied.
@@ -185,21 +273,23 @@ impl HttpSettings {
         if self.native_roots {
             native_roots(&mut roots)?;
         }
+        if self.ssl_cert_env {
+            crate::tls::ssl_cert_env(
+                &mut roots,
+                std::env::var_os("SSL_CERT_FILE"),
+                std::env::var_os("SSL_CERT_DIR"),
+            )?;
+        }
         for root in &self.extra_roots {
             match root {
                 Root::Der(der) => roots.push(CertificateDer::from(der.clone())),
-                Root::Pem(pem) => {
-                    let before = roots.len();
-                    for cert in CertificateDer::pem_slice_iter(pem) {
-                        roots.push(cert.map_err(|_| {
-                            HttpSetupError::new("an added PEM root certificate could not be read")
-                        })?);
-                    }
-                    if roots.len() == before {
-                        return Err(HttpSetupError::new(
-                            "an added PEM text holds no certificate",
-                        ));
-                    }
+                Root::Pem(pem) => roots.extend(pem_certificates(pem, "an added PEM text")?),
+                Root::File(path) => {
+                    let pem = read_file(path, "CA")?;
+                    roots.extend(pem_certificates(
+                        &pem,
+                        &format!("the CA file {}", path.display()),
+                    )?);
                 }
             }
         }
@@ -209,8 +299,11 @@ impl HttpSettings {
         Ok(roots)
     }
 
-    /// A rustls client configuration trusting [`root_certificates`](Self::root_certificates),
-    /// with the *ring* provider given explicitly.
+    /// The rustls client configuration every HTTP stack of tokenkeeper uses:
+    /// the *ring* provider given explicitly, TLS 1.2 and 1.3, servers
+    /// verified against [`root_certificates`](Self::root_certificates) (a
+    /// self-signed certificate reported as such), and the client
+    /// certificate, if one is set.
     pub fn rustls_config(&self) -> Result<rustls::ClientConfig, HttpSetupError> {
         let mut store = rustls::RootCertStore::empty();
         for cert in self.root_certificates()? {
@@ -219,11 +312,32 @@ impl HttpSettings {
             })?;
         }
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        Ok(rustls::ClientConfig::builder_with_provider(provider)
+        let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(store),
+            Arc::clone(&provider),
+        )
+        .build()
+        .map_err(|e| HttpSetupError::new(format!("no usable root certificate: {e}")))?;
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(|e| HttpSetupError::new(e.to_string()))?
-            .with_root_certificates(store)
-            .with_no_client_auth())
+            .dangerous()
+            // webpki's own verification, only reporting self-signed
+            // certificates more precisely; nothing is accepted that it refuses.
+            .with_custom_certificate_verifier(Arc::new(ServerVerifier::new(verifier)));
+        match &self.client_identity {
+            None => Ok(builder.with_no_client_auth()),
+            Some(source) => {
+                let identity = source.load()?;
+                builder
+                    .with_client_auth_cert(identity.chain, identity.key)
+                    .map_err(|e| {
+                        HttpSetupError::new(format!(
+                            "the client certificate and key cannot be used together: {e}"
+                        ))
+                    })
+            }
+        }
     }
 }
 
@@ -339,10 +453,11 @@ mod tests {
 
     #[test]
     fn roots_come_from_every_configured_place() {
-        let bundled = HttpSettings::new().native_roots(false);
+        // The environment's SSL_CERT_FILE/DIR (set on some machines) kept out.
+        let bundled = HttpSettings::new().native_roots(false).ssl_cert_env(false);
         let count = bundled.root_certificates().unwrap().len();
         assert!(count > 50, "{count}");
-        let none = HttpSettings::new().native_roots(false).webpki_roots(false);
+        let none = bundled.clone().webpki_roots(false);
         assert!(none.root_certificates().is_err());
         assert!(none.rustls_config().is_err());
         let bad_pem = none
@@ -350,9 +465,43 @@ mod tests {
             .add_root_certificates_pem(b"no pem here".to_vec());
         let err = bad_pem.root_certificates().unwrap_err();
         assert!(err.to_string().contains("no certificate"), "{err}");
-        let der = none.add_root_certificate(b"not a certificate".to_vec());
+        let der = none
+            .clone()
+            .add_root_certificate(b"not a certificate".to_vec());
         assert_eq!(der.root_certificates().unwrap().len(), 1);
         assert!(der.rustls_config().is_err());
+
+        // A CA file: read when the client is built; a missing one is named.
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("ca.pem");
+        let from_file = none.clone().add_root_certificates_file(&missing);
+        let err = from_file.root_certificates().unwrap_err();
+        assert!(err.to_string().contains("ca.pem"), "{err}");
+        let one = &bundled.root_certificates().unwrap()[0];
+        let pem = format!(
+            "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
+            base64::Engine::encode(&base64::engine::general_purpose::STANDARD, one.as_ref())
+        );
+        std::fs::write(&missing, pem.repeat(2)).unwrap();
+        assert_eq!(from_file.root_certificates().unwrap().len(), 2);
+        assert!(from_file.rustls_config().is_ok());
+    }
+
+    #[test]
+    fn client_certificates_are_checked_and_never_shown() {
+        let settings = HttpSettings::new()
+            .native_roots(false)
+            .ssl_cert_env(false)
+            .client_certificate_pem(b"no certificate".to_vec(), b"SECRET-KEY-BYTES".to_vec());
+        assert!(settings.has_client_certificate());
+        let err = settings.rustls_config().unwrap_err();
+        assert!(err.to_string().contains("holds no certificate"), "{err}");
+        assert!(!format!("{settings:?}").contains("SECRET-KEY-BYTES"));
+        let err = settings.client_certificate_thumbprint().unwrap_err();
+        assert!(!err.to_string().contains("SECRET-KEY-BYTES"), "{err}");
+        let files = HttpSettings::new().client_certificate_files("/nonexistent/c.pem", "/k.pem");
+        let err = files.rustls_config().unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/c.pem"), "{err}");
     }
 
     #[test]

@@ -76,6 +76,7 @@ mod publish;
 mod runtime;
 mod shared;
 mod source;
+pub mod tls;
 mod watcher;
 
 pub use builder::{MIN_WAKE_INTERVAL, TokenWatcherBuilder};
@@ -105,5 +106,5 @@ pub mod prelude {
         WatcherStopped, change_feed,
     };
     pub use tokenkeeper_core as engine;
-    pub use tokenkeeper_core::{Event, RefreshNow, Status, TokenRecord};
+    pub use tokenkeeper_core::{Event, FetchError, RefreshNow, Status, TlsProblem, TokenRecord};
 }

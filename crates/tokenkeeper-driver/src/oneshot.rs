@@ -149,6 +149,11 @@ pub enum GetTokenError {
     /// credentials, a revoked refresh token, an unknown scope, ...).
     #[error("{0}")]
     Rejected(FetchError),
+    /// The token endpoint is misconfigured: its TLS certificate cannot be
+    /// verified, or the URL is not a token endpoint
+    /// ([`FetchError::is_misconfiguration`]).
+    #[error("{0}")]
+    Misconfigured(FetchError),
     /// The authority could not be reached or kept failing, and no usable token
     /// was at hand.
     #[error("no token within {} s{}", waited.as_secs_f32().round(), last_error.as_ref().map(|e| format!(": {e}")).unwrap_or_default())]
@@ -172,7 +177,7 @@ impl GetTokenError {
     /// The fetch error behind this one, if any.
     pub fn fetch_error(&self) -> Option<&FetchError> {
         match self {
-            GetTokenError::Rejected(e) => Some(e),
+            GetTokenError::Rejected(e) | GetTokenError::Misconfigured(e) => Some(e),
             GetTokenError::Unavailable { last_error, .. } => last_error.as_ref(),
             _ => None,
         }
@@ -195,7 +200,7 @@ impl<R: Runtime> TokenWatcherBuilder<R> {
     ///   processes started together on a cold cache make one request, the
     ///   others wait and read what it stored;
     /// - a permanent error without a usable token is
-    ///   [`GetTokenError::Rejected`] at once; transient ones are retried until
+    ///   [`GetTokenError::Rejected`] (or [`GetTokenError::Misconfigured`]) at once; transient ones are retried until
     ///   [`max_wait`](OneShot::max_wait), then [`GetTokenError::Unavailable`].
     ///
     /// Leases are released, and a rotated refresh token stored, before it
@@ -323,7 +328,11 @@ impl Run {
                         return Ok((token, self.origin));
                     }
                     if error.is_permanent() {
-                        return Err(GetTokenError::Rejected(error));
+                        return Err(if error.is_misconfiguration() {
+                            GetTokenError::Misconfigured(error)
+                        } else {
+                            GetTokenError::Rejected(error)
+                        });
                     }
                     self.last_error = Some(error);
                 }

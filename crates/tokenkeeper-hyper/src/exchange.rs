@@ -13,6 +13,7 @@ use http::{HeaderValue, Request, Uri};
 use http_body_util::{BodyExt, Full};
 use rustls::pki_types::ServerName;
 use tokenkeeper_core::FetchError;
+use tokenkeeper_driver::tls::tls_fetch_error;
 use tokenkeeper_driver::{
     BoxFuture, Exchange, HttpAnswer, HttpSettings, HttpSetupError, ProxyRules, ProxyTarget, timeout,
 };
@@ -29,6 +30,9 @@ pub struct HttpClient<R> {
     connect_timeout: Duration,
     request_timeout: Duration,
     user_agent: HeaderValue,
+    /// Whether a client certificate is configured (to tell "required" from
+    /// "rejected" when the server refuses the handshake).
+    client_certificate: bool,
 }
 
 impl<R: Clone> Clone for HttpClient<R> {
@@ -40,6 +44,7 @@ impl<R: Clone> Clone for HttpClient<R> {
             connect_timeout: self.connect_timeout,
             request_timeout: self.request_timeout,
             user_agent: self.user_agent.clone(),
+            client_certificate: self.client_certificate,
         }
     }
 }
@@ -80,6 +85,7 @@ impl<R: Connect> HttpClient<R> {
             connect_timeout: settings.get_connect_timeout(),
             request_timeout: settings.get_request_timeout(),
             user_agent,
+            client_certificate: settings.has_client_certificate(),
         })
     }
 
@@ -112,6 +118,17 @@ impl<R: Connect> HttpClient<R> {
     ) -> Result<HttpAnswer, FetchError> {
         let (mut parts, body) = request.into_parts();
         let (endpoint, forward_to) = self.endpoint(&parts.uri)?;
+        let target_host = endpoint
+            .tls
+            .as_ref()
+            .map(|tls| tls.server_name.to_str().into_owned());
+        // A TLS failure, wherever it shows (the handshake, or the server's
+        // alert on the first read in TLS 1.3), is the typed error.
+        let tls_error = |e: &(dyn StdError + 'static)| {
+            target_host
+                .as_deref()
+                .and_then(|host| tls_fetch_error(host, e, self.client_certificate))
+        };
         // The authority goes in `Host`.
         if let Some(authority) = parts.uri.authority() {
             let host = HeaderValue::from_str(authority.as_str())
@@ -160,6 +177,9 @@ impl<R: Connect> HttpClient<R> {
                 });
             }
             Some(Err(e)) => {
+                if let Some(error) = tls_error(&e) {
+                    return Err(error);
+                }
                 return Err(transport(match (&endpoint.tunnel, forward_to) {
                     (Some(tunnel), _) => format!(
                         "could not connect to {} through the proxy {}: {}",
@@ -188,15 +208,14 @@ impl<R: Connect> HttpClient<R> {
             "connected"
         );
 
+        let failed =
+            |e: &(dyn StdError + 'static)| tls_error(e).unwrap_or_else(|| self.transport_error(e));
         let (mut sender, connection) = hyper::client::conn::http1::handshake(io)
             .await
-            .map_err(|e| self.transport_error(&e))?;
+            .map_err(|e| failed(&e))?;
         let answer = async move {
-            let response = sender
-                .send_request(request)
-                .await
-                .map_err(|e| self.transport_error(&e))?;
-            read_answer(response, limit, |e| self.transport_error(e)).await
+            let response = sender.send_request(request).await.map_err(|e| failed(&e))?;
+            read_answer(response, limit, failed).await
         };
         // The connection is driven alongside the exchange, so nothing needs
         // spawning. It may end first (the server closed it): the exchange

@@ -23,15 +23,35 @@ pub enum AuthMethod {
     ClientSecretBasic,
     /// `client_id` and `client_secret` in the request body.
     ClientSecretPost,
+    /// Mutual TLS with a certificate issued by a CA the authority trusts
+    /// (RFC 8705 §2.1): `client_id` in the body, no secret. The client
+    /// certificate is an HTTP setting of the driver.
+    TlsClientAuth,
+    /// Mutual TLS with a self-signed certificate registered with the
+    /// authority (RFC 8705 §2.2): `client_id` in the body, no secret.
+    SelfSignedTlsClientAuth,
 }
 
 impl AuthMethod {
-    /// The registered name, `client_secret_basic` or `client_secret_post`.
+    /// The registered name (RFC 8414 `token_endpoint_auth_methods_supported`):
+    /// `client_secret_basic`, `client_secret_post`, `tls_client_auth` or
+    /// `self_signed_tls_client_auth`.
     pub fn as_str(self) -> &'static str {
         match self {
             AuthMethod::ClientSecretBasic => "client_secret_basic",
             AuthMethod::ClientSecretPost => "client_secret_post",
+            AuthMethod::TlsClientAuth => "tls_client_auth",
+            AuthMethod::SelfSignedTlsClientAuth => "self_signed_tls_client_auth",
         }
+    }
+
+    /// Whether the client authenticates with its TLS certificate (RFC 8705),
+    /// so that the HTTP client must present one.
+    pub fn uses_client_certificate(self) -> bool {
+        matches!(
+            self,
+            AuthMethod::TlsClientAuth | AuthMethod::SelfSignedTlsClientAuth
+        )
     }
 }
 
@@ -207,6 +227,9 @@ pub struct OAuth2Client {
     pub(crate) resources: Vec<String>,
     pub(crate) extra_params: Vec<(String, String)>,
     pub(crate) max_body_bytes: usize,
+    /// The SHA-256 thumbprint (`x5t#S256`) of the client certificate the
+    /// HTTP client presents, when tokens are bound to it (RFC 8705 §3).
+    pub(crate) certificate_thumbprint: Option<String>,
 }
 
 /// Extra parameters may carry credentials (a client assertion, say): `Debug`
@@ -225,6 +248,7 @@ impl std::fmt::Debug for OAuth2Client {
             .field("resources", &self.resources)
             .field("extra_params", &extra)
             .field("max_body_bytes", &self.max_body_bytes)
+            .field("certificate_thumbprint", &self.certificate_thumbprint)
             .finish()
     }
 }
@@ -289,6 +313,7 @@ impl OAuth2Client {
             resources: Vec::new(),
             extra_params: Vec::new(),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            certificate_thumbprint: None,
         }
     }
 
@@ -378,9 +403,50 @@ impl OAuth2Client {
         &self.extra_params
     }
 
+    /// How the client authenticates.
+    pub fn get_auth_method(&self) -> AuthMethod {
+        self.auth_method
+    }
+
     /// The body size cap.
     pub fn body_limit(&self) -> usize {
         self.max_body_bytes
+    }
+
+    /// Records that the HTTP client presents the certificate with this
+    /// SHA-256 thumbprint (`x5t#S256`, base64url without padding): tokens
+    /// issued over that connection may be bound to it (RFC 8705 §3), so it
+    /// is part of the cache key (a token bound to another certificate is
+    /// useless here) and each record keeps it as `cnf` unless the authority
+    /// sent its own. Drivers set it from their client certificate.
+    pub fn bound_to_certificate(mut self, thumbprint: impl Into<String>) -> Self {
+        self.certificate_thumbprint = Some(thumbprint.into());
+        self
+    }
+
+    /// The thumbprint of the client certificate, if set.
+    pub fn certificate_thumbprint(&self) -> Option<&str> {
+        self.certificate_thumbprint.as_deref()
+    }
+
+    /// Reads the token endpoint's answer ([`parse_token_response`]); with a
+    /// client certificate, the grant keeps the certificate binding as
+    /// `cnf` (`{"x5t#S256": ...}`) unless the authority sent a `cnf`.
+    pub fn read_response(
+        &self,
+        status: u16,
+        headers: &http::HeaderMap,
+        body: &[u8],
+        now: crate::Timestamp,
+    ) -> Result<crate::TokenGrant, crate::FetchError> {
+        let mut grant = parse_token_response(status, headers, body, now, self.max_body_bytes)?;
+        if let Some(thumbprint) = &self.certificate_thumbprint {
+            grant
+                .extra
+                .entry("cnf")
+                .or_insert_with(|| serde_json::json!({ "x5t#S256": thumbprint }));
+        }
+        Ok(grant)
     }
 
     /// Builds the token request. For the refresh-token grant, `refresh_token`
@@ -440,6 +506,57 @@ mod tests {
             TokenUrl::parse("https://a`b.example/token", false),
             Err(ConfigError::InvalidUrl(_))
         ));
+    }
+
+    #[test]
+    fn mtls_sends_no_secret_and_binds_tokens_to_the_certificate() {
+        let plain = OAuth2Client::client_credentials(
+            "https://a.example/t",
+            ClientId::new("svc"),
+            ClientSecret::new("never-sent"),
+        )
+        .unwrap();
+        for method in [
+            AuthMethod::TlsClientAuth,
+            AuthMethod::SelfSignedTlsClientAuth,
+        ] {
+            let client = plain
+                .clone()
+                .auth_method(method)
+                .bound_to_certificate("thumb-A");
+            let request = client.build_request(None).unwrap().into_http();
+            let body = String::from_utf8(request.body().clone()).unwrap();
+            assert_eq!(body, "grant_type=client_credentials&client_id=svc");
+            assert!(request.headers().get(http::header::AUTHORIZATION).is_none());
+            assert!(method.uses_client_certificate());
+        }
+        // Another certificate, another slot; none at all, the old slot.
+        let a = plain.clone().bound_to_certificate("thumb-A");
+        let b = plain.clone().bound_to_certificate("thumb-B");
+        let (ka, kb, kp) = (
+            crate::CacheKey::for_client(&a),
+            crate::CacheKey::for_client(&b),
+            crate::CacheKey::for_client(&plain),
+        );
+        assert_ne!(ka, kb);
+        assert_ne!(ka, kp);
+        assert!(ka.description().contains("thumb-A"), "{}", ka.description());
+        // The record keeps the binding, unless the authority sent its own.
+        let ok = br#"{"access_token":"t","expires_in":60}"#;
+        let now = crate::Timestamp::from_secs(1_000);
+        let grant = a
+            .read_response(200, &http::HeaderMap::new(), ok, now)
+            .unwrap();
+        assert_eq!(grant.extra["cnf"]["x5t#S256"], "thumb-A");
+        let own = br#"{"access_token":"t","expires_in":60,"cnf":{"x5t#S256":"theirs"}}"#;
+        let grant = a
+            .read_response(200, &http::HeaderMap::new(), own, now)
+            .unwrap();
+        assert_eq!(grant.extra["cnf"]["x5t#S256"], "theirs");
+        let grant = plain
+            .read_response(200, &http::HeaderMap::new(), ok, now)
+            .unwrap();
+        assert!(!grant.extra.contains_key("cnf"));
     }
 
     #[test]

@@ -100,6 +100,10 @@ pub(super) fn build(
     }
     let mut authorization = None;
     match (&client.client_secret, client.auth_method) {
+        // The TLS connection authenticates; the secret, if any, stays here.
+        (_, AuthMethod::TlsClientAuth | AuthMethod::SelfSignedTlsClientAuth) => {
+            form.append_pair("client_id", client.client_id.as_str());
+        }
         (Some(secret), AuthMethod::ClientSecretBasic) => {
             let mut pair = format!(
                 "{}:{}",

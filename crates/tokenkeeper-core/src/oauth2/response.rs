@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use http::HeaderMap;
-use http::header::{CONTENT_TYPE, RETRY_AFTER};
+use http::header::{CONTENT_TYPE, LOCATION, RETRY_AFTER};
 use serde_json::{Map, Value};
 
 use crate::backoff::parse_retry_after;
@@ -27,6 +27,41 @@ fn content_type(headers: &HeaderMap) -> String {
         None => "no content type".to_owned(),
         Some(Ok(v)) => escape_capped(v.trim(), SHORT_VALUE_CHARS),
         Some(Err(_)) => "an unreadable content type".to_owned(),
+    }
+}
+
+/// Why an answer shows the URL is not a token endpoint, if it does: a
+/// redirect (token endpoints answer POSTs themselves), `404` or `405`
+/// without an OAuth2 error body, or a web page sent as a success. A `5xx`
+/// HTML page stays an outage (a proxy's error page), and other `4xx` pages
+/// a refusal.
+fn not_a_token_endpoint(status: u16, headers: &HeaderMap, body: &[u8]) -> Option<String> {
+    let kind = content_type(headers);
+    let html = kind.to_ascii_lowercase().starts_with("text/html")
+        || body
+            .iter()
+            .find(|b| !b.is_ascii_whitespace())
+            .is_some_and(|b| *b == b'<');
+    match status {
+        300..=399 => {
+            let target = headers
+                .get(LOCATION)
+                .and_then(|v| v.to_str().ok())
+                .map(|v| match url::Url::parse(v) {
+                    Ok(url) => escape_capped(&super::redacted_url(&url), SNIPPET_CHARS),
+                    // A relative target: its path, without a query.
+                    Err(_) => {
+                        escape_capped(v.split(['?', '#']).next().unwrap_or(""), SNIPPET_CHARS)
+                    }
+                });
+            Some(match target {
+                Some(target) => format!("HTTP {status}, a redirect to {target}"),
+                None => format!("HTTP {status}, a redirect"),
+            })
+        }
+        404 | 405 => Some(format!("HTTP {status} ({kind})")),
+        200..=299 if html => Some(format!("HTTP {status} with a web page ({kind})")),
+        _ => None,
     }
 }
 
@@ -190,6 +225,9 @@ pub fn parse_token_response(
             error,
             retry_after,
         });
+    }
+    if let Some(reason) = not_a_token_endpoint(status, headers, body) {
+        return Err(FetchError::NotATokenEndpoint { status, reason });
     }
     if !success {
         return Err(FetchError::Status {
@@ -364,7 +402,6 @@ mod tests {
         for (status, body) in [
             (200, ""),
             (200, "   "),
-            (200, html),
             (200, r#"{"access_token": "abc", "expires_in": "#),
             (200, "[1,2]"),
             (200, r#"{"token_type":"Bearer"}"#),
@@ -386,6 +423,74 @@ mod tests {
         assert!(e.to_string().contains("truncated"), "{e}");
         let e = parse(500, "").unwrap_err();
         assert_eq!(e.class(), ErrorClass::Transient);
+    }
+
+    fn answer(status: u16, headers: &[(&str, &str)], body: &str) -> FetchError {
+        let mut map = HeaderMap::new();
+        for (name, value) in headers {
+            map.insert(
+                http::header::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                value.parse().unwrap(),
+            );
+        }
+        parse_token_response(status, &map, body.as_bytes(), NOW, 4096).unwrap_err()
+    }
+
+    #[test]
+    fn answers_that_are_not_from_a_token_endpoint() {
+        let html = [("content-type", "text/html; charset=utf-8")];
+        let page = "<!doctype html><html><title>Not Found</title></html>";
+        for (status, headers, body, says) in [
+            (404, &html[..], page, "HTTP 404 (text/html; charset=utf-8)"),
+            (404, &[][..], "", "HTTP 404 (no content type)"),
+            (405, &[("allow", "GET")][..], "", "HTTP 405"),
+            (200, &html[..], page, "HTTP 200 with a web page"),
+            // No content type, but a page all the same.
+            (
+                200,
+                &[][..],
+                "  <html><body>sign in</body></html>",
+                "a web page",
+            ),
+            (
+                302,
+                &[("location", "https://login.example/sso?SAMLRequest=s3cret#x")][..],
+                "",
+                "HTTP 302, a redirect to https://login.example/sso?<redacted>",
+            ),
+            (
+                301,
+                &[("location", "/oauth2/token?k=s3cret")][..],
+                "",
+                "a redirect to /oauth2/token",
+            ),
+            (307, &[][..], "", "HTTP 307, a redirect"),
+        ] {
+            let e = answer(status, headers, body);
+            let FetchError::NotATokenEndpoint { status: s, reason } = &e else {
+                panic!("{status} {body:?} gave {e:?}");
+            };
+            assert_eq!(*s, status);
+            assert!(reason.contains(says), "{reason}");
+            assert!(e.is_permanent() && e.is_misconfiguration(), "{e:?}");
+            let text = e.to_string();
+            assert!(text.contains("check the URL's path"), "{text}");
+            assert!(!text.contains("s3cret"), "{text}");
+        }
+        // An OAuth2 error body is the authority speaking, whatever the status.
+        let e = answer(404, &[], r#"{"error":"invalid_client"}"#);
+        assert!(matches!(e, FetchError::OAuth { .. }), "{e:?}");
+        // A proxy's error page is an outage; another 4xx page a refusal.
+        let e = answer(502, &html, page);
+        assert!(
+            matches!(e, FetchError::Status { .. }) && !e.is_permanent(),
+            "{e:?}"
+        );
+        let e = answer(403, &html, page);
+        assert!(
+            matches!(e, FetchError::Status { .. }) && !e.is_misconfiguration(),
+            "{e:?}"
+        );
     }
 
     #[test]

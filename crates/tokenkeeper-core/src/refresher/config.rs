@@ -117,6 +117,27 @@ impl RefresherConfig {
         Self::with_source(Source::Custom, key)
     }
 
+    /// For an OAuth2 source: the HTTP client presents the certificate with
+    /// this thumbprint ([`OAuth2Client::bound_to_certificate`]); the cache
+    /// key is derived again to include it. Drivers call this when a client
+    /// certificate is configured. No effect on a custom source.
+    pub fn bound_to_certificate(mut self, thumbprint: impl Into<String>) -> Self {
+        if let Source::OAuth2(client) = &mut self.source {
+            let bound = client.clone().bound_to_certificate(thumbprint);
+            self.key = CacheKey::for_client(&bound);
+            *client = bound;
+        }
+        self
+    }
+
+    /// The OAuth2 client, for an OAuth2 source.
+    pub fn oauth2_client(&self) -> Option<&OAuth2Client> {
+        match &self.source {
+            Source::OAuth2(client) => Some(client),
+            Source::Custom => None,
+        }
+    }
+
     fn with_source(source: Source, key: CacheKey) -> Self {
         RefresherConfig {
             source,

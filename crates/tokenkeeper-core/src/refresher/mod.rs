@@ -677,7 +677,12 @@ impl Refresher {
         headers: &HeaderMap,
         body: &[u8],
     ) -> Result<(), MisuseError> {
-        let result = parse_token_response(status, headers, body, now.wall, self.body_limit());
+        let result = match &self.config.source {
+            Source::OAuth2(client) => client.read_response(status, headers, body, now.wall),
+            Source::Custom => {
+                parse_token_response(status, headers, body, now.wall, self.body_limit())
+            }
+        };
         self.answer_fetch(now, id, result)
     }
 

@@ -41,9 +41,21 @@ pub(crate) enum Command {
 #[serde(rename_all = "snake_case")]
 pub(crate) enum AuthMethodArg {
     /// client_secret_basic: HTTP Basic authentication.
+    #[value(alias = "client_secret_basic")]
+    #[serde(alias = "client_secret_basic")]
     Basic,
     /// client_secret_post: credentials in the request body.
+    #[value(alias = "client_secret_post")]
+    #[serde(alias = "client_secret_post")]
     Post,
+    /// Mutual TLS with a CA-issued client certificate (RFC 8705), no secret;
+    /// needs --client-cert and --client-key.
+    #[value(name = "tls_client_auth")]
+    TlsClientAuth,
+    /// Mutual TLS with a self-signed client certificate registered with the
+    /// authority (RFC 8705), no secret; needs --client-cert and --client-key.
+    #[value(name = "self_signed_tls_client_auth")]
+    SelfSignedTlsClientAuth,
 }
 
 /// The `--grant` values.
@@ -186,6 +198,45 @@ pub(crate) struct SourceArgs {
     /// Allow plain http to hosts other than loopback (the secret travels in clear).
     #[arg(long)]
     pub(crate) allow_insecure_http: bool,
+
+    /// Also trust the CA certificates in this PEM file (a private CA; a
+    /// bundle may hold several); may be repeated.
+    #[arg(
+        long = "ca-file",
+        env = "TOKENKEEPER_CA_FILE",
+        value_name = "PATH",
+        hide_env_values = true
+    )]
+    pub(crate) ca_files: Vec<PathBuf>,
+
+    /// Also trust the operating system's certificate store.
+    #[arg(long)]
+    pub(crate) native_roots: bool,
+
+    /// Ignore SSL_CERT_FILE and SSL_CERT_DIR (honoured by default, as
+    /// OpenSSL-based tools do).
+    #[arg(long)]
+    pub(crate) no_ssl_cert_env: bool,
+
+    /// The client certificate (PEM, leaf first) for mutual TLS.
+    #[arg(
+        long,
+        env = "TOKENKEEPER_CLIENT_CERT",
+        value_name = "PATH",
+        hide_env_values = true,
+        requires = "client_key"
+    )]
+    pub(crate) client_cert: Option<PathBuf>,
+
+    /// The client certificate's private key (PEM) for mutual TLS.
+    #[arg(
+        long,
+        env = "TOKENKEEPER_CLIENT_KEY",
+        value_name = "PATH",
+        hide_env_values = true,
+        requires = "client_cert"
+    )]
+    pub(crate) client_key: Option<PathBuf>,
 }
 
 /// Output formats of `token`.

@@ -3,7 +3,7 @@
 use std::fmt;
 
 use tokenkeeper_blocking::GetTokenError;
-use tokenkeeper_core::FetchError;
+use tokenkeeper_core::{FetchError, TlsProblem};
 
 /// The exit codes of the `tokenkeeper` command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -17,6 +17,12 @@ pub(crate) enum Exit {
     /// The authority could not be reached or kept failing, and no usable
     /// token was at hand (4).
     Unavailable = 4,
+    /// TLS with the token endpoint failed: its certificate cannot be
+    /// verified, or the handshake failed (5).
+    Tls = 5,
+    /// The token URL is not a token endpoint: 404, 405, a redirect or a web
+    /// page (6).
+    NotATokenEndpoint = 6,
 }
 
 /// A failure of a command. Its texts never hold a secret.
@@ -52,6 +58,20 @@ impl CliError {
 
     /// The error of a fetch that left no usable token.
     pub(crate) fn from_fetch(error: &FetchError) -> Self {
+        if let FetchError::Tls { host, problem } = error {
+            return CliError::new(
+                Exit::Tls,
+                format!(
+                    "TLS with {host} failed: {problem}; {}",
+                    tls_remedy(*problem)
+                ),
+            )
+            .detail(format!("kind: {error:?}"));
+        }
+        if let FetchError::NotATokenEndpoint { .. } = error {
+            return CliError::new(Exit::NotATokenEndpoint, error.to_string())
+                .detail(format!("kind: {error:?}"));
+        }
         if error.is_permanent() {
             let mut e = CliError::new(
                 Exit::Rejected,
@@ -74,6 +94,22 @@ impl CliError {
     }
 }
 
+/// What to do about a TLS problem, in the command's terms.
+fn tls_remedy(problem: TlsProblem) -> &'static str {
+    match problem {
+        TlsProblem::UnknownIssuer => {
+            "trust the CA that issued it with --ca-file PATH (PEM), or the system's store with --native-roots"
+        }
+        TlsProblem::SelfSigned => {
+            "trust that certificate itself with --ca-file PATH (PEM), or give the server one from a CA"
+        }
+        TlsProblem::ClientCertificateRequired => {
+            "give a client certificate with --client-cert PATH and --client-key PATH"
+        }
+        other => other.remedy(),
+    }
+}
+
 /// A fetch error as one line, leading with the OAuth2 `error` and
 /// `error_description` when the authority sent them.
 pub(crate) fn describe(error: &FetchError) -> String {
@@ -89,7 +125,7 @@ pub(crate) fn describe(error: &FetchError) -> String {
 impl From<GetTokenError> for CliError {
     fn from(error: GetTokenError) -> Self {
         match &error {
-            GetTokenError::Rejected(e) => CliError::from_fetch(e),
+            GetTokenError::Rejected(e) | GetTokenError::Misconfigured(e) => CliError::from_fetch(e),
             GetTokenError::Unavailable { waited, last_error } => {
                 let mut e = CliError::new(
                     Exit::Unavailable,

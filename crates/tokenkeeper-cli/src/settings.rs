@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
+use tokenkeeper_blocking::HttpSettings;
 use tokenkeeper_core::LeaseSettings;
 use tokenkeeper_core::oauth2::{AuthMethod, GrantType, OAuth2Client, TokenUrl};
 use tokenkeeper_core::{CacheKey, ClientId, ClientSecret, RefreshToken};
@@ -55,8 +56,33 @@ pub(crate) struct Profile {
     redis: Option<String>,
     #[serde(default)]
     allow_insecure_http: bool,
+    /// One CA file, or a list of them.
+    ca_file: Option<OneOrMany>,
+    #[serde(default)]
+    native_roots: bool,
+    #[serde(default)]
+    no_ssl_cert_env: bool,
+    client_cert: Option<PathBuf>,
+    client_key: Option<PathBuf>,
     pub(crate) min_valid: Option<u64>,
     pub(crate) timeout: Option<u64>,
+}
+
+/// A profile value given as one path or a list of them.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(PathBuf),
+    Many(Vec<PathBuf>),
+}
+
+impl OneOrMany {
+    fn into_vec(self) -> Vec<PathBuf> {
+        match self {
+            OneOrMany::One(path) => vec![path],
+            OneOrMany::Many(paths) => paths,
+        }
+    }
 }
 
 /// Where the cache lives.
@@ -78,6 +104,8 @@ pub(crate) struct Resolved {
     pub(crate) no_cache_dir: bool,
     /// The shared Redis layer, when one was given.
     pub(crate) redis: Option<RedisSettings>,
+    /// Trust and client certificate; the commands add their timeouts.
+    pub(crate) http: HttpSettings,
     pub(crate) profile: Profile,
 }
 
@@ -156,6 +184,17 @@ fn load_profile(args: &SourceArgs) -> Result<Profile, CliError> {
     absolute(&mut profile.client_secret_file);
     absolute(&mut profile.refresh_token_file);
     absolute(&mut profile.cache);
+    absolute(&mut profile.client_cert);
+    absolute(&mut profile.client_key);
+    if let Some(files) = profile.ca_file.take() {
+        let mut files = files.into_vec();
+        for file in &mut files {
+            if file.is_relative() {
+                *file = base.join(&*file);
+            }
+        }
+        profile.ca_file = Some(OneOrMany::Many(files));
+    }
     Ok(profile)
 }
 
@@ -247,17 +286,39 @@ pub(crate) fn resolve(args: &SourceArgs, need: NeedSecret) -> Result<Resolved, C
     } else {
         None
     };
-    if need == NeedSecret::Yes && secret.is_none() && grant == GrantType::ClientCredentials {
+    let auth_method = match args.auth_method.or(profile.auth_method) {
+        Some(AuthMethodArg::Post) => AuthMethod::ClientSecretPost,
+        Some(AuthMethodArg::Basic) | None => AuthMethod::ClientSecretBasic,
+        Some(AuthMethodArg::TlsClientAuth) => AuthMethod::TlsClientAuth,
+        Some(AuthMethodArg::SelfSignedTlsClientAuth) => AuthMethod::SelfSignedTlsClientAuth,
+    };
+    let http = http_settings(args, &profile)?;
+    if auth_method.uses_client_certificate() && !http.has_client_certificate() {
+        return Err(CliError::usage(format!(
+            "--auth-method {} needs a client certificate: give --client-cert PATH and --client-key PATH",
+            auth_method.as_str()
+        )));
+    }
+    if need == NeedSecret::Yes
+        && secret.is_none()
+        && grant == GrantType::ClientCredentials
+        && !auth_method.uses_client_certificate()
+    {
         return Err(CliError::usage(format!(
             "no client secret: set {SECRET_ENV}, or give --client-secret-file PATH"
         )));
     }
     let secret = secret.map(|s| ClientSecret::new(s.as_str()));
-    let mut client = OAuth2Client::new(url, ClientId::new(client_id), secret, grant);
-    client = client.auth_method(match args.auth_method.or(profile.auth_method) {
-        Some(AuthMethodArg::Post) => AuthMethod::ClientSecretPost,
-        Some(AuthMethodArg::Basic) | None => AuthMethod::ClientSecretBasic,
-    });
+    let mut client =
+        OAuth2Client::new(url, ClientId::new(client_id), secret, grant).auth_method(auth_method);
+    // Tokens may be bound to the client certificate: the cache key (and so
+    // the cache file's name) includes its thumbprint, as the watcher's does.
+    if let Some(thumbprint) = http
+        .client_certificate_thumbprint()
+        .map_err(|e| CliError::usage(e.to_string()))?
+    {
+        client = client.bound_to_certificate(thumbprint);
+    }
     if let Some(scope) = args.scope.clone().or_else(|| profile.scope.clone()) {
         client = client.scope(scope);
     }
@@ -339,8 +400,51 @@ pub(crate) fn resolve(args: &SourceArgs, need: NeedSecret) -> Result<Resolved, C
         cache,
         no_cache_dir,
         redis,
+        http,
         profile,
     })
+}
+
+/// The HTTP settings of the flags and profile: the roots to trust and the
+/// client certificate. Files are read (and so checked) here, so that a
+/// missing CA or key file is a usage error before any request.
+fn http_settings(args: &SourceArgs, profile: &Profile) -> Result<HttpSettings, CliError> {
+    let ca_files = if args.ca_files.is_empty() {
+        profile
+            .ca_file
+            .clone()
+            .map(OneOrMany::into_vec)
+            .unwrap_or_default()
+    } else {
+        args.ca_files.clone()
+    };
+    let mut http = HttpSettings::default()
+        .native_roots(args.native_roots || profile.native_roots)
+        .ssl_cert_env(!(args.no_ssl_cert_env || profile.no_ssl_cert_env));
+    for file in ca_files {
+        http = http.add_root_certificates_file(file);
+    }
+    let cert = args
+        .client_cert
+        .clone()
+        .or_else(|| profile.client_cert.clone());
+    let key = args
+        .client_key
+        .clone()
+        .or_else(|| profile.client_key.clone());
+    match (cert, key) {
+        (Some(cert), Some(key)) => http = http.client_certificate_files(cert, key),
+        (None, None) => {}
+        _ => {
+            return Err(CliError::usage(
+                "a client certificate needs both --client-cert PATH and --client-key PATH",
+            ));
+        }
+    }
+    // Reads every file named, with errors that name the file.
+    http.rustls_config()
+        .map_err(|e| CliError::usage(e.to_string()))?;
+    Ok(http)
 }
 
 /// Reads the refresh token from its file.

@@ -4,7 +4,7 @@ use std::io::Write;
 use std::time::Duration;
 
 use serde_json::json;
-use tokenkeeper_blocking::{HttpSettings, OneShot, TokenWatcher, Warning};
+use tokenkeeper_blocking::{OneShot, TokenWatcher, Warning};
 use tokenkeeper_core::oauth2::GrantType;
 use tokenkeeper_core::{CacheKey, Origin, TokenRecord};
 use tokenkeeper_fs::FileCache;
@@ -31,8 +31,12 @@ pub(crate) fn run(args: &TokenArgs) -> Result<(), CliError> {
     );
     let min_valid = Duration::from_secs(args.min_valid.or(resolved.profile.min_valid).unwrap_or(0));
     let options = OneShot::new().min_valid(min_valid).max_wait(timeout);
-    let mut config = TokenWatcher::builder(resolved.client.clone())
-        .http(HttpSettings::default().request_timeout(timeout.min(MAX_REQUEST)));
+    let mut config = TokenWatcher::builder(resolved.client.clone()).http(
+        resolved
+            .http
+            .clone()
+            .request_timeout(timeout.min(MAX_REQUEST)),
+    );
     match &resolved.cache {
         CacheChoice::File(path) => {
             tracing::debug!(cache = %path.display(), "using the cache file");

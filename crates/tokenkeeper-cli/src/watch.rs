@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde_json::json;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
-use tokenkeeper_blocking::{ChangedError, HttpSettings, Token, TokenError, TokenWatcher};
+use tokenkeeper_blocking::{ChangedError, Token, TokenError, TokenWatcher};
 use tokenkeeper_core::oauth2::GrantType;
 use tokenkeeper_core::{CacheKey, Event, RefreshToken, TokenRecord};
 use tokenkeeper_fs::FileCache;
@@ -33,7 +33,7 @@ pub(crate) fn run(args: &WatchArgs) -> Result<(), CliError> {
     let latest: Arc<Mutex<Option<Arc<TokenRecord>>>> = Arc::default();
     let seen = Arc::clone(&latest);
     let mut builder = TokenWatcher::builder(resolved.client.clone())
-        .http(HttpSettings::default())
+        .http(resolved.http.clone())
         .on_event(move |event| {
             if let Event::TokenChanged { token, .. } = event {
                 *seen.lock().unwrap_or_else(PoisonError::into_inner) = Some(Arc::clone(token));

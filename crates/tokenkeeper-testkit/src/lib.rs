@@ -1,6 +1,7 @@
-//! Test kit of tokenkeeper: a real OAuth2 token authority on loopback with fault injection
-//! ([`authority`]), a recording HTTP proxy ([`proxy`]), and a home for the adapter
-//! conformance scenarios ([`conformance`]).
+//! Test kit of tokenkeeper: a real OAuth2 token authority on loopback with fault injection,
+//! over HTTP or HTTPS ([`authority`]), a test PKI generated at run time for it and for mutual
+//! TLS ([`pki`]), a recording HTTP proxy ([`proxy`]), and a home for the adapter conformance
+//! scenarios ([`conformance`]).
 //!
 //! The authority runs on its own thread and runtime, so it serves tests of every adapter alike:
 //! plain threads, tokio, async-std or smol.
@@ -20,13 +21,15 @@
 
 pub mod authority;
 pub mod conformance;
+mod der;
+pub mod pki;
 pub mod proxy;
 pub mod redis_server;
 
 pub use authority::{
-    AuthMethod, Authority, AuthorityBuilder, Client, DEFAULT_MAX_REQUEST_BODY,
-    DEFAULT_TOKEN_LIFETIME, Fault, IssuedToken, Outcome, PresentedAuth, RequestRecord, RetryAfter,
-    format_http_date,
+    AuthMethod, Authority, AuthorityBuilder, Client, ClientAuth, DEFAULT_MAX_REQUEST_BODY,
+    DEFAULT_TOKEN_LIFETIME, Fault, IssuedToken, Outcome, PresentedAuth, PresentedCertificate,
+    RequestRecord, RetryAfter, TlsFailure, TlsSession, TlsSettings, TlsVersion, format_http_date,
 };
 pub use proxy::{ProxiedRequest, RecordingProxy, RecordingProxyBuilder};
 pub use redis_server::RedisServer;

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 
-/// How a client must authenticate at the token endpoint (RFC 6749 §2.3.1).
+/// How a client must authenticate at the token endpoint (RFC 6749 §2.3.1, RFC 8705 §2).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum AuthMethod {
@@ -14,15 +14,35 @@ pub enum AuthMethod {
     Basic,
     /// `client_secret_post`: `client_id` and `client_secret` in the form body.
     Post,
+    /// `tls_client_auth` (RFC 8705 §2.1): `client_id` in the body, no secret, over a connection
+    /// that presented a certificate chaining to the client CA of the authority's
+    /// [`Pki`](crate::pki::Pki) whose subject CN, or one of its subject alternative names,
+    /// equals the client id.
+    TlsClientAuth,
+    /// `self_signed_tls_client_auth` (RFC 8705 §2.2): `client_id` in the body, no secret, over
+    /// a connection that presented a certificate whose `x5t#S256` thumbprint is registered with
+    /// [`Client::certificate_thumbprint`]. The certificate need not chain anywhere.
+    SelfSignedTlsClientAuth,
 }
 
 impl AuthMethod {
-    /// The method's registered name: `client_secret_basic` or `client_secret_post`.
+    /// The method's registered name: `client_secret_basic`, `client_secret_post`,
+    /// `tls_client_auth` or `self_signed_tls_client_auth`.
     pub fn as_str(self) -> &'static str {
         match self {
             AuthMethod::Basic => "client_secret_basic",
             AuthMethod::Post => "client_secret_post",
+            AuthMethod::TlsClientAuth => "tls_client_auth",
+            AuthMethod::SelfSignedTlsClientAuth => "self_signed_tls_client_auth",
         }
+    }
+
+    /// Whether the method authenticates with a client certificate rather than a secret.
+    pub fn uses_certificate(self) -> bool {
+        matches!(
+            self,
+            AuthMethod::TlsClientAuth | AuthMethod::SelfSignedTlsClientAuth
+        )
     }
 }
 
@@ -53,6 +73,7 @@ pub struct Client {
     pub(crate) issue_refresh_tokens: bool,
     pub(crate) expires_in_as_string: bool,
     pub(crate) extra_fields: Map<String, Value>,
+    pub(crate) thumbprints: Vec<String>,
 }
 
 impl Client {
@@ -67,7 +88,36 @@ impl Client {
             issue_refresh_tokens: false,
             expires_in_as_string: false,
             extra_fields: Map::new(),
+            thumbprints: Vec::new(),
         }
+    }
+
+    /// A client authenticating with `tls_client_auth` (RFC 8705 §2.1): it has no secret, and
+    /// presents a certificate issued by the client CA whose subject CN (or a subject
+    /// alternative name) is `id`, such as [`Pki::client_identity`](crate::pki::Pki::client_identity)
+    /// makes.
+    pub fn tls_client_auth(id: impl Into<String>) -> Client {
+        Client::new(id, "").auth_method(AuthMethod::TlsClientAuth)
+    }
+
+    /// A client authenticating with `self_signed_tls_client_auth` (RFC 8705 §2.2) with the
+    /// certificate of this `x5t#S256` thumbprint (see
+    /// [`Identity::x5t_s256`](crate::pki::Identity::x5t_s256)). More can be registered with
+    /// [`Client::certificate_thumbprint`].
+    pub fn self_signed_tls_client_auth(
+        id: impl Into<String>,
+        x5t_s256: impl Into<String>,
+    ) -> Client {
+        Client::new(id, "")
+            .auth_method(AuthMethod::SelfSignedTlsClientAuth)
+            .certificate_thumbprint(x5t_s256)
+    }
+
+    /// Registers the `x5t#S256` thumbprint of a certificate this client may authenticate with
+    /// under [`AuthMethod::SelfSignedTlsClientAuth`], as a registered JWK set would.
+    pub fn certificate_thumbprint(mut self, x5t_s256: impl Into<String>) -> Client {
+        self.thumbprints.push(x5t_s256.into());
+        self
     }
 
     /// Sets the only authentication method the authority accepts from this client.
@@ -111,7 +161,7 @@ impl Client {
         &self.id
     }
 
-    /// The client secret.
+    /// The client secret (empty for a client registered with a certificate method).
     pub fn secret(&self) -> &str {
         &self.secret
     }
@@ -132,6 +182,7 @@ impl fmt::Debug for Client {
             .field("issue_refresh_tokens", &self.issue_refresh_tokens)
             .field("expires_in_as_string", &self.expires_in_as_string)
             .field("extra_fields", &self.extra_fields)
+            .field("thumbprints", &self.thumbprints)
             .finish()
     }
 }

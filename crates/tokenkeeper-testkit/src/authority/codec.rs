@@ -65,6 +65,23 @@ pub(crate) fn base64_decode(input: &str) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// Encodes bytes as base64url without padding (RFC 4648 §5), as JOSE thumbprints such as
+/// `x5t#S256` are written.
+pub(crate) fn base64url_encode(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let byte = |i: usize| u32::from(chunk.get(i).copied().unwrap_or(0));
+        let group = (byte(0) << 16) | (byte(1) << 8) | byte(2);
+        // One input byte gives two characters, two give three, three give four.
+        for index in 0..=chunk.len() {
+            let sextet = (group >> (18 - 6 * index)) & 0x3f;
+            out.push(char::from(ALPHABET[sextet as usize]));
+        }
+    }
+    out
+}
+
 /// Decodes one `application/x-www-form-urlencoded` component: `+` is a space and `%XX` is a
 /// byte. A `%` not followed by two hex digits, or a result that is not UTF-8, is an error.
 pub(crate) fn form_decode_component(input: &str) -> Option<String> {
@@ -173,6 +190,23 @@ mod tests {
             base64_decode("+/+/").as_deref(),
             Some(&[0xfb, 0xff, 0xbf][..])
         );
+    }
+
+    #[test]
+    fn base64url_encodes_known_vectors_without_padding() {
+        let cases: [(&[u8], &str); 8] = [
+            (b"", ""),
+            (b"f", "Zg"),
+            (b"fo", "Zm8"),
+            (b"foo", "Zm9v"),
+            (b"foob", "Zm9vYg"),
+            (b"fooba", "Zm9vYmE"),
+            (b"foobar", "Zm9vYmFy"),
+            (&[0xfb, 0xff, 0xbf], "-_-_"),
+        ];
+        for (decoded, encoded) in cases {
+            assert_eq!(base64url_encode(decoded), encoded);
+        }
     }
 
     #[test]

@@ -7,6 +7,10 @@
 //! rotating refresh tokens, and RFC 6749 §5.2 errors. Every request is logged
 //! ([`RequestRecord`]), and the next requests can be told to misbehave ([`Fault`]).
 //!
+//! With [`AuthorityBuilder::tls`] it serves HTTPS instead, with a certificate of a test
+//! [`Pki`](crate::pki::Pki), and can ask for client certificates: clients registered for
+//! `tls_client_auth` or `self_signed_tls_client_auth` (RFC 8705) then authenticate with them.
+//!
 //! ```
 //! use std::time::Duration;
 //! use tokenkeeper_testkit::{AuthMethod, Authority, Client, Fault};
@@ -34,10 +38,11 @@ mod fault;
 mod record;
 mod server;
 mod state;
+mod tls;
 
 use std::fmt;
 use std::io;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex, PoisonError, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
@@ -47,7 +52,11 @@ use tokio::sync::oneshot;
 pub use client::{AuthMethod, Client};
 pub use codec::format_http_date;
 pub use fault::{Fault, RetryAfter};
-pub use record::{IssuedToken, Outcome, PresentedAuth, RequestRecord};
+pub use record::{
+    IssuedToken, Outcome, PresentedAuth, PresentedCertificate, RequestRecord, TlsFailure,
+    TlsSession, TlsVersion,
+};
+pub use tls::{ClientAuth, TlsSettings};
 
 use state::{Shared, State};
 
@@ -65,6 +74,7 @@ pub struct AuthorityBuilder {
     default_lifetime: Duration,
     max_request_body: usize,
     seed: Option<u64>,
+    tls: Option<TlsSettings>,
 }
 
 impl Default for AuthorityBuilder {
@@ -75,6 +85,7 @@ impl Default for AuthorityBuilder {
             default_lifetime: DEFAULT_TOKEN_LIFETIME,
             max_request_body: DEFAULT_MAX_REQUEST_BODY,
             seed: None,
+            tls: None,
         }
     }
 }
@@ -112,6 +123,15 @@ impl AuthorityBuilder {
         self
     }
 
+    /// Serves HTTPS with these settings instead of plain HTTP. The URLs then name `localhost`
+    /// (`https://localhost:PORT/token`), which the server certificates of a
+    /// [`Pki`](crate::pki::Pki) are issued for; the server listens on `127.0.0.1` and, when it
+    /// can get the same port there, on `::1` too.
+    pub fn tls(mut self, settings: TlsSettings) -> AuthorityBuilder {
+        self.tls = Some(settings);
+        self
+    }
+
     /// Binds the socket, starts the server thread, and returns once connections are being
     /// accepted.
     ///
@@ -129,9 +149,22 @@ impl AuthorityBuilder {
 
     /// Like [`AuthorityBuilder::start`], returning an error instead of panicking.
     pub fn try_start(self) -> io::Result<Authority> {
+        let tls_server = match &self.tls {
+            Some(settings) => Some(Arc::new(tls::TlsServer::new(settings)?)),
+            None => None,
+        };
         let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, self.port))?;
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
+        let mut listeners = vec![listener];
+        if self.tls.is_some() {
+            // `localhost` may resolve to ::1 first; serve it there too when the port is free.
+            if let Ok(v6) = std::net::TcpListener::bind((Ipv6Addr::LOCALHOST, addr.port()))
+                && v6.set_nonblocking(true).is_ok()
+            {
+                listeners.push(v6);
+            }
+        }
         let shared = Arc::new(Shared::new(
             self.realm,
             self.default_lifetime,
@@ -159,15 +192,19 @@ impl AuthorityBuilder {
                     }
                 };
                 runtime.block_on(async move {
-                    let listener = match tokio::net::TcpListener::from_std(listener) {
-                        Ok(listener) => listener,
+                    let listeners: io::Result<Vec<_>> = listeners
+                        .into_iter()
+                        .map(tokio::net::TcpListener::from_std)
+                        .collect();
+                    let listeners = match listeners {
+                        Ok(listeners) => listeners,
                         Err(error) => {
                             let _ = ready_tx.send(Err(error));
                             return;
                         }
                     };
                     let _ = ready_tx.send(Ok(()));
-                    server::serve(listener, server_shared, stop_rx).await;
+                    server::serve(listeners, server_shared, tls_server, stop_rx).await;
                 });
             })?;
 
@@ -177,6 +214,7 @@ impl AuthorityBuilder {
                 Ok(Authority {
                     shared,
                     addr,
+                    tls: self.tls,
                     stopper: Mutex::new(Some(Stopper {
                         stop: stop_tx,
                         thread,
@@ -214,6 +252,7 @@ struct Stopper {
 pub struct Authority {
     shared: Arc<Shared>,
     addr: SocketAddr,
+    tls: Option<TlsSettings>,
     stopper: Mutex<Option<Stopper>>,
 }
 
@@ -221,6 +260,7 @@ impl fmt::Debug for Authority {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Authority")
             .field("addr", &self.addr)
+            .field("tls", &self.tls)
             .finish_non_exhaustive()
     }
 }
@@ -252,14 +292,49 @@ impl Authority {
         self.addr
     }
 
-    /// `http://127.0.0.1:PORT`, without a trailing slash.
+    /// `http://127.0.0.1:PORT`, or `https://localhost:PORT` over TLS; without a trailing
+    /// slash.
     pub fn base_url(&self) -> String {
-        format!("http://{}", self.addr)
+        match self.tls {
+            None => format!("http://{}", self.addr),
+            Some(_) => format!("https://localhost:{}", self.addr.port()),
+        }
     }
 
-    /// The token endpoint: `http://127.0.0.1:PORT/token`.
+    /// The token endpoint: `http://127.0.0.1:PORT/token`, or `https://localhost:PORT/token`
+    /// over TLS.
     pub fn token_url(&self) -> String {
-        format!("http://{}{}", self.addr, server::TOKEN_PATH)
+        format!("{}{}", self.base_url(), server::TOKEN_PATH)
+    }
+
+    // ----- TLS -----
+
+    /// The TLS settings, for an HTTPS authority.
+    pub fn tls(&self) -> Option<&TlsSettings> {
+        self.tls.as_ref()
+    }
+
+    /// Whether the authority serves HTTPS.
+    pub fn is_https(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// The TLS connections that failed before any request (a client that did not trust the
+    /// certificate, a handshake that found no common version, a missing client certificate),
+    /// in order.
+    pub fn tls_failures(&self) -> Vec<TlsFailure> {
+        self.state().tls_failures.clone()
+    }
+
+    /// The `x5t#S256` thumbprint of the client certificate an access token is bound to, if it
+    /// was issued by this authority to a client that authenticated with a certificate: what a
+    /// resource server would compare with the certificate its caller presents (RFC 8705 §3).
+    pub fn token_binding(&self, access_token: &str) -> Option<String> {
+        self.state()
+            .issued
+            .iter()
+            .find(|token| token.access_token == access_token)
+            .and_then(|token| token.bound_to.clone())
     }
 
     // ----- clients -----

@@ -1,5 +1,7 @@
 //! What the authority remembers: the request log and the tokens it handed out.
 
+use std::fmt;
+use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
 
 use super::fault::Fault;
@@ -18,6 +20,70 @@ pub enum PresentedAuth {
     Both,
     /// An `Authorization` header with another scheme, or one that could not be decoded.
     Malformed,
+    /// No secret, but the connection presented a client certificate (RFC 8705 mutual TLS);
+    /// [`TlsSession::client_certificate`] tells which.
+    Certificate,
+}
+
+/// The TLS protocol version of a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum TlsVersion {
+    /// TLS 1.2.
+    Tls12,
+    /// TLS 1.3.
+    Tls13,
+    /// Another version (the server never negotiates one).
+    Other,
+}
+
+impl fmt::Display for TlsVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TlsVersion::Tls12 => "TLSv1.2",
+            TlsVersion::Tls13 => "TLSv1.3",
+            TlsVersion::Other => "TLS (other)",
+        })
+    }
+}
+
+/// A client certificate presented on a connection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PresentedCertificate {
+    /// Its base64url SHA-256 thumbprint, which RFC 8705 calls `x5t#S256`: what a token bound to
+    /// it carries in `cnf`.
+    pub x5t_s256: String,
+    /// The first common name of its subject.
+    pub common_name: Option<String>,
+    /// Its DNS, URI, e-mail and IP subject alternative names.
+    pub alt_names: Vec<String>,
+    /// Whether it (with the intermediates sent along) chains to the client CA of the
+    /// authority's [`Pki`](crate::pki::Pki) and is valid now.
+    pub chains_to_client_ca: bool,
+}
+
+/// The TLS side of a connection over which a request arrived.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TlsSession {
+    /// The negotiated protocol version.
+    pub version: TlsVersion,
+    /// The client certificate, if one was presented.
+    pub client_certificate: Option<PresentedCertificate>,
+}
+
+/// A TLS connection that failed before any request: the handshake failed or timed out.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TlsFailure {
+    /// When it failed.
+    pub at: SystemTime,
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// What went wrong, as the server's TLS library tells it (for example an alert the client
+    /// sent because it did not trust the certificate).
+    pub error: String,
 }
 
 /// What the authority answered to one request.
@@ -60,6 +126,8 @@ pub struct RequestRecord {
     pub seq: u64,
     /// When the request (headers and body) had been received.
     pub at: SystemTime,
+    /// The TLS session of the connection, for an HTTPS authority.
+    pub tls: Option<TlsSession>,
     /// The HTTP method.
     pub method: String,
     /// The request path, without query.
@@ -110,6 +178,11 @@ pub struct IssuedToken {
     pub refresh_token: Option<String>,
     /// When it was issued.
     pub issued_at: SystemTime,
+    /// The `x5t#S256` thumbprint of the client certificate the token is bound to (RFC 8705
+    /// §3): set when the client authenticated with a certificate. The authority keeps the
+    /// binding (as it would put it in the `cnf` claim of a JWT or an introspection answer);
+    /// the token answer does not carry it.
+    pub bound_to: Option<String>,
 }
 
 impl IssuedToken {

@@ -1,8 +1,9 @@
 //! The HTTP side of the authority: accepting connections, reading requests, writing answers.
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
@@ -13,52 +14,103 @@ use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::{Map, Value};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
 use tokio::sync::{Notify, oneshot};
 
 use super::body::ResponseBody;
 use super::codec::{base64_decode, form_decode_component};
 use super::fault::Fault;
-use super::record::Outcome;
+use super::record::{Outcome, TlsFailure, TlsSession};
 use super::state::{BasicCredentials, Decision, FormRequest, Reply, Shared, Summary};
+use super::tls::TlsServer;
 
 /// The path of the token endpoint.
 pub(crate) const TOKEN_PATH: &str = "/token";
 
-/// Accepts connections until `stop` fires (or its sender is dropped).
+/// How long a client may take over its TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Accepts connections on every listener until `stop` fires (or its sender is dropped).
+/// Connections are served over TLS when `tls` is set.
 pub(crate) async fn serve(
-    listener: TcpListener,
+    listeners: Vec<TcpListener>,
     shared: Arc<Shared>,
+    tls: Option<Arc<TlsServer>>,
     mut stop: oneshot::Receiver<()>,
 ) {
+    // Accept loops and connections are tasks of the authority's own runtime: returning from
+    // here ends the runtime, which cancels them all and closes their sockets.
+    for listener in listeners {
+        tokio::spawn(accept_loop(listener, Arc::clone(&shared), tls.clone()));
+    }
+    let _ = (&mut stop).await;
+    tracing::debug!("authority stopped accepting connections");
+}
+
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, tls: Option<Arc<TlsServer>>) {
     loop {
-        tokio::select! {
-            _ = &mut stop => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    tracing::trace!(%peer, "authority accepted a connection");
-                    tokio::spawn(connection(stream, Arc::clone(&shared)));
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                tracing::trace!(%peer, "authority accepted a connection");
+                // Best effort: small answers should leave at once.
+                let _ = stream.set_nodelay(true);
+                let shared = Arc::clone(&shared);
+                match &tls {
+                    None => {
+                        tokio::spawn(connection(stream, shared, None));
+                    }
+                    Some(tls) => {
+                        tokio::spawn(tls_connection(stream, peer, shared, Arc::clone(tls)));
+                    }
                 }
-                Err(error) => {
-                    // Typically out of file descriptors: back off a little instead of spinning.
-                    tracing::warn!(%error, "authority failed to accept a connection");
-                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-                }
-            },
+            }
+            Err(error) => {
+                // Typically out of file descriptors: back off a little instead of spinning.
+                tracing::warn!(%error, "authority failed to accept a connection");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
         }
     }
-    tracing::debug!("authority stopped accepting connections");
+}
+
+/// Completes the TLS handshake, then serves the connection; a failed handshake is logged.
+async fn tls_connection(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    tls: Arc<TlsServer>,
+) {
+    let error = match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.acceptor.accept(stream)).await {
+        Ok(Ok(stream)) => {
+            let session = tls.session(stream.get_ref().1);
+            connection(stream, shared, Some(session)).await;
+            return;
+        }
+        Ok(Err(error)) => error.to_string(),
+        Err(_) => "the TLS handshake timed out".to_owned(),
+    };
+    tracing::debug!(%peer, %error, "authority TLS handshake failed");
+    shared.lock().tls_failures.push(TlsFailure {
+        at: SystemTime::now(),
+        peer,
+        error,
+    });
 }
 
 /// Serves one connection. A [`Fault::DropConnection`] fires `kill`, which drops the connection
 /// (and so closes the socket) without writing anything.
-async fn connection(stream: TcpStream, shared: Arc<Shared>) {
-    // Best effort: small answers should leave at once.
-    let _ = stream.set_nodelay(true);
+async fn connection<S>(stream: S, shared: Arc<Shared>, tls: Option<TlsSession>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let kill = Arc::new(Notify::new());
+    let tls = tls.map(Arc::new);
     let service = {
         let kill = Arc::clone(&kill);
-        service_fn(move |request| handle(Arc::clone(&shared), Arc::clone(&kill), request))
+        service_fn(move |request| {
+            handle(Arc::clone(&shared), Arc::clone(&kill), tls.clone(), request)
+        })
     };
     let served = http1::Builder::new()
         .timer(TokioTimer::new())
@@ -100,6 +152,7 @@ impl Drop for AbandonGuard {
 async fn handle(
     shared: Arc<Shared>,
     kill: Arc<Notify>,
+    tls: Option<Arc<TlsSession>>,
     request: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, Infallible> {
     let (parts, body) = request.into_parts();
@@ -139,6 +192,7 @@ async fn handle(
     let form = FormRequest {
         params,
         basic: parse_authorization(&parts.headers),
+        tls: tls.as_deref().cloned(),
     };
 
     let path = parts.uri.path().to_owned();

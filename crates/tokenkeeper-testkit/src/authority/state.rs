@@ -8,7 +8,10 @@ use serde_json::{Map, Value};
 
 use super::client::{AuthMethod, Client};
 use super::fault::Fault;
-use super::record::{IssuedToken, Outcome, PresentedAuth, RequestRecord};
+use super::record::{
+    IssuedToken, Outcome, PresentedAuth, PresentedCertificate, RequestRecord, TlsFailure,
+    TlsSession,
+};
 
 /// Credentials found in the `Authorization` header.
 #[derive(Debug)]
@@ -22,11 +25,12 @@ pub(crate) enum BasicCredentials {
 }
 
 /// A request as the token endpoint sees it: its form parameters (empty when the body was not
-/// a form) and its `Authorization` header.
+/// a form), its `Authorization` header, and the TLS session of its connection.
 #[derive(Debug)]
 pub(crate) struct FormRequest {
     pub(crate) params: Vec<(String, String)>,
     pub(crate) basic: BasicCredentials,
+    pub(crate) tls: Option<TlsSession>,
 }
 
 impl FormRequest {
@@ -48,11 +52,18 @@ impl FormRequest {
     fn count(&self, name: &str) -> usize {
         self.params.iter().filter(|(key, _)| key == name).count()
     }
+
+    fn certificate(&self) -> Option<&PresentedCertificate> {
+        self.tls
+            .as_ref()
+            .and_then(|tls| tls.client_certificate.as_ref())
+    }
 }
 
 /// What the log can tell about a request before it is answered.
 #[derive(Debug)]
 pub(crate) struct Summary {
+    pub(crate) tls: Option<TlsSession>,
     pub(crate) method: String,
     pub(crate) path: String,
     pub(crate) grant_type: Option<String>,
@@ -72,6 +83,9 @@ impl Summary {
             (BasicCredentials::Present { .. }, true) => PresentedAuth::Both,
             (BasicCredentials::Present { .. }, false) => PresentedAuth::Basic,
             (BasicCredentials::Absent, true) => PresentedAuth::Post,
+            (BasicCredentials::Absent, false) if request.certificate().is_some() => {
+                PresentedAuth::Certificate
+            }
             (BasicCredentials::Absent, false) => PresentedAuth::None,
         };
         let client_id = match &request.basic {
@@ -80,6 +94,7 @@ impl Summary {
         };
         let owned = |name: &str| request.first(name).map(str::to_owned);
         Summary {
+            tls: request.tls.clone(),
             method,
             path,
             grant_type: owned("grant_type"),
@@ -155,6 +170,7 @@ pub(crate) struct State {
     pub(crate) down: bool,
     pub(crate) log: Vec<RequestRecord>,
     pub(crate) issued: Vec<IssuedToken>,
+    pub(crate) tls_failures: Vec<TlsFailure>,
     next_seq: u64,
     token_counter: u64,
     rng: fastrand::Rng,
@@ -204,6 +220,7 @@ impl Shared {
                 down: false,
                 log: Vec::new(),
                 issued: Vec::new(),
+                tls_failures: Vec::new(),
                 next_seq: 0,
                 token_counter: 0,
                 rng,
@@ -243,6 +260,7 @@ impl Shared {
         state.log.push(RequestRecord {
             seq,
             at,
+            tls: summary.tls,
             method: summary.method,
             path: summary.path,
             grant_type: summary.grant_type,
@@ -401,8 +419,8 @@ impl State {
             }
         };
 
-        let client = match self.authenticate(request) {
-            Ok(client) => client,
+        let (client, bound_to) = match self.authenticate(request) {
+            Ok(authenticated) => authenticated,
             Err(reply) => return reply,
         };
         note.authenticated = true;
@@ -488,14 +506,17 @@ impl State {
             expires_in,
             refresh_token: refresh_token.clone(),
             issued_at: SystemTime::now(),
+            bound_to,
         });
         note.access_token = Some(access_token);
         note.refresh_token = refresh_token;
         Reply::Token(body)
     }
 
-    /// Authenticates the client by its registered method (RFC 6749 §2.3.1).
-    fn authenticate(&self, request: &FormRequest) -> Result<Client, Reply> {
+    /// Authenticates the client by its registered method (RFC 6749 §2.3.1, RFC 8705 §2).
+    /// Returns the client and, when it authenticated with a certificate, that certificate's
+    /// thumbprint, to which the token is bound.
+    fn authenticate(&self, request: &FormRequest) -> Result<(Client, Option<String>), Reply> {
         let invalid_client = |description: String| Reply::error(401, "invalid_client", description);
         let body_id = request.first("client_id");
         let body_secret = request.first("client_secret");
@@ -534,7 +555,10 @@ impl State {
                 (id, secret, AuthMethod::Post)
             }
             (BasicCredentials::Absent, None) => {
-                return Err(invalid_client("client authentication is required".into()));
+                return match body_id {
+                    Some(id) => self.authenticate_by_certificate(id, request.certificate()),
+                    None => Err(invalid_client("client authentication is required".into())),
+                };
             }
         };
 
@@ -550,6 +574,49 @@ impl State {
         if client.secret != secret {
             return Err(invalid_client(format!("wrong secret for client {id:?}")));
         }
-        Ok(client.clone())
+        Ok((client.clone(), None))
+    }
+
+    /// Authenticates a client that sent its id and no secret, by the certificate its connection
+    /// presented (RFC 8705 §2).
+    fn authenticate_by_certificate(
+        &self,
+        id: &str,
+        certificate: Option<&PresentedCertificate>,
+    ) -> Result<(Client, Option<String>), Reply> {
+        let invalid_client = |description: String| Reply::error(401, "invalid_client", description);
+        let Some(client) = self.clients.get(id) else {
+            return Err(invalid_client(format!("unknown client {id:?}")));
+        };
+        if !client.auth_method.uses_certificate() {
+            return Err(invalid_client(format!(
+                "client {id:?} is registered for {} and sent no secret",
+                client.auth_method
+            )));
+        }
+        let Some(certificate) = certificate else {
+            return Err(invalid_client(format!(
+                "client {id:?} is registered for {} and presented no client certificate",
+                client.auth_method
+            )));
+        };
+        let accepted = match client.auth_method {
+            AuthMethod::TlsClientAuth => {
+                if !certificate.chains_to_client_ca {
+                    return Err(invalid_client(format!(
+                        "the certificate of client {id:?} is not issued by the client CA"
+                    )));
+                }
+                certificate.common_name.as_deref() == Some(id)
+                    || certificate.alt_names.iter().any(|name| name == id)
+            }
+            _ => client.thumbprints.contains(&certificate.x5t_s256),
+        };
+        if !accepted {
+            return Err(invalid_client(format!(
+                "the client certificate does not match the registration of client {id:?}"
+            )));
+        }
+        Ok((client.clone(), Some(certificate.x5t_s256.clone())))
     }
 }

@@ -1,11 +1,20 @@
 // A third-party OAuth2 authority for tokenkeeper's interoperability tests.
 //
-// Usage: node interop/authority.mjs [PORT]
+// Usage: node interop/authority.mjs [--cert CERT.pem --key KEY.pem] [PORT]
 //
 // Listens on 127.0.0.1 (PORT, default 0 = any free port), prints exactly one
 // line `READY http://127.0.0.1:PORT/token` to stdout once it accepts
 // connections, and runs until SIGTERM or SIGINT. Set INTEROP_VERBOSE=1 to log
 // each token request to stderr.
+//
+// With --cert and --key (PEM files; interop/certificates.sh makes a pair for
+// `localhost` and 127.0.0.1) it serves HTTPS instead, with oauth2-mock-server's
+// own TLS support (Node's https server with that certificate, TLS 1.2 and
+// 1.3, no client certificate asked for), and the line reads
+// `READY https://localhost:PORT/token`: a name, so that clients check the
+// certificate's DNS name. It still listens on 127.0.0.1 only; `localhost`
+// resolves there (a client that tries ::1 first finds it closed and moves on).
+// Everything below is the same over HTTPS.
 //
 // What oauth2-mock-server 8.2.3 does on its own (POST /token):
 // - It performs NO client authentication: any client id and secret, sent with
@@ -106,7 +115,36 @@ function requestedLifetime(req) {
   return seconds >= 1 && seconds <= MAX_EXPIRES_IN ? seconds : undefined;
 }
 
-const server = new OAuth2Server();
+/** The command line: { port, cert, key }; exits with a message when wrong. */
+function parseArguments(argv) {
+  const options = { port: 0, cert: undefined, key: undefined };
+  const usage = (problem) => {
+    console.error(`authority.mjs: ${problem}\nusage: node authority.mjs [--cert CERT.pem --key KEY.pem] [PORT]`);
+    process.exit(2);
+  };
+  for (let i = 0; i < argv.length; i += 1) {
+    const arg = argv[i];
+    if (arg === '--cert' || arg === '--key') {
+      const value = argv[i + 1];
+      if (value === undefined) usage(`${arg} needs a file`);
+      options[arg.slice(2)] = value;
+      i += 1;
+    } else if (/^[0-9]+$/.test(arg) && Number(arg) <= 65535) {
+      options.port = Number(arg);
+    } else {
+      usage(`unexpected argument ${JSON.stringify(arg)}`);
+    }
+  }
+  if ((options.cert === undefined) !== (options.key === undefined)) {
+    usage('--cert and --key go together');
+  }
+  return options;
+}
+
+const options = parseArguments(process.argv.slice(2));
+const tls = options.cert !== undefined;
+// oauth2-mock-server takes the key first, then the certificate (file paths).
+const server = tls ? new OAuth2Server(options.key, options.cert) : new OAuth2Server();
 await server.issuer.keys.generate('RS256');
 
 server.service.on('beforeTokenSigning', (token, req) => {
@@ -153,9 +191,10 @@ server.service.on('beforeResponse', (response, req) => {
   log(grant, client.method, response.statusCode, response.body.error ?? 'ok');
 });
 
-await server.start(Number(process.argv[2] ?? 0), HOST);
+await server.start(options.port, HOST);
 const { port } = server.address();
-process.stdout.write(`READY http://${HOST}:${port}${TOKEN_PATH}\n`);
+const origin = tls ? `https://localhost:${port}` : `http://${HOST}:${port}`;
+process.stdout.write(`READY ${origin}${TOKEN_PATH}\n`);
 
 let stopping = false;
 async function stop(signal) {

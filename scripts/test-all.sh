@@ -4,18 +4,39 @@
 #   scripts/test-all.sh                           # all targets, doc tests, fuzzing
 #   scripts/test-all.sh cargo test -p tokenkeeper-fs   # any command instead (no fuzzing)
 #
-# It installs what is missing (redis-server from Debian's packages, the
-# interop authority's npm packages), starts a private Redis and the interop
-# OAuth2 authority (oauth2-mock-server) on free loopback ports, exports
+# It installs what is missing (redis-server and openssl from Debian's
+# packages, the interop authorities' npm packages), makes throw-away TLS
+# certificates in its scratch folder (interop/certificates.sh: a test CA, a
+# server certificate for localhost and 127.0.0.1, a client CA and client
+# certificates), and starts on free loopback ports a private Redis and three
+# third-party OAuth2 authorities from interop/: oauth2-mock-server over HTTP
+# and again over HTTPS (authority.mjs), and oidc-provider over HTTPS with
+# RFC 8705 mTLS client authentication (oidc-mtls.mjs). It exports
 #
-#   TOKENKEEPER_TEST_REDIS_URL             redis://127.0.0.1:PORT/
-#   TOKENKEEPER_TEST_INTEROP_TOKEN_URL     http://127.0.0.1:PORT/token
-#   TOKENKEEPER_TEST_INTEROP_CLIENT_ID     interop-client
-#   TOKENKEEPER_TEST_INTEROP_CLIENT_SECRET interop-secret
+#   TOKENKEEPER_TEST_REDIS_URL                  redis://127.0.0.1:PORT/
+#   TOKENKEEPER_TEST_INTEROP_TOKEN_URL          http://127.0.0.1:PORT/token
+#   TOKENKEEPER_TEST_INTEROP_CLIENT_ID          interop-client
+#   TOKENKEEPER_TEST_INTEROP_CLIENT_SECRET      interop-secret
+#   TOKENKEEPER_TEST_INTEROP_TLS_TOKEN_URL      https://localhost:PORT/token (the same
+#                                               authority and client, over HTTPS)
+#   TOKENKEEPER_TEST_INTEROP_CA_FILE            the CA (PEM) of both HTTPS servers
+#   TOKENKEEPER_TEST_OIDC_MTLS_TOKEN_URL        https://localhost:PORT/token (oidc-provider)
+#   TOKENKEEPER_TEST_OIDC_MTLS_CLIENT_ID        interop-mtls-client (tls_client_auth)
+#   TOKENKEEPER_TEST_INTEROP_CLIENT_CERT        its certificate (PEM, CN = the client id)
+#   TOKENKEEPER_TEST_INTEROP_CLIENT_KEY         its private key (PEM)
+#   TOKENKEEPER_TEST_OIDC_SELF_SIGNED_CLIENT_ID interop-self-signed-client
+#                                               (self_signed_tls_client_auth)
+#   TOKENKEEPER_TEST_INTEROP_SELF_SIGNED_CERT   its self-signed certificate (PEM)
+#   TOKENKEEPER_TEST_INTEROP_SELF_SIGNED_KEY    its private key (PEM)
 #
-# runs the tests, stops both services and exits with the tests' status.
-# A service whose variable is already set in the environment is not started:
-# the given one is used instead.
+# runs the tests, stops every service it started (also when the tests fail or
+# it is interrupted), deletes the scratch folder with the certificates and
+# keys, and exits with the tests' status. A service whose URL variable is
+# already set in the environment is not started: the given one is used
+# instead, with the variables that go with it as given (the client id and
+# secret; the CA file for the HTTPS one; the client ids, certificates and keys
+# for oidc-provider). When the script starts an HTTPS server while a CA file
+# is given, it exports a bundle of the given CA file and its own test CA.
 #
 # Without arguments it then fuzzes (fuzz/, see fuzz/README.md): it installs
 # cargo-fuzz if missing (`cargo install cargo-fuzz --locked`, about a minute;
@@ -60,6 +81,8 @@ as_root() {
 WORK_DIR=""
 REDIS_PID=""
 AUTHORITY_PID=""
+TLS_AUTHORITY_PID=""
+OIDC_PID=""
 # The test command runs in its own process group so that a signal to this
 # script can be passed on to it and everything it started (cargo, the test
 # binaries, their children).
@@ -90,6 +113,8 @@ cleanup() {
     kill -TERM -- "-$COMMAND_PID" 2>/dev/null || true
     wait "$COMMAND_PID" 2>/dev/null || true
   fi
+  stop_process "$OIDC_PID" "oidc-provider (mTLS)"
+  stop_process "$TLS_AUTHORITY_PID" "the interop authority (HTTPS)"
   stop_process "$AUTHORITY_PID" "the interop authority"
   stop_process "$REDIS_PID" "redis-server"
   if [ -n "$WORK_DIR" ]; then
@@ -125,14 +150,23 @@ ensure_redis() {
   command -v redis-server >/dev/null 2>&1 || die "redis-server is still missing after installing it"
 }
 
+ensure_openssl() {
+  command -v openssl >/dev/null 2>&1 && return 0
+  log "installing openssl (Debian package), which makes the TLS tests' certificates"
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
+  as_root env DEBIAN_FRONTEND=noninteractive \
+    apt-get install -y -qq --no-install-recommends openssl >/dev/null
+  command -v openssl >/dev/null 2>&1 || die "openssl is still missing after installing it"
+}
+
 ensure_interop_packages() {
-  command -v node >/dev/null 2>&1 || die "node is missing (Node.js 20.19 or newer is needed for the interop authority)"
+  command -v node >/dev/null 2>&1 || die "node is missing (Node.js 20.19 or newer is needed for the interop authorities)"
   command -v npm >/dev/null 2>&1 || die "npm is missing"
   local installed="$INTEROP_DIR/node_modules/.package-lock.json"
   if [ ! -f "$installed" ] \
     || [ "$INTEROP_DIR/package-lock.json" -nt "$installed" ] \
     || [ "$INTEROP_DIR/package.json" -nt "$installed" ]; then
-    log "installing the interop authority's npm packages"
+    log "installing the interop authorities' npm packages"
     (cd "$INTEROP_DIR" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
   fi
 }
@@ -185,27 +219,43 @@ start_redis() {
   die "could not start redis-server"
 }
 
-# Starts the interop authority and exports its token URL once it is READY.
-start_authority() {
-  local out="$WORK_DIR/authority.out" err="$WORK_DIR/authority.err" line="" waited=0
-  node "$INTEROP_DIR/authority.mjs" >"$out" 2>"$err" </dev/null &
-  AUTHORITY_PID=$!
+# start_node_server NAME PID_VARIABLE URL_VARIABLE SCRIPT [ARGUMENT...]
+# Starts `node interop/SCRIPT ARGUMENT...` (its output goes to files named
+# after PID_VARIABLE in the scratch folder), sets PID_VARIABLE to its pid
+# straight away (so that cleanup stops it whatever happens next), waits for
+# its READY line and exports the URL on it as URL_VARIABLE.
+start_node_server() {
+  local name=$1 pid_variable=$2 url_variable=$3 script=$4
+  shift 4
+  local out="$WORK_DIR/$pid_variable.out" err="$WORK_DIR/$pid_variable.err" line="" waited=0 pid
+  node "$INTEROP_DIR/$script" "$@" >"$out" 2>"$err" </dev/null &
+  pid=$!
+  printf -v "$pid_variable" '%s' "$pid"
   while [ "$waited" -lt $((READY_TIMEOUT * 10)) ]; do
     line=$(grep -m1 '^READY ' "$out" 2>/dev/null || true)
     [ -n "$line" ] && break
-    if ! kill -0 "$AUTHORITY_PID" 2>/dev/null; then
+    if ! kill -0 "$pid" 2>/dev/null; then
       cat "$err" >&2 || true
-      die "the interop authority exited before it was ready"
+      die "$name exited before it was ready"
     fi
     sleep 0.1
     waited=$((waited + 1))
   done
   if [ -z "$line" ]; then
     cat "$err" >&2 || true
-    die "the interop authority was not ready within ${READY_TIMEOUT}s"
+    die "$name was not ready within ${READY_TIMEOUT}s"
   fi
-  export TOKENKEEPER_TEST_INTEROP_TOKEN_URL="${line#READY }"
-  log "interop authority ready at $TOKENKEEPER_TEST_INTEROP_TOKEN_URL"
+  export "$url_variable=${line#READY }"
+  log "$name ready at ${line#READY }"
+}
+
+# Makes the TLS certificates (once) into $CERT_DIR.
+CERT_DIR=""
+make_certificates() {
+  [ -z "$CERT_DIR" ] || return 0
+  ensure_openssl
+  CERT_DIR="$WORK_DIR/certs"
+  bash "$INTEROP_DIR/certificates.sh" "$CERT_DIR" || die "could not make the test certificates"
 }
 
 # --- fuzzing ---------------------------------------------------------------------
@@ -303,10 +353,49 @@ if [ -n "${TOKENKEEPER_TEST_INTEROP_TOKEN_URL:-}" ]; then
   log "using the given interop authority at $TOKENKEEPER_TEST_INTEROP_TOKEN_URL"
 else
   ensure_interop_packages
-  start_authority
+  start_node_server "the interop authority" AUTHORITY_PID TOKENKEEPER_TEST_INTEROP_TOKEN_URL \
+    authority.mjs
 fi
 export TOKENKEEPER_TEST_INTEROP_CLIENT_ID="${TOKENKEEPER_TEST_INTEROP_CLIENT_ID:-interop-client}"
 export TOKENKEEPER_TEST_INTEROP_CLIENT_SECRET="${TOKENKEEPER_TEST_INTEROP_CLIENT_SECRET:-interop-secret}"
+
+if [ -n "${TOKENKEEPER_TEST_INTEROP_TLS_TOKEN_URL:-}" ]; then
+  log "using the given HTTPS interop authority at $TOKENKEEPER_TEST_INTEROP_TLS_TOKEN_URL"
+else
+  ensure_interop_packages
+  make_certificates
+  start_node_server "the interop authority (HTTPS)" TLS_AUTHORITY_PID \
+    TOKENKEEPER_TEST_INTEROP_TLS_TOKEN_URL \
+    authority.mjs --cert "$CERT_DIR/server.pem" --key "$CERT_DIR/server.key"
+fi
+
+if [ -n "${TOKENKEEPER_TEST_OIDC_MTLS_TOKEN_URL:-}" ]; then
+  log "using the given oidc-provider at $TOKENKEEPER_TEST_OIDC_MTLS_TOKEN_URL"
+else
+  ensure_interop_packages
+  make_certificates
+  start_node_server "oidc-provider (mTLS)" OIDC_PID TOKENKEEPER_TEST_OIDC_MTLS_TOKEN_URL \
+    oidc-mtls.mjs --cert "$CERT_DIR/server.pem" --key "$CERT_DIR/server.key" \
+    --client-ca "$CERT_DIR/client-ca.pem" --self-signed-client "$CERT_DIR/self-signed-client.pem"
+  # The clients registered in oidc-mtls.mjs, with the certificates made for them.
+  export TOKENKEEPER_TEST_OIDC_MTLS_CLIENT_ID=interop-mtls-client
+  export TOKENKEEPER_TEST_INTEROP_CLIENT_CERT="$CERT_DIR/client.pem"
+  export TOKENKEEPER_TEST_INTEROP_CLIENT_KEY="$CERT_DIR/client.key"
+  export TOKENKEEPER_TEST_OIDC_SELF_SIGNED_CLIENT_ID=interop-self-signed-client
+  export TOKENKEEPER_TEST_INTEROP_SELF_SIGNED_CERT="$CERT_DIR/self-signed-client.pem"
+  export TOKENKEEPER_TEST_INTEROP_SELF_SIGNED_KEY="$CERT_DIR/self-signed-client.key"
+fi
+
+# The CA to trust: ours when we started an HTTPS server, with a given one too.
+if [ -n "$CERT_DIR" ]; then
+  if [ -n "${TOKENKEEPER_TEST_INTEROP_CA_FILE:-}" ]; then
+    cat "$TOKENKEEPER_TEST_INTEROP_CA_FILE" "$CERT_DIR/ca.pem" >"$CERT_DIR/ca-bundle.pem" \
+      || die "cannot read TOKENKEEPER_TEST_INTEROP_CA_FILE=$TOKENKEEPER_TEST_INTEROP_CA_FILE"
+    export TOKENKEEPER_TEST_INTEROP_CA_FILE="$CERT_DIR/ca-bundle.pem"
+  else
+    export TOKENKEEPER_TEST_INTEROP_CA_FILE="$CERT_DIR/ca.pem"
+  fi
+fi
 
 # Runs "$@" in a process group of its own and returns its exit status.
 run_command() {

@@ -440,13 +440,13 @@ fn a_slow_answer_times_out_and_is_retried<F: Flavor>() {
     F::block_on(watcher.shutdown());
 }
 
-/// A dropped connection is a transport error, a redirect an error status
-/// (never followed); both are retried, and the event hook sees each
+/// A dropped connection is a transport error, a 503 an error status; both
+/// are retried (a redirect is not: tests/tls.rs), and the event hook sees each
 /// failure, the token and the stop, in order.
-fn a_dropped_connection_and_a_redirect_are_errors_and_retried<F: Flavor>() {
+fn a_dropped_connection_and_a_server_error_are_retried<F: Flavor>() {
     let authority = authority(Client::new("svc", SECRET));
     authority.push_fault(Fault::DropConnection);
-    authority.push_fault(Fault::status(302));
+    authority.push_fault(Fault::status(503));
     let events = Events::default();
     let watcher = spawn::<F>(
         quick::<F>(client_credentials(&authority, "svc", SECRET)).on_event(events.hook()),
@@ -454,17 +454,17 @@ fn a_dropped_connection_and_a_redirect_are_errors_and_retried<F: Flavor>() {
     assert!(watcher.token().is_ok());
     assert!(matches!(
         watcher.status().last_error,
-        Some(FetchError::Status { status: 302, .. })
+        Some(FetchError::Status { status: 503, .. })
     ));
     let requests = authority.requests();
     assert_eq!(requests.len(), 3, "{requests:?}");
     assert_eq!(requests[0].outcome, Outcome::Dropped);
-    assert_eq!(requests[1].status, Some(302));
+    assert_eq!(requests[1].status, Some(503));
 
     match events.failures().as_slice() {
         [
             FetchError::Transport { message },
-            FetchError::Status { status: 302, .. },
+            FetchError::Status { status: 503, .. },
         ] => assert!(!message.is_empty()),
         other => panic!("{}: {other:?}", F::NAME),
     }
@@ -918,7 +918,7 @@ per_driver!(
     an_announced_oversized_answer_is_refused_and_retried,
     a_streamed_oversized_answer_is_cut_off,
     a_slow_answer_times_out_and_is_retried,
-    a_dropped_connection_and_a_redirect_are_errors_and_retried,
+    a_dropped_connection_and_a_server_error_are_retried,
     dropping_the_last_handle_stops_without_another_request,
     a_stopped_watcher_says_so,
     refresh_now_is_rate_limited,

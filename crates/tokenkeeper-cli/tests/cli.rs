@@ -1,5 +1,10 @@
 //! The `tokenkeeper` command, run as a user would: the built binary, real
 //! processes, real files, and the loopback test authority.
+//!
+//! Every scenario runs twice: over plain http, and again over HTTPS (the
+//! authority with a certificate of a private CA the command trusts through
+//! `TOKENKEEPER_CA_FILE`): `every_scenario_again_over_https` re-runs this
+//! test binary with `TOKENKEEPER_CLI_TEST_HTTPS=1`.
 
 use std::collections::BTreeSet;
 use std::os::unix::fs::PermissionsExt;
@@ -7,7 +12,15 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use tokenkeeper_testkit::{Authority, Client, Fault};
+use tokenkeeper_testkit::pki::Pki;
+use tokenkeeper_testkit::{Authority, Client, Fault, TlsSettings};
+
+/// Set in the child run of `every_scenario_again_over_https`.
+const HTTPS_ENV: &str = "TOKENKEEPER_CLI_TEST_HTTPS";
+
+fn over_https() -> bool {
+    std::env::var_os(HTTPS_ENV).is_some_and(|v| v == "1")
+}
 
 const CLIENT_ID: &str = "cli-test-client";
 const SECRET: &str = "cli-test-secret-9f83b2e1";
@@ -16,6 +29,8 @@ const SECRET: &str = "cli-test-secret-9f83b2e1";
 struct Fixture {
     authority: Authority,
     home: tempfile::TempDir,
+    /// The CA file the command trusts, over HTTPS.
+    ca_file: Option<PathBuf>,
 }
 
 /// One finished run.
@@ -28,11 +43,21 @@ struct Run {
 
 impl Fixture {
     fn new(lifetime: Duration) -> Self {
-        let authority = Authority::start();
+        let home = tempfile::tempdir().expect("a temporary folder");
+        let (authority, ca_file) = if over_https() {
+            let pki = Pki::shared();
+            let ca_file = home.path().join("private-ca.pem");
+            std::fs::write(&ca_file, pki.ca_pem()).expect("write the CA file");
+            let authority = Authority::builder().tls(TlsSettings::new(&pki)).start();
+            (authority, Some(ca_file))
+        } else {
+            (Authority::start(), None)
+        };
         authority.register_client(Client::new(CLIENT_ID, SECRET).token_lifetime(lifetime));
         Fixture {
             authority,
-            home: tempfile::tempdir().expect("a temporary folder"),
+            home,
+            ca_file,
         }
     }
 
@@ -55,6 +80,9 @@ impl Fixture {
             .env("XDG_CONFIG_HOME", self.path("config"))
             .env("TOKENKEEPER_CLIENT_SECRET", SECRET)
             .stdin(Stdio::null());
+        if let Some(ca_file) = &self.ca_file {
+            cmd.env("TOKENKEEPER_CA_FILE", ca_file);
+        }
         cmd
     }
 
@@ -314,15 +342,17 @@ fn proxy_variables_never_carry_a_loopback_request() {
     );
 
     // Elsewhere, the variables are honoured: an https token URL goes
-    // through a CONNECT tunnel (whose TLS then fails against the plain
-    // authority behind the proxy).
+    // through a CONNECT tunnel, whose TLS then fails against the authority
+    // behind the proxy (plain http, or a certificate for another name): a
+    // TLS failure, exit 5, at once.
     let run = fx.run(
         fx.command()
             .args(["token", "--token-url", "https://auth.test/token"])
             .args(["--client-id", CLIENT_ID, "--no-cache", "--timeout", "2"])
             .env("HTTPS_PROXY", &url),
     );
-    assert_eq!(run.code, 4, "{run:?}");
+    assert_eq!(run.code, 5, "{run:?}");
+    assert!(run.stderr.contains("TLS with auth.test failed"), "{run:?}");
     let seen = proxy.seen();
     assert!(!seen.is_empty(), "{run:?}");
     assert!(
@@ -879,4 +909,33 @@ fn simulate_reports_requests_and_reads() {
     assert!(text.contains("authority requests"), "{text}");
     assert!(text.contains("peak"), "{text}");
     assert!(text.contains("fresh") && text.contains("stale") && text.contains("expired"));
+}
+
+/// Runs every other test of this file again, with the authority over HTTPS,
+/// in a child process of this test binary.
+#[test]
+fn every_scenario_again_over_https() {
+    if over_https() {
+        return;
+    }
+    let out = Command::new(std::env::current_exe().expect("the test binary"))
+        .env(HTTPS_ENV, "1")
+        .args(["--test-threads", "2"])
+        .output()
+        .expect("the test binary runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "over HTTPS:\n{stdout}\n{stderr}");
+    // Every scenario ran and passed (a filter or a skip would show here).
+    let listed = Command::new(std::env::current_exe().expect("the test binary"))
+        .arg("--list")
+        .output()
+        .expect("the test binary lists its tests");
+    let listed = String::from_utf8_lossy(&listed.stdout)
+        .lines()
+        .filter(|l| l.ends_with(": test"))
+        .count();
+    let passed = stdout.lines().filter(|l| l.ends_with("... ok")).count();
+    assert!(listed > 10, "{listed} tests listed");
+    assert_eq!(passed, listed, "over HTTPS:\n{stdout}");
 }

@@ -1,89 +1,99 @@
-//! Every driver (tokio, async-std, smol, threads) against an independently
-//! written authority, `oauth2-mock-server` 8.2.3 (see `interop/authority.mjs`
-//! for what it does).
+//! Every driver (tokio, async-std, smol, threads) and the `tokenkeeper`
+//! command against independently written authorities:
 //!
-//! `scripts/test-all.sh` starts it and exports
-//! `TOKENKEEPER_TEST_INTEROP_TOKEN_URL` (and the client id and secret). Under a
-//! plain `cargo test`, the tests start `node interop/authority.mjs` themselves
-//! (one process, shared by the tests that run at the same time, stopped when
-//! the last of them ends) when the npm packages are installed
-//! (`interop/node_modules`), and fail with a hint otherwise.
+//! - `oauth2-mock-server` 8.2.3 (see `interop/authority.mjs` for what it
+//!   does), over plain HTTP and over HTTPS with a certificate from a private
+//!   test CA;
+//! - `oidc-provider` 9 (see `interop/oidc-mtls.mjs`) over HTTPS, with RFC 8705
+//!   mutual-TLS client authentication (`tls_client_auth` and
+//!   `self_signed_tls_client_auth`) and certificate-bound JWT access tokens.
+//!
+//! `scripts/test-all.sh` makes the certificates (`interop/certificates.sh`),
+//! starts the three servers and exports `TOKENKEEPER_TEST_INTEROP_TOKEN_URL`,
+//! `TOKENKEEPER_TEST_INTEROP_TLS_TOKEN_URL`, `TOKENKEEPER_TEST_OIDC_MTLS_TOKEN_URL`
+//! and the variables that go with them (client ids and secret, CA file,
+//! client certificates and keys). Under a plain `cargo test`, the tests start
+//! what the environment does not name themselves (one process per server,
+//! shared by the tests that run at the same time, stopped when the last of
+//! them ends; certificates in a temporary folder, made with `openssl`) when
+//! the npm packages are installed (`interop/node_modules`), and fail with a
+//! hint otherwise.
+//!
+//! The command's tests build the `tokenkeeper` binary with cargo (it is in a
+//! package of its own, so cargo does not hand this test its path): the first
+//! run builds it from scratch, in a target folder of its own.
 
 mod common;
 
+use std::ffi::{OsStr, OsString};
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex, PoisonError, Weak, mpsc};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak, mpsc};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::Flavor;
-use tokenkeeper_core::oauth2::{AuthMethod, OAuth2Client};
-use tokenkeeper_core::{BackoffPolicy, ClientId, ClientSecret, ErrorClass, Jitter, RefreshToken};
-use tokenkeeper_driver::{SpawnError, TokenWatcher, TokenWatcherBuilder};
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
+use serde_json::Value;
+use tokenkeeper_core::oauth2::{AuthMethod, GrantType, OAuth2Client, TokenUrl};
+use tokenkeeper_core::{
+    BackoffPolicy, ClientId, ClientSecret, ErrorClass, FetchError, Jitter, RefreshToken, TlsProblem,
+};
+use tokenkeeper_driver::{HttpSettings, SpawnError, TokenWatcher, TokenWatcherBuilder};
 
 const URL_VAR: &str = "TOKENKEEPER_TEST_INTEROP_TOKEN_URL";
 const ID_VAR: &str = "TOKENKEEPER_TEST_INTEROP_CLIENT_ID";
 const SECRET_VAR: &str = "TOKENKEEPER_TEST_INTEROP_CLIENT_SECRET";
+const TLS_URL_VAR: &str = "TOKENKEEPER_TEST_INTEROP_TLS_TOKEN_URL";
+const CA_FILE_VAR: &str = "TOKENKEEPER_TEST_INTEROP_CA_FILE";
+const OIDC_URL_VAR: &str = "TOKENKEEPER_TEST_OIDC_MTLS_TOKEN_URL";
+const OIDC_ID_VAR: &str = "TOKENKEEPER_TEST_OIDC_MTLS_CLIENT_ID";
+const CLIENT_CERT_VAR: &str = "TOKENKEEPER_TEST_INTEROP_CLIENT_CERT";
+const CLIENT_KEY_VAR: &str = "TOKENKEEPER_TEST_INTEROP_CLIENT_KEY";
+const SELF_SIGNED_ID_VAR: &str = "TOKENKEEPER_TEST_OIDC_SELF_SIGNED_CLIENT_ID";
+const SELF_SIGNED_CERT_VAR: &str = "TOKENKEEPER_TEST_INTEROP_SELF_SIGNED_CERT";
+const SELF_SIGNED_KEY_VAR: &str = "TOKENKEEPER_TEST_INTEROP_SELF_SIGNED_KEY";
 
-/// The interop authority: the one the environment names, or a `node`
-/// process of our own, stopped on drop.
-struct Interop {
-    token_url: String,
-    client_id: String,
-    client_secret: String,
-    child: Option<Child>,
+/// The resource server oidc-mtls.mjs issues every token for (the JWT's `aud`).
+const OIDC_RESOURCE: &str = "urn:tokenkeeper:interop";
+
+fn interop_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("interop")
 }
 
-impl Drop for Interop {
+/// A `node` process of ours, stopped on drop.
+struct Node(Child);
+
+impl Drop for Node {
     fn drop(&mut self) {
-        if let Some(child) = &mut self.child {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
-/// The interop authority, shared with the tests running at the same time.
-fn interop() -> Arc<Interop> {
-    static SHARED: Mutex<Weak<Interop>> = Mutex::new(Weak::new());
-    let mut shared = SHARED.lock().unwrap_or_else(PoisonError::into_inner);
-    if let Some(running) = shared.upgrade() {
-        return running;
-    }
-    let started = Arc::new(start_interop());
-    *shared = Arc::downgrade(&started);
-    started
-}
-
-fn start_interop() -> Interop {
-    let client_id = std::env::var(ID_VAR).unwrap_or_else(|_| "interop-client".into());
-    let client_secret = std::env::var(SECRET_VAR).unwrap_or_else(|_| "interop-secret".into());
-    if let Ok(token_url) = std::env::var(URL_VAR) {
-        return Interop {
-            token_url,
-            client_id,
-            client_secret,
-            child: None,
-        };
-    }
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("interop");
+/// Starts `node interop/SCRIPT ARGS...` and returns it with the URL of its
+/// `READY` line.
+fn start_node(script: &str, args: &[OsString], missing: &str) -> (Node, String) {
+    let dir = interop_dir();
     assert!(
         dir.join("node_modules").is_dir(),
-        "{URL_VAR} is not set and {} has no node_modules: run the interop tests through \
-         `scripts/test-all.sh`, which installs and starts the interop authority",
+        "{missing} is not set and {} has no node_modules: run the interop tests through \
+         `scripts/test-all.sh`, which installs and starts the interop authorities",
         dir.display()
     );
     let mut child = Command::new("node")
-        .arg(dir.join("authority.mjs"))
+        .arg(dir.join(script))
+        .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .unwrap_or_else(|e| {
-            panic!("cannot start `node interop/authority.mjs` ({e}); run `scripts/test-all.sh`")
+            panic!("cannot start `node interop/{script}` ({e}); run `scripts/test-all.sh`")
         });
     let stdout = child.stdout.take().expect("piped stdout");
+    let node = Node(child);
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines() {
@@ -93,17 +103,226 @@ fn start_interop() -> Interop {
             }
         }
     });
-    let mut guard = Interop {
-        token_url: String::new(),
+    match rx.recv_timeout(Duration::from_secs(30)) {
+        Ok(url) => (node, url),
+        Err(_) => panic!("interop/{script} did not print READY within 30 s"),
+    }
+}
+
+/// One value of a kind, shared with the tests running at the same time and
+/// dropped (its server stopped) when the last of them is done.
+fn shared<T>(slot: &Mutex<Weak<T>>, start: impl FnOnce() -> T) -> Arc<T> {
+    let mut shared = slot.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(running) = shared.upgrade() {
+        return running;
+    }
+    let started = Arc::new(start());
+    *shared = Arc::downgrade(&started);
+    started
+}
+
+fn var_path(name: &str) -> Option<PathBuf> {
+    std::env::var_os(name).map(PathBuf::from)
+}
+
+/// The interop authority over plain HTTP: the one the environment names, or
+/// a `node` process of our own.
+struct Interop {
+    token_url: String,
+    client_id: String,
+    client_secret: String,
+    _node: Option<Node>,
+}
+
+/// The interop authority, shared with the tests running at the same time.
+fn interop() -> Arc<Interop> {
+    static SHARED: Mutex<Weak<Interop>> = Mutex::new(Weak::new());
+    shared(&SHARED, start_interop)
+}
+
+fn interop_client() -> (String, String) {
+    (
+        std::env::var(ID_VAR).unwrap_or_else(|_| "interop-client".into()),
+        std::env::var(SECRET_VAR).unwrap_or_else(|_| "interop-secret".into()),
+    )
+}
+
+fn start_interop() -> Interop {
+    let (client_id, client_secret) = interop_client();
+    let (node, token_url) = match std::env::var(URL_VAR) {
+        Ok(url) => (None, url),
+        Err(_) => {
+            let (node, url) = start_node("authority.mjs", &[], URL_VAR);
+            (Some(node), url)
+        }
+    };
+    Interop {
+        token_url,
         client_id,
         client_secret,
-        child: Some(child),
-    };
-    match rx.recv_timeout(Duration::from_secs(30)) {
-        Ok(url) => guard.token_url = url,
-        Err(_) => panic!("the interop authority did not print READY within 30 s"),
+        _node: node,
     }
-    guard
+}
+
+/// The test certificates made by `interop/certificates.sh` in a temporary
+/// folder, for the servers this test process starts.
+struct Certificates {
+    dir: tempfile::TempDir,
+}
+
+impl Certificates {
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+fn certificates() -> Arc<Certificates> {
+    static SHARED: Mutex<Weak<Certificates>> = Mutex::new(Weak::new());
+    shared(&SHARED, || {
+        let dir = tempfile::tempdir().expect("a temporary folder");
+        let status = Command::new("bash")
+            .arg(interop_dir().join("certificates.sh"))
+            .arg(dir.path())
+            .stdin(Stdio::null())
+            .status()
+            .expect("bash runs");
+        assert!(
+            status.success(),
+            "interop/certificates.sh failed ({status}): it needs the `openssl` command; \
+             `scripts/test-all.sh` installs it"
+        );
+        Certificates { dir }
+    })
+}
+
+/// oauth2-mock-server over HTTPS (the same client and secret as [`Interop`]).
+struct TlsInterop {
+    token_url: String,
+    /// The CA (PEM) that signed the server's certificate.
+    ca_file: PathBuf,
+    client_id: String,
+    client_secret: String,
+    _node: Option<Node>,
+    _certificates: Option<Arc<Certificates>>,
+}
+
+fn tls_interop() -> Arc<TlsInterop> {
+    static SHARED: Mutex<Weak<TlsInterop>> = Mutex::new(Weak::new());
+    shared(&SHARED, start_tls_interop)
+}
+
+fn start_tls_interop() -> TlsInterop {
+    let (client_id, client_secret) = interop_client();
+    if let Ok(token_url) = std::env::var(TLS_URL_VAR) {
+        let ca_file = var_path(CA_FILE_VAR)
+            .unwrap_or_else(|| panic!("{TLS_URL_VAR} is set, so {CA_FILE_VAR} must be too"));
+        return TlsInterop {
+            token_url,
+            ca_file,
+            client_id,
+            client_secret,
+            _node: None,
+            _certificates: None,
+        };
+    }
+    let certs = certificates();
+    let args = [
+        "--cert".into(),
+        certs.path("server.pem").into(),
+        "--key".into(),
+        certs.path("server.key").into(),
+    ];
+    let (node, token_url) = start_node("authority.mjs", &args, TLS_URL_VAR);
+    TlsInterop {
+        token_url,
+        ca_file: certs.path("ca.pem"),
+        client_id,
+        client_secret,
+        _node: Some(node),
+        _certificates: Some(certs),
+    }
+}
+
+/// A client registered with oidc-provider, and the certificate it holds.
+struct MtlsClient {
+    id: String,
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+/// oidc-provider with mTLS client authentication.
+struct Oidc {
+    token_url: String,
+    /// The CA (PEM) that signed the server's certificate.
+    ca_file: PathBuf,
+    /// Registered with `tls_client_auth`; its certificate comes from the
+    /// client CA and names it.
+    ca_signed: MtlsClient,
+    /// Registered with `self_signed_tls_client_auth`.
+    self_signed: MtlsClient,
+    _node: Option<Node>,
+    _certificates: Option<Arc<Certificates>>,
+}
+
+fn oidc() -> Arc<Oidc> {
+    static SHARED: Mutex<Weak<Oidc>> = Mutex::new(Weak::new());
+    shared(&SHARED, start_oidc)
+}
+
+fn start_oidc() -> Oidc {
+    if let Ok(token_url) = std::env::var(OIDC_URL_VAR) {
+        let given = |name: &str| {
+            std::env::var_os(name)
+                .unwrap_or_else(|| panic!("{OIDC_URL_VAR} is set, so {name} must be too"))
+        };
+        let client = |id: &str, cert: &str, key: &str| MtlsClient {
+            id: given(id).into_string().expect("a UTF-8 client id"),
+            cert: given(cert).into(),
+            key: given(key).into(),
+        };
+        return Oidc {
+            token_url,
+            ca_file: given(CA_FILE_VAR).into(),
+            ca_signed: client(OIDC_ID_VAR, CLIENT_CERT_VAR, CLIENT_KEY_VAR),
+            self_signed: client(
+                SELF_SIGNED_ID_VAR,
+                SELF_SIGNED_CERT_VAR,
+                SELF_SIGNED_KEY_VAR,
+            ),
+            _node: None,
+            _certificates: None,
+        };
+    }
+    let certs = certificates();
+    let args = [
+        "--cert".into(),
+        certs.path("server.pem").into(),
+        "--key".into(),
+        certs.path("server.key").into(),
+        "--client-ca".into(),
+        certs.path("client-ca.pem").into(),
+        "--self-signed-client".into(),
+        certs.path("self-signed-client.pem").into(),
+    ];
+    let (node, token_url) = start_node("oidc-mtls.mjs", &args, OIDC_URL_VAR);
+    // The client ids registered in oidc-mtls.mjs, for the certificates that
+    // certificates.sh makes for them.
+    Oidc {
+        token_url,
+        ca_file: certs.path("ca.pem"),
+        ca_signed: MtlsClient {
+            id: "interop-mtls-client".into(),
+            cert: certs.path("client.pem"),
+            key: certs.path("client.key"),
+        },
+        self_signed: MtlsClient {
+            id: "interop-self-signed-client".into(),
+            cert: certs.path("self-signed-client.pem"),
+            key: certs.path("self-signed-client.key"),
+        },
+        _node: Some(node),
+        _certificates: Some(certs),
+    }
 }
 
 /// A value no earlier test run has used: refresh tokens are single-use.
@@ -259,9 +478,463 @@ fn a_wrong_secret_is_a_permanent_error<F: Flavor>() {
     }
 }
 
+// --- over TLS ------------------------------------------------------------------
+
+/// Decodes base64url (RFC 4648 §5, padding optional); None if malformed.
+fn base64url_decode(text: &str) -> Option<Vec<u8>> {
+    let text = text.trim_end_matches('=');
+    let mut out = Vec::with_capacity(text.len() * 3 / 4);
+    let (mut acc, mut bits) = (0u32, 0u32);
+    for c in text.bytes() {
+        let value = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'-' => 62,
+            b'_' => 63,
+            _ => return None,
+        };
+        acc = (acc << 6) | u32::from(value);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    Some(out)
+}
+
+#[test]
+fn base64url_decodes_what_rfc_4648_says() {
+    assert_eq!(base64url_decode("").unwrap(), b"");
+    assert_eq!(base64url_decode("Zg").unwrap(), b"f");
+    assert_eq!(base64url_decode("Zm8=").unwrap(), b"fo");
+    assert_eq!(base64url_decode("Zm9vYmFy").unwrap(), b"foobar");
+    assert_eq!(base64url_decode("-_8").unwrap(), [0xfb, 0xff]);
+    assert!(base64url_decode("a+b").is_none());
+}
+
+/// The claims of a JWT (its signature is not checked: the tests read what
+/// the authority put in, they do not trust it).
+fn jwt_claims(token: &str) -> Value {
+    let parts: Vec<&str> = token.split('.').collect();
+    assert_eq!(parts.len(), 3, "not a JWT");
+    let payload = base64url_decode(parts[1]).expect("a base64url JWT payload");
+    serde_json::from_slice(&payload).expect("JSON JWT claims")
+}
+
+/// SHA-256 of `data`, by ring through rustls (no code of ours).
+fn sha256(data: &[u8]) -> Vec<u8> {
+    let suite = rustls::crypto::ring::cipher_suite::TLS13_AES_128_GCM_SHA256
+        .tls13()
+        .expect("a TLS 1.3 suite");
+    suite.common.hash_provider.hash(data).as_ref().to_vec()
+}
+
+/// The certificate's SHA-256 thumbprint (RFC 8705 §3.1), decoded.
+fn thumbprint_of(cert_file: &Path) -> Vec<u8> {
+    let der = CertificateDer::from_pem_file(cert_file)
+        .unwrap_or_else(|e| panic!("{}: {e:?}", cert_file.display()));
+    sha256(&der)
+}
+
+/// The `x5t#S256` an access token is bound to, decoded; None when unbound.
+fn bound_thumbprint(claims: &Value) -> Option<Vec<u8>> {
+    let text = claims.get("cnf")?.get("x5t#S256")?.as_str()?;
+    Some(base64url_decode(text).expect("a base64url thumbprint"))
+}
+
+/// `https://host:port` of a token URL.
+fn origin(token_url: &str) -> &str {
+    let after_scheme = token_url.find("://").expect("an absolute URL") + 3;
+    let end = token_url[after_scheme..]
+        .find('/')
+        .map_or(token_url.len(), |i| after_scheme + i);
+    &token_url[..end]
+}
+
+fn seconds(claims: &Value, name: &str) -> i64 {
+    claims[name]
+        .as_i64()
+        .unwrap_or_else(|| panic!("no numeric {name}: {claims}"))
+}
+
+fn trusting(ca_file: &Path) -> HttpSettings {
+    HttpSettings::default()
+        .ssl_cert_env(false)
+        .add_root_certificates_file(ca_file)
+}
+
+fn mtls_client_of(oidc: &Oidc, client: &MtlsClient, method: AuthMethod) -> OAuth2Client {
+    OAuth2Client::new(
+        TokenUrl::parse(&oidc.token_url, false).unwrap(),
+        ClientId::new(client.id.clone()),
+        None,
+        GrantType::ClientCredentials,
+    )
+    .auth_method(method)
+}
+
+fn with_certificate(oidc: &Oidc, client: &MtlsClient) -> HttpSettings {
+    trusting(&oidc.ca_file).client_certificate_files(&client.cert, &client.key)
+}
+
+fn client_credentials_over_https_trusting_a_ca_file<F: Flavor>() {
+    let i = tls_interop();
+    assert!(i.token_url.starts_with("https://"), "{}", i.token_url);
+    let client = OAuth2Client::client_credentials(
+        &i.token_url,
+        ClientId::new(i.client_id.clone()),
+        ClientSecret::new(i.client_secret.clone()),
+    )
+    .unwrap()
+    .scope("read write")
+    .extra_param("interop_expires_in", "240")
+    .unwrap();
+    let watcher = spawn::<F>(quick::<F>(client).http(trusting(&i.ca_file)));
+    let token = watcher.token().unwrap();
+    assert_eq!(token.token_type.to_ascii_lowercase(), "bearer");
+    assert_eq!(token.lifetime(), Duration::from_secs(240));
+    assert_eq!(token.scope.as_deref(), Some("read write"));
+    // What the authority signed: the scope and lifetime it was sent, and its
+    // own https issuer (it knows it serves TLS).
+    let claims = jwt_claims(token.access_token.expose_secret());
+    assert_eq!(claims["scope"], "read write", "{claims}");
+    assert_eq!(seconds(&claims, "exp") - seconds(&claims, "iat"), 240);
+    assert_eq!(claims["iss"], origin(&i.token_url), "{claims}");
+    drop(token);
+    F::block_on(watcher.shutdown());
+}
+
+fn an_untrusted_certificate_fails_fast_and_names_the_fix<F: Flavor>() {
+    let i = tls_interop();
+    let client = OAuth2Client::client_credentials(
+        &i.token_url,
+        ClientId::new(i.client_id.clone()),
+        ClientSecret::new(i.client_secret.clone()),
+    )
+    .unwrap();
+    let started = Instant::now();
+    // The bundled web roots only: the test CA is not among them.
+    let error = F::block_on(
+        quick::<F>(client)
+            .http(HttpSettings::default().ssl_cert_env(false))
+            .spawn(),
+    )
+    .unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{}: {:?}",
+        F::NAME,
+        started.elapsed()
+    );
+    assert!(error.is_permanent(), "{}: {error:?}", F::NAME);
+    match error.fetch_error() {
+        Some(FetchError::Tls { host, problem }) => {
+            assert_eq!(*problem, TlsProblem::UnknownIssuer, "{}", F::NAME);
+            assert_eq!(host, "localhost");
+        }
+        other => panic!("{}: {other:?}", F::NAME),
+    }
+    let message = error.to_string();
+    assert!(message.contains("add_root_certificates_file"), "{message}");
+}
+
+/// The checks common to both mTLS methods: the token oidc-provider issued is
+/// for this client, was authenticated by the certificate, and is bound to it.
+fn certificate_bound_token_by<F: Flavor>(method: AuthMethod) {
+    let o = oidc();
+    let holder = match method {
+        AuthMethod::TlsClientAuth => &o.ca_signed,
+        _ => &o.self_signed,
+    };
+    let client = mtls_client_of(&o, holder, method).scope("read");
+    let watcher = spawn::<F>(quick::<F>(client).http(with_certificate(&o, holder)));
+    let token = watcher.token().unwrap();
+    assert_eq!(token.token_type.to_ascii_lowercase(), "bearer");
+    // oidc-mtls.mjs's resource server: 300 s JWTs.
+    assert_eq!(token.lifetime(), Duration::from_secs(300));
+    assert_eq!(token.scope.as_deref(), Some("read"));
+
+    let claims = jwt_claims(token.access_token.expose_secret());
+    assert_eq!(claims["client_id"], holder.id.as_str(), "{claims}");
+    assert_eq!(claims["sub"], holder.id.as_str(), "{claims}");
+    assert_eq!(claims["aud"], OIDC_RESOURCE, "{claims}");
+    assert_eq!(claims["scope"], "read", "{claims}");
+    assert_eq!(claims["iss"], origin(&o.token_url), "{claims}");
+    // Bound to the certificate the server saw on the connection, which is
+    // the one in the file.
+    let expected = thumbprint_of(&holder.cert);
+    assert_eq!(
+        bound_thumbprint(&claims).as_deref(),
+        Some(&expected[..]),
+        "{}: {claims}",
+        F::NAME
+    );
+    // And the record keeps the binding.
+    let kept = token
+        .extra
+        .get("cnf")
+        .and_then(|cnf| cnf.get("x5t#S256"))
+        .and_then(Value::as_str)
+        .unwrap_or_else(|| panic!("{}: no cnf in the record: {:?}", F::NAME, token.extra));
+    assert_eq!(base64url_decode(kept).unwrap(), expected);
+    drop(token);
+    F::block_on(watcher.shutdown());
+}
+
+fn tls_client_auth_gets_a_certificate_bound_token<F: Flavor>() {
+    certificate_bound_token_by::<F>(AuthMethod::TlsClientAuth);
+}
+
+fn self_signed_tls_client_auth_gets_a_certificate_bound_token<F: Flavor>() {
+    certificate_bound_token_by::<F>(AuthMethod::SelfSignedTlsClientAuth);
+}
+
+/// The server, not the client, decides: a certificate from outside the
+/// client CA does not authenticate the tls_client_auth client, and the CA's
+/// certificate does not authenticate the self-signed client (its thumbprint
+/// is not the registered one).
+fn the_wrong_client_certificate_is_invalid_client<F: Flavor>() {
+    let o = oidc();
+    for (client, method, presented) in [
+        (&o.ca_signed, AuthMethod::TlsClientAuth, &o.self_signed),
+        (
+            &o.self_signed,
+            AuthMethod::SelfSignedTlsClientAuth,
+            &o.ca_signed,
+        ),
+    ] {
+        let started = Instant::now();
+        let error = F::block_on(
+            quick::<F>(mtls_client_of(&o, client, method))
+                .http(with_certificate(&o, presented))
+                .spawn(),
+        )
+        .unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(10));
+        match &error {
+            SpawnError::Rejected { error } => {
+                assert_eq!(error.class(), ErrorClass::Permanent);
+                assert_eq!(error.oauth_error().unwrap().error, "invalid_client");
+            }
+            other => panic!("{}: {method:?}: {other:?}", F::NAME),
+        }
+    }
+}
+
 per_driver!(
     client_credentials_with_basic_authentication,
     client_credentials_with_post_authentication,
     refresh_tokens_rotate_over_several_refreshes,
     a_wrong_secret_is_a_permanent_error,
+    client_credentials_over_https_trusting_a_ca_file,
+    an_untrusted_certificate_fails_fast_and_names_the_fix,
+    tls_client_auth_gets_a_certificate_bound_token,
+    self_signed_tls_client_auth_gets_a_certificate_bound_token,
+    the_wrong_client_certificate_is_invalid_client,
 );
+
+// --- the command ---------------------------------------------------------------
+
+/// The `tokenkeeper` binary, built (or found fresh) by cargo once per test
+/// process, in this test's profile.
+///
+/// It is built in a target folder of its own, `interop-cli` inside this
+/// test's: built alone, the command gets its dependencies with its own
+/// features, which differ from those of a workspace-wide test build, and in
+/// the shared folder the two builds would replace each other's
+/// `target/debug/tokenkeeper` (the binary tokenkeeper-cli's own tests run),
+/// and rebuild it on every alternation.
+fn tokenkeeper_binary() -> &'static Path {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY.get_or_init(|| {
+        // This test is TARGET/PROFILE/deps/interop-HASH.
+        let exe = std::env::current_exe().expect("the test's own path");
+        let target = exe
+            .ancestors()
+            .nth(3)
+            .expect("a test executable inside a cargo target folder");
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
+            .args(["build", "--quiet", "--message-format=json"])
+            .args(["-p", "tokenkeeper-cli", "--bin", "tokenkeeper"])
+            .arg("--target-dir")
+            .arg(target.join("interop-cli"))
+            .stdin(Stdio::null());
+        if !cfg!(debug_assertions) {
+            cmd.arg("--release");
+        }
+        let out = cmd.output().expect("cargo runs");
+        assert!(
+            out.status.success(),
+            "cargo could not build the tokenkeeper command:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+            .filter(|message| message["target"]["name"] == "tokenkeeper")
+            .find_map(|message| message["executable"].as_str().map(PathBuf::from))
+            .expect("cargo names the tokenkeeper executable")
+    })
+}
+
+/// One finished run of the command.
+struct Run {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs `tokenkeeper token` with these arguments in a clean environment (a
+/// home folder of its own, with `secret` as TOKENKEEPER_CLIENT_SECRET when
+/// given), and checks that no secret shows where it must not.
+fn run_token_command(home: &Path, secret: Option<&str>, args: &[&OsStr]) -> Run {
+    let mut cmd = Command::new(tokenkeeper_binary());
+    cmd.env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", home)
+        .env("XDG_CACHE_HOME", home.join("cache"))
+        .env("XDG_CONFIG_HOME", home.join("config"))
+        .arg("token")
+        .args(args)
+        .stdin(Stdio::null());
+    if let Some(secret) = secret {
+        cmd.env("TOKENKEEPER_CLIENT_SECRET", secret);
+    }
+    let out = cmd.output().expect("the command runs");
+    let run = Run {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    };
+    if let Some(secret) = secret {
+        assert!(
+            !run.stdout.contains(secret) && !run.stderr.contains(secret),
+            "the client secret leaked"
+        );
+    }
+    let token = run.stdout.trim();
+    assert!(
+        token.is_empty() || !run.stderr.contains(token),
+        "the access token leaked on stderr"
+    );
+    run
+}
+
+#[test]
+fn command_gets_a_token_over_https_with_a_ca_file_or_exits_5() {
+    let i = tls_interop();
+    let home = tempfile::tempdir().unwrap();
+    let url = i.token_url.as_str();
+    let id = i.client_id.as_str();
+    let secret = Some(i.client_secret.as_str());
+    let base: Vec<&OsStr> = [
+        "--token-url",
+        url,
+        "--client-id",
+        id,
+        "--scope",
+        "read write",
+        "--no-cache",
+        "--no-ssl-cert-env",
+    ]
+    .into_iter()
+    .map(OsStr::new)
+    .collect();
+
+    // Without the CA: exit 5 at once, naming the host and the flag.
+    tokenkeeper_binary(); // built before the clock starts
+    let started = Instant::now();
+    let refused = run_token_command(home.path(), secret, &base);
+    assert_eq!(refused.code, Some(5), "{}", refused.stderr);
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(refused.stdout.is_empty());
+    assert!(refused.stderr.contains("localhost"), "{}", refused.stderr);
+    assert!(refused.stderr.contains("--ca-file"), "{}", refused.stderr);
+
+    let mut args = base.clone();
+    args.extend([OsStr::new("--ca-file"), i.ca_file.as_os_str()]);
+    let run = run_token_command(home.path(), secret, &args);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let claims = jwt_claims(run.stdout.trim());
+    assert_eq!(claims["scope"], "read write", "{claims}");
+    assert_eq!(claims["iss"], origin(url), "{claims}");
+}
+
+/// `tokenkeeper token` arguments for an oidc-provider client authenticating
+/// with `method`, presenting the certificate `presented` holds.
+fn mtls_command_args<'a>(
+    o: &'a Oidc,
+    client: &'a MtlsClient,
+    method: &'a str,
+    presented: &'a MtlsClient,
+    cache: Option<&'a Path>,
+) -> Vec<&'a OsStr> {
+    let mut args: Vec<&OsStr> = vec![
+        "--token-url".as_ref(),
+        o.token_url.as_ref(),
+        "--client-id".as_ref(),
+        client.id.as_ref(),
+        "--auth-method".as_ref(),
+        method.as_ref(),
+        "--client-cert".as_ref(),
+        presented.cert.as_ref(),
+        "--client-key".as_ref(),
+        presented.key.as_ref(),
+        "--ca-file".as_ref(),
+        o.ca_file.as_ref(),
+        "--scope".as_ref(),
+        "write".as_ref(),
+    ];
+    match cache {
+        Some(path) => args.extend(["--cache".as_ref(), path.as_os_str()]),
+        None => args.push("--no-cache".as_ref()),
+    }
+    args
+}
+
+#[test]
+fn command_authenticates_by_client_certificate_without_a_secret() {
+    let o = oidc();
+    let home = tempfile::tempdir().unwrap();
+    for (holder, method, other) in [
+        (&o.ca_signed, "tls_client_auth", &o.self_signed),
+        (&o.self_signed, "self_signed_tls_client_auth", &o.ca_signed),
+    ] {
+        let cache = home.path().join(format!("{method}.json"));
+        let args = mtls_command_args(&o, holder, method, holder, Some(&cache));
+        let run = run_token_command(home.path(), None, &args);
+        assert_eq!(run.code, Some(0), "{method}: {}", run.stderr);
+        let claims = jwt_claims(run.stdout.trim());
+        assert_eq!(claims["client_id"], holder.id.as_str(), "{claims}");
+        assert_eq!(claims["aud"], OIDC_RESOURCE, "{claims}");
+        assert_eq!(claims["scope"], "write", "{claims}");
+        assert_eq!(
+            bound_thumbprint(&claims).as_deref(),
+            Some(&thumbprint_of(&holder.cert)[..]),
+            "{method}: {claims}"
+        );
+        // The cached record notes the binding the authority made.
+        let record: Value = serde_json::from_slice(&std::fs::read(&cache).unwrap()).unwrap();
+        assert_eq!(
+            record["token"]["extra"]["cnf"]["x5t#S256"], claims["cnf"]["x5t#S256"],
+            "{method}: the record's extra fields: {}",
+            record["token"]["extra"]
+        );
+
+        // The other client's certificate does not authenticate this one:
+        // the authority refuses (exit 3, its error shown).
+        let args = mtls_command_args(&o, holder, method, other, None);
+        let refused = run_token_command(home.path(), None, &args);
+        assert_eq!(refused.code, Some(3), "{method}: {}", refused.stderr);
+        assert!(
+            refused.stderr.contains("invalid_client"),
+            "{method}: {}",
+            refused.stderr
+        );
+    }
+}

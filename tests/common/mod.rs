@@ -12,7 +12,9 @@ use tokenkeeper_core::{
 };
 use tokenkeeper_driver::BlockingCacheLayer;
 use tokenkeeper_driver::{Runtime, Source, TokenWatcher, TokenWatcherBuilder, Waited};
-use tokenkeeper_testkit::conformance::{Adapter, ConformanceWatcher, SpawnFailure, WatcherSpec};
+use tokenkeeper_testkit::conformance::{
+    Adapter, ConformanceWatcher, SpawnFailure, TlsSpec, WatcherSpec,
+};
 
 /// One driver under test: a runtime, and how a test on a plain thread waits
 /// for what the runtime's handles return.
@@ -154,16 +156,18 @@ impl<F: Flavor> Adapter for Conformance<F> {
     type Watcher = ConfWatcher<F>;
 
     fn spawn(spec: WatcherSpec) -> Result<ConfWatcher<F>, SpawnFailure> {
+        let mut http = tokenkeeper_driver::HttpSettings::default()
+            .request_timeout(spec.request_timeout)
+            .connect_timeout(spec.request_timeout);
+        if let Some(tls) = spec.tls {
+            http = tls_settings(http, tls);
+        }
         let mut builder = F::builder(spec.client)
             .lifetime_policy(spec.policy)
             .jitter(spec.jitter)
             .backoff(spec.backoff)
             .refresh_now_min_interval(spec.refresh_now_min_interval)
-            .http(
-                tokenkeeper_driver::HttpSettings::default()
-                    .request_timeout(spec.request_timeout)
-                    .connect_timeout(spec.request_timeout),
-            )
+            .http(http)
             .first_token_timeout(spec.first_token_timeout);
         if let Some(token) = spec.initial_refresh_token {
             builder = builder.initial_refresh_token(token);
@@ -178,6 +182,27 @@ impl<F: Flavor> Adapter for Conformance<F> {
                 message: e.to_string(),
             })
     }
+}
+
+/// The TLS side of a conformance spec on a driver's HTTP settings: every field
+/// of [`TlsSpec`] is mapped.
+pub(crate) fn tls_settings(
+    mut http: tokenkeeper_driver::HttpSettings,
+    tls: TlsSpec,
+) -> tokenkeeper_driver::HttpSettings {
+    if let Some(pem) = tls.ca_pem {
+        http = http.add_root_certificates_pem(pem);
+    }
+    if let Some(path) = tls.ca_file {
+        http = http.add_root_certificates_file(path);
+    }
+    if let Some(identity) = tls.client_identity {
+        http = http.client_certificate_pem(identity.chain_pem(), identity.key_pem());
+    }
+    if let Some(files) = tls.client_identity_files {
+        http = http.client_certificate_files(files.cert, files.key);
+    }
+    http
 }
 
 /// Fast retries, so that each scenario takes a second or two.

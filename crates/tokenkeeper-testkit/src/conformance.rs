@@ -7,12 +7,20 @@
 //! and short-lived tokens; an async adapter's watcher wrapper blocks on its
 //! runtime inside each method.
 //!
+//! Every scenario runs over plain HTTP or, with `https` after the adapter, over
+//! HTTPS: the [`Fixture`]'s authority then serves a certificate of
+//! [`Pki::shared`] and each [`WatcherSpec`] carries a [`TlsSpec`] trusting its CA
+//! (see [`Transport`]). The HTTPS expansion adds the RFC 8705 mutual-TLS
+//! scenarios.
+//!
 //! ```ignore
 //! struct Tokio;
 //! impl tokenkeeper_testkit::conformance::Adapter for Tokio { /* ... */ }
 //! tokenkeeper_testkit::conformance_tests!(tokio: Tokio);
+//! tokenkeeper_testkit::conformance_tests!(tokio_https: Tokio, https);
 //! ```
 
+use std::cell::Cell;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,7 +34,8 @@ use tokenkeeper_core::{
 /// builder; none may be ignored.
 #[derive(Debug, Clone)]
 pub struct WatcherSpec {
-    /// The OAuth2 client (token URL on loopback plain http).
+    /// The OAuth2 client (its token URL is on loopback: plain `http`, or `https` when
+    /// [`WatcherSpec::tls`] is set).
     pub client: OAuth2Client,
     /// The first refresh token, for the refresh-token grant.
     pub initial_refresh_token: Option<RefreshToken>,
@@ -44,6 +53,87 @@ pub struct WatcherSpec {
     pub request_timeout: Duration,
     /// How long `spawn` waits for a first token before giving up.
     pub first_token_timeout: Duration,
+    /// What to trust and present over HTTPS; `None` over plain HTTP.
+    pub tls: Option<TlsSpec>,
+}
+
+/// The TLS side of a [`WatcherSpec`]: extra roots to trust, and a client certificate to
+/// present. Adapters map every field onto their HTTP settings.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct TlsSpec {
+    /// A CA to trust, as PEM.
+    pub ca_pem: Option<String>,
+    /// A PEM file of CAs to trust.
+    pub ca_file: Option<PathBuf>,
+    /// A client certificate (chain and key) to present, from memory.
+    pub client_identity: Option<Identity>,
+    /// A client certificate (chain and key) to present, from PEM files.
+    pub client_identity_files: Option<IdentityFiles>,
+}
+
+impl TlsSpec {
+    /// Trusts this CA (PEM).
+    pub fn trusting_pem(ca_pem: impl Into<String>) -> TlsSpec {
+        TlsSpec {
+            ca_pem: Some(ca_pem.into()),
+            ..TlsSpec::default()
+        }
+    }
+
+    /// Trusts the CAs of this PEM file.
+    pub fn trusting_file(ca_file: impl Into<PathBuf>) -> TlsSpec {
+        TlsSpec {
+            ca_file: Some(ca_file.into()),
+            ..TlsSpec::default()
+        }
+    }
+
+    /// Presents this client certificate.
+    pub fn client_identity(mut self, identity: Identity) -> TlsSpec {
+        self.client_identity = Some(identity);
+        self
+    }
+
+    /// Presents the client certificate of these files.
+    pub fn client_identity_files(mut self, files: IdentityFiles) -> TlsSpec {
+        self.client_identity_files = Some(files);
+        self
+    }
+}
+
+/// Which transport the fixtures of the scenarios use on the current thread.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Transport {
+    /// Plain HTTP on `127.0.0.1` (the default).
+    #[default]
+    Http,
+    /// HTTPS on `localhost`, with a server certificate of [`Pki::shared`].
+    Https,
+}
+
+thread_local! {
+    static TRANSPORT: Cell<Transport> = const { Cell::new(Transport::Http) };
+}
+
+/// The transport [`Fixture`]s made on this thread use.
+pub fn transport() -> Transport {
+    TRANSPORT.with(Cell::get)
+}
+
+/// Runs `f` with the [`Fixture`]s of this thread on `transport`, then restores the previous
+/// one (also when `f` panics). [`conformance_tests!`](crate::conformance_tests) wraps every
+/// scenario of an `https` expansion in it.
+pub fn with_transport<R>(transport: Transport, f: impl FnOnce() -> R) -> R {
+    struct Restore(Transport);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            TRANSPORT.with(|cell| cell.set(self.0));
+        }
+    }
+    let _restore = Restore(TRANSPORT.with(|cell| cell.replace(transport)));
+    f()
 }
 
 /// Why `spawn` gave up, as the scenarios need to see it.
@@ -86,28 +176,51 @@ use tokenkeeper_core::cache::decode_record;
 use tokenkeeper_core::oauth2::{AuthMethod as CoreAuthMethod, TokenUrl};
 use tokenkeeper_core::{ClientId, ClientSecret, FetchError, RefresherConfig};
 
-use crate::authority::{Authority, Client, Fault, RetryAfter};
+use crate::authority::{
+    Authority, Client, ClientAuth, Fault, PresentedAuth, RetryAfter, TlsSettings,
+};
+use crate::pki::{Identity, IdentityFiles, Pki};
 
 const CLIENT_ID: &str = "conformance-client";
 const CLIENT_SECRET: &str = "conformance-secret-5f2a9c";
 
-/// A running authority with one registered client, and a scratch folder.
+/// A running authority with one registered client, and a scratch folder. Over HTTPS (see
+/// [`Transport`]) the authority presents a certificate of [`Pki::shared`], whose CA is
+/// written to `ca.pem` in the folder.
 pub struct Fixture {
     /// The authority.
     pub authority: Authority,
     /// A folder for cache files.
     pub dir: tempfile::TempDir,
+    /// The CA file, over HTTPS.
+    ca_file: Option<PathBuf>,
 }
 
 impl Fixture {
-    /// An authority issuing tokens of `lifetime` to the conformance client.
+    /// An authority issuing tokens of `lifetime` to the conformance client, over the
+    /// [`transport`] of this thread.
     pub fn new(lifetime: Duration) -> Self {
-        let authority = Authority::start();
+        let dir = tempfile::tempdir().expect("a temporary folder");
+        let (authority, ca_file) = match transport() {
+            Transport::Http => (Authority::start(), None),
+            Transport::Https => {
+                let pki = Pki::shared();
+                let files = pki.write_files(dir.path()).expect("the CA files");
+                let authority = Authority::builder().tls(TlsSettings::new(&pki)).start();
+                (authority, Some(files.ca))
+            }
+        };
         authority.register_client(Client::new(CLIENT_ID, CLIENT_SECRET).token_lifetime(lifetime));
         Fixture {
             authority,
-            dir: tempfile::tempdir().expect("a temporary folder"),
+            dir,
+            ca_file,
         }
+    }
+
+    /// What a watcher needs to trust the authority: the CA file, over HTTPS.
+    pub fn tls(&self) -> Option<TlsSpec> {
+        self.ca_file.as_ref().map(TlsSpec::trusting_file)
     }
 
     /// A client-credentials client of the authority.
@@ -127,6 +240,7 @@ impl Fixture {
             refresh_now_min_interval: Duration::from_secs(1),
             request_timeout: Duration::from_secs(2),
             first_token_timeout: Duration::from_secs(10),
+            tls: self.tls(),
         }
     }
 
@@ -181,8 +295,28 @@ fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     }
 }
 
+/// Waits up to `timeout` for the watcher to hold a token other than `seen`: the race-free
+/// way to wait for the result of a `refresh_now`, which may publish its token before a
+/// `wait_changed` called afterwards starts looking.
+fn replaced(w: &impl ConformanceWatcher, seen: &Option<String>, timeout: Duration) -> bool {
+    eventually(timeout, || {
+        access(w).is_some_and(|now| Some(&now) != seen.as_ref())
+    })
+}
+
 fn gap(a: SystemTime, b: SystemTime) -> Duration {
     b.duration_since(a).unwrap_or_default()
+}
+
+/// Asserts that every request the authority received came over the transport of the
+/// fixture: TLS exactly when it serves HTTPS.
+fn assert_transport(fx: &Fixture) {
+    let log = fx.authority.requests();
+    assert!(
+        log.iter()
+            .all(|record| record.tls.is_some() == fx.authority.is_https()),
+        "{log:?}"
+    );
 }
 
 /// The first token is held when `spawn` returns, and it is the one issued.
@@ -191,6 +325,7 @@ pub fn first_token<A: Adapter>() {
     let w = spawn_ok::<A>(fx.spec());
     assert_eq!(access(&w), fx.authority.last_access_token(), "{}", A::NAME);
     assert_eq!(fx.authority.request_count(), 1);
+    assert_transport(&fx);
     assert_eq!(fx.authority.count_by_grant("client_credentials"), 1);
     let status = w.status();
     assert_eq!(
@@ -486,8 +621,9 @@ pub fn child_main<A: Adapter>() {
     let Ok(setup) = std::env::var(CHILD_ENV) else {
         return;
     };
-    let mut parts = setup.splitn(2, '\n');
-    let (url, cache) = (
+    let mut parts = setup.splitn(3, '\n');
+    let (url, cache, ca_file) = (
+        parts.next().unwrap_or_default(),
         parts.next().unwrap_or_default(),
         parts.next().unwrap_or_default(),
     );
@@ -501,6 +637,7 @@ pub fn child_main<A: Adapter>() {
         refresh_now_min_interval: Duration::from_secs(1),
         request_timeout: Duration::from_secs(5),
         first_token_timeout: Duration::from_secs(30),
+        tls: (!ca_file.is_empty()).then(|| TlsSpec::trusting_file(ca_file)),
     };
     let w = spawn_ok::<A>(spec);
     println!("TOKEN={}", access(&w).unwrap_or_default());
@@ -531,7 +668,15 @@ pub fn cross_process_single_flight<A: Adapter>(child: &str) {
                 ])
                 .env(
                     CHILD_ENV,
-                    format!("{}\n{}", fx.authority.token_url(), cache.display()),
+                    format!(
+                        "{}\n{}\n{}",
+                        fx.authority.token_url(),
+                        cache.display(),
+                        fx.ca_file
+                            .as_ref()
+                            .map(|path| path.display().to_string())
+                            .unwrap_or_default()
+                    ),
                 )
                 .stdout(std::process::Stdio::piped())
                 .stderr(std::process::Stdio::piped())
@@ -565,6 +710,7 @@ pub fn cross_process_single_flight<A: Adapter>(child: &str) {
     );
     assert!(!tokens[0].is_empty());
     assert!(tokens.iter().all(|t| *t == tokens[0]), "{tokens:?}");
+    assert_transport(&fx);
 }
 
 /// After `shutdown`, and after the last handle is dropped, no request is made.
@@ -602,12 +748,12 @@ pub fn forced_refresh_rate_limit<A: Adapter>() {
         RefreshNow::Started | RefreshNow::Joined
     ));
     assert!(
-        w.wait_changed(Duration::from_secs(3)),
+        replaced(&w, &first, Duration::from_secs(3)),
         "{}: no forced refresh",
         A::NAME
     );
-    assert_ne!(access(&w), first);
     assert_eq!(fx.authority.request_count(), 2);
+    let second = access(&w);
     assert!(
         matches!(w.refresh_now(), RefreshNow::RateLimited { .. }),
         "{}",
@@ -618,7 +764,7 @@ pub fn forced_refresh_rate_limit<A: Adapter>() {
         w.refresh_now(),
         RefreshNow::Started | RefreshNow::Joined
     ));
-    assert!(w.wait_changed(Duration::from_secs(3)));
+    assert!(replaced(&w, &second, Duration::from_secs(3)));
     assert_eq!(fx.authority.request_count(), 3);
     w.shutdown();
 }
@@ -690,69 +836,252 @@ pub fn bad_answers<A: Adapter>() {
     }
 }
 
+const MTLS_CLIENT_ID: &str = "conformance-mtls-client";
+
+/// A client-credentials client without a secret, authenticating with `method`.
+fn mtls_client(token_url: &str, method: CoreAuthMethod) -> OAuth2Client {
+    let url = TokenUrl::parse(token_url, false).expect("a loopback token URL");
+    OAuth2Client::new(
+        url,
+        ClientId::new(MTLS_CLIENT_ID),
+        None,
+        tokenkeeper_core::oauth2::GrantType::ClientCredentials,
+    )
+    .auth_method(method)
+}
+
+/// A spec for `client` with the settings of [`Fixture::spec`], no cache and no TLS.
+fn plain_spec(client: OAuth2Client) -> WatcherSpec {
+    WatcherSpec {
+        client,
+        initial_refresh_token: None,
+        cache_file: None,
+        policy: LifetimePolicy::default(),
+        jitter: Jitter::none(),
+        backoff: fast_backoff(Duration::from_secs(2)),
+        refresh_now_min_interval: Duration::from_secs(1),
+        request_timeout: Duration::from_secs(2),
+        first_token_timeout: Duration::from_secs(10),
+        tls: None,
+    }
+}
+
+/// Asserts that every request of the log authenticated with the certificate of `identity`
+/// and sent no secret.
+fn assert_certificate_auth<A: Adapter>(authority: &Authority, identity: &Identity) {
+    let log = authority.requests();
+    assert!(!log.is_empty());
+    for record in &log {
+        assert_eq!(
+            record.auth,
+            PresentedAuth::Certificate,
+            "{}: a secret was sent, or no certificate: {record:?}",
+            A::NAME
+        );
+        assert!(record.authenticated, "{}: {record:?}", A::NAME);
+        let presented = record
+            .tls
+            .as_ref()
+            .and_then(|tls| tls.client_certificate.as_ref())
+            .unwrap_or_else(|| panic!("{}: no client certificate: {record:?}", A::NAME));
+        assert_eq!(presented.x5t_s256, identity.x5t_s256(), "{}", A::NAME);
+    }
+}
+
+/// RFC 8705 `tls_client_auth` over mutual TLS: the watcher presents a certificate of the
+/// client CA whose subject CN is its client id (given as PEM), sends no secret, refreshes the
+/// same way, and keys its cache by the certificate's thumbprint, to which the authority bound
+/// the tokens. A certificate of the client CA for another id is a permanent `invalid_client`.
+pub fn mtls_client_auth<A: Adapter>() {
+    let pki = Pki::shared();
+    let dir = tempfile::tempdir().expect("a temporary folder");
+    let authority = Authority::builder()
+        .tls(TlsSettings::new(&pki).client_auth(ClientAuth::Require))
+        .start();
+    authority.register_client(
+        Client::tls_client_auth(MTLS_CLIENT_ID).token_lifetime(Duration::from_secs(300)),
+    );
+    let identity = pki.client_identity(MTLS_CLIENT_ID);
+    let client = mtls_client(&authority.token_url(), CoreAuthMethod::TlsClientAuth);
+    let cache = dir.path().join("mtls.json");
+    let mut spec = plain_spec(client.clone());
+    spec.cache_file = Some(cache.clone());
+    spec.tls = Some(TlsSpec::trusting_pem(pki.ca_pem()).client_identity(identity.clone()));
+
+    let w = spawn_ok::<A>(spec.clone());
+    let first = access(&w);
+    assert_eq!(first, authority.last_access_token(), "{}", A::NAME);
+    assert!(matches!(
+        w.refresh_now(),
+        RefreshNow::Started | RefreshNow::Joined
+    ));
+    assert!(
+        replaced(&w, &first, Duration::from_secs(3)),
+        "{}: no forced refresh",
+        A::NAME
+    );
+    assert_eq!(authority.request_count(), 2);
+    assert_certificate_auth::<A>(&authority, &identity);
+    let token = access(&w).expect("a token");
+    assert_eq!(
+        authority.token_binding(&token),
+        Some(identity.x5t_s256()),
+        "{}",
+        A::NAME
+    );
+    w.shutdown();
+    // The adapter took the same thumbprint as the authority: the record reads back only under
+    // the key bound to it.
+    let key = RefresherConfig::oauth2(client)
+        .bound_to_certificate(identity.x5t_s256())
+        .cache_key()
+        .clone();
+    let bytes = std::fs::read(&cache).expect("the cache file");
+    let record = decode_record(&key, &bytes).expect("a record under the bound key");
+    assert_eq!(record.access_token.expose_secret(), token);
+
+    // A certificate of the client CA, but for another client id.
+    spec.cache_file = None;
+    spec.tls = Some(
+        TlsSpec::trusting_pem(pki.ca_pem()).client_identity(pki.client_identity("someone-else")),
+    );
+    let before = authority.request_count();
+    match A::spawn(spec) {
+        Ok(_) => panic!("{}: another client's certificate was accepted", A::NAME),
+        Err(e) => assert!(
+            e.permanent && e.message.contains("invalid_client"),
+            "{}: {e:?}",
+            A::NAME
+        ),
+    }
+    assert_eq!(authority.request_count(), before + 1);
+}
+
+/// RFC 8705 `self_signed_tls_client_auth`: the watcher presents a self-signed certificate
+/// (from files) that the authority knows by its thumbprint, trusts the CA from a file, and
+/// sends no secret; the token is bound to that certificate.
+pub fn self_signed_mtls_client_auth<A: Adapter>() {
+    let pki = Pki::shared();
+    let dir = tempfile::tempdir().expect("a temporary folder");
+    let authority = Authority::builder()
+        .tls(TlsSettings::new(&pki).client_auth(ClientAuth::RequireAny))
+        .start();
+    let identity = pki.self_signed_client_identity(MTLS_CLIENT_ID);
+    authority.register_client(
+        Client::self_signed_tls_client_auth(MTLS_CLIENT_ID, identity.x5t_s256())
+            .token_lifetime(Duration::from_secs(300)),
+    );
+    let files = pki.write_files(dir.path()).expect("the CA files");
+    let identity_files = identity
+        .write_files(dir.path(), "client")
+        .expect("the client files");
+    let mut spec = plain_spec(mtls_client(
+        &authority.token_url(),
+        CoreAuthMethod::SelfSignedTlsClientAuth,
+    ));
+    spec.tls = Some(TlsSpec::trusting_file(files.ca).client_identity_files(identity_files));
+
+    let w = spawn_ok::<A>(spec);
+    let token = access(&w).expect("a token");
+    assert_eq!(Some(token.clone()), authority.last_access_token());
+    assert_certificate_auth::<A>(&authority, &identity);
+    assert_eq!(authority.token_binding(&token), Some(identity.x5t_s256()));
+    w.shutdown();
+}
+
 /// Expands to a module `$name` holding one `#[test]` per conformance
 /// scenario for an [`Adapter`]. Invoke it at the top level of a test file
 /// (the cross-process scenario re-runs the test binary with
 /// `--exact $name::conformance_child`).
+///
+/// `conformance_tests!(name: Adapter, https)` runs the same scenarios over HTTPS
+/// (see [`Transport`]), and adds the mutual-TLS scenarios
+/// ([`mtls_client_auth`], [`self_signed_mtls_client_auth`]).
 #[macro_export]
 macro_rules! conformance_tests {
     ($name:ident: $adapter:ty) => {
+        $crate::conformance_tests!(@module $name, $adapter, Http, {});
+    };
+    ($name:ident: $adapter:ty, https) => {
+        $crate::conformance_tests!(@module $name, $adapter, Https, {
+            #[test]
+            fn conformance_mtls_client_auth() {
+                $crate::conformance::mtls_client_auth::<$adapter>();
+            }
+            #[test]
+            fn conformance_self_signed_mtls_client_auth() {
+                $crate::conformance::self_signed_mtls_client_auth::<$adapter>();
+            }
+        });
+    };
+    (@module $name:ident, $adapter:ty, $transport:ident, { $($extra:tt)* }) => {
         mod $name {
             #[allow(unused_imports)]
             use super::*;
 
+            fn over<R>(f: impl FnOnce() -> R) -> R {
+                $crate::conformance::with_transport(
+                    $crate::conformance::Transport::$transport,
+                    f,
+                )
+            }
+
             #[test]
             fn conformance_first_token() {
-                $crate::conformance::first_token::<$adapter>();
+                over($crate::conformance::first_token::<$adapter>);
             }
             #[test]
             fn conformance_background_refresh() {
-                $crate::conformance::background_refresh::<$adapter>();
+                over($crate::conformance::background_refresh::<$adapter>);
             }
             #[test]
             fn conformance_grace_through_outage() {
-                $crate::conformance::grace_through_outage::<$adapter>();
+                over($crate::conformance::grace_through_outage::<$adapter>);
             }
             #[test]
             fn conformance_backoff_and_retry_after() {
-                $crate::conformance::backoff_and_retry_after::<$adapter>();
+                over($crate::conformance::backoff_and_retry_after::<$adapter>);
             }
             #[test]
             fn conformance_permanent_errors() {
-                $crate::conformance::permanent_errors::<$adapter>();
+                over($crate::conformance::permanent_errors::<$adapter>);
             }
             #[test]
             fn conformance_refresh_token_rotation() {
-                $crate::conformance::refresh_token_rotation::<$adapter>();
+                over($crate::conformance::refresh_token_rotation::<$adapter>);
             }
             #[test]
             fn conformance_file_cache_reuse() {
-                $crate::conformance::file_cache_reuse::<$adapter>();
+                over($crate::conformance::file_cache_reuse::<$adapter>);
             }
             #[test]
             fn conformance_cross_process_single_flight() {
-                $crate::conformance::cross_process_single_flight::<$adapter>(concat!(
-                    stringify!($name),
-                    "::conformance_child"
-                ));
+                over(|| {
+                    $crate::conformance::cross_process_single_flight::<$adapter>(concat!(
+                        stringify!($name),
+                        "::conformance_child"
+                    ))
+                });
             }
             #[test]
             fn conformance_shutdown_and_drop() {
-                $crate::conformance::shutdown_and_drop::<$adapter>();
+                over($crate::conformance::shutdown_and_drop::<$adapter>);
             }
             #[test]
             fn conformance_forced_refresh_rate_limit() {
-                $crate::conformance::forced_refresh_rate_limit::<$adapter>();
+                over($crate::conformance::forced_refresh_rate_limit::<$adapter>);
             }
             #[test]
             fn conformance_bad_answers() {
-                $crate::conformance::bad_answers::<$adapter>();
+                over($crate::conformance::bad_answers::<$adapter>);
             }
             #[test]
             #[ignore = "helper process of conformance_cross_process_single_flight"]
             fn conformance_child() {
                 $crate::conformance::child_main::<$adapter>();
             }
+
+            $($extra)*
         }
     };
 }

@@ -1,5 +1,5 @@
 //! Adapter conformance: the scenarios every adapter (tokio, async-std/smol,
-//! blocking) runs unchanged against a real [`Authority`](crate::Authority).
+//! blocking) runs unchanged against a real [`Authority`].
 //!
 //! An adapter's test file implements [`Adapter`] for a small marker type and
 //! invokes [`conformance_tests!`](crate::conformance_tests), which expands to one

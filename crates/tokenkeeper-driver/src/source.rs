@@ -93,7 +93,8 @@ where
 
 #[derive(Clone)]
 pub(crate) enum SourceKind {
-    OAuth2(OAuth2Client),
+    /// Boxed: a client is several times the size of the other variants.
+    OAuth2(Box<OAuth2Client>),
     Custom {
         key: CacheKey,
         source: Arc<dyn TokenSource>,
@@ -116,7 +117,7 @@ impl Source {
     /// tokenkeeper codec and sent over this crate's HTTP client. Cached
     /// under the client's [`CacheKey`].
     pub fn oauth2(client: OAuth2Client) -> Self {
-        Source(SourceKind::OAuth2(client))
+        Source(SourceKind::OAuth2(Box::new(client)))
     }
 
     /// Tokens from your own [`TokenSource`], cached under `key` (make one
@@ -200,7 +201,7 @@ impl Source {
     /// The refresher configuration for this source, with every default.
     pub(crate) fn refresher_config(&self) -> RefresherConfig {
         match &self.0 {
-            SourceKind::OAuth2(client) => RefresherConfig::oauth2(client.clone()),
+            SourceKind::OAuth2(client) => RefresherConfig::oauth2((**client).clone()),
             SourceKind::Custom { key, .. } | SourceKind::Blocking { key, .. } => {
                 RefresherConfig::custom(key.clone())
             }

@@ -7,6 +7,10 @@
 //! jumps from one deadline to the next, so a day of a thousand instances runs
 //! in well under a second. The same seed gives the same report.
 //!
+//! Besides its totals, a report holds a [`Timeline`]: requests, failures and
+//! reads in equal buckets of the run, and the lifetimes of the tokens one
+//! instance held, which is what `tokenkeeper simulate --plot` draws.
+//!
 //! ```
 //! use std::time::Duration;
 //! use tokenkeeper_core::sim::{FleetConfig, simulate};
@@ -163,6 +167,60 @@ pub struct FleetReport {
     pub recovery_after_outage: Option<Duration>,
     /// The greatest number of fetches any instance had in flight at once.
     pub max_fetches_in_flight_per_instance: u64,
+    /// The same run over time.
+    pub timeline: Timeline,
+}
+
+/// About this many buckets make a [`Timeline`]; each is a whole number of
+/// seconds long.
+const TIMELINE_BUCKETS: u64 = 480;
+
+/// A run over time: what happened in each of equal buckets of the run, and
+/// the tokens that one instance (the first) held.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Timeline {
+    /// How long each bucket is: a whole number of seconds, chosen so that a
+    /// run has about 480 buckets (at least one second each).
+    pub bucket: Duration,
+    /// The buckets, in order from the start of the run (what happened at
+    /// its very end counts in the last one, which may reach past the end).
+    pub buckets: Vec<Bucket>,
+    /// The tokens the first instance held, in the order it took them, with
+    /// their real times (whatever its wall clock read).
+    pub sample_tokens: Vec<TokenSpan>,
+}
+
+/// What happened within one bucket of a [`Timeline`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Bucket {
+    /// Requests that reached the authority.
+    pub requests: u64,
+    /// Of those, how many failed.
+    pub failures: u64,
+    /// The most requests that started within any one second of the bucket.
+    pub peak_requests_per_second: u64,
+    /// Reads that found a fresh token.
+    pub reads_fresh: u64,
+    /// Reads that found a stale (still usable) token.
+    pub reads_stale: u64,
+    /// Reads that found only an expired token.
+    pub reads_expired: u64,
+    /// Reads that found no token.
+    pub reads_none: u64,
+}
+
+/// One token's life, as offsets from the start of the run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TokenSpan {
+    /// When the authority issued it.
+    pub issued: Duration,
+    /// When it went stale for the instance holding it.
+    pub stale: Duration,
+    /// When it expired.
+    pub expiry: Duration,
 }
 
 #[derive(Debug)]
@@ -207,6 +265,10 @@ struct Sim<'a> {
     issued_counter: u64,
     /// The real expiry of every token the authority issued.
     real_expiry: HashMap<String, Timestamp>,
+    /// Length of a timeline bucket, in seconds.
+    bucket_secs: u64,
+    /// The last token the first instance took (for the timeline).
+    sample_token: Option<String>,
 }
 
 /// Runs the simulation described by `cfg`.
@@ -228,7 +290,10 @@ pub fn simulate(cfg: &FleetConfig) -> FleetReport {
         report: FleetReport::default(),
         issued_counter: 0,
         real_expiry: HashMap::new(),
+        bucket_secs: cfg.duration.as_secs().div_ceil(TIMELINE_BUCKETS).max(1),
+        sample_token: None,
     };
+    sim.report.timeline.bucket = Duration::from_secs(sim.bucket_secs);
     sim.run();
     sim.report
 }
@@ -254,6 +319,20 @@ impl Sim<'_> {
         let mono =
             u64::try_from(now.duration_since(Timestamp::EPOCH).as_millis()).unwrap_or(u64::MAX);
         Now::new(wall, Monotonic::from_millis(mono))
+    }
+
+    /// The timeline bucket of instant `at`, created if need be. The instant
+    /// that ends the run counts in the last bucket.
+    fn bucket(&mut self, at: Timestamp) -> &mut Bucket {
+        let last = self.cfg.duration.saturating_sub(Duration::from_millis(1));
+        let into = at.duration_since(self.start).min(last);
+        let index = into.as_secs() / self.bucket_secs;
+        let index = usize::try_from(index).unwrap_or(usize::MAX);
+        let buckets = &mut self.report.timeline.buckets;
+        if buckets.len() <= index {
+            buckets.resize(index.saturating_add(1), Bucket::default());
+        }
+        &mut buckets[index]
     }
 
     fn push(&mut self, at: Timestamp, instance: usize, job: Job) {
@@ -315,6 +394,13 @@ impl Sim<'_> {
         }
         self.report.peak_requests_per_second =
             self.per_second.values().copied().max().unwrap_or(0).into();
+        let per_second = std::mem::take(&mut self.per_second);
+        for (second, count) in per_second {
+            let bucket = self.bucket(self.start.saturating_add(Duration::from_secs(second)));
+            bucket.peak_requests_per_second = bucket.peak_requests_per_second.max(count.into());
+        }
+        // Every bucket of the run is there, even with nothing in it.
+        self.bucket(end);
         self.report.peak_refreshes_per_second = self
             .refreshes_per_second
             .values()
@@ -325,6 +411,28 @@ impl Sim<'_> {
     }
 
     fn read_all(&mut self, now: Timestamp, outage_end: Option<Timestamp>) {
+        let before = (
+            self.report.reads_fresh,
+            self.report.reads_stale,
+            self.report.reads_expired,
+            self.report.reads_none,
+        );
+        self.judge_reads(now, outage_end);
+        let report = &self.report;
+        let counts = (
+            report.reads_fresh - before.0,
+            report.reads_stale - before.1,
+            report.reads_expired - before.2,
+            report.reads_none - before.3,
+        );
+        let bucket = self.bucket(now);
+        bucket.reads_fresh += counts.0;
+        bucket.reads_stale += counts.1;
+        bucket.reads_expired += counts.2;
+        bucket.reads_none += counts.3;
+    }
+
+    fn judge_reads(&mut self, now: Timestamp, outage_end: Option<Timestamp>) {
         let mut all_recovered = true;
         let clocks = self.clocks(now);
         let ttl = self.cfg.authority.token_ttl;
@@ -511,6 +619,11 @@ impl Sim<'_> {
             .as_mut()
             .and_then(|r| r.poll_event())
         {
+            if i == 0
+                && let Event::TokenChanged { token, .. } = &event
+            {
+                self.sample(token);
+            }
             match event {
                 Event::TokenChanged {
                     origin: crate::refresher::Origin::Cache { .. },
@@ -537,8 +650,29 @@ impl Sim<'_> {
         }
     }
 
+    /// Notes a token the first instance took, with its real times.
+    fn sample(&mut self, token: &crate::token::TokenRecord) {
+        let secret = token.access_token.expose_secret();
+        if self.sample_token.as_deref() == Some(secret) {
+            return;
+        }
+        let Some(&expiry) = self.real_expiry.get(secret) else {
+            return;
+        };
+        self.sample_token = Some(secret.to_owned());
+        let issued = expiry.saturating_sub(self.cfg.authority.token_ttl);
+        let fresh_for = token.stale.duration_since(token.issued);
+        let offset = |t: Timestamp| t.duration_since(self.start);
+        self.report.timeline.sample_tokens.push(TokenSpan {
+            issued: offset(issued),
+            stale: offset(issued.saturating_add(fresh_for)).min(offset(expiry)),
+            expiry: offset(expiry),
+        });
+    }
+
     fn authority(&mut self, now: Timestamp, refresh: bool) -> Result<TokenGrant, FetchError> {
         self.report.authority_requests += 1;
+        self.bucket(now).requests += 1;
         let second = now.duration_since(self.start).as_secs();
         let slot = self.per_second.entry(second).or_default();
         *slot = slot.saturating_add(1);
@@ -557,6 +691,7 @@ impl Sim<'_> {
             && self.rng.f64() < self.cfg.authority.failure_rate;
         if down || fails {
             self.report.authority_failures += 1;
+            self.bucket(now).failures += 1;
             return Err(FetchError::Source {
                 message: "503 Service Unavailable".into(),
                 class: ErrorClass::Transient,

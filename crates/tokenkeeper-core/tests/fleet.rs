@@ -152,3 +152,65 @@ fn a_fleet_rides_out_wall_clock_steps() {
         lone.authority_requests
     );
 }
+
+/// The timeline of a run adds up to its totals, puts the failures inside the
+/// outage, and follows the first instance's tokens one after another.
+#[test]
+fn the_timeline_adds_up_to_the_report() {
+    let mut cfg = day_of_hour_tokens(100, true);
+    cfg.duration = 3 * HOUR;
+    let outage = Outage {
+        start: Duration::from_secs(44 * 60),
+        duration: Duration::from_secs(8 * 60),
+    };
+    cfg.authority.outages = vec![outage];
+    let report = simulate(&cfg);
+    let timeline = &report.timeline;
+    // 3 h in about 480 buckets of whole seconds: 23 s each, 470 of them.
+    assert_eq!(timeline.bucket, Duration::from_secs(23));
+    assert_eq!(timeline.buckets.len(), 470);
+    let sum = |f: fn(&tokenkeeper_core::sim::Bucket) -> u64| -> u64 {
+        timeline.buckets.iter().map(f).sum()
+    };
+    assert_eq!(sum(|b| b.requests), report.authority_requests);
+    assert_eq!(sum(|b| b.failures), report.authority_failures);
+    assert_eq!(sum(|b| b.reads_fresh), report.reads_fresh);
+    assert_eq!(sum(|b| b.reads_stale), report.reads_stale);
+    assert_eq!(sum(|b| b.reads_expired), report.reads_expired);
+    assert_eq!(sum(|b| b.reads_none), report.reads_none);
+    assert_eq!(
+        timeline
+            .buckets
+            .iter()
+            .map(|b| b.peak_requests_per_second)
+            .max(),
+        Some(report.peak_requests_per_second)
+    );
+    assert!(report.authority_failures > 0, "{report:?}");
+    for (i, bucket) in timeline.buckets.iter().enumerate() {
+        assert!(bucket.peak_requests_per_second <= bucket.requests);
+        if bucket.failures > 0 {
+            let from = timeline.bucket * i as u32;
+            let to = from + timeline.bucket;
+            assert!(
+                to > outage.start && from < outage.start + outage.duration,
+                "failures in bucket {i} ({from:?}..{to:?}), outside the outage"
+            );
+        }
+    }
+    // The first instance held one token after another: each lives an hour,
+    // goes stale before it expires, and the next was issued before it expired.
+    let tokens = &timeline.sample_tokens;
+    assert!(tokens.len() >= 3, "{tokens:?}");
+    for pair in tokens.windows(2) {
+        assert!(pair[0].issued < pair[1].issued, "{pair:?}");
+        assert!(pair[1].issued < pair[0].expiry, "a gap: {pair:?}");
+    }
+    for span in tokens {
+        assert_eq!(span.expiry - span.issued, HOUR);
+        assert!(
+            span.issued < span.stale && span.stale < span.expiry,
+            "{span:?}"
+        );
+    }
+}

@@ -257,6 +257,11 @@ impl<R: Runtime> Driver<R> {
                 info!(?outcome, "early refresh asked for");
                 let _ = reply.try_send(outcome);
             }
+            Some(Command::RefreshIfCurrent(refused, reply)) => {
+                let outcome = self.refresher.refresh_if_current(now(), &refused);
+                debug!(?outcome, "a resource server refused a token");
+                let _ = reply.try_send(outcome);
+            }
             Some(Command::Shutdown) => {
                 info!("shutdown asked for");
                 self.stop();

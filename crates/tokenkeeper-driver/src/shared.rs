@@ -29,6 +29,8 @@ pub(crate) fn now() -> Now {
 /// What handles ask of the driver.
 pub(crate) enum Command {
     RefreshNow(async_channel::Sender<RefreshNow>),
+    /// A resource server refused this token.
+    RefreshIfCurrent(AccessToken, async_channel::Sender<RefreshNow>),
     Shutdown,
 }
 

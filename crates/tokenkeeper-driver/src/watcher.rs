@@ -217,11 +217,39 @@ impl<R: Runtime> TokenWatcher<R> {
         wait::<R, _>(self.refresh_now_async())
     }
 
+    /// Tells the watcher a resource server refused `token` (a 401): what
+    /// middleware calls, and all that a burst of refusals needs.
+    ///
+    /// If `token` is no longer the current one, answers
+    /// [`RefreshNow::Replaced`] and nothing happens: retry with the current
+    /// token. If a refresh is under way, joins it ([`RefreshNow::Joined`],
+    /// not rate-limited), and the refresh will not settle for a cached
+    /// record that holds `token`. Otherwise it is
+    /// [`refresh_now`](Self::refresh_now), rate-limited. A burst of
+    /// refusals of one token so makes one token request, fleet-wide where
+    /// the caches share a lease. Wait for the new token with
+    /// [`changed_from`](Self::changed_from).
+    pub fn refresh_if_current(
+        &self,
+        token: &TokenRecord,
+    ) -> Waited<'_, R, Result<RefreshNow, WatcherStopped>> {
+        let refused = token.access_token.clone();
+        wait::<R, _>(self.command_reply(move |reply| Command::RefreshIfCurrent(refused, reply)))
+    }
+
     /// [`refresh_now`](Self::refresh_now) as a future.
     pub(crate) async fn refresh_now_async(&self) -> Result<RefreshNow, WatcherStopped> {
+        self.command_reply(Command::RefreshNow).await
+    }
+
+    /// Sends a command that replies with a [`RefreshNow`], and waits for it.
+    async fn command_reply(
+        &self,
+        command: impl FnOnce(async_channel::Sender<RefreshNow>) -> Command,
+    ) -> Result<RefreshNow, WatcherStopped> {
         let (reply, answer) = async_channel::bounded(1);
         self.commands
-            .send(Command::RefreshNow(reply))
+            .send(command(reply))
             .await
             .map_err(|_| WatcherStopped)?;
         match answer.recv().await {

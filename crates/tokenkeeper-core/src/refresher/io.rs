@@ -388,6 +388,9 @@ pub enum RefreshNow {
         /// When a forced refresh is allowed again.
         until: Timestamp,
     },
+    /// The token given to [`Refresher::refresh_if_current`](crate::Refresher::refresh_if_current)
+    /// is no longer the current one: nothing to do, use the current token.
+    Replaced,
     /// The refresher is shutting down or has shut down.
     ShutDown,
 }

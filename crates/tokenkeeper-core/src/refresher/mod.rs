@@ -74,7 +74,7 @@ use crate::cache::{decode_record, encode_record};
 use crate::clock::Now;
 use crate::error::{CacheError, CacheErrorKind, FetchError};
 use crate::oauth2::{GrantType, parse_token_response};
-use crate::secret::RefreshToken;
+use crate::secret::{AccessToken, RefreshToken};
 use crate::time::{Timestamp, duration_millis};
 use crate::token::{TokenGrant, TokenRecord, TokenState};
 
@@ -498,6 +498,51 @@ impl Refresher {
                 RefreshNow::Joined
             }
             _ => RefreshNow::Joined,
+        }
+    }
+
+    /// Asks for a token other than `refused`, which a resource server just
+    /// refused (a 401): what middleware calls, once per refusal, however
+    /// many requests were refused together.
+    ///
+    /// - `refused` is not the current token any more:
+    ///   [`RefreshNow::Replaced`], nothing else happens (retry with the
+    ///   current one);
+    /// - a refresh cycle is under way: [`RefreshNow::Joined`], without
+    ///   counting against the rate limit, and the cycle will not settle for
+    ///   a cached record holding `refused` (nor one issued no later);
+    /// - otherwise, as [`Refresher::refresh_now`] (rate-limited).
+    ///
+    /// So a burst of refusals of one token makes one token request.
+    pub fn refresh_if_current(&mut self, now: impl Into<Now>, refused: &AccessToken) -> RefreshNow {
+        let now = self.observe(now.into());
+        if self.is_stopping() {
+            return RefreshNow::ShutDown;
+        }
+        let Some(current) = self.current.as_ref() else {
+            return self.refresh_now(now);
+        };
+        if current.access_token != *refused {
+            return RefreshNow::Replaced;
+        }
+        let issued = current.issued;
+        match self.phase {
+            Phase::Idle => self.refresh_now(now),
+            Phase::Writing => {
+                self.forced_over = Some(self.forced_over.map_or(issued, |over| over.max(issued)));
+                self.forced_pending = true;
+                RefreshNow::Joined
+            }
+            Phase::WaitingForLease { .. } => {
+                self.forced_over = Some(self.forced_over.map_or(issued, |over| over.max(issued)));
+                self.phase = Phase::Idle;
+                self.begin_cycle(now);
+                RefreshNow::Joined
+            }
+            _ => {
+                self.forced_over = Some(self.forced_over.map_or(issued, |over| over.max(issued)));
+                RefreshNow::Joined
+            }
         }
     }
 

@@ -526,6 +526,60 @@ fn forced_refresh_is_rate_limited_and_wants_a_newer_token() {
 }
 
 #[test]
+fn refusals_of_one_token_make_one_request() {
+    let mut h = H::new(
+        leased()
+            .refresh_now_min_interval(secs(10))
+            .cache_timeout(secs(60)),
+    );
+    let id = h.expect_read(0);
+    h.read(id, Some(encoded("current", T0, 3600)));
+    h.no_effect();
+    h.advance(secs(1));
+    let refused = AccessToken::new("current");
+    // The first refusal starts a cycle; the others, while it runs, join it
+    // without being rate-limited (refresh_now would answer RateLimited).
+    assert_eq!(h.r.refresh_if_current(h.now, &refused), RefreshNow::Started);
+    for _ in 0..99 {
+        assert_eq!(h.r.refresh_if_current(h.now, &refused), RefreshNow::Joined);
+    }
+    let id = h.expect_lease(0);
+    h.lease(id, LeaseOutcome::Acquired);
+    let id = h.expect_read(0);
+    // The fleet's shared record still holds the refused token: not adopted.
+    h.read(id, Some(encoded("current", T0, 3600)));
+    let id = h.expect_fetch();
+    assert_eq!(h.r.refresh_if_current(h.now, &refused), RefreshNow::Joined);
+    h.grant(id, Ok(grant("newer", 3600)));
+    assert_eq!(h.access().as_deref(), Some("newer"));
+    // Late refusals of the old token: nothing to do, use the new one.
+    assert_eq!(
+        h.r.refresh_if_current(h.now, &refused),
+        RefreshNow::Replaced
+    );
+    let fetches = h
+        .events
+        .iter()
+        .filter(|e| {
+            matches!(
+                e,
+                Event::TokenChanged {
+                    origin: Origin::Authority,
+                    ..
+                }
+            )
+        })
+        .count();
+    assert_eq!(fetches, 1, "{:?}", h.events);
+    // A refusal of the current token once the cycle is over is a forced
+    // refresh, rate-limited like refresh_now.
+    assert!(matches!(
+        h.r.refresh_if_current(h.now, &AccessToken::new("newer")),
+        RefreshNow::RateLimited { .. } | RefreshNow::Joined
+    ));
+}
+
+#[test]
 fn rotated_refresh_tokens_are_used_and_kept() {
     let client = OAuth2Client::refresh_token(
         "https://auth.example/token",

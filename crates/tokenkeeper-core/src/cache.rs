@@ -116,10 +116,18 @@ impl CacheKey {
         // Tokens bound to a client certificate (RFC 8705) serve only that
         // certificate's holder. Appended only when set, so that keys without
         // one stay what earlier versions derived. A thumbprint is public.
-        if let Some(thumbprint) = client.certificate_thumbprint() {
+        let bindings = [
+            client
+                .certificate_thumbprint()
+                .map(|t| serde_json::json!({ "x5t#S256": t })),
+            client
+                .dpop_key_thumbprint()
+                .map(|t| serde_json::json!({ "jkt": t })),
+        ];
+        for binding in bindings.into_iter().flatten() {
             for key in [&mut full, &mut description] {
                 if let Some(parts) = key.as_array_mut() {
-                    parts.push(serde_json::json!({ "x5t#S256": thumbprint }));
+                    parts.push(binding.clone());
                 }
             }
         }

@@ -232,6 +232,9 @@ impl FetchError {
             FetchError::OAuth { status, error, .. } => {
                 if PERMANENT_OAUTH_ERRORS.contains(&error.error.as_str()) {
                     ErrorClass::Permanent
+                } else if error.error == "use_dpop_nonce" {
+                    // The next attempt carries the server's new nonce.
+                    ErrorClass::Transient
                 } else {
                     status_class(*status)
                 }

@@ -2,6 +2,7 @@
 //! to read what comes back. Pure functions over `http` types; no I/O.
 
 mod base64;
+pub mod dpop;
 mod request;
 mod response;
 
@@ -230,6 +231,9 @@ pub struct OAuth2Client {
     /// The SHA-256 thumbprint (`x5t#S256`) of the client certificate the
     /// HTTP client presents, when tokens are bound to it (RFC 8705 §3).
     pub(crate) certificate_thumbprint: Option<String>,
+    /// The JWK SHA-256 thumbprint (`jkt`, RFC 7638) of the DPoP key the
+    /// driver signs proofs with, when tokens are DPoP-bound (RFC 9449).
+    pub(crate) dpop_jkt: Option<String>,
 }
 
 /// Extra parameters may carry credentials (a client assertion, say): `Debug`
@@ -249,6 +253,7 @@ impl std::fmt::Debug for OAuth2Client {
             .field("extra_params", &extra)
             .field("max_body_bytes", &self.max_body_bytes)
             .field("certificate_thumbprint", &self.certificate_thumbprint)
+            .field("dpop_jkt", &self.dpop_jkt)
             .finish()
     }
 }
@@ -314,6 +319,7 @@ impl OAuth2Client {
             extra_params: Vec::new(),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             certificate_thumbprint: None,
+            dpop_jkt: None,
         }
     }
 
@@ -424,6 +430,23 @@ impl OAuth2Client {
         self
     }
 
+    /// Asks for DPoP-bound tokens (RFC 9449): each token request carries a
+    /// proof signed with the key whose JWK thumbprint (`jkt`, RFC 7638,
+    /// base64url) this is. The refresher decides each proof's claims; the
+    /// driver holds the key and signs them. The thumbprint is part of the
+    /// cache key (a token bound to another key is useless here), records
+    /// keep it as `cnf` (`{"jkt": ...}`), and the `DPoP` token type is
+    /// accepted. Drivers set it from their DPoP key.
+    pub fn bound_to_dpop_key(mut self, jkt: impl Into<String>) -> Self {
+        self.dpop_jkt = Some(jkt.into());
+        self
+    }
+
+    /// The thumbprint of the DPoP key, if tokens are DPoP-bound.
+    pub fn dpop_key_thumbprint(&self) -> Option<&str> {
+        self.dpop_jkt.as_deref()
+    }
+
     /// The thumbprint of the client certificate, if set.
     pub fn certificate_thumbprint(&self) -> Option<&str> {
         self.certificate_thumbprint.as_deref()
@@ -439,12 +462,23 @@ impl OAuth2Client {
         body: &[u8],
         now: crate::Timestamp,
     ) -> Result<crate::TokenGrant, crate::FetchError> {
-        let mut grant = parse_token_response(status, headers, body, now, self.max_body_bytes)?;
-        if let Some(thumbprint) = &self.certificate_thumbprint {
-            grant
-                .extra
-                .entry("cnf")
-                .or_insert_with(|| serde_json::json!({ "x5t#S256": thumbprint }));
+        let mut grant = response::parse(
+            status,
+            headers,
+            body,
+            now,
+            self.max_body_bytes,
+            self.dpop_jkt.is_some(),
+        )?;
+        let binding = match (&self.dpop_jkt, &self.certificate_thumbprint) {
+            (Some(jkt), _) if grant.token_type.eq_ignore_ascii_case("dpop") => {
+                Some(serde_json::json!({ "jkt": jkt }))
+            }
+            (_, Some(thumbprint)) => Some(serde_json::json!({ "x5t#S256": thumbprint })),
+            _ => None,
+        };
+        if let Some(binding) = binding {
+            grant.extra.entry("cnf").or_insert(binding);
         }
         Ok(grant)
     }

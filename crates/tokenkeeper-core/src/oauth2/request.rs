@@ -7,6 +7,7 @@ use http::{HeaderValue, Method, Request};
 use url::form_urlencoded;
 use zeroize::Zeroize;
 
+use super::dpop::DpopClaims;
 use super::{AuthMethod, GrantType, OAuth2Client, base64};
 use crate::error::FetchError;
 use crate::secret::RefreshToken;
@@ -16,9 +17,22 @@ use crate::secret::RefreshToken;
 /// and the body is zeroed on drop unless taken out with [`TokenRequest::into_http`].
 pub struct TokenRequest {
     inner: Request<Vec<u8>>,
+    dpop: Option<DpopClaims>,
 }
 
 impl TokenRequest {
+    /// The claims of the DPoP proof this request must carry (RFC 9449), for
+    /// a DPoP-bound client: the driver signs them and sends the proof in
+    /// the `DPoP` header.
+    pub fn dpop_claims(&self) -> Option<&DpopClaims> {
+        self.dpop.as_ref()
+    }
+
+    pub(crate) fn with_dpop(mut self, claims: DpopClaims) -> Self {
+        self.dpop = Some(claims);
+        self
+    }
+
     /// The request, for inspection.
     pub fn as_http(&self) -> &Request<Vec<u8>> {
         &self.inner
@@ -42,6 +56,7 @@ impl fmt::Debug for TokenRequest {
             .field("method", self.inner.method())
             .field("uri", &RedactedUri(self.inner.uri()))
             .field("body_len", &self.inner.body().len())
+            .field("dpop", &self.dpop.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -141,7 +156,7 @@ pub(super) fn build(
     let inner = builder.body(body).map_err(|e| FetchError::Transport {
         message: format!("could not build the request: {e}"),
     })?;
-    Ok(TokenRequest { inner })
+    Ok(TokenRequest { inner, dpop: None })
 }
 
 #[cfg(test)]

@@ -207,6 +207,19 @@ pub fn parse_token_response(
     now: Timestamp,
     limit: usize,
 ) -> Result<TokenGrant, FetchError> {
+    parse(status, headers, body, now, limit, false)
+}
+
+/// [`parse_token_response`], accepting the `DPoP` token type too when the
+/// client asked for DPoP-bound tokens.
+pub(crate) fn parse(
+    status: u16,
+    headers: &HeaderMap,
+    body: &[u8],
+    now: Timestamp,
+    limit: usize,
+    dpop: bool,
+) -> Result<TokenGrant, FetchError> {
     if body.len() > limit {
         return Err(FetchError::BodyTooLarge { limit });
     }
@@ -280,7 +293,9 @@ pub fn parse_token_response(
             });
         }
     };
-    if !token_type.eq_ignore_ascii_case("bearer") {
+    if !(token_type.eq_ignore_ascii_case("bearer")
+        || dpop && token_type.eq_ignore_ascii_case("dpop"))
+    {
         return Err(FetchError::UnsupportedTokenType {
             token_type: escape_capped(&token_type, SHORT_VALUE_CHARS),
         });

@@ -73,6 +73,7 @@ use zeroize::Zeroize;
 use crate::cache::{decode_record, encode_record};
 use crate::clock::Now;
 use crate::error::{CacheError, CacheErrorKind, FetchError};
+use crate::oauth2::dpop::{self, DpopClaims};
 use crate::oauth2::{GrantType, parse_token_response};
 use crate::secret::{AccessToken, RefreshToken};
 use crate::time::{Timestamp, duration_millis};
@@ -159,6 +160,10 @@ const SPENT_REMEMBERED: usize = 8;
 pub struct Refresher {
     config: RefresherConfig,
     rng: fastrand::Rng,
+    /// The token endpoint's latest DPoP nonce (RFC 9449 §8).
+    dpop_nonce: Option<String>,
+    /// Whether the current attempt was already repeated with a new nonce.
+    dpop_nonce_retried: bool,
     phase: Phase,
     effects: VecDeque<Effect>,
     events: VecDeque<Event>,
@@ -237,6 +242,8 @@ impl Refresher {
         let mut r = Refresher {
             config,
             rng: fastrand::Rng::with_seed(seed),
+            dpop_nonce: None,
+            dpop_nonce_retried: false,
             phase: Phase::Idle,
             effects: VecDeque::new(),
             events: VecDeque::new(),
@@ -722,12 +729,39 @@ impl Refresher {
         headers: &HeaderMap,
         body: &[u8],
     ) -> Result<(), MisuseError> {
-        let result = match &self.config.source {
-            Source::OAuth2(client) => client.read_response(status, headers, body, now.wall),
-            Source::Custom => {
-                parse_token_response(status, headers, body, now.wall, self.body_limit())
-            }
+        let (result, dpop) = match &self.config.source {
+            Source::OAuth2(client) => (
+                client.read_response(status, headers, body, now.wall),
+                client.dpop_key_thumbprint().is_some(),
+            ),
+            Source::Custom => (
+                parse_token_response(status, headers, body, now.wall, self.body_limit()),
+                false,
+            ),
         };
+        if dpop && let Some(nonce) = dpop::nonce_from(headers) {
+            // The server wants this nonce in the next proof: ask again at
+            // once, once per attempt, and that is no failure (RFC 9449 §8).
+            let wants_nonce = matches!(
+                &result,
+                Err(FetchError::OAuth { error, .. }) if error.error == "use_dpop_nonce"
+            );
+            self.dpop_nonce = Some(nonce);
+            if wants_nonce
+                && !self.dpop_nonce_retried
+                && self.phase == Phase::Fetching
+                && self
+                    .pending
+                    .get(&id)
+                    .is_some_and(|o| matches!(o.kind, Pending::Fetch { .. }))
+            {
+                self.pending.remove(&id);
+                self.dpop_nonce_retried = true;
+                self.start_fetch(now);
+                self.tick(now);
+                return Ok(());
+            }
+        }
         self.answer_fetch(now, id, result)
     }
 
@@ -1206,7 +1240,17 @@ impl Refresher {
         self.phase = Phase::Fetching;
         let effect = match &self.config.source {
             Source::OAuth2(client) => match client.build_request(self.refresh_token.as_ref()) {
-                Ok(request) => {
+                Ok(mut request) => {
+                    if client.dpop_key_thumbprint().is_some() {
+                        let claims = DpopClaims::new(
+                            "POST",
+                            client.token_url().as_url(),
+                            now.wall.as_millis() / 1000,
+                            dpop::jti(&mut self.rng),
+                            self.dpop_nonce.clone(),
+                        );
+                        request = request.with_dpop(claims);
+                    }
                     let max_body = client.body_limit();
                     let spends_refresh_token = client.grant() == GrantType::RefreshToken;
                     if spends_refresh_token {
@@ -1246,6 +1290,8 @@ impl Refresher {
     }
 
     fn on_fetched(&mut self, now: Now, result: Result<TokenGrant, FetchError>) {
+        // The next attempt may repeat itself with a new nonce again.
+        self.dpop_nonce_retried = false;
         match result {
             Ok(grant) => {
                 let record = self

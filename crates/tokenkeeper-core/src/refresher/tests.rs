@@ -7,6 +7,7 @@ use crate::cache::{CacheKey, EncodedRecord, encode_record};
 use crate::error::{CacheErrorKind, ErrorClass, OAuthError};
 use crate::jitter::Jitter;
 use crate::oauth2::OAuth2Client;
+use crate::oauth2::dpop::DpopClaims;
 use crate::policy::LifetimePolicy;
 use crate::secret::{AccessToken, ClientId, ClientSecret};
 
@@ -577,6 +578,75 @@ fn refusals_of_one_token_make_one_request() {
         h.r.refresh_if_current(h.now, &AccessToken::new("newer")),
         RefreshNow::RateLimited { .. } | RefreshNow::Joined
     ));
+}
+
+#[test]
+fn dpop_proofs_carry_the_servers_nonce_and_a_nonce_request_is_no_failure() {
+    let client = OAuth2Client::client_credentials(
+        "https://auth.example/token?tenant=t",
+        ClientId::new("c"),
+        ClientSecret::new("s"),
+    )
+    .unwrap()
+    .bound_to_dpop_key("jkt-1");
+    let mut h = H::new(RefresherConfig::oauth2(client).jitter(Jitter::none()));
+    let send = |effect: Effect| -> (EffectId, DpopClaims) {
+        let Effect::SendRequest { id, request, .. } = effect else {
+            panic!("{effect:?}")
+        };
+        (
+            id,
+            request
+                .dpop_claims()
+                .cloned()
+                .expect("a DPoP-bound request"),
+        )
+    };
+    let (id, claims) = send(h.next());
+    assert_eq!(
+        (claims.htm.as_str(), claims.htu.as_str()),
+        ("POST", "https://auth.example/token")
+    );
+    assert_eq!(claims.nonce, None);
+    // The server wants a nonce: asked again at once, with it.
+    let mut nonce = HeaderMap::new();
+    nonce.insert("dpop-nonce", "n-1".parse().unwrap());
+    let wants = br#"{"error":"use_dpop_nonce","error_description":"nonce required"}"#;
+    h.r.handle_response(h.now, id, 400, &nonce, wants).unwrap();
+    let (id2, again) = send(h.next());
+    assert_eq!(again.nonce.as_deref(), Some("n-1"));
+    assert_ne!(again.jti, claims.jti, "each proof has its own id");
+    h.drain();
+    assert!(
+        !h.events
+            .iter()
+            .any(|e| matches!(e, Event::FetchFailed { .. })),
+        "{:?}",
+        h.events
+    );
+    let body = br#"{"access_token":"a1","token_type":"DPoP","expires_in":100}"#;
+    h.r.handle_response(h.now, id2, 200, &HeaderMap::new(), body)
+        .unwrap();
+    h.drain();
+    let token = h.r.token().expect("a DPoP token");
+    assert_eq!(token.token_type, "DPoP");
+    assert_eq!(token.extra["cnf"]["jkt"], "jkt-1");
+    // The next refresh sends the nonce it knows; a second nonce request in
+    // one attempt is a failure, not a loop.
+    h.at(h.r.poll_timeout().unwrap());
+    let (id, claims) = send(h.next());
+    assert_eq!(claims.nonce.as_deref(), Some("n-1"));
+    h.r.handle_response(h.now, id, 400, &nonce, wants).unwrap();
+    let (id, _) = send(h.next());
+    h.r.handle_response(h.now, id, 400, &nonce, wants).unwrap();
+    h.drain();
+    assert!(
+        h.events
+            .iter()
+            .any(|e| matches!(e, Event::FetchFailed { .. })),
+        "{:?}",
+        h.events
+    );
 }
 
 #[test]

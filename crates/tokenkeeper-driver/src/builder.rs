@@ -13,6 +13,7 @@ use tokenkeeper_core::{
 use tokenkeeper_fs::{FileCache, FileLayer};
 
 use crate::cache::{AnyLayer, BlockingCacheLayer, CacheLayer};
+use crate::dpop::DpopKey;
 use crate::driver::{Driver, DriverParts, FetchWith};
 use crate::error::SpawnError;
 use crate::http::{HttpSettings, HttpSetupError};
@@ -91,6 +92,7 @@ pub struct TokenWatcherBuilder<R> {
     name: Option<String>,
     seed: Option<u64>,
     on_event: Option<EventHook>,
+    dpop: Option<DpopKey>,
 }
 
 impl<R> fmt::Debug for TokenWatcherBuilder<R> {
@@ -111,6 +113,7 @@ impl<R> fmt::Debug for TokenWatcherBuilder<R> {
             .field("first_token_timeout", &self.first_token_timeout)
             .field("name", &self.name)
             .field("on_event", &self.on_event.is_some())
+            .field("dpop", &self.dpop)
             .finish_non_exhaustive()
     }
 }
@@ -131,6 +134,7 @@ impl<R: Runtime> TokenWatcherBuilder<R> {
             name: None,
             seed: None,
             on_event: None,
+            dpop: None,
         }
     }
 
@@ -265,6 +269,17 @@ impl<R: Runtime> TokenWatcherBuilder<R> {
         self
     }
 
+    /// Asks for DPoP-bound tokens (RFC 9449), proving possession of `key`:
+    /// each token request carries a proof signed with it (the server's
+    /// nonce is followed), tokens are cached under a key that includes its
+    /// thumbprint, and [`TokenWatcher::dpop_key`](crate::TokenWatcher::dpop_key)
+    /// gives it to middleware, which signs a proof for each resource request.
+    /// For an OAuth2 source only.
+    pub fn dpop(mut self, key: DpopKey) -> Self {
+        self.dpop = Some(key);
+        self
+    }
+
     /// Seeds the refresher's jitter and backoff (default: a random seed per
     /// watcher, so that a fleet spreads out). For reproducible tests only.
     pub fn seed(mut self, seed: u64) -> Self {
@@ -362,6 +377,7 @@ impl<R: Runtime> TokenWatcherBuilder<R> {
             name,
             seed,
             on_event,
+            dpop,
         } = self;
         let runtime = runtime.bind().ok_or(SpawnError::NoRuntime)?;
         // Tokens may be bound to the client certificate (RFC 8705): its
@@ -378,6 +394,14 @@ impl<R: Runtime> TokenWatcherBuilder<R> {
                 None => {}
             }
         }
+        if let Some(key) = &dpop {
+            if config.oauth2_client().is_none() {
+                return Err(SpawnError::Http(HttpSetupError::new(
+                    "DPoP is for OAuth2 sources: a custom source signs its own requests",
+                )));
+            }
+            config = config.bound_to_dpop_key(key.thumbprint());
+        }
         let key = config.cache_key().clone();
         let layers = layers
             .into_iter()
@@ -391,6 +415,7 @@ impl<R: Runtime> TokenWatcherBuilder<R> {
         let fetch = match &source.0 {
             SourceKind::OAuth2(client) => FetchWith::Http {
                 exchange: runtime.exchange(&http)?,
+                dpop: dpop.clone(),
                 grant: client.grant().as_str(),
                 url: client.token_url().redacted(),
             },
@@ -409,7 +434,13 @@ impl<R: Runtime> TokenWatcherBuilder<R> {
         let refresher = Refresher::new(config, seed.unwrap_or_else(|| fastrand::u64(..)), start);
         let (commands_tx, commands_rx) = async_channel::bounded(COMMAND_QUEUE);
         let (first_tx, first_rx) = async_channel::bounded(1);
-        let shared = Arc::new(Shared::new(key, name, layer_names, refresher.status(start)));
+        let shared = Arc::new(Shared::new(
+            key,
+            name,
+            layer_names,
+            refresher.status(start),
+            dpop,
+        ));
         let publisher = Publisher::new(Arc::clone(&shared), first_tx, on_event);
         let driver = Driver::new(DriverParts {
             runtime: runtime.clone(),

@@ -24,6 +24,7 @@ use tokenkeeper_core::{
 use tracing::{Instrument, Span, debug, error, info, info_span, trace, warn};
 
 use crate::cache::AnyLayer;
+use crate::dpop::DpopKey;
 use crate::http::SharedExchange;
 use crate::publish::Publisher;
 use crate::runtime::{self, Runtime, Sleeper, Task, timeout, unblock};
@@ -42,6 +43,8 @@ pub(crate) enum FetchWith {
     /// Token requests built by the core, sent over the runtime's HTTP stack.
     Http {
         exchange: SharedExchange,
+        /// The key proofs are signed with, for DPoP-bound tokens.
+        dpop: Option<DpopKey>,
         grant: &'static str,
         /// The token URL as logs show it (no query).
         url: String,
@@ -448,6 +451,7 @@ impl<R: Runtime> Driver<R> {
         );
         let FetchWith::Http {
             exchange,
+            dpop,
             grant,
             url,
         } = &self.fetch
@@ -456,7 +460,21 @@ impl<R: Runtime> Driver<R> {
             return;
         };
         let exchange = Arc::clone(exchange);
-        let request = request.into_http();
+        // The core decided what the proof claims; the key signs it here.
+        let proof = match (dpop, request.dpop_claims()) {
+            (Some(key), Some(claims)) => match key.sign(claims) {
+                Ok(proof) => http::HeaderValue::from_str(&proof).ok(),
+                Err(e) => {
+                    error!(error = %e, "could not sign a DPoP proof");
+                    None
+                }
+            },
+            _ => None,
+        };
+        let mut request = request.into_http();
+        if let Some(proof) = proof {
+            request.headers_mut().insert("dpop", proof);
+        }
         let span = info_span!(
             "tokenkeeper.fetch",
             effect = %id,

@@ -66,6 +66,7 @@
 mod boxed;
 mod builder;
 mod cache;
+pub mod dpop;
 mod driver;
 mod error;
 mod http;

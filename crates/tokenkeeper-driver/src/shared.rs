@@ -8,6 +8,8 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::{ArcSwap, Guard};
+
+use crate::dpop::DpopKey;
 use event_listener::Event;
 use tokenkeeper_core::{
     AccessToken, CacheKey, LifetimePolicy, Monotonic, Now, RefreshNow, Status, Timestamp,
@@ -86,6 +88,7 @@ pub(crate) struct Shared {
     key: CacheKey,
     name: String,
     layer_names: Vec<String>,
+    dpop: Option<DpopKey>,
 }
 
 impl Shared {
@@ -94,6 +97,7 @@ impl Shared {
         name: String,
         layer_names: Vec<String>,
         status: Status,
+        dpop: Option<DpopKey>,
     ) -> Self {
         Shared {
             slot: Slot::empty(),
@@ -107,7 +111,13 @@ impl Shared {
             key,
             name,
             layer_names,
+            dpop,
         }
+    }
+
+    /// The DPoP key, for DPoP-bound tokens.
+    pub(crate) fn dpop(&self) -> Option<&DpopKey> {
+        self.dpop.as_ref()
     }
 
     fn cold(&self) -> MutexGuard<'_, Cold> {
@@ -231,6 +241,7 @@ mod tests {
             "t".into(),
             vec![],
             refresher.status(Timestamp::from_secs(1)),
+            None,
         ))
     }
 

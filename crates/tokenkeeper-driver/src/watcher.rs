@@ -217,6 +217,15 @@ impl<R: Runtime> TokenWatcher<R> {
         wait::<R, _>(self.refresh_now_async())
     }
 
+    /// The DPoP key tokens are bound to, when the watcher was built with
+    /// [`dpop`](crate::TokenWatcherBuilder::dpop): middleware signs a proof
+    /// for each resource request with it
+    /// ([`DpopKey::resource_proof`](crate::dpop::DpopKey::resource_proof)) and
+    /// sends the token as `Authorization: DPoP <token>`.
+    pub fn dpop_key(&self) -> Option<&crate::dpop::DpopKey> {
+        self.shared.dpop()
+    }
+
     /// Tells the watcher a resource server refused `token` (a 401): what
     /// middleware calls, and all that a burst of refusals needs.
     ///

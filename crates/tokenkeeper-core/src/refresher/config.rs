@@ -130,6 +130,18 @@ impl RefresherConfig {
         self
     }
 
+    /// For an OAuth2 source: tokens are DPoP-bound to the key with this
+    /// JWK thumbprint ([`OAuth2Client::bound_to_dpop_key`]); the cache key is
+    /// derived again to include it. No effect on a custom source.
+    pub fn bound_to_dpop_key(mut self, jkt: impl Into<String>) -> Self {
+        if let Source::OAuth2(client) = &mut self.source {
+            let bound = client.clone().bound_to_dpop_key(jkt);
+            self.key = CacheKey::for_client(&bound);
+            *client = bound;
+        }
+        self
+    }
+
     /// The OAuth2 client, for an OAuth2 source.
     pub fn oauth2_client(&self) -> Option<&OAuth2Client> {
         match &self.source {

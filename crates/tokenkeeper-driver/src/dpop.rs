@@ -1,0 +1,298 @@
+//! DPoP keys (RFC 9449): the key a watcher proves possession of, and the
+//! proofs it signs, with *ring* (ES256 or EdDSA). What each proof claims is
+//! decided by the core ([`DpopClaims`]); this module only signs.
+//!
+//! ```
+//! use tokenkeeper_driver::dpop::DpopKey;
+//!
+//! let key = DpopKey::generate_es256()?;
+//! // The RFC 7638 thumbprint tokens are bound to (`cnf.jkt`).
+//! assert_eq!(key.thumbprint().len(), 43);
+//! let proof = key.resource_proof("GET", &"https://api.example/orders?x=1".parse()?, "access-token", None, 1_700_000_000)?;
+//! assert_eq!(proof.split('.').count(), 3);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use ring::rand::SystemRandom;
+use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, Ed25519KeyPair, KeyPair};
+use rustls::pki_types::PrivatePkcs8KeyDer;
+use rustls::pki_types::pem::PemObject;
+use serde_json::json;
+use tokenkeeper_core::oauth2::dpop::DpopClaims;
+use zeroize::Zeroizing;
+
+/// A DPoP signing key: ES256 (P-256) or EdDSA (Ed25519). Cheap to clone;
+/// `Debug` shows the algorithm and the thumbprint only.
+#[derive(Clone)]
+pub struct DpopKey {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pair: Pair,
+    jwk: serde_json::Value,
+    thumbprint: String,
+    rng: SystemRandom,
+}
+
+enum Pair {
+    Es256(EcdsaKeyPair),
+    Ed25519(Ed25519KeyPair),
+}
+
+/// A DPoP key could not be made, read or used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("DPoP key: {0}")]
+pub struct DpopKeyError(String);
+
+impl fmt::Debug for DpopKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DpopKey")
+            .field("alg", &self.algorithm())
+            .field("jkt", &self.inner.thumbprint)
+            .finish()
+    }
+}
+
+impl DpopKey {
+    /// A new random P-256 key, for ES256 proofs.
+    pub fn generate_es256() -> Result<Self, DpopKeyError> {
+        let rng = SystemRandom::new();
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
+            .map_err(|_| DpopKeyError("could not generate a P-256 key".into()))?;
+        Self::from_pkcs8_der(pkcs8.as_ref())
+    }
+
+    /// A new random Ed25519 key, for EdDSA proofs.
+    pub fn generate_ed25519() -> Result<Self, DpopKeyError> {
+        let rng = SystemRandom::new();
+        let pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng)
+            .map_err(|_| DpopKeyError("could not generate an Ed25519 key".into()))?;
+        Self::from_pkcs8_der(pkcs8.as_ref())
+    }
+
+    /// A key from PKCS#8 DER: P-256 (ES256) or Ed25519 (EdDSA).
+    pub fn from_pkcs8_der(der: &[u8]) -> Result<Self, DpopKeyError> {
+        let rng = SystemRandom::new();
+        let pair = if let Ok(pair) =
+            EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, der, &rng)
+        {
+            Pair::Es256(pair)
+        } else if let Ok(pair) = Ed25519KeyPair::from_pkcs8_maybe_unchecked(der) {
+            Pair::Ed25519(pair)
+        } else {
+            return Err(DpopKeyError(
+                "not a PKCS#8 P-256 or Ed25519 private key (ES256 and EdDSA are supported)".into(),
+            ));
+        };
+        let jwk = match &pair {
+            Pair::Es256(pair) => {
+                // An uncompressed point: 0x04, then x and y, 32 bytes each.
+                let point = pair.public_key().as_ref();
+                if point.len() != 65 {
+                    return Err(DpopKeyError("unexpected P-256 public key".into()));
+                }
+                json!({
+                    "crv": "P-256",
+                    "kty": "EC",
+                    "x": URL_SAFE_NO_PAD.encode(&point[1..33]),
+                    "y": URL_SAFE_NO_PAD.encode(&point[33..]),
+                })
+            }
+            Pair::Ed25519(pair) => json!({
+                "crv": "Ed25519",
+                "kty": "OKP",
+                "x": URL_SAFE_NO_PAD.encode(pair.public_key().as_ref()),
+            }),
+        };
+        // RFC 7638: the required members in lexicographic order, no
+        // whitespace; serde_json's map keeps keys sorted.
+        let canonical = jwk.to_string();
+        let digest = ring::digest::digest(&ring::digest::SHA256, canonical.as_bytes());
+        Ok(DpopKey {
+            inner: Arc::new(Inner {
+                pair,
+                jwk,
+                thumbprint: URL_SAFE_NO_PAD.encode(digest.as_ref()),
+                rng,
+            }),
+        })
+    }
+
+    /// A key from a PEM `PRIVATE KEY` (PKCS#8) text.
+    pub fn from_pkcs8_pem(pem: &[u8]) -> Result<Self, DpopKeyError> {
+        let der = PrivatePkcs8KeyDer::from_pem_slice(pem)
+            .map_err(|_| DpopKeyError("no PEM `PRIVATE KEY` (PKCS#8) block".into()))?;
+        Self::from_pkcs8_der(der.secret_pkcs8_der())
+    }
+
+    /// A key from a PEM file, as [`from_pkcs8_pem`](Self::from_pkcs8_pem).
+    pub fn from_pkcs8_pem_file(path: impl AsRef<Path>) -> Result<Self, DpopKeyError> {
+        let path = path.as_ref();
+        let pem = Zeroizing::new(std::fs::read(path).map_err(|e| {
+            DpopKeyError(format!("cannot read the key file {}: {e}", path.display()))
+        })?);
+        Self::from_pkcs8_pem(&pem)
+    }
+
+    /// The JWS algorithm: `ES256` or `EdDSA`.
+    pub fn algorithm(&self) -> &'static str {
+        match self.inner.pair {
+            Pair::Es256(_) => "ES256",
+            Pair::Ed25519(_) => "EdDSA",
+        }
+    }
+
+    /// The public key as a JWK.
+    pub fn public_jwk(&self) -> &serde_json::Value {
+        &self.inner.jwk
+    }
+
+    /// The JWK SHA-256 thumbprint (RFC 7638), base64url: what DPoP-bound
+    /// tokens name in `cnf.jkt`.
+    pub fn thumbprint(&self) -> &str {
+        &self.inner.thumbprint
+    }
+
+    /// Signs a proof with these claims: a JWT of type `dpop+jwt` whose
+    /// header carries the public key.
+    pub fn sign(&self, claims: &DpopClaims) -> Result<String, DpopKeyError> {
+        let header = json!({ "typ": "dpop+jwt", "alg": self.algorithm(), "jwk": self.inner.jwk });
+        let input = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(header.to_string()),
+            URL_SAFE_NO_PAD.encode(claims.to_json())
+        );
+        let signature = match &self.inner.pair {
+            Pair::Es256(pair) => pair
+                .sign(&self.inner.rng, input.as_bytes())
+                .map_err(|_| DpopKeyError("signing failed".into()))?
+                .as_ref()
+                .to_vec(),
+            Pair::Ed25519(pair) => pair.sign(input.as_bytes()).as_ref().to_vec(),
+        };
+        Ok(format!("{input}.{}", URL_SAFE_NO_PAD.encode(signature)))
+    }
+
+    /// A proof for a request to a resource server (RFC 9449 §7): `method`
+    /// and `url` (its query and fragment left out), the hash of the access
+    /// token it carries (`ath`), the server's `nonce` if it gave one, and a
+    /// random `jti`, at `iat` (seconds since the epoch).
+    pub fn resource_proof(
+        &self,
+        method: &str,
+        url: &url::Url,
+        access_token: &str,
+        nonce: Option<&str>,
+        iat: u64,
+    ) -> Result<String, DpopKeyError> {
+        let mut jti = [0u8; 16];
+        ring::rand::SecureRandom::fill(&self.inner.rng, &mut jti)
+            .map_err(|_| DpopKeyError("no randomness".into()))?;
+        let jti: String = jti.iter().map(|b| format!("{b:02x}")).collect();
+        let mut claims = DpopClaims::new(method, url, iat, jti, nonce.map(str::to_owned));
+        claims.ath = Some(access_token_hash(access_token));
+        self.sign(&claims)
+    }
+}
+
+/// The `ath` of an access token: base64url of its SHA-256.
+pub fn access_token_hash(access_token: &str) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, access_token.as_bytes());
+    URL_SAFE_NO_PAD.encode(digest.as_ref())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ring::signature::{ECDSA_P256_SHA256_FIXED, ED25519, UnparsedPublicKey};
+
+    fn parts(proof: &str) -> (serde_json::Value, serde_json::Value, Vec<u8>, String) {
+        let mut it = proof.split('.');
+        let (h, p, s) = (it.next().unwrap(), it.next().unwrap(), it.next().unwrap());
+        let decode = |x: &str| URL_SAFE_NO_PAD.decode(x).unwrap();
+        (
+            serde_json::from_slice(&decode(h)).unwrap(),
+            serde_json::from_slice(&decode(p)).unwrap(),
+            decode(s),
+            format!("{h}.{p}"),
+        )
+    }
+
+    #[test]
+    fn proofs_verify_with_the_key_in_their_header() {
+        for key in [
+            DpopKey::generate_es256().unwrap(),
+            DpopKey::generate_ed25519().unwrap(),
+        ] {
+            let url = url::Url::parse("https://api.example/orders?page=2").unwrap();
+            let proof = key
+                .resource_proof("GET", &url, "tok", Some("n-1"), 1_700_000_000)
+                .unwrap();
+            let (header, payload, signature, input) = parts(&proof);
+            assert_eq!(header["typ"], "dpop+jwt");
+            assert_eq!(header["alg"], key.algorithm());
+            assert_eq!(&header["jwk"], key.public_jwk());
+            assert_eq!(payload["htu"], "https://api.example/orders");
+            assert_eq!(payload["htm"], "GET");
+            assert_eq!(payload["nonce"], "n-1");
+            assert_eq!(payload["ath"], access_token_hash("tok"));
+            let public: Vec<u8> = match key.algorithm() {
+                "ES256" => {
+                    let mut p = vec![4];
+                    p.extend(
+                        URL_SAFE_NO_PAD
+                            .decode(header["jwk"]["x"].as_str().unwrap())
+                            .unwrap(),
+                    );
+                    p.extend(
+                        URL_SAFE_NO_PAD
+                            .decode(header["jwk"]["y"].as_str().unwrap())
+                            .unwrap(),
+                    );
+                    p
+                }
+                _ => URL_SAFE_NO_PAD
+                    .decode(header["jwk"]["x"].as_str().unwrap())
+                    .unwrap(),
+            };
+            let alg: &dyn ring::signature::VerificationAlgorithm = match key.algorithm() {
+                "ES256" => &ECDSA_P256_SHA256_FIXED,
+                _ => &ED25519,
+            };
+            UnparsedPublicKey::new(alg, public)
+                .verify(input.as_bytes(), &signature)
+                .expect("a valid signature");
+            // Two proofs never share an id.
+            let again = key
+                .resource_proof("GET", &url, "tok", None, 1_700_000_000)
+                .unwrap();
+            assert_ne!(parts(&again).1["jti"], payload["jti"]);
+            assert!(!format!("{key:?}").contains(&URL_SAFE_NO_PAD.encode(b"d")));
+        }
+    }
+
+    #[test]
+    fn thumbprints_follow_rfc7638() {
+        // RFC 7638 §3.1's example key (an RSA key there; this checks the
+        // canonical form: sorted members, no whitespace) on an EC key.
+        let key = DpopKey::generate_es256().unwrap();
+        let jwk = key.public_jwk();
+        let canonical = format!(
+            r#"{{"crv":"P-256","kty":"EC","x":"{}","y":"{}"}}"#,
+            jwk["x"].as_str().unwrap(),
+            jwk["y"].as_str().unwrap()
+        );
+        let digest = ring::digest::digest(&ring::digest::SHA256, canonical.as_bytes());
+        assert_eq!(key.thumbprint(), URL_SAFE_NO_PAD.encode(digest.as_ref()));
+        assert!(DpopKey::from_pkcs8_pem(b"nothing").is_err());
+        let err = DpopKey::from_pkcs8_pem_file("/nonexistent/key.pem").unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/key.pem"), "{err}");
+    }
+}

@@ -714,7 +714,7 @@ fn host_names_are_resolved<F: Flavor>() {
     F::block_on(watcher.shutdown());
 }
 
-fn tls_to_a_plain_server_and_a_refused_connection_are_transport_errors<F: Flavor>() {
+fn tls_to_a_plain_server_is_a_tls_error_and_a_refused_connection_a_transport_error<F: Flavor>() {
     let (base, _requests) = raw_server(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n");
     let client = OAuth2Client::client_credentials(
         format!("https://{base}/token"),
@@ -728,11 +728,12 @@ fn tls_to_a_plain_server_and_a_refused_connection_are_transport_errors<F: Flavor
             .spawn(),
     )
     .unwrap_err();
+    // Not TLS on the other end: a misconfiguration (the URL's scheme or
+    // port), failing spawn at once rather than retried as an outage.
     match &error {
-        SpawnError::TimedOut {
-            last_error: Some(FetchError::Transport { message }),
-            ..
-        } => assert!(!message.is_empty()),
+        SpawnError::Misconfigured {
+            error: FetchError::Tls { problem, .. },
+        } => assert_eq!(*problem, tokenkeeper_core::TlsProblem::ProtocolMismatch),
         other => panic!("{}: {other:?}", F::NAME),
     }
     // The TLS stack brought its own crypto provider, and left no process
@@ -925,7 +926,7 @@ per_driver!(
     changed_within_times_out_and_changed_reports_a_stop,
     the_request_on_the_wire_is_a_plain_http1_form_post,
     host_names_are_resolved,
-    tls_to_a_plain_server_and_a_refused_connection_are_transport_errors,
+    tls_to_a_plain_server_is_a_tls_error_and_a_refused_connection_a_transport_error,
     an_async_source_is_driven_like_the_endpoint,
     a_slow_async_source_times_out,
     a_blocking_source_and_the_event_hook,

@@ -94,12 +94,20 @@ fn spawn_fails<F: Flavor>(builder: TokenWatcherBuilder<F::R>) -> (FetchError, Du
 
 /// Each bad server certificate: the problem, and a word of its fix.
 const BAD_CERTIFICATES: [(ServerCert, TlsProblem, &str); 6] = [
-    (ServerCert::UnknownCa, TlsProblem::UnknownIssuer, "add_root_certificates_file"),
+    (
+        ServerCert::UnknownCa,
+        TlsProblem::UnknownIssuer,
+        "add_root_certificates_file",
+    ),
     (ServerCert::WrongName, TlsProblem::NameMismatch, "host name"),
     (ServerCert::Expired, TlsProblem::Expired, "clock"),
     (ServerCert::NotYetValid, TlsProblem::NotYetValid, "clock"),
     (ServerCert::SelfSigned, TlsProblem::SelfSigned, "--ca-file"),
-    (ServerCert::SelfSignedCa, TlsProblem::SelfSigned, "--ca-file"),
+    (
+        ServerCert::SelfSignedCa,
+        TlsProblem::SelfSigned,
+        "--ca-file",
+    ),
 ];
 
 fn each_bad_certificate_fails_spawn_at_once_with_a_typed_error<F: Flavor>() {
@@ -107,22 +115,35 @@ fn each_bad_certificate_fails_spawn_at_once_with_a_typed_error<F: Flavor>() {
     let dir = tempfile::tempdir().expect("a folder");
     for (variant, problem, fix) in BAD_CERTIFICATES {
         let authority = https_authority(TlsSettings::new(&pki).certificate(variant));
-        let (error, took) =
-            spawn_fails::<F>(builder::<F>(secret_client(&authority), trusting(&pki, &dir)));
+        let (error, took) = spawn_fails::<F>(builder::<F>(
+            secret_client(&authority),
+            trusting(&pki, &dir),
+        ));
         let what = format!("{} with a {variant} certificate", F::NAME);
         assert_eq!(error.tls_problem(), Some(problem), "{what}: {error:?}");
-        assert!(matches!(&error, FetchError::Tls { host, .. } if host == "localhost"), "{what}");
+        assert!(
+            matches!(&error, FetchError::Tls { host, .. } if host == "localhost"),
+            "{what}"
+        );
         let text = error.to_string();
-        assert!(text.contains("localhost") && text.contains(fix), "{what}: {text}");
+        assert!(
+            text.contains("localhost") && text.contains(fix),
+            "{what}: {text}"
+        );
         assert!(!text.contains(SECRET), "{what}: {text}");
         // At once: well inside the first-token timeout (the old drivers
         // retried a TLS failure as an outage until it ran out).
-        assert!(took < FIRST_TOKEN_TIMEOUT / 4, "{what}: spawn took {took:?}");
+        assert!(
+            took < FIRST_TOKEN_TIMEOUT / 4,
+            "{what}: spawn took {took:?}"
+        );
         // No request reached the authority: the handshake failed first.
         assert_eq!(authority.request_count(), 0, "{what}");
         // The server logs the failed handshake once it sees the client's
         // alert, which may be after the client has reported.
-        let logged = eventually(Duration::from_secs(5), || !authority.tls_failures().is_empty());
+        let logged = eventually(Duration::from_secs(5), || {
+            !authority.tls_failures().is_empty()
+        });
         assert!(logged, "{what}");
     }
 }
@@ -132,15 +153,20 @@ fn client_certificate_problems_are_typed<F: Flavor>() {
     let dir = tempfile::tempdir().expect("a folder");
     let authority = https_authority(TlsSettings::new(&pki).client_auth(ClientAuth::Require));
     // None configured, but required.
-    let (error, _) =
-        spawn_fails::<F>(builder::<F>(secret_client(&authority), trusting(&pki, &dir)));
+    let (error, _) = spawn_fails::<F>(builder::<F>(
+        secret_client(&authority),
+        trusting(&pki, &dir),
+    ));
     assert_eq!(
         error.tls_problem(),
         Some(TlsProblem::ClientCertificateRequired),
         "{}: {error:?}",
         F::NAME
     );
-    assert!(error.to_string().contains("client_certificate_files"), "{error}");
+    assert!(
+        error.to_string().contains("client_certificate_files"),
+        "{error}"
+    );
     // One from a CA the server does not trust.
     let stranger = pki.untrusted_client_identity("mtls-svc");
     let http = trusting(&pki, &dir)
@@ -160,11 +186,19 @@ fn https_to_a_plain_http_server_is_a_protocol_mismatch<F: Flavor>() {
     let dir = tempfile::tempdir().expect("a folder");
     let plain = Authority::start();
     plain.register_client(Client::new("svc", SECRET));
-    let url = plain.token_url().replace("http://127.0.0.1", "https://localhost");
-    let client = OAuth2Client::client_credentials(url, ClientId::new("svc"), ClientSecret::new(SECRET))
-        .expect("an https URL");
+    let url = plain
+        .token_url()
+        .replace("http://127.0.0.1", "https://localhost");
+    let client =
+        OAuth2Client::client_credentials(url, ClientId::new("svc"), ClientSecret::new(SECRET))
+            .expect("an https URL");
     let (error, _) = spawn_fails::<F>(builder::<F>(client, trusting(&pki, &dir)));
-    assert_eq!(error.tls_problem(), Some(TlsProblem::ProtocolMismatch), "{}: {error:?}", F::NAME);
+    assert_eq!(
+        error.tls_problem(),
+        Some(TlsProblem::ProtocolMismatch),
+        "{}: {error:?}",
+        F::NAME
+    );
     assert!(error.to_string().contains("scheme and port"), "{error}");
 }
 
@@ -184,11 +218,17 @@ fn a_url_that_is_not_a_token_endpoint_fails_spawn_at_once<F: Flavor>() {
         "{}: {error:?}",
         F::NAME
     );
-    assert!(error.to_string().contains("check the URL's path"), "{error}");
+    assert!(
+        error.to_string().contains("check the URL's path"),
+        "{error}"
+    );
     assert!(took < FIRST_TOKEN_TIMEOUT / 4, "{took:?}");
     // A redirect (never followed) is the same mistake.
     authority.push_fault(Fault::status(302));
-    let (error, _) = spawn_fails::<F>(builder::<F>(secret_client(&authority), trusting(&pki, &dir)));
+    let (error, _) = spawn_fails::<F>(builder::<F>(
+        secret_client(&authority),
+        trusting(&pki, &dir),
+    ));
     assert!(
         matches!(error, FetchError::NotATokenEndpoint { status: 302, .. }),
         "{}: {error:?}",
@@ -203,7 +243,9 @@ fn ca_file_and_client_certificate_files_work<F: Flavor>() {
     let dir = tempfile::tempdir().expect("a folder");
     let authority = https_authority(TlsSettings::new(&pki).client_auth(ClientAuth::Request));
     let identity = pki.client_identity("mtls-svc");
-    let files = identity.write_files(dir.path(), "client").expect("identity files");
+    let files = identity
+        .write_files(dir.path(), "client")
+        .expect("identity files");
     let http = trusting(&pki, &dir).client_certificate_files(&files.cert, &files.key);
     let watcher: TokenWatcher<F::R> = F::block_on(
         builder::<F>(mtls_client(&authority, "mtls-svc"), http)
@@ -236,8 +278,9 @@ fn a_tls12_only_server_works<F: Flavor>() {
     let pki = Pki::shared();
     let dir = tempfile::tempdir().expect("a folder");
     let authority = https_authority(TlsSettings::new(&pki).tls12_only(true));
-    let watcher = F::block_on(builder::<F>(secret_client(&authority), trusting(&pki, &dir)).spawn())
-        .unwrap_or_else(|e| panic!("{}: {e:?}", F::NAME));
+    let watcher =
+        F::block_on(builder::<F>(secret_client(&authority), trusting(&pki, &dir)).spawn())
+            .unwrap_or_else(|e| panic!("{}: {e:?}", F::NAME));
     assert!(watcher.token().is_ok());
     assert_eq!(authority.request_count(), 1);
     F::block_on(watcher.shutdown());
@@ -274,7 +317,10 @@ fn a_running_watcher_survives_a_bad_certificate<F: Flavor>() {
     );
     drop(bad);
 
-    let fixed = Authority::builder().port(port).tls(TlsSettings::new(&pki)).start();
+    let fixed = Authority::builder()
+        .port(port)
+        .tls(TlsSettings::new(&pki))
+        .start();
     fixed.register_client(Client::new("svc", SECRET));
     let recovered = eventually(Duration::from_secs(20), || fixed.request_count() >= 1);
     assert!(recovered, "{}", F::NAME);

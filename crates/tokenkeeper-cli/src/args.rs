@@ -24,17 +24,70 @@ pub(crate) struct Cli {
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
     /// Print a usable access token, from the cache when it holds a good one.
+    #[command(after_help = TOKEN_EXAMPLES)]
     Token(TokenArgs),
     /// Show what a cache file holds (never the token itself unless --show-token).
+    #[command(after_help = INSPECT_EXAMPLES)]
     Inspect(InspectArgs),
     /// Keep a file holding a usable token, refreshed in the background, until
     /// SIGINT or SIGTERM.
+    #[command(after_help = WATCH_EXAMPLES)]
     Watch(WatchArgs),
     /// Run a live demonstration against an in-process test authority on loopback.
+    #[command(after_help = DEMO_EXAMPLES)]
     Demo(DemoArgs),
     /// Simulate a fleet of instances sharing (or not) a token cache, in virtual time.
+    #[command(after_help = SIMULATE_EXAMPLES)]
     Simulate(SimulateArgs),
+    /// Print a shell completion script for bash, zsh or fish.
+    #[command(after_help = COMPLETIONS_EXAMPLES)]
+    Completions(CompletionsArgs),
+    /// Print the manual page (roff), or write every page to a folder.
+    #[command(after_help = MAN_EXAMPLES)]
+    Man(ManArgs),
 }
+
+const TOKEN_EXAMPLES: &str = "\
+Examples:
+  export TOKENKEEPER_CLIENT_SECRET=...
+  tokenkeeper token --token-url https://auth.example.com/oauth/token --client-id svc --scope read
+  curl -H \"$(tokenkeeper token --profile prod --output header)\" https://api.example.com/things
+  tokenkeeper token --profile prod --min-valid 300 --output json
+  tokenkeeper token --profile prod --redis redis://cache.internal:6379/0   # one request per fleet";
+
+const INSPECT_EXAMPLES: &str = "\
+Examples:
+  tokenkeeper inspect --profile prod
+  tokenkeeper inspect --cache /run/tokenkeeper/cache.json --output json";
+
+const WATCH_EXAMPLES: &str = "\
+Examples:
+  tokenkeeper watch --profile prod --sink /run/tokenkeeper/token
+  tokenkeeper watch --token-url https://auth.example.com/oauth/token --client-id svc \\
+      --client-secret-file /etc/tokenkeeper/secret --sink /run/tokenkeeper/token.json --sink-format json";
+
+const DEMO_EXAMPLES: &str = "\
+Examples:
+  tokenkeeper demo
+  tokenkeeper demo --duration 60 --plot demo.svg";
+
+const SIMULATE_EXAMPLES: &str = "\
+Examples:
+  tokenkeeper simulate --instances 1000 --hours 24 --ttl 3600
+  tokenkeeper simulate --instances 1000 --no-shared-cache --jitter 360 --plot unshared.svg
+  tokenkeeper simulate --instances 500 --hours 3 --outage 44m:8m --output json";
+
+const COMPLETIONS_EXAMPLES: &str = "\
+Examples:
+  tokenkeeper completions bash > ~/.local/share/bash-completion/completions/tokenkeeper
+  tokenkeeper completions zsh > ~/.zfunc/_tokenkeeper        # with fpath+=(~/.zfunc)
+  tokenkeeper completions fish > ~/.config/fish/completions/tokenkeeper.fish";
+
+const MAN_EXAMPLES: &str = "\
+Examples:
+  tokenkeeper man | man -l -
+  tokenkeeper man watch | man -l -
+  tokenkeeper man --out-dir ~/.local/share/man/man1";
 
 /// The `--auth-method` values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize)]
@@ -329,6 +382,11 @@ pub(crate) struct DemoArgs {
     /// How long the demo runs, in seconds (at least 10).
     #[arg(long, value_name = "SECS", default_value_t = 36)]
     pub(crate) duration: u64,
+
+    /// Also draw the timeline into this SVG file: requests per second, reads
+    /// fresh, stale or with nothing, the outage, the tokens' lifetimes.
+    #[arg(long, value_name = "FILE.svg")]
+    pub(crate) plot: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -369,4 +427,40 @@ pub(crate) struct SimulateArgs {
     /// What to print.
     #[arg(long, value_enum, default_value = "text")]
     pub(crate) output: ReportOutput,
+
+    /// Also draw the run's timeline into this SVG file: authority requests
+    /// per second, reads fresh, stale or with nothing, outages, and the
+    /// lifetimes of the first instance's tokens.
+    #[arg(long, value_name = "FILE.svg")]
+    pub(crate) plot: Option<PathBuf>,
+}
+
+/// The shells `completions` writes for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum ShellArg {
+    /// Bash.
+    Bash,
+    /// Zsh.
+    Zsh,
+    /// Fish.
+    Fish,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct CompletionsArgs {
+    /// The shell.
+    #[arg(value_enum)]
+    pub(crate) shell: ShellArg,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ManArgs {
+    /// The subcommand whose page to print [default: the command's own page].
+    #[arg(value_name = "SUBCOMMAND", conflicts_with = "out_dir")]
+    pub(crate) subcommand: Option<String>,
+
+    /// Write every page (tokenkeeper.1, tokenkeeper-token.1, ...) into this
+    /// folder instead of printing one.
+    #[arg(long, value_name = "DIR")]
+    pub(crate) out_dir: Option<PathBuf>,
 }

@@ -3,8 +3,8 @@
 //! grace period, backoff and recovery.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, mpsc};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokenkeeper_blocking::{HttpSettings, TokenWatcher};
 use tokenkeeper_core::oauth2::{GrantType, OAuth2Client, TokenUrl};
@@ -33,9 +33,28 @@ struct Reads {
     fresh: AtomicU64,
     stale: AtomicU64,
     none: AtomicU64,
+    /// The same, second by second: fresh, stale, none.
+    per_second: Mutex<Vec<[u64; 3]>>,
+}
+
+impl Reads {
+    fn count(&self, at: Duration, kind: usize) {
+        let counter = [&self.fresh, &self.stale, &self.none][kind];
+        counter.fetch_add(1, Ordering::Relaxed);
+        let second = at.as_secs() as usize;
+        let mut per_second = self.per_second.lock().unwrap_or_else(|e| e.into_inner());
+        if per_second.len() <= second {
+            per_second.resize(second + 1, [0; 3]);
+        }
+        per_second[second][kind] += 1;
+    }
 }
 
 pub(crate) fn run(args: &DemoArgs) -> Result<(), CliError> {
+    #[cfg(not(feature = "plot"))]
+    if args.plot.is_some() {
+        return Err(crate::simulate::no_plot());
+    }
     let duration = Duration::from_secs(args.duration.max(10));
     let authority = Authority::builder()
         .try_start()
@@ -60,6 +79,9 @@ pub(crate) fn run(args: &DemoArgs) -> Result<(), CliError> {
         .map_err(|e| CliError::other(e.to_string()))?;
 
     let start = Instant::now();
+    let start_wall = SystemTime::now();
+    // Offset of a wall-clock instant from the start of the demo.
+    let since_start = move |at: SystemTime| at.duration_since(start_wall).unwrap_or_default();
     let outage_after = duration.mul_f64(0.3);
     println!(
         "tokenkeeper demo: a background watcher against a test authority at {}",
@@ -100,12 +122,12 @@ pub(crate) fn run(args: &DemoArgs) -> Result<(), CliError> {
         let until = start + duration;
         std::thread::spawn(move || {
             while Instant::now() < until {
-                let counter = match watcher.token().map(|t| t.state_at(now())) {
-                    Ok(TokenState::Fresh) => &reads.fresh,
-                    Ok(TokenState::Stale) => &reads.stale,
-                    _ => &reads.none,
+                let kind = match watcher.token().map(|t| t.state_at(now())) {
+                    Ok(TokenState::Fresh) => 0,
+                    Ok(TokenState::Stale) => 1,
+                    _ => 2,
                 };
-                counter.fetch_add(1, Ordering::Relaxed);
+                reads.count(start.elapsed(), kind);
                 std::thread::sleep(Duration::from_millis(20));
             }
         })
@@ -116,6 +138,8 @@ pub(crate) fn run(args: &DemoArgs) -> Result<(), CliError> {
     let mut recovered_in: Option<Duration> = None;
     let mut changes = 0u32;
     let mut stale_since: Option<Duration> = None;
+    // Every token the watcher took: issued, stale, expiry, from the start.
+    let mut spans: Vec<[Duration; 3]> = Vec::new();
     let mut longest_stale = Duration::ZERO;
     let line = |at: Duration, text: String| println!("{:>7.2}s  {text}", at.as_secs_f64());
     while start.elapsed() < duration {
@@ -127,14 +151,7 @@ pub(crate) fn run(args: &DemoArgs) -> Result<(), CliError> {
                 break;
             }
             seen_requests += 1;
-            let at = record
-                .at
-                .duration_since(
-                    std::time::SystemTime::now()
-                        .checked_sub(start.elapsed())
-                        .unwrap_or(std::time::UNIX_EPOCH),
-                )
-                .unwrap_or_default();
+            let at = since_start(record.at);
             let what = match &record.outcome {
                 Outcome::Issued { .. } => "200, token issued".to_owned(),
                 Outcome::Down => "503, the authority is down".to_owned(),
@@ -153,6 +170,10 @@ pub(crate) fn run(args: &DemoArgs) -> Result<(), CliError> {
             match event {
                 Event::TokenChanged { token, origin } => {
                     changes += 1;
+                    spans.push(
+                        [token.issued, token.stale, token.expiry]
+                            .map(|t| since_start(t.to_system_time())),
+                    );
                     if let Some(since) = stale_since.take() {
                         longest_stale = longest_stale.max(at.saturating_sub(since));
                     }
@@ -273,6 +294,54 @@ pub(crate) fn run(args: &DemoArgs) -> Result<(), CliError> {
         (Some(_), Some(r)) => println!("  recovered {} after the authority came back", human(r)),
         (Some(_), None) => println!("  the run ended before the watcher recovered from the outage"),
         (None, _) => println!("  (the run was too short for the outage)"),
+    }
+    #[cfg(feature = "plot")]
+    if let Some(path) = &args.plot {
+        let mut requests_per_second = vec![0; duration.as_secs() as usize];
+        for record in &requests {
+            let second = since_start(record.at).as_secs() as usize;
+            if let Some(slot) = requests_per_second.get_mut(second) {
+                *slot += 1;
+            }
+        }
+        let per_second = reads.per_second.lock().unwrap_or_else(|e| e.into_inner());
+        let timeline = crate::plot::Timeline {
+            title: "tokenkeeper demo: one watcher against a test authority, through an outage"
+                .to_owned(),
+            subtitle: format!(
+                "tokens live {}, refreshed up to {} before they go stale; a reader looks every 20ms: {fresh} fresh, {stale} stale, {none} with no token; {} requests ({failed} failed)",
+                human(LIFETIME),
+                human(JITTER),
+                requests.len()
+            ),
+            duration,
+            bucket: Duration::from_secs(1),
+            requests_per_second,
+            reads: per_second
+                .iter()
+                .map(|&[fresh, stale, nothing]| crate::plot::Reads {
+                    fresh,
+                    stale,
+                    nothing,
+                })
+                .collect(),
+            outages: outage
+                .map(|(down, up)| (down, up.min(duration)))
+                .into_iter()
+                .collect(),
+            clock_steps: Vec::new(),
+            tokens: spans
+                .iter()
+                .map(|&[issued, stale, expiry]| crate::plot::Span {
+                    issued,
+                    stale,
+                    expiry,
+                })
+                .collect(),
+            tokens_of: "the watcher".to_owned(),
+        };
+        crate::plot::write(path, &timeline)?;
+        println!("  timeline drawn in {}", path.display());
     }
     Ok(())
 }

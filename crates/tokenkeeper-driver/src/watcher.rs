@@ -199,11 +199,22 @@ impl<R: Runtime> TokenWatcher<R> {
         &'a self,
         seen: &'a TokenRecord,
     ) -> Waited<'a, R, Result<Arc<TokenRecord>, WatcherStopped>> {
-        wait::<R, _>(self.shared.wait(move |state| match &state.latest {
-            Some(token) if **token != *seen => Some(Ok(Arc::clone(token))),
-            _ if state.closed => Some(Err(WatcherStopped)),
-            _ => None,
-        }))
+        wait::<R, _>(self.changed_from_async(seen))
+    }
+
+    /// [`changed_from`](Self::changed_from) as a future, whatever the
+    /// runtime's wait style (for [`attach`](crate::attach)).
+    pub(crate) async fn changed_from_async(
+        &self,
+        seen: &TokenRecord,
+    ) -> Result<Arc<TokenRecord>, WatcherStopped> {
+        self.shared
+            .wait(move |state| match &state.latest {
+                Some(token) if **token != *seen => Some(Ok(Arc::clone(token))),
+                _ if state.closed => Some(Err(WatcherStopped)),
+                _ => None,
+            })
+            .await
     }
 
     /// Asks for a token newer than the current one, typically after a
@@ -242,8 +253,17 @@ impl<R: Runtime> TokenWatcher<R> {
         &self,
         token: &TokenRecord,
     ) -> Waited<'_, R, Result<RefreshNow, WatcherStopped>> {
+        wait::<R, _>(self.refresh_if_current_async(token))
+    }
+
+    /// [`refresh_if_current`](Self::refresh_if_current) as a future,
+    /// whatever the runtime's wait style (for [`attach`](crate::attach)).
+    pub(crate) fn refresh_if_current_async(
+        &self,
+        token: &TokenRecord,
+    ) -> impl Future<Output = Result<RefreshNow, WatcherStopped>> + Send + '_ {
         let refused = token.access_token.clone();
-        wait::<R, _>(self.command_reply(move |reply| Command::RefreshIfCurrent(refused, reply)))
+        self.command_reply(move |reply| Command::RefreshIfCurrent(refused, reply))
     }
 
     /// [`refresh_now`](Self::refresh_now) as a future.

@@ -1,7 +1,8 @@
 //! Test kit of tokenkeeper: a real OAuth2 token authority on loopback with fault injection,
-//! over HTTP or HTTPS ([`authority`]), a test PKI generated at run time for it and for mutual
-//! TLS ([`pki`]), a recording HTTP proxy ([`proxy`]), and a home for the adapter conformance
-//! scenarios ([`conformance`]).
+//! over HTTP or HTTPS ([`authority`]), a resource server that accepts only the tokens that
+//! authority considers active ([`resource`]), a test PKI generated at run time for it and for
+//! mutual TLS ([`pki`]), a recording HTTP proxy ([`proxy`]), and a home for the adapter
+//! conformance scenarios ([`conformance`]) and the middleware scenarios ([`middleware`]).
 //!
 //! The authority runs on its own thread and runtime, so it serves tests of every adapter alike:
 //! plain threads, tokio, async-std or smol.
@@ -22,9 +23,11 @@
 pub mod authority;
 pub mod conformance;
 mod der;
+pub mod middleware;
 pub mod pki;
 pub mod proxy;
 pub mod redis_server;
+pub mod resource;
 
 pub use authority::{
     AuthMethod, Authority, AuthorityBuilder, Client, ClientAuth, DEFAULT_MAX_REQUEST_BODY,
@@ -33,3 +36,4 @@ pub use authority::{
 };
 pub use proxy::{ProxiedRequest, RecordingProxy, RecordingProxyBuilder};
 pub use redis_server::RedisServer;
+pub use resource::{RESOURCE_REALM, ResourceRequest, ResourceServer};

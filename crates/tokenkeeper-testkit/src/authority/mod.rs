@@ -37,7 +37,7 @@ pub(crate) mod codec;
 mod fault;
 mod record;
 mod server;
-mod state;
+pub(crate) mod state;
 mod tls;
 
 use std::fmt;
@@ -556,14 +556,24 @@ impl Authority {
             .map(|token| token.access_token.clone())
     }
 
-    /// Whether an access token was issued by this authority and has not expired: what a
-    /// resource server would check.
+    /// Whether an access token was issued by this authority, has not expired and was not
+    /// [revoked](Authority::revoke): what a resource server checks (the
+    /// [`ResourceServer`](crate::ResourceServer) asks exactly this).
     pub fn token_is_active(&self, access_token: &str) -> bool {
-        let now = SystemTime::now();
         self.state()
-            .issued
-            .iter()
-            .any(|token| token.access_token == access_token && token.expires_at() > now)
+            .access_token_is_active(access_token, SystemTime::now())
+    }
+
+    /// Revokes an access token: from now on [`token_is_active`](Authority::token_is_active)
+    /// says no, and a [`ResourceServer`](crate::ResourceServer) refuses it with `401`
+    /// `invalid_token`. Returns whether it was issued here and not revoked before.
+    pub fn revoke(&self, access_token: &str) -> bool {
+        self.state().revoke_access_token(access_token)
+    }
+
+    /// The authority's state, for a resource server that checks tokens against it.
+    pub(crate) fn shared_state(&self) -> Arc<Shared> {
+        Arc::clone(&self.shared)
     }
 
     // ----- lifecycle -----

@@ -1,6 +1,6 @@
 //! The authority's state and the OAuth2 logic of the token endpoint, free of any HTTP plumbing.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime};
 
@@ -170,6 +170,8 @@ pub(crate) struct State {
     pub(crate) down: bool,
     pub(crate) log: Vec<RequestRecord>,
     pub(crate) issued: Vec<IssuedToken>,
+    /// Access tokens revoked by the test.
+    revoked: HashSet<String>,
     pub(crate) tls_failures: Vec<TlsFailure>,
     next_seq: u64,
     token_counter: u64,
@@ -220,6 +222,7 @@ impl Shared {
                 down: false,
                 log: Vec::new(),
                 issued: Vec::new(),
+                revoked: HashSet::new(),
                 tls_failures: Vec::new(),
                 next_seq: 0,
                 token_counter: 0,
@@ -380,6 +383,25 @@ impl State {
             })
             .map(|(token, _)| token.clone())
             .collect()
+    }
+
+    /// Whether an access token was issued here, has not expired at `now` and was not revoked:
+    /// what a resource server checks.
+    pub(crate) fn access_token_is_active(&self, token: &str, now: SystemTime) -> bool {
+        !self.revoked.contains(token)
+            && self
+                .issued
+                .iter()
+                .rev()
+                .any(|issued| issued.access_token == token && issued.expires_at() > now)
+    }
+
+    /// Revokes an access token. Returns whether it was issued here and not revoked before.
+    pub(crate) fn revoke_access_token(&mut self, token: &str) -> bool {
+        self.issued
+            .iter()
+            .any(|issued| issued.access_token == token)
+            && self.revoked.insert(token.to_owned())
     }
 
     /// Revokes a refresh token. Returns whether it was live.

@@ -105,6 +105,7 @@
 //!
 //! See `docs/async-std.md` for the guide, and `examples/watch.rs`.
 #![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(missing_docs)]
 
 mod runtime;

@@ -83,6 +83,7 @@ impl Default for AsyncIoRuntime {
 impl AsyncIoRuntime {
     /// async-std's global executor and blocking pool.
     #[cfg(feature = "async-std")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "async-std")))]
     pub fn async_std() -> Self {
         AsyncIoRuntime {
             executor: Executor::AsyncStd,
@@ -91,6 +92,7 @@ impl AsyncIoRuntime {
 
     /// smol's global executor (`smol::spawn`) and blocking pool.
     #[cfg(feature = "smol")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "smol")))]
     pub fn smol() -> Self {
         AsyncIoRuntime {
             executor: Executor::SmolGlobal,
@@ -101,6 +103,7 @@ impl AsyncIoRuntime {
     /// must keep running for the watcher to make progress; if it is dropped,
     /// the watcher stops.
     #[cfg(feature = "smol")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "smol")))]
     pub fn smol_on(executor: Arc<smol::Executor<'static>>) -> Self {
         AsyncIoRuntime {
             executor: Executor::Smol(executor),

@@ -268,7 +268,10 @@ fn draw(root: &Area<'_>, t: &Timeline) -> Result<(), Failure> {
     ))?;
     chart.draw_series(AreaSeries::new(share(|r| r.fresh), 0.0, FRESH.mix(0.8)))?;
 
-    // 3. Token lifetimes, on two alternating rows so that overlaps show.
+    // 3. Token lifetimes, each on the first row free at its issue, so that
+    // tokens alive at once sit one above the other.
+    let rows = rows_for(&t.tokens);
+    let row_count = rows.iter().copied().max().map_or(2, |r| (r + 1).max(2));
     let caption = format!(
         "the tokens {} held ({}): fresh",
         t.tokens_of,
@@ -285,7 +288,7 @@ fn draw(root: &Area<'_>, t: &Timeline) -> Result<(), Failure> {
         .margin_right(24)
         .x_label_area_size(44)
         .y_label_area_size(72)
-        .build_cartesian_2d(0.0..x_end, 0.0..2.0)?;
+        .build_cartesian_2d(0.0..x_end, 0.0..row_count as f64)?;
     chart
         .configure_mesh()
         .disable_mesh()
@@ -296,9 +299,9 @@ fn draw(root: &Area<'_>, t: &Timeline) -> Result<(), Failure> {
         .label_style((FONT, 14))
         .axis_desc_style((FONT, 15))
         .draw()?;
-    shade(&mut chart, t, at, 0.0, 2.0)?;
-    let bars = t.tokens.iter().enumerate().flat_map(|(i, s)| {
-        let row = (i % 2) as f64;
+    shade(&mut chart, t, at, 0.0, row_count as f64)?;
+    let bars = t.tokens.iter().zip(&rows).flat_map(|(s, &row)| {
+        let row = row as f64;
         let (low, high) = (row + 0.2, row + 0.8);
         let end = at(s.expiry).min(x_end);
         let stale = at(s.stale).min(end);
@@ -312,6 +315,27 @@ fn draw(root: &Area<'_>, t: &Timeline) -> Result<(), Failure> {
     });
     chart.draw_series(bars)?;
     Ok(())
+}
+
+/// The row of each token: the lowest whose last token expired by the time
+/// this one was issued.
+fn rows_for(tokens: &[Span]) -> Vec<usize> {
+    let mut ends: Vec<Duration> = Vec::new();
+    tokens
+        .iter()
+        .map(
+            |token| match ends.iter().position(|&end| end <= token.issued) {
+                Some(row) => {
+                    ends[row] = token.expiry;
+                    row
+                }
+                None => {
+                    ends.push(token.expiry);
+                    ends.len() - 1
+                }
+            },
+        )
+        .collect()
 }
 
 /// A number on the time axis: `5`, `2.5`.
@@ -468,6 +492,19 @@ pub(crate) mod tests {
             attr(bars[1], "x")
         );
         assert!(attr(bars[1], "width") > 0);
+    }
+
+    #[test]
+    fn tokens_alive_together_get_rows_of_their_own() {
+        let span = |issued: u64, expiry: u64| Span {
+            issued: Duration::from_secs(issued),
+            stale: Duration::from_secs(issued),
+            expiry: Duration::from_secs(expiry),
+        };
+        // Three alive at 11 s; the fourth reuses the first row.
+        let tokens = [span(0, 12), span(4, 16), span(10, 22), span(12, 24)];
+        assert_eq!(rows_for(&tokens), [0, 1, 2, 0]);
+        assert_eq!(rows_for(&[]), Vec::<usize>::new());
     }
 
     #[test]

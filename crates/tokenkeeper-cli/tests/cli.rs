@@ -853,7 +853,12 @@ fn watch_with_sink_format_json_and_a_refresh_token_file() {
 #[test]
 fn demo_runs_offline_and_tells_the_story() {
     let fx = Fixture::new(Duration::from_secs(60));
-    let run = fx.run(fx.command().args(["demo", "--duration", "24"]));
+    let plot = fx.path("demo.svg");
+    let run = fx.run(
+        fx.command()
+            .args(["demo", "--duration", "24", "--plot"])
+            .arg(&plot),
+    );
     let out = ok(&run);
     for expected in [
         "NEW TOKEN",
@@ -867,6 +872,33 @@ fn demo_runs_offline_and_tells_the_story() {
         assert!(out.contains(expected), "{expected:?} missing from:\n{out}");
     }
     assert!(out.contains(" 0 with no token"), "{out}");
+
+    // The picture of the same run: its panels, the outage shaded on each,
+    // and the watcher's tokens (at least the first and the one after the
+    // outage), each a fresh and a stale bar.
+    assert!(out.contains("timeline drawn in"), "{out}");
+    let svg = std::fs::read_to_string(&plot).expect("the SVG file");
+    for label in [
+        "tokenkeeper demo: one watcher against a test authority, through an outage",
+        "authority requests per second",
+        "authority down",
+        "requests / s",
+        "% of reads",
+        "reads served a fresh token",
+        "a stale one (grace period)",
+        "nothing usable",
+        "time since the start (s)",
+    ] {
+        assert!(svg.contains(&format!("\n{label}\n")), "{label:?} missing");
+    }
+    assert_eq!(svg.matches("opacity=\"0.18\" fill=\"#D62728\"").count(), 3);
+    let tokens = out.matches("NEW TOKEN").count();
+    assert!(
+        svg.contains(&format!(
+            "\nthe tokens the watcher held ({tokens}): fresh\n"
+        )),
+        "{tokens} tokens"
+    );
 }
 
 #[test]

@@ -226,6 +226,7 @@ impl Drop for Subscription {
 }
 
 #[cfg(feature = "blocking")]
+#[cfg_attr(docsrs, doc(cfg(feature = "blocking")))]
 impl tokenkeeper_driver::BlockingCacheLayer for BlockingRedisLayer {
     fn layer(&self) -> tokenkeeper_core::Layer {
         self.settings.core_layer()

@@ -40,6 +40,7 @@
 //! the same everywhere, so blocking, tokio and async-std instances share one
 //! token.
 #![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(missing_docs)]
 
 mod blocking;
@@ -48,6 +49,7 @@ mod nonblocking;
 
 pub use blocking::{BlockingRedisLayer, Subscription};
 #[cfg(any(feature = "tokio", feature = "smol"))]
+#[cfg_attr(docsrs, doc(cfg(any(feature = "tokio", feature = "smol"))))]
 pub use nonblocking::AsyncRedisLayer;
 
 use std::fmt;

@@ -218,6 +218,7 @@ impl AsyncRedisLayer {
 /// the key's pub/sub channel, so that a watcher waiting for another
 /// instance's lease re-reads as soon as that instance stores its token.
 #[cfg(feature = "async-layer")]
+#[cfg_attr(docsrs, doc(cfg(feature = "async-layer")))]
 impl tokenkeeper_driver::CacheLayer for AsyncRedisLayer {
     fn layer(&self) -> tokenkeeper_core::Layer {
         self.settings.core_layer()

@@ -23,8 +23,9 @@ fn free_port() -> u16 {
 }
 
 impl RedisServer {
-    /// Starts `redis-server` (which must be on the `PATH`; `scripts/test-all.sh`
-    /// installs it) with persistence off and the given extra arguments.
+    /// Starts `redis-server` (which must be on the `PATH`; Debian and Ubuntu
+    /// package it as `redis-server`) with persistence off and the given extra
+    /// arguments.
     pub fn start(extra_args: &[&str]) -> Self {
         let mut server = RedisServer {
             port: free_port(),
@@ -65,7 +66,7 @@ impl RedisServer {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("redis-server on the PATH (run the tests through scripts/test-all.sh)");
+            .expect("redis-server on the PATH (install Redis)");
         self.child = Some(child);
         let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
         let deadline = Instant::now() + Duration::from_secs(10);

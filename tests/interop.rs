@@ -482,37 +482,10 @@ fn a_wrong_secret_is_a_permanent_error<F: Flavor>() {
 
 /// Decodes base64url (RFC 4648 §5, padding optional); None if malformed.
 fn base64url_decode(text: &str) -> Option<Vec<u8>> {
-    let text = text.trim_end_matches('=');
-    let mut out = Vec::with_capacity(text.len() * 3 / 4);
-    let (mut acc, mut bits) = (0u32, 0u32);
-    for c in text.bytes() {
-        let value = match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'-' => 62,
-            b'_' => 63,
-            _ => return None,
-        };
-        acc = (acc << 6) | u32::from(value);
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-            acc &= (1 << bits) - 1;
-        }
-    }
-    Some(out)
-}
-
-#[test]
-fn base64url_decodes_what_rfc_4648_says() {
-    assert_eq!(base64url_decode("").unwrap(), b"");
-    assert_eq!(base64url_decode("Zg").unwrap(), b"f");
-    assert_eq!(base64url_decode("Zm8=").unwrap(), b"fo");
-    assert_eq!(base64url_decode("Zm9vYmFy").unwrap(), b"foobar");
-    assert_eq!(base64url_decode("-_8").unwrap(), [0xfb, 0xff]);
-    assert!(base64url_decode("a+b").is_none());
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(text.trim_end_matches('='))
+        .ok()
 }
 
 /// The claims of a JWT (its signature is not checked: the tests read what

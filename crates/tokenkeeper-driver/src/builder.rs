@@ -276,6 +276,9 @@ impl<R: Runtime> TokenWatcherBuilder<R> {
     /// gives it to middleware, which signs a proof for each resource request.
     /// For an OAuth2 source only.
     pub fn dpop(mut self, key: DpopKey) -> Self {
+        // Bound now, so that cache_key() already names the key's thumbprint
+        // (a custom layer built for it must not hold bearer tokens).
+        self.config = self.config.bound_to_dpop_key(key.thumbprint());
         self.dpop = Some(key);
         self
     }
@@ -394,13 +397,11 @@ impl<R: Runtime> TokenWatcherBuilder<R> {
                 None => {}
             }
         }
-        if let Some(key) = &dpop {
-            if config.oauth2_client().is_none() {
-                return Err(SpawnError::Http(HttpSetupError::new(
-                    "DPoP is for OAuth2 sources: a custom source signs its own requests",
-                )));
-            }
-            config = config.bound_to_dpop_key(key.thumbprint());
+        // The client is bound to the DPoP key by `dpop()` already.
+        if dpop.is_some() && config.oauth2_client().is_none() {
+            return Err(SpawnError::Http(HttpSetupError::new(
+                "DPoP is for OAuth2 sources: a custom source signs its own requests",
+            )));
         }
         let key = config.cache_key().clone();
         let layers = layers

@@ -180,6 +180,25 @@ impl DpopKey {
         Ok(format!("{input}.{}", URL_SAFE_NO_PAD.encode(signature)))
     }
 
+    /// Signs the claims as [`sign`](Self::sign) does, with a new random
+    /// `jti` in place of theirs, drawn from the system's randomness. The
+    /// core draws its ids from the refresher's seedable generator, so two
+    /// watchers given the same seed (or a process restarted with one) would
+    /// send the same ids, which servers refuse as replays (RFC 9449 §11.1).
+    pub fn sign_with_fresh_id(&self, claims: &DpopClaims) -> Result<String, DpopKeyError> {
+        let mut claims = claims.clone();
+        claims.jti = self.fresh_id()?;
+        self.sign(&claims)
+    }
+
+    /// 16 random bytes from the system, hex.
+    fn fresh_id(&self) -> Result<String, DpopKeyError> {
+        let mut id = [0u8; 16];
+        ring::rand::SecureRandom::fill(&self.inner.rng, &mut id)
+            .map_err(|_| DpopKeyError("no randomness".into()))?;
+        Ok(id.iter().map(|b| format!("{b:02x}")).collect())
+    }
+
     /// A proof for a request to a resource server (RFC 9449 §7): `method`
     /// and `url` (its query and fragment left out), the hash of the access
     /// token it carries (`ath`), the server's `nonce` if it gave one, and a
@@ -192,10 +211,7 @@ impl DpopKey {
         nonce: Option<&str>,
         iat: u64,
     ) -> Result<String, DpopKeyError> {
-        let mut jti = [0u8; 16];
-        ring::rand::SecureRandom::fill(&self.inner.rng, &mut jti)
-            .map_err(|_| DpopKeyError("no randomness".into()))?;
-        let jti: String = jti.iter().map(|b| format!("{b:02x}")).collect();
+        let jti = self.fresh_id()?;
         let mut claims = DpopClaims::new(method, url, iat, jti, nonce.map(str::to_owned));
         claims.ath = Some(access_token_hash(access_token));
         self.sign(&claims)

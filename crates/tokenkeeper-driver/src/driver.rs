@@ -460,9 +460,10 @@ impl<R: Runtime> Driver<R> {
             return;
         };
         let exchange = Arc::clone(exchange);
-        // The core decided what the proof claims; the key signs it here.
+        // The core decided what the proof claims; the key signs it here,
+        // with an id of its own (see `sign_with_fresh_id`).
         let proof = match (dpop, request.dpop_claims()) {
-            (Some(key), Some(claims)) => match key.sign(claims) {
+            (Some(key), Some(claims)) => match key.sign_with_fresh_id(claims) {
                 Ok(proof) => http::HeaderValue::from_str(&proof).ok(),
                 Err(e) => {
                     error!(error = %e, "could not sign a DPoP proof");

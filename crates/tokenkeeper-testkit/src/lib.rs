@@ -31,8 +31,9 @@ pub mod resource;
 
 pub use authority::{
     AuthMethod, Authority, AuthorityBuilder, Client, ClientAuth, DEFAULT_MAX_REQUEST_BODY,
-    DEFAULT_TOKEN_LIFETIME, Fault, IssuedToken, Outcome, PresentedAuth, PresentedCertificate,
-    RequestRecord, RetryAfter, TlsFailure, TlsSession, TlsSettings, TlsVersion, format_http_date,
+    DEFAULT_TOKEN_LIFETIME, DpopCheck, DpopError, DpopNonces, DpopProof, DpopVerdict, Fault,
+    IssuedToken, Outcome, PresentedAuth, PresentedCertificate, RequestRecord, RetryAfter,
+    TlsFailure, TlsSession, TlsSettings, TlsVersion, format_http_date,
 };
 pub use proxy::{ProxiedRequest, RecordingProxy, RecordingProxyBuilder};
 pub use redis_server::RedisServer;

@@ -27,7 +27,10 @@ pub struct DpopClaims {
     pub htu: String,
     /// When the proof was made, in seconds since the epoch (`iat`).
     pub iat: u64,
-    /// A unique id for this proof (`jti`).
+    /// A unique id for this proof (`jti`). The refresher draws it from its
+    /// seedable generator, so refreshers given the same seed draw the same
+    /// ids: a signer that may run so puts an id of its own here (the
+    /// driver's `DpopKey::sign_with_fresh_id` does).
     pub jti: String,
     /// The server's nonce, once it gave one (`nonce`).
     pub nonce: Option<String>,

@@ -74,6 +74,7 @@ pub struct Client {
     pub(crate) expires_in_as_string: bool,
     pub(crate) extra_fields: Map<String, Value>,
     pub(crate) thumbprints: Vec<String>,
+    pub(crate) require_dpop: bool,
 }
 
 impl Client {
@@ -89,6 +90,7 @@ impl Client {
             expires_in_as_string: false,
             extra_fields: Map::new(),
             thumbprints: Vec::new(),
+            require_dpop: false,
         }
     }
 
@@ -156,6 +158,20 @@ impl Client {
         self
     }
 
+    /// Whether this client must send a DPoP proof (RFC 9449) with every token request, as a
+    /// registration with `dpop_bound_access_tokens` says (§5.2): a request without one is
+    /// refused with `400 invalid_dpop_proof`. Without it, a request that carries a valid proof
+    /// still gets a DPoP-bound token, and one without gets a bearer token.
+    pub fn require_dpop(mut self, yes: bool) -> Client {
+        self.require_dpop = yes;
+        self
+    }
+
+    /// Whether this client must send a DPoP proof ([`Client::require_dpop`]).
+    pub fn requires_dpop(&self) -> bool {
+        self.require_dpop
+    }
+
     /// The client id.
     pub fn id(&self) -> &str {
         &self.id
@@ -183,6 +199,7 @@ impl fmt::Debug for Client {
             .field("expires_in_as_string", &self.expires_in_as_string)
             .field("extra_fields", &self.extra_fields)
             .field("thumbprints", &self.thumbprints)
+            .field("require_dpop", &self.require_dpop)
             .finish()
     }
 }

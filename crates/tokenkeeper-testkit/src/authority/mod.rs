@@ -7,6 +7,10 @@
 //! rotating refresh tokens, and RFC 6749 §5.2 errors. Every request is logged
 //! ([`RequestRecord`]), and the next requests can be told to misbehave ([`Fault`]).
 //!
+//! It checks DPoP proofs (RFC 9449, module [`dpop`]): a request with a valid proof gets a
+//! `DPoP` token bound to the proof's key, a bad proof gets `400 invalid_dpop_proof`, and with
+//! [`AuthorityBuilder::dpop_nonces`] proofs must carry the server's nonce (`use_dpop_nonce`).
+//!
 //! With [`AuthorityBuilder::tls`] it serves HTTPS instead, with a certificate of a test
 //! [`Pki`](crate::pki::Pki), and can ask for client certificates: clients registered for
 //! `tls_client_auth` or `self_signed_tls_client_auth` (RFC 8705) then authenticate with them.
@@ -34,6 +38,7 @@
 mod body;
 mod client;
 pub(crate) mod codec;
+pub mod dpop;
 mod fault;
 mod record;
 mod server;
@@ -51,10 +56,11 @@ use tokio::sync::oneshot;
 
 pub use client::{AuthMethod, Client};
 pub use codec::format_http_date;
+pub use dpop::{DpopError, DpopNonces, DpopProof};
 pub use fault::{Fault, RetryAfter};
 pub use record::{
-    IssuedToken, Outcome, PresentedAuth, PresentedCertificate, RequestRecord, TlsFailure,
-    TlsSession, TlsVersion,
+    DpopCheck, DpopVerdict, IssuedToken, Outcome, PresentedAuth, PresentedCertificate,
+    RequestRecord, TlsFailure, TlsSession, TlsVersion,
 };
 pub use tls::{ClientAuth, TlsSettings};
 
@@ -75,6 +81,8 @@ pub struct AuthorityBuilder {
     max_request_body: usize,
     seed: Option<u64>,
     tls: Option<TlsSettings>,
+    dpop_nonces: DpopNonces,
+    dpop_window: Duration,
 }
 
 impl Default for AuthorityBuilder {
@@ -86,6 +94,8 @@ impl Default for AuthorityBuilder {
             max_request_body: DEFAULT_MAX_REQUEST_BODY,
             seed: None,
             tls: None,
+            dpop_nonces: DpopNonces::NotRequired,
+            dpop_window: dpop::DEFAULT_PROOF_WINDOW,
         }
     }
 }
@@ -120,6 +130,20 @@ impl AuthorityBuilder {
     /// Seeds the generator of the random part of tokens, for reproducible token strings.
     pub fn seed(mut self, seed: u64) -> AuthorityBuilder {
         self.seed = Some(seed);
+        self
+    }
+
+    /// Whether DPoP proofs must carry a server nonce (RFC 9449 §8); not by default.
+    pub fn dpop_nonces(mut self, nonces: DpopNonces) -> AuthorityBuilder {
+        self.dpop_nonces = nonces;
+        self
+    }
+
+    /// How far a DPoP proof's `iat` may be from the authority's clock, either way
+    /// ([`dpop::DEFAULT_PROOF_WINDOW`] unless set). Accepted proof ids are remembered this long,
+    /// so that a replay is refused.
+    pub fn dpop_proof_window(mut self, window: Duration) -> AuthorityBuilder {
+        self.dpop_window = window;
         self
     }
 
@@ -170,6 +194,8 @@ impl AuthorityBuilder {
             self.default_lifetime,
             self.max_request_body,
             self.seed,
+            self.dpop_nonces,
+            self.dpop_window,
         ));
 
         let (ready_tx, ready_rx) = mpsc::channel::<io::Result<()>>();
@@ -335,6 +361,33 @@ impl Authority {
             .iter()
             .find(|token| token.access_token == access_token)
             .and_then(|token| token.bound_to.clone())
+    }
+
+    /// The JWK thumbprint (`jkt`) of the DPoP key an access token is bound to, if this
+    /// authority issued it to a request with a valid DPoP proof (RFC 9449): what a resource
+    /// server compares with the key of the proof that comes with the token (and what a JWT
+    /// access token would carry in `cnf.jkt`).
+    pub fn dpop_binding(&self, access_token: &str) -> Option<String> {
+        self.state()
+            .issued
+            .iter()
+            .find(|token| token.access_token == access_token)
+            .and_then(|token| token.dpop_jkt.clone())
+    }
+
+    // ----- DPoP nonces -----
+
+    /// The DPoP nonce proofs must carry now; `None` unless the authority was built with
+    /// [`AuthorityBuilder::dpop_nonces`].
+    pub fn dpop_nonce(&self) -> Option<String> {
+        self.state().dpop_nonce.clone()
+    }
+
+    /// Replaces the DPoP nonce with a new one and returns it: proofs carrying the old one get
+    /// `use_dpop_nonce` from now on. `None` (and nothing changes) when nonces are not
+    /// required.
+    pub fn rotate_dpop_nonce(&self) -> Option<String> {
+        self.shared.rotate_dpop_nonce()
     }
 
     // ----- clients -----

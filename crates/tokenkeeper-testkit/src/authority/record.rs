@@ -4,6 +4,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
 
+use super::dpop::{DpopError, DpopProof};
 use super::fault::Fault;
 
 /// How a request presented client credentials.
@@ -151,6 +152,8 @@ pub struct RequestRecord {
     pub refresh_token: Option<String>,
     /// Whether the request presented a refresh token that had already been used.
     pub refresh_token_reused: bool,
+    /// The DPoP proof the request carried (RFC 9449), if any, and what became of it.
+    pub dpop: Option<DpopCheck>,
     /// The scripted fault applied to this request, if any.
     pub fault: Option<Fault>,
     /// The HTTP status answered; `None` while pending, or when no answer was written.
@@ -183,6 +186,9 @@ pub struct IssuedToken {
     /// binding (as it would put it in the `cnf` claim of a JWT or an introspection answer);
     /// the token answer does not carry it.
     pub bound_to: Option<String>,
+    /// The JWK thumbprint (`jkt`, RFC 7638) of the DPoP key the token is bound to (RFC 9449):
+    /// set when the request carried a valid proof, and the answer's `token_type` was `DPoP`.
+    pub dpop_jkt: Option<String>,
 }
 
 impl IssuedToken {
@@ -190,4 +196,28 @@ impl IssuedToken {
     pub fn expires_at(&self) -> SystemTime {
         self.issued_at + Duration::from_secs(self.expires_in)
     }
+}
+
+/// A DPoP proof a request carried, as the log keeps it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DpopCheck {
+    /// What the (first) proof says, when it could be read at all, even if it was refused:
+    /// its `jti`, `nonce`, key thumbprint, ...
+    pub proof: Option<DpopProof>,
+    /// What the token endpoint made of it.
+    pub verdict: DpopVerdict,
+}
+
+/// What the token endpoint made of a DPoP proof.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DpopVerdict {
+    /// Not looked at: a fault replaced the answer, the authority was down, the client did not
+    /// authenticate, or the request was not for the token endpoint.
+    NotChecked,
+    /// Valid: the token issued is bound to its key.
+    Accepted,
+    /// Refused, with this reason (answered `invalid_dpop_proof` or `use_dpop_nonce`).
+    Refused(DpopError),
 }

@@ -192,6 +192,13 @@ async fn handle(
     let form = FormRequest {
         params,
         basic: parse_authorization(&parts.headers),
+        dpop: parts
+            .headers
+            .get_all("dpop")
+            .iter()
+            .map(|value| String::from_utf8_lossy(value.as_bytes()).into_owned())
+            .collect(),
+        url: request_url(&parts, tls.is_some()),
         tls: tls.as_deref().cloned(),
     };
 
@@ -269,14 +276,19 @@ fn normal(
         }
         return response;
     }
-    match shared.process(seq, form, shape) {
+    let (reply, dpop_nonce) = shared.process(seq, form, shape);
+    let mut response = match reply {
         Reply::Token(body) => json(StatusCode::OK, &Value::Object(body)),
         Reply::Error {
             status,
             error,
             description,
         } => oauth_error(shared, status_or_500(status), error, Some(&description)),
+    };
+    if let Some(nonce) = dpop_nonce.and_then(|nonce| HeaderValue::from_str(&nonce).ok()) {
+        response.headers_mut().insert("dpop-nonce", nonce);
     }
+    response
 }
 
 /// The answer a replacing fault dictates.
@@ -399,6 +411,28 @@ fn html_page(status: StatusCode) -> Response<ResponseBody> {
          </body>\r\n</html>\r\n"
     );
     respond(status, Some("text/html"), ResponseBody::full(page))
+}
+
+/// The URL a request was sent to, as the client named it: scheme, `Host` (or the authority of
+/// an absolute-form target) and path, without query. What a DPoP proof's `htu` must match.
+fn request_url(parts: &hyper::http::request::Parts, tls: bool) -> String {
+    let host = parts
+        .uri
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .or_else(|| {
+            parts
+                .headers
+                .get(header::HOST)
+                .and_then(|value| value.to_str().ok())
+                .map(str::to_owned)
+        });
+    let scheme = if tls { "https" } else { "http" };
+    format!(
+        "{scheme}://{}{}",
+        host.unwrap_or_default(),
+        parts.uri.path()
+    )
 }
 
 /// Whether the body is declared as `application/x-www-form-urlencoded` (parameters such as

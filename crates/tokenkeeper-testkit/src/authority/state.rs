@@ -7,10 +7,11 @@ use std::time::{Duration, SystemTime};
 use serde_json::{Map, Value};
 
 use super::client::{AuthMethod, Client};
+use super::dpop::{self, DpopError, DpopNonces, DpopProof, JtiCache};
 use super::fault::Fault;
 use super::record::{
-    IssuedToken, Outcome, PresentedAuth, PresentedCertificate, RequestRecord, TlsFailure,
-    TlsSession,
+    DpopCheck, DpopVerdict, IssuedToken, Outcome, PresentedAuth, PresentedCertificate,
+    RequestRecord, TlsFailure, TlsSession,
 };
 
 /// Credentials found in the `Authorization` header.
@@ -25,12 +26,15 @@ pub(crate) enum BasicCredentials {
 }
 
 /// A request as the token endpoint sees it: its form parameters (empty when the body was not
-/// a form), its `Authorization` header, and the TLS session of its connection.
+/// a form), its `Authorization` header, the TLS session of its connection, its `DPoP` headers
+/// and its URL as the client addressed it (scheme, `Host` and path), for DPoP's `htu`.
 #[derive(Debug)]
 pub(crate) struct FormRequest {
     pub(crate) params: Vec<(String, String)>,
     pub(crate) basic: BasicCredentials,
     pub(crate) tls: Option<TlsSession>,
+    pub(crate) dpop: Vec<String>,
+    pub(crate) url: String,
 }
 
 impl FormRequest {
@@ -73,6 +77,7 @@ pub(crate) struct Summary {
     pub(crate) audience: Vec<String>,
     pub(crate) resource: Vec<String>,
     pub(crate) refresh_token: Option<String>,
+    pub(crate) dpop: Option<DpopCheck>,
 }
 
 impl Summary {
@@ -104,6 +109,10 @@ impl Summary {
             audience: request.all("audience"),
             resource: request.all("resource"),
             refresh_token: owned("refresh_token"),
+            dpop: request.dpop.first().map(|proof| DpopCheck {
+                proof: dpop::read_proof(proof).ok(),
+                verdict: DpopVerdict::NotChecked,
+            }),
         }
     }
 }
@@ -173,6 +182,10 @@ pub(crate) struct State {
     /// Access tokens revoked by the test.
     revoked: HashSet<String>,
     pub(crate) tls_failures: Vec<TlsFailure>,
+    /// The DPoP nonce proofs must carry now, when nonces are required.
+    pub(crate) dpop_nonce: Option<String>,
+    /// The ids of the DPoP proofs accepted within the window.
+    dpop_jtis: JtiCache,
     next_seq: u64,
     token_counter: u64,
     rng: fastrand::Rng,
@@ -184,6 +197,8 @@ pub(crate) struct Shared {
     pub(crate) realm: String,
     pub(crate) default_lifetime: Duration,
     pub(crate) max_request_body: usize,
+    pub(crate) dpop_nonces: DpopNonces,
+    pub(crate) dpop_window: Duration,
     state: Mutex<State>,
 }
 
@@ -206,15 +221,20 @@ impl Shared {
         default_lifetime: Duration,
         max_request_body: usize,
         seed: Option<u64>,
+        dpop_nonces: DpopNonces,
+        dpop_window: Duration,
     ) -> Shared {
-        let rng = match seed {
+        let mut rng = match seed {
             Some(seed) => fastrand::Rng::with_seed(seed),
             None => fastrand::Rng::new(),
         };
+        let dpop_nonce = dpop_nonces.required().then(|| mint_nonce(&mut rng));
         Shared {
             realm,
             default_lifetime,
             max_request_body,
+            dpop_nonces,
+            dpop_window,
             state: Mutex::new(State {
                 clients: HashMap::new(),
                 refresh_tokens: HashMap::new(),
@@ -224,6 +244,8 @@ impl Shared {
                 issued: Vec::new(),
                 revoked: HashSet::new(),
                 tls_failures: Vec::new(),
+                dpop_nonce,
+                dpop_jtis: JtiCache::new(),
                 next_seq: 0,
                 token_counter: 0,
                 rng,
@@ -275,6 +297,7 @@ impl Shared {
             resource: summary.resource,
             refresh_token: summary.refresh_token,
             refresh_token_reused: false,
+            dpop: summary.dpop,
             fault,
             status: None,
             outcome: Outcome::Pending,
@@ -302,8 +325,14 @@ impl Shared {
     }
 
     /// Processes a token request normally, applying `shape` (a [`Fault::MissingExpiresIn`] or
-    /// [`Fault::UnknownTokenType`]) to a successful answer, and records the result.
-    pub(crate) fn process(&self, seq: u64, request: &FormRequest, shape: Option<&Fault>) -> Reply {
+    /// [`Fault::UnknownTokenType`]) to a successful answer, and records the result. Returns
+    /// the answer and the `DPoP-Nonce` to send with it, if any.
+    pub(crate) fn process(
+        &self,
+        seq: u64,
+        request: &FormRequest,
+        shape: Option<&Fault>,
+    ) -> (Reply, Option<String>) {
         let mut state = self.lock();
         let mut note = Note::default();
         let reply = state.process(self, request, shape, &mut note);
@@ -327,9 +356,31 @@ impl Shared {
             record.refresh_token_reused = note.reused;
             record.status = Some(status);
             record.outcome = outcome;
+            if let Some(verdict) = note.dpop_verdict.take()
+                && let Some(check) = record.dpop.as_mut()
+            {
+                check.verdict = verdict;
+            }
         }
-        reply
+        (reply, note.dpop_nonce)
     }
+
+    /// Makes a new DPoP nonce current (the old one is refused from now on) and returns it;
+    /// `None` when the authority does not require nonces.
+    pub(crate) fn rotate_dpop_nonce(&self) -> Option<String> {
+        let mut state = self.lock();
+        if !self.dpop_nonces.required() {
+            return None;
+        }
+        let nonce = mint_nonce(&mut state.rng);
+        state.dpop_nonce = Some(nonce.clone());
+        Some(nonce)
+    }
+}
+
+/// A fresh DPoP nonce: random, and visible ASCII as RFC 9449 §8.1 asks.
+fn mint_nonce(rng: &mut fastrand::Rng) -> String {
+    format!("nonce-{:016x}{:016x}", rng.u64(..), rng.u64(..))
 }
 
 /// Facts learned while processing, for the log.
@@ -339,6 +390,10 @@ struct Note {
     reused: bool,
     access_token: Option<String>,
     refresh_token: Option<String>,
+    /// What became of the request's DPoP proof, once checked.
+    dpop_verdict: Option<DpopVerdict>,
+    /// The `DPoP-Nonce` to send with the answer.
+    dpop_nonce: Option<String>,
 }
 
 impl State {
@@ -447,6 +502,24 @@ impl State {
         };
         note.authenticated = true;
 
+        let dpop_proof = match self.check_dpop(shared, request, &client) {
+            Ok(proof) => {
+                if proof.is_some() {
+                    note.dpop_verdict = Some(DpopVerdict::Accepted);
+                    note.dpop_nonce = self.dpop_nonce.clone();
+                }
+                proof
+            }
+            Err(error) => {
+                if matches!(error, DpopError::NonceRequired { .. }) {
+                    note.dpop_nonce = self.dpop_nonce.clone();
+                }
+                let reply = Reply::error(400, error.error_code(), error.to_string());
+                note.dpop_verdict = Some(DpopVerdict::Refused(error));
+                return reply;
+            }
+        };
+
         let (scope, with_refresh_token) = if grant == REFRESH_TOKEN {
             let Some(presented) = request.first("refresh_token") else {
                 return Reply::error(400, "invalid_request", "missing refresh_token");
@@ -494,7 +567,9 @@ impl State {
 
         let mut body = Map::new();
         body.insert("access_token".into(), access_token.clone().into());
-        body.insert("token_type".into(), "Bearer".into());
+        let dpop_bound = dpop_proof.is_some();
+        let token_type = if dpop_bound { "DPoP" } else { "Bearer" };
+        body.insert("token_type".into(), token_type.into());
         let expires_value = if client.expires_in_as_string {
             Value::from(expires_in.to_string())
         } else {
@@ -529,10 +604,44 @@ impl State {
             refresh_token: refresh_token.clone(),
             issued_at: SystemTime::now(),
             bound_to,
+            dpop_jkt: dpop_proof.map(|proof| proof.jkt),
         });
+        if dpop_bound && shared.dpop_nonces == DpopNonces::FreshPerToken {
+            // This token used the nonce up: the answer hands out the next one.
+            let nonce = mint_nonce(&mut self.rng);
+            self.dpop_nonce = Some(nonce.clone());
+            note.dpop_nonce = Some(nonce);
+        }
         note.access_token = Some(access_token);
         note.refresh_token = refresh_token;
         Reply::Token(body)
+    }
+
+    /// Checks the request's DPoP proof (RFC 9449 §4.3, and §8 for the nonce) for an
+    /// authenticated client: `Ok(None)` when there is none and the client may go without, the
+    /// accepted proof (its `jti` now remembered), or why it was refused.
+    fn check_dpop(
+        &mut self,
+        shared: &Shared,
+        request: &FormRequest,
+        client: &Client,
+    ) -> Result<Option<DpopProof>, DpopError> {
+        let proof = match request.dpop.as_slice() {
+            [] if client.require_dpop => return Err(DpopError::Missing),
+            [] => return Ok(None),
+            [proof] => proof,
+            _ => return Err(DpopError::Multiple),
+        };
+        let now = SystemTime::now();
+        let proof = dpop::verify_proof(proof, "POST", &request.url, None, now, shared.dpop_window)?;
+        if shared.dpop_nonces.required() && proof.nonce != self.dpop_nonce {
+            return Err(DpopError::NonceRequired {
+                presented: proof.nonce.clone(),
+            });
+        }
+        self.dpop_jtis
+            .check_and_insert(&proof, now, shared.dpop_window)?;
+        Ok(Some(proof))
     }
 
     /// Authenticates the client by its registered method (RFC 6749 §2.3.1, RFC 8705 §2).

@@ -8,10 +8,11 @@
 # packages, the interop authorities' npm packages), makes throw-away TLS
 # certificates in its scratch folder (interop/certificates.sh: a test CA, a
 # server certificate for localhost and 127.0.0.1, a client CA and client
-# certificates), and starts on free loopback ports a private Redis and three
+# certificates), and starts on free loopback ports a private Redis and four
 # third-party OAuth2 authorities from interop/: oauth2-mock-server over HTTP
-# and again over HTTPS (authority.mjs), and oidc-provider over HTTPS with
-# RFC 8705 mTLS client authentication (oidc-mtls.mjs). It exports
+# and again over HTTPS (authority.mjs), oidc-provider over HTTPS with
+# RFC 8705 mTLS client authentication (oidc-mtls.mjs), and oidc-provider over
+# HTTP with RFC 9449 DPoP and required nonces (oidc-dpop.mjs). It exports
 #
 #   TOKENKEEPER_TEST_REDIS_URL                  redis://127.0.0.1:PORT/
 #   TOKENKEEPER_TEST_INTEROP_TOKEN_URL          http://127.0.0.1:PORT/token
@@ -28,6 +29,9 @@
 #                                               (self_signed_tls_client_auth)
 #   TOKENKEEPER_TEST_INTEROP_SELF_SIGNED_CERT   its self-signed certificate (PEM)
 #   TOKENKEEPER_TEST_INTEROP_SELF_SIGNED_KEY    its private key (PEM)
+#   TOKENKEEPER_TEST_OIDC_DPOP_TOKEN_URL        http://127.0.0.1:PORT/token (oidc-provider, DPoP)
+#   TOKENKEEPER_TEST_OIDC_DPOP_CLIENT_ID        interop-dpop-client (DPoP-bound tokens only)
+#   TOKENKEEPER_TEST_OIDC_DPOP_CLIENT_SECRET    interop-dpop-secret
 #
 # runs the tests, stops every service it started (also when the tests fail or
 # it is interrupted), deletes the scratch folder with the certificates and
@@ -35,7 +39,8 @@
 # already set in the environment is not started: the given one is used
 # instead, with the variables that go with it as given (the client id and
 # secret; the CA file for the HTTPS one; the client ids, certificates and keys
-# for oidc-provider). When the script starts an HTTPS server while a CA file
+# for oidc-provider with mTLS; the client id and secret for the DPoP one, which
+# must be oidc-dpop.mjs: the tests read its log of token requests). When the script starts an HTTPS server while a CA file
 # is given, it exports a bundle of the given CA file and its own test CA.
 #
 # Without arguments it then fuzzes (fuzz/, see fuzz/README.md): it installs
@@ -83,6 +88,7 @@ REDIS_PID=""
 AUTHORITY_PID=""
 TLS_AUTHORITY_PID=""
 OIDC_PID=""
+OIDC_DPOP_PID=""
 # The test command runs in its own process group so that a signal to this
 # script can be passed on to it and everything it started (cargo, the test
 # binaries, their children).
@@ -113,6 +119,7 @@ cleanup() {
     kill -TERM -- "-$COMMAND_PID" 2>/dev/null || true
     wait "$COMMAND_PID" 2>/dev/null || true
   fi
+  stop_process "$OIDC_DPOP_PID" "oidc-provider (DPoP)"
   stop_process "$OIDC_PID" "oidc-provider (mTLS)"
   stop_process "$TLS_AUTHORITY_PID" "the interop authority (HTTPS)"
   stop_process "$AUTHORITY_PID" "the interop authority"
@@ -385,6 +392,17 @@ else
   export TOKENKEEPER_TEST_INTEROP_SELF_SIGNED_CERT="$CERT_DIR/self-signed-client.pem"
   export TOKENKEEPER_TEST_INTEROP_SELF_SIGNED_KEY="$CERT_DIR/self-signed-client.key"
 fi
+
+if [ -n "${TOKENKEEPER_TEST_OIDC_DPOP_TOKEN_URL:-}" ]; then
+  log "using the given oidc-provider (DPoP) at $TOKENKEEPER_TEST_OIDC_DPOP_TOKEN_URL"
+else
+  ensure_interop_packages
+  start_node_server "oidc-provider (DPoP)" OIDC_DPOP_PID TOKENKEEPER_TEST_OIDC_DPOP_TOKEN_URL \
+    oidc-dpop.mjs
+fi
+# The client registered in oidc-dpop.mjs, unless given.
+export TOKENKEEPER_TEST_OIDC_DPOP_CLIENT_ID="${TOKENKEEPER_TEST_OIDC_DPOP_CLIENT_ID:-interop-dpop-client}"
+export TOKENKEEPER_TEST_OIDC_DPOP_CLIENT_SECRET="${TOKENKEEPER_TEST_OIDC_DPOP_CLIENT_SECRET:-interop-dpop-secret}"
 
 # The CA to trust: ours when we started an HTTPS server, with a given one too.
 if [ -n "$CERT_DIR" ]; then

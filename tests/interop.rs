@@ -6,12 +6,15 @@
 //!   test CA;
 //! - `oidc-provider` 9 (see `interop/oidc-mtls.mjs`) over HTTPS, with RFC 8705
 //!   mutual-TLS client authentication (`tls_client_auth` and
-//!   `self_signed_tls_client_auth`) and certificate-bound JWT access tokens.
+//!   `self_signed_tls_client_auth`) and certificate-bound JWT access tokens;
+//! - `oidc-provider` 9 again (see `interop/oidc-dpop.mjs`) with its DPoP
+//!   feature (RFC 9449), demanding a server nonce in every proof, and
+//!   DPoP-bound JWT access tokens.
 //!
 //! `scripts/test-all.sh` makes the certificates (`interop/certificates.sh`),
-//! starts the three servers and exports `TOKENKEEPER_TEST_INTEROP_TOKEN_URL`,
-//! `TOKENKEEPER_TEST_INTEROP_TLS_TOKEN_URL`, `TOKENKEEPER_TEST_OIDC_MTLS_TOKEN_URL`
-//! and the variables that go with them (client ids and secret, CA file,
+//! starts the four servers and exports `TOKENKEEPER_TEST_INTEROP_TOKEN_URL`,
+//! `TOKENKEEPER_TEST_INTEROP_TLS_TOKEN_URL`, `TOKENKEEPER_TEST_OIDC_MTLS_TOKEN_URL`,
+//! `TOKENKEEPER_TEST_OIDC_DPOP_TOKEN_URL` and the variables that go with them (client ids and secret, CA file,
 //! client certificates and keys). Under a plain `cargo test`, the tests start
 //! what the environment does not name themselves (one process per server,
 //! shared by the tests that run at the same time, stopped when the last of
@@ -38,8 +41,10 @@ use rustls::pki_types::pem::PemObject;
 use serde_json::Value;
 use tokenkeeper_core::oauth2::{AuthMethod, GrantType, OAuth2Client, TokenUrl};
 use tokenkeeper_core::{
-    BackoffPolicy, ClientId, ClientSecret, ErrorClass, FetchError, Jitter, RefreshToken, TlsProblem,
+    BackoffPolicy, ClientId, ClientSecret, ErrorClass, Event, FetchError, Jitter, RefreshNow,
+    RefreshToken, TlsProblem,
 };
+use tokenkeeper_driver::dpop::DpopKey;
 use tokenkeeper_driver::{HttpSettings, SpawnError, TokenWatcher, TokenWatcherBuilder};
 
 const URL_VAR: &str = "TOKENKEEPER_TEST_INTEROP_TOKEN_URL";
@@ -54,6 +59,9 @@ const CLIENT_KEY_VAR: &str = "TOKENKEEPER_TEST_INTEROP_CLIENT_KEY";
 const SELF_SIGNED_ID_VAR: &str = "TOKENKEEPER_TEST_OIDC_SELF_SIGNED_CLIENT_ID";
 const SELF_SIGNED_CERT_VAR: &str = "TOKENKEEPER_TEST_INTEROP_SELF_SIGNED_CERT";
 const SELF_SIGNED_KEY_VAR: &str = "TOKENKEEPER_TEST_INTEROP_SELF_SIGNED_KEY";
+const DPOP_URL_VAR: &str = "TOKENKEEPER_TEST_OIDC_DPOP_TOKEN_URL";
+const DPOP_ID_VAR: &str = "TOKENKEEPER_TEST_OIDC_DPOP_CLIENT_ID";
+const DPOP_SECRET_VAR: &str = "TOKENKEEPER_TEST_OIDC_DPOP_CLIENT_SECRET";
 
 /// The resource server oidc-mtls.mjs issues every token for (the JWT's `aud`).
 const OIDC_RESOURCE: &str = "urn:tokenkeeper:interop";
@@ -323,6 +331,37 @@ fn start_oidc() -> Oidc {
         _node: Some(node),
         _certificates: Some(certs),
     }
+}
+
+/// oidc-provider with DPoP and required nonces.
+struct OidcDpop {
+    token_url: String,
+    client_id: String,
+    client_secret: String,
+    _node: Option<Node>,
+}
+
+fn oidc_dpop() -> Arc<OidcDpop> {
+    static SHARED: Mutex<Weak<OidcDpop>> = Mutex::new(Weak::new());
+    shared(&SHARED, || {
+        // The client registered in oidc-dpop.mjs, unless told otherwise.
+        let client_id = std::env::var(DPOP_ID_VAR).unwrap_or_else(|_| "interop-dpop-client".into());
+        let client_secret =
+            std::env::var(DPOP_SECRET_VAR).unwrap_or_else(|_| "interop-dpop-secret".into());
+        let (node, token_url) = match std::env::var(DPOP_URL_VAR) {
+            Ok(url) => (None, url),
+            Err(_) => {
+                let (node, url) = start_node("oidc-dpop.mjs", &[], DPOP_URL_VAR);
+                (Some(node), url)
+            }
+        };
+        OidcDpop {
+            token_url,
+            client_id,
+            client_secret,
+            _node: node,
+        }
+    })
 }
 
 /// A value no earlier test run has used: refresh tokens are single-use.
@@ -697,6 +736,134 @@ fn the_wrong_client_certificate_is_invalid_client<F: Flavor>() {
     }
 }
 
+// --- DPoP ----------------------------------------------------------------------
+
+/// What oidc-dpop.mjs saw of the token requests whose proof was signed by the
+/// key of this thumbprint (`GET /interop/token-requests` there): each as
+/// (whether the proof carried a nonce, "ok" or the OAuth error).
+fn dpop_requests_seen(o: &OidcDpop, jkt: &str) -> Vec<(bool, String)> {
+    use std::io::{Read, Write};
+    let host = origin(&o.token_url)
+        .strip_prefix("http://")
+        .unwrap_or_else(|| panic!("{DPOP_URL_VAR} is not an http URL: {}", o.token_url));
+    let mut stream = std::net::TcpStream::connect(host).expect("connect to oidc-dpop.mjs");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "GET /interop/token-requests HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    let (head, body) = answer.split_once("\r\n\r\n").expect("an HTTP answer");
+    assert!(
+        head.starts_with("HTTP/1.1 200"),
+        "{DPOP_URL_VAR} must name interop/oidc-dpop.mjs, which logs token requests: {head}"
+    );
+    let log: Vec<Value> = serde_json::from_str(body).expect("a JSON log");
+    log.iter()
+        .filter(|entry| entry["jkt"] == jkt)
+        .map(|entry| {
+            (
+                entry["nonce"] == true,
+                entry["result"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect()
+}
+
+fn oidc_dpop_client(o: &OidcDpop) -> OAuth2Client {
+    OAuth2Client::client_credentials(
+        &o.token_url,
+        ClientId::new(o.client_id.clone()),
+        ClientSecret::new(o.client_secret.clone()),
+    )
+    .unwrap()
+    .scope("read")
+}
+
+fn dpop_bound_token_from_oidc_provider_after_its_nonce<F: Flavor>() {
+    let o = oidc_dpop();
+    let keys = [
+        DpopKey::generate_es256().unwrap(),
+        DpopKey::generate_ed25519().unwrap(),
+    ];
+    for key in keys {
+        let name = format!("{} {}", F::NAME, key.algorithm());
+        let failures = Arc::new(Mutex::new(Vec::new()));
+        let seen = Arc::clone(&failures);
+        let watcher = spawn::<F>(
+            quick::<F>(oidc_dpop_client(&o))
+                .dpop(key.clone())
+                .refresh_now_min_interval(Duration::from_millis(10))
+                .on_event(move |event| {
+                    if let Event::FetchFailed { error, .. } = event {
+                        seen.lock().unwrap().push(error.to_string());
+                    }
+                }),
+        );
+        let token = watcher.token().unwrap().into_arc();
+        assert_eq!(token.token_type, "DPoP", "{name}");
+        assert_eq!(token.lifetime(), Duration::from_secs(300), "{name}");
+        // What oidc-provider signed: the token is bound to the thumbprint it
+        // computed of the key in our proof.
+        let claims = jwt_claims(token.access_token.expose_secret());
+        assert_eq!(claims["cnf"]["jkt"], key.thumbprint(), "{name}: {claims}");
+        assert_eq!(
+            claims["client_id"],
+            o.client_id.as_str(),
+            "{name}: {claims}"
+        );
+        assert_eq!(claims["aud"], OIDC_RESOURCE, "{name}: {claims}");
+        assert_eq!(claims["scope"], "read", "{name}: {claims}");
+        assert_eq!(
+            token.extra.get("cnf").and_then(|cnf| cnf.get("jkt")),
+            Some(&Value::from(key.thumbprint())),
+            "{name}"
+        );
+        // It asked for its nonce once, and got it at once.
+        let ok = (true, "ok".to_owned());
+        let dance = vec![(false, "use_dpop_nonce".to_owned()), ok.clone()];
+        assert_eq!(dpop_requests_seen(&o, key.thumbprint()), dance, "{name}");
+
+        // A forced refresh sends the nonce it holds: one request.
+        let started = F::block_on(watcher.refresh_now());
+        assert!(
+            matches!(started, Ok(RefreshNow::Started | RefreshNow::Joined)),
+            "{name}: {started:?}"
+        );
+        let end = Instant::now() + Duration::from_secs(20);
+        let refreshed = loop {
+            let current = watcher.token().unwrap().into_arc();
+            if current.access_token != token.access_token {
+                break current;
+            }
+            assert!(
+                Instant::now() < end,
+                "{name}: no refresh: {:?}",
+                watcher.status()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let claims = jwt_claims(refreshed.access_token.expose_secret());
+        assert_eq!(claims["cnf"]["jkt"], key.thumbprint(), "{name}: {claims}");
+        let mut expected = dance;
+        expected.push(ok);
+        assert_eq!(dpop_requests_seen(&o, key.thumbprint()), expected, "{name}");
+        assert!(failures.lock().unwrap().is_empty(), "{name}: {failures:?}");
+        F::block_on(watcher.shutdown());
+    }
+
+    // The client is registered for DPoP-bound tokens only: without a key,
+    // oidc-provider refuses it for good.
+    let error = F::block_on(quick::<F>(oidc_dpop_client(&o)).spawn()).unwrap_err();
+    assert!(error.is_permanent(), "{}: {error:?}", F::NAME);
+    let fetch = error.fetch_error().unwrap();
+    assert_eq!(fetch.oauth_error().unwrap().error, "invalid_grant");
+}
+
 per_driver!(
     client_credentials_with_basic_authentication,
     client_credentials_with_post_authentication,
@@ -707,6 +874,7 @@ per_driver!(
     tls_client_auth_gets_a_certificate_bound_token,
     self_signed_tls_client_auth_gets_a_certificate_bound_token,
     the_wrong_client_certificate_is_invalid_client,
+    dpop_bound_token_from_oidc_provider_after_its_nonce,
 );
 
 // --- the command ---------------------------------------------------------------

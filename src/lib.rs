@@ -103,6 +103,8 @@ mod markdown {
     struct Embedding;
     #[doc = include_str!("../docs/performance.md")]
     struct Performance;
+    #[doc = include_str!("../docs/middleware.md")]
+    struct Middleware;
     #[doc = include_str!("../docs/deploy.md")]
     struct Deploy;
     #[doc = include_str!("../docs/dependencies.md")]

@@ -107,6 +107,8 @@ pub mod prelude {
         ProxyError, Sleeper, Source, SpawnError, Token, TokenError, TokenSource, Warning,
         WatcherStopped, change_feed,
     };
+    // DPoP keys (`dpop::DpopKey`), for `TokenWatcherBuilder::dpop`.
+    pub use crate::dpop;
     pub use tokenkeeper_core as engine;
     pub use tokenkeeper_core::{Event, FetchError, RefreshNow, Status, TlsProblem, TokenRecord};
 }

@@ -214,8 +214,8 @@ pub enum RetryOn {
     InvalidToken,
     /// Every `401`.
     AnyUnauthorized,
-    /// Never: a `401` is handed back unchanged (the watcher is still told
-    /// the token was refused).
+    /// Never: every `401` is handed back unchanged, and the watcher is not
+    /// told (call [`TokenWatcher::refresh_if_current`] yourself).
     Never,
 }
 

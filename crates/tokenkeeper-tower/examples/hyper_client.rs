@@ -56,7 +56,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         }
     };
 
-    println!("GET /orders                      -> {}", call("/orders").await?);
+    println!(
+        "GET /orders                      -> {}",
+        call("/orders").await?
+    );
     let token = watcher.token()?.access_token.expose_secret().to_owned();
     authority.revoke(&token);
     println!("(the authority revokes the token)");

@@ -44,7 +44,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     api.gather(8);
     let statuses: Vec<u16> = std::thread::scope(|scope| {
         let calls: Vec<_> = (0..8)
-            .map(|_| scope.spawn(|| agent.get(api.url("/orders")).call().map(|r| r.status().as_u16())))
+            .map(|_| {
+                scope.spawn(|| {
+                    agent
+                        .get(api.url("/orders"))
+                        .call()
+                        .map(|r| r.status().as_u16())
+                })
+            })
             .collect();
         calls
             .into_iter()

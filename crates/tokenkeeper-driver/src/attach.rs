@@ -10,8 +10,10 @@
 //! - **What goes on it** ([`AttachPolicy::credentials`]): the headers for a
 //!   token, applied with [`Credentials::apply`]. Today that is
 //!   `Authorization: Bearer <token>`, marked sensitive so that `http`'s
-//!   `Debug` hides it; a per-request proof header (DPoP) would be added here
-//!   and every middleware would carry it unchanged.
+//!   `Debug` hides it. A DPoP-bound token is refused
+//!   ([`CredentialError::ProofRequired`]) rather than sent as a bearer
+//!   token: its per-request proof header belongs here, and every middleware
+//!   would then carry it unchanged.
 //! - **Whether a 401 calls for a retry** ([`AttachPolicy::calls_for_retry`]):
 //!   by default a `401` whose `WWW-Authenticate` has a `Bearer` challenge
 //!   with `error="invalid_token"` or no error code, or no challenge at all
@@ -320,8 +322,15 @@ impl AttachPolicy {
         }
     }
 
-    /// The headers that carry `record` on a request.
+    /// The headers that carry `record` on a request: `Authorization: Bearer`.
+    /// A DPoP-bound token (`token_type` `DPoP`) needs a proof per request,
+    /// which is not made here: it is refused with
+    /// [`CredentialError::ProofRequired`] rather than sent as a bearer token
+    /// that the resource server must reject (RFC 9449 §7.1).
     pub fn credentials(&self, record: &TokenRecord) -> Result<Credentials, CredentialError> {
+        if record.token_type.eq_ignore_ascii_case("dpop") {
+            return Err(CredentialError::ProofRequired);
+        }
         let secret = record.access_token.expose_secret();
         let mut value = String::with_capacity(BEARER.len() + secret.len());
         value.push_str(BEARER);
@@ -377,6 +386,9 @@ pub enum CredentialError {
     /// The token holds characters an HTTP header cannot carry (the
     /// authority sent a malformed token).
     NotAHeaderValue,
+    /// The token is DPoP-bound: each request needs a proof signed with the
+    /// watcher's key, which this middleware does not make.
+    ProofRequired,
 }
 
 impl fmt::Display for CredentialError {
@@ -385,6 +397,9 @@ impl fmt::Display for CredentialError {
             CredentialError::NotAHeaderValue => {
                 f.write_str("the access token holds characters an HTTP header cannot carry")
             }
+            CredentialError::ProofRequired => f.write_str(
+                "the access token is DPoP-bound and this middleware does not sign DPoP proofs",
+            ),
         }
     }
 }
@@ -751,6 +766,15 @@ mod tests {
             policy().credentials(&record("bad\ntoken")).unwrap_err(),
             CredentialError::NotAHeaderValue
         );
+        let mut bound = record("tok-456");
+        bound.token_type = "DPoP".into();
+        assert_eq!(
+            policy().credentials(&bound).unwrap_err(),
+            CredentialError::ProofRequired
+        );
+        let mut lower = record("tok-789");
+        lower.token_type = "bearer".into();
+        assert!(policy().credentials(&lower).is_ok());
     }
 
     #[test]

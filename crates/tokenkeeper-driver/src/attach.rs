@@ -7,16 +7,23 @@
 //!   over plain `http` except to loopback (the one loopback rule,
 //!   [`is_loopback_host`]), and never onto a request that already carries an
 //!   `Authorization` header.
-//! - **What goes on it** ([`AttachPolicy::credentials`]): the headers for a
-//!   token, applied with [`Credentials::apply`]. Today that is
-//!   `Authorization: Bearer <token>`, marked sensitive so that `http`'s
-//!   `Debug` hides it. A DPoP-bound token is refused
-//!   ([`CredentialError::ProofRequired`]) rather than sent as a bearer
-//!   token: its per-request proof header belongs here, and every middleware
-//!   would then carry it unchanged.
+//! - **What goes on it** ([`Attacher::attach`]): `Authorization: Bearer
+//!   <token>`, or for a DPoP-bound token (`token_type` `DPoP`, the watcher
+//!   built with a [`DpopKey`]) `Authorization: DPoP <token>` and a `DPoP`
+//!   proof signed for this request (RFC 9449 §7: `htm`, `htu` without query
+//!   and fragment, `ath`, `iat`, a fresh `jti`, and the latest nonce the
+//!   origin handed out). Values are marked sensitive, so that `http`'s
+//!   `Debug` hides them. A DPoP-bound token never goes out as a bearer
+//!   token: without a key it is refused ([`CredentialError::ProofRequired`]).
+//! - **DPoP nonces** ([`Attacher::after_answer`]): a `DPoP-Nonce` header on
+//!   any answer to a DPoP request is remembered for its origin (at most
+//!   [`MAX_NONCE_ORIGINS`] origins); a `401` with a `DPoP`
+//!   `error="use_dpop_nonce"` challenge and a new nonce is sent once more,
+//!   with the same token and a new proof carrying it (if it can be
+//!   replayed).
 //! - **Whether a 401 calls for a retry** ([`AttachPolicy::calls_for_retry`]):
-//!   by default a `401` whose `WWW-Authenticate` has a `Bearer` challenge
-//!   with `error="invalid_token"` or no error code, or no challenge at all
+//!   by default a `401` whose `WWW-Authenticate` has a `Bearer` or `DPoP`
+//!   challenge with `error="invalid_token"` or no error code, or no challenge at all
 //!   ([`RetryOn`]). A `403` never does.
 //! - **The refusal → refresh → retry-once step** ([`renew_after_refusal`]):
 //!   tell the watcher the token was refused
@@ -27,7 +34,9 @@
 //!   [`report_refusal`] is the same without the wait, for requests that
 //!   cannot be replayed.
 //!
-//! Both functions are futures on every runtime (the thread adapter's
+//! [`Attacher`] holds what a middleware instance shares and takes a request
+//! through these steps; the middleware crates only carry them out. The
+//! async steps are futures on every runtime (the thread adapter's
 //! middleware runs them with [`park::block_on`](crate::park::block_on)).
 //!
 //! ```
@@ -50,15 +59,18 @@
 //! # Ok::<(), tokenkeeper_driver::attach::OriginError>(())
 //! ```
 
+use std::collections::VecDeque;
 use std::fmt;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use http::header::{AUTHORIZATION, HeaderMap, HeaderValue, WWW_AUTHENTICATE};
-use http::{StatusCode, Uri};
+use http::header::{AUTHORIZATION, HeaderMap, HeaderName, HeaderValue, WWW_AUTHENTICATE};
+use http::{Method, StatusCode, Uri};
 use tokenkeeper_core::oauth2::is_loopback_host;
 use tokenkeeper_core::{RefreshNow, Timestamp, TokenRecord};
 
+use crate::dpop::{DpopKey, DpopKeyError};
+use crate::error::TokenError;
 use crate::runtime::{Runtime, timeout};
 use crate::watcher::TokenWatcher;
 
@@ -135,6 +147,8 @@ pub enum OriginError {
     /// It is plain `http` to a host other than loopback: tokens never travel
     /// in clear off this machine.
     PlainHttp,
+    /// No origin was given.
+    NoOrigin,
 }
 
 impl fmt::Display for OriginError {
@@ -147,6 +161,7 @@ impl fmt::Display for OriginError {
             OriginError::PlainHttp => {
                 "tokens are sent over plain http only to loopback; use https for this origin"
             }
+            OriginError::NoOrigin => "no allowed origin was given",
         })
     }
 }
@@ -206,11 +221,12 @@ impl Placement {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum RetryOn {
-    /// A `401` whose `WWW-Authenticate` holds a `Bearer` challenge with
+    /// A `401` whose `WWW-Authenticate` holds a `Bearer` or `DPoP` challenge with
     /// `error="invalid_token"` or with no error code, or that has no
     /// `WWW-Authenticate` at all (a server that does not follow RFC 6750
     /// §3). Not one that challenges for another scheme only, nor one whose
-    /// `Bearer` challenge names another error (`invalid_request`,
+    /// challenge names another error (a `DPoP` `use_dpop_nonce` is a nonce
+    /// retry, never a refusal of the token) (`invalid_request`,
     /// `insufficient_scope`). The default.
     #[default]
     InvalidToken,
@@ -243,6 +259,18 @@ impl AttachPolicy {
             relative_to: None,
             retry_on: RetryOn::default(),
             renewal_timeout: DEFAULT_RENEWAL_TIMEOUT,
+        })
+    }
+
+    /// Tokens go to each of these origins: [`for_origin`](Self::for_origin)
+    /// of the first, [`allow_origin`](Self::allow_origin) of the others.
+    pub fn for_origins<S: AsRef<str>>(
+        urls: impl IntoIterator<Item = S>,
+    ) -> Result<AttachPolicy, OriginError> {
+        let mut urls = urls.into_iter();
+        let first = urls.next().ok_or(OriginError::NoOrigin)?;
+        urls.try_fold(AttachPolicy::for_origin(first.as_ref())?, |policy, url| {
+            policy.allow_origin(url.as_ref())
         })
     }
 
@@ -322,25 +350,6 @@ impl AttachPolicy {
         }
     }
 
-    /// The headers that carry `record` on a request: `Authorization: Bearer`.
-    /// A DPoP-bound token (`token_type` `DPoP`) needs a proof per request,
-    /// which is not made here: it is refused with
-    /// [`CredentialError::ProofRequired`] rather than sent as a bearer token
-    /// that the resource server must reject (RFC 9449 §7.1).
-    pub fn credentials(&self, record: &TokenRecord) -> Result<Credentials, CredentialError> {
-        if record.token_type.eq_ignore_ascii_case("dpop") {
-            return Err(CredentialError::ProofRequired);
-        }
-        let secret = record.access_token.expose_secret();
-        let mut value = String::with_capacity(BEARER.len() + secret.len());
-        value.push_str(BEARER);
-        value.push_str(secret);
-        let mut authorization =
-            HeaderValue::try_from(value).map_err(|_| CredentialError::NotAHeaderValue)?;
-        authorization.set_sensitive(true);
-        Ok(Credentials { authorization })
-    }
-
     /// Whether an answer with `status` and `headers` to a request that
     /// carried a token calls for a new token and one retry.
     pub fn calls_for_retry(&self, status: StatusCode, headers: &HeaderMap) -> bool {
@@ -356,27 +365,117 @@ impl AttachPolicy {
 }
 
 const BEARER: &str = "Bearer ";
+const DPOP: &str = "DPoP ";
 
-/// The headers that carry a token on one request: what
-/// [`AttachPolicy::credentials`] gives. `Debug` hides the token.
+/// The request header that carries a DPoP proof (RFC 9449 §4.1).
+pub const DPOP_HEADER: HeaderName = HeaderName::from_static("dpop");
+
+/// The answer header in which a server hands out a DPoP nonce (RFC 9449 §8).
+pub const DPOP_NONCE_HEADER: HeaderName = HeaderName::from_static("dpop-nonce");
+
+/// The most origins whose DPoP nonce a middleware remembers; the oldest is
+/// forgotten first. Tokens go only to allowed origins, so this is seldom
+/// reached.
+pub const MAX_NONCE_ORIGINS: usize = 64;
+
+/// The longest DPoP nonce remembered; a longer one is ignored.
+const MAX_NONCE_LEN: usize = 1024;
+
+/// The headers that carry a token on one request. `Debug` hides them.
 #[derive(Clone)]
 pub struct Credentials {
     authorization: HeaderValue,
+    proof: Option<HeaderValue>,
 }
 
 impl fmt::Debug for Credentials {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Credentials").finish_non_exhaustive()
+        f.debug_struct("Credentials")
+            .field("dpop", &self.proof.is_some())
+            .finish_non_exhaustive()
     }
 }
 
 impl Credentials {
+    /// The headers for `record`: `Authorization: Bearer <token>`, or, for a
+    /// DPoP-bound token (`token_type` `DPoP`), `Authorization: DPoP <token>`
+    /// and a `DPoP` proof signed with `key` for `request` (RFC 9449 §7).
+    /// Every value is marked sensitive, so that `http`'s `Debug` hides it.
+    fn for_record(
+        record: &TokenRecord,
+        key: Option<&DpopKey>,
+        request: Option<&ProofRequest>,
+    ) -> Result<Credentials, CredentialError> {
+        let secret = record.access_token.expose_secret();
+        let (scheme, proof) = if is_dpop_bound(record) {
+            let (Some(key), Some(request)) = (key, request) else {
+                return Err(CredentialError::ProofRequired);
+            };
+            let proof = key
+                .resource_proof(
+                    request.method.as_str(),
+                    &request.url,
+                    secret,
+                    request.nonce.as_deref(),
+                    unix_now(),
+                )
+                .map_err(CredentialError::Signing)?;
+            let mut proof =
+                HeaderValue::try_from(proof).map_err(|_| CredentialError::NotAHeaderValue)?;
+            proof.set_sensitive(true);
+            (DPOP, Some(proof))
+        } else {
+            (BEARER, None)
+        };
+        let mut value = String::with_capacity(scheme.len() + secret.len());
+        value.push_str(scheme);
+        value.push_str(secret);
+        let mut authorization =
+            HeaderValue::try_from(value).map_err(|_| CredentialError::NotAHeaderValue)?;
+        authorization.set_sensitive(true);
+        Ok(Credentials {
+            authorization,
+            proof,
+        })
+    }
+
     /// Sets the headers on a request's header map (replacing any of the
     /// same names).
     #[inline]
-    pub fn apply(self, headers: &mut HeaderMap) {
-        headers.insert(AUTHORIZATION, self.authorization);
+    pub fn apply(&self, headers: &mut HeaderMap) {
+        headers.insert(AUTHORIZATION, self.authorization.clone());
+        match &self.proof {
+            Some(proof) => {
+                headers.insert(DPOP_HEADER, proof.clone());
+            }
+            None => {
+                headers.remove(DPOP_HEADER);
+            }
+        }
     }
+}
+
+/// Whether `record` is a DPoP-bound token.
+fn is_dpop_bound(record: &TokenRecord) -> bool {
+    record.token_type.eq_ignore_ascii_case("dpop")
+}
+
+/// Seconds since the Unix epoch: a proof's `iat`, which servers compare
+/// with their wall clock.
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs())
+}
+
+/// What a proof is signed for: the request's method and URL (`htm`, `htu`),
+/// its origin (whose nonce it carries), and that nonce.
+#[derive(Clone)]
+struct ProofRequest {
+    method: Method,
+    url: url::Url,
+    origin: Origin,
+    nonce: Option<String>,
 }
 
 /// Why a token cannot be put on a request.
@@ -386,9 +485,12 @@ pub enum CredentialError {
     /// The token holds characters an HTTP header cannot carry (the
     /// authority sent a malformed token).
     NotAHeaderValue,
-    /// The token is DPoP-bound: each request needs a proof signed with the
-    /// watcher's key, which this middleware does not make.
+    /// The token is DPoP-bound but the watcher has no DPoP key to sign a
+    /// proof with (a token from a source of its own): it is not sent as a
+    /// bearer token, which the resource server must refuse (RFC 9449 §7.1).
     ProofRequired,
+    /// The proof could not be signed.
+    Signing(DpopKeyError),
 }
 
 impl fmt::Display for CredentialError {
@@ -398,24 +500,27 @@ impl fmt::Display for CredentialError {
                 f.write_str("the access token holds characters an HTTP header cannot carry")
             }
             CredentialError::ProofRequired => f.write_str(
-                "the access token is DPoP-bound and this middleware does not sign DPoP proofs",
+                "the access token is DPoP-bound and the watcher has no DPoP key to sign proofs with",
             ),
+            CredentialError::Signing(error) => write!(f, "cannot sign the DPoP proof: {error}"),
         }
     }
 }
 
 impl std::error::Error for CredentialError {}
 
-/// Whether the `WWW-Authenticate` headers of a `401` say the bearer token
-/// itself was refused: a `Bearer` challenge with `error="invalid_token"` or
-/// no error, or no challenge at all.
+/// Whether the `WWW-Authenticate` headers of a `401` say the token itself
+/// was refused: a `Bearer` or `DPoP` challenge with `error="invalid_token"`
+/// or no error, or no challenge at all.
 fn challenge_refuses_token(headers: &HeaderMap) -> bool {
     let mut challenged = false;
     for value in headers.get_all(WWW_AUTHENTICATE) {
         challenged = true;
         let Ok(text) = value.to_str() else { continue };
         for challenge in challenges(text) {
-            if challenge.scheme.eq_ignore_ascii_case("bearer") {
+            if challenge.scheme.eq_ignore_ascii_case("bearer")
+                || challenge.scheme.eq_ignore_ascii_case("dpop")
+            {
                 match challenge.error {
                     None => return true,
                     Some(error) if error == "invalid_token" => return true,
@@ -425,6 +530,21 @@ fn challenge_refuses_token(headers: &HeaderMap) -> bool {
         }
     }
     !challenged
+}
+
+/// Whether the `WWW-Authenticate` headers hold a `DPoP` challenge with
+/// `error="use_dpop_nonce"` (RFC 9449 §9): the server wants a proof with its
+/// nonce, which says nothing against the token.
+fn challenge_asks_for_nonce(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(WWW_AUTHENTICATE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(challenges)
+        .any(|challenge| {
+            challenge.scheme.eq_ignore_ascii_case("dpop")
+                && challenge.error.as_deref() == Some("use_dpop_nonce")
+        })
 }
 
 /// One challenge of a `WWW-Authenticate` value: its scheme and its `error`
@@ -583,6 +703,377 @@ pub async fn report_refusal<R: Runtime>(
     refused: &TokenRecord,
 ) -> Result<RefreshNow, crate::WatcherStopped> {
     watcher.refresh_if_current_async(refused).await
+}
+
+/// Why a middleware did not send a request.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum AttachError {
+    /// The request should carry a token and the watcher has none usable
+    /// (none yet, the last one expired, or it stopped).
+    Token(TokenError),
+    /// The token cannot be carried in a header (or its DPoP proof cannot be
+    /// made).
+    Credentials(CredentialError),
+}
+
+impl fmt::Display for AttachError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AttachError::Token(error) => write!(f, "no access token to send: {error}"),
+            AttachError::Credentials(error) => write!(f, "cannot send the access token: {error}"),
+        }
+    }
+}
+
+impl std::error::Error for AttachError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            AttachError::Token(error) => Some(error),
+            AttachError::Credentials(error) => Some(error),
+        }
+    }
+}
+
+/// A token put on one request: the record it came from and the headers
+/// that carry it. Made by [`Attacher::attach`]; `Debug` hides the token.
+#[derive(Clone)]
+pub struct Attached {
+    record: Arc<TokenRecord>,
+    credentials: Credentials,
+    proof: Option<ProofRequest>,
+}
+
+impl fmt::Debug for Attached {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Attached")
+            .field("dpop", &self.proof.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Attached {
+    /// Sets the headers on a request's header map.
+    #[inline]
+    pub fn apply(&self, headers: &mut HeaderMap) {
+        self.credentials.apply(headers);
+    }
+
+    /// The token record it carries.
+    pub fn record(&self) -> &Arc<TokenRecord> {
+        &self.record
+    }
+
+    /// Whether it carries a DPoP-bound token with a proof.
+    pub fn is_dpop(&self) -> bool {
+        self.proof.is_some()
+    }
+}
+
+/// What an answer to a request that carried a token calls for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Judgement {
+    /// Hand it back.
+    Keep,
+    /// The resource server wants a DPoP proof with its nonce (now
+    /// remembered): send once more with a new proof.
+    Nonce,
+    /// The token was refused: get a new one and send once more.
+    Refused,
+}
+
+/// The part every middleware shares, one per middleware instance: the
+/// watcher, the [`AttachPolicy`], and the DPoP nonces resource servers
+/// handed out (per origin, at most [`MAX_NONCE_ORIGINS`]).
+///
+/// A middleware calls [`attach`](Self::attach) (or
+/// [`attach_url`](Self::attach_url)) before sending, applies the
+/// [`Attached`] headers, and hands the answer to
+/// [`after_answer`](Self::after_answer), which says whether to send once
+/// more and with which headers; the answer to that one retry goes to
+/// [`note_answer`](Self::note_answer).
+pub struct Attacher<R> {
+    watcher: TokenWatcher<R>,
+    policy: AttachPolicy,
+    nonces: Mutex<VecDeque<(Origin, String)>>,
+}
+
+impl<R> fmt::Debug for Attacher<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Attacher")
+            .field("watcher", &self.watcher)
+            .field("policy", &self.policy)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<R> Attacher<R> {
+    /// Tokens of `watcher`, on the requests `policy` allows.
+    pub fn new(watcher: TokenWatcher<R>, policy: AttachPolicy) -> Attacher<R> {
+        Attacher {
+            watcher,
+            policy,
+            nonces: Mutex::new(VecDeque::new()),
+        }
+    }
+
+    /// The watcher.
+    pub fn watcher(&self) -> &TokenWatcher<R> {
+        &self.watcher
+    }
+
+    /// The policy.
+    pub fn policy(&self) -> &AttachPolicy {
+        &self.policy
+    }
+
+    fn nonces(&self) -> std::sync::MutexGuard<'_, VecDeque<(Origin, String)>> {
+        self.nonces
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The latest nonce `origin` handed out, if any.
+    fn nonce_for(&self, origin: &Origin) -> Option<String> {
+        self.nonces()
+            .iter()
+            .find(|(known, _)| known == origin)
+            .map(|(_, nonce)| nonce.clone())
+    }
+
+    /// Remembers the nonce of a `DPoP-Nonce` header in an answer from
+    /// `origin`; whether it differs from `sent`. A malformed or overlong
+    /// nonce is ignored.
+    fn remember_nonce(&self, origin: &Origin, headers: &HeaderMap, sent: Option<&str>) -> bool {
+        let Some(nonce) = headers
+            .get(DPOP_NONCE_HEADER)
+            .and_then(|value| value.to_str().ok())
+            .filter(|nonce| is_nonce(nonce))
+        else {
+            return false;
+        };
+        let mut nonces = self.nonces();
+        match nonces.iter_mut().find(|(known, _)| known == origin) {
+            Some((_, held)) if held == nonce => {}
+            Some((_, held)) => *held = nonce.to_owned(),
+            None => {
+                if nonces.len() >= MAX_NONCE_ORIGINS {
+                    nonces.pop_front();
+                }
+                nonces.push_back((origin.clone(), nonce.to_owned()));
+            }
+        }
+        sent != Some(nonce)
+    }
+}
+
+/// RFC 9449 §8.1: `nonce = 1*NQCHAR` (visible ASCII but `"` and `\`).
+fn is_nonce(text: &str) -> bool {
+    !text.is_empty()
+        && text.len() <= MAX_NONCE_LEN
+        && text
+            .bytes()
+            .all(|b| (0x21..=0x7e).contains(&b) && b != b'"' && b != b'\\')
+}
+
+impl<R: Runtime> Attacher<R> {
+    /// The token for a request of `method` to `uri` with `headers`, if the
+    /// policy puts one on it (`Ok(None)`: send it as it is). A relative URI
+    /// is taken to go to the [`relative_to`](AttachPolicy::relative_to)
+    /// origin.
+    pub fn attach(
+        &self,
+        method: &Method,
+        uri: &Uri,
+        headers: &HeaderMap,
+    ) -> Result<Option<Attached>, AttachError> {
+        let target = Target::from_uri(uri);
+        if !self.policy.placement(target, headers).attaches() {
+            return Ok(None);
+        }
+        self.attach_to(method, || match target {
+            Some(_) => url::Url::parse(&uri.to_string()).ok(),
+            None => {
+                let origin = self.policy.relative_to.as_ref()?;
+                let path = uri.path_and_query().map_or("/", |path| path.as_str());
+                url::Url::parse(&format!("{origin:?}{path}")).ok()
+            }
+        })
+    }
+
+    /// [`attach`](Self::attach) for a request whose URL is a
+    /// [`url::Url`] (as reqwest's are).
+    pub fn attach_url(
+        &self,
+        method: &Method,
+        url: &url::Url,
+        headers: &HeaderMap,
+    ) -> Result<Option<Attached>, AttachError> {
+        let target = url.host_str().map(|host| Target {
+            scheme: url.scheme(),
+            host,
+            port: url.port(),
+        });
+        if !self.policy.placement(target, headers).attaches() {
+            return Ok(None);
+        }
+        self.attach_to(method, || Some(url.clone()))
+    }
+
+    /// The current token, with a proof for `method` and the URL `url` gives
+    /// when the token is DPoP-bound.
+    fn attach_to(
+        &self,
+        method: &Method,
+        url: impl FnOnce() -> Option<url::Url>,
+    ) -> Result<Option<Attached>, AttachError> {
+        let record = self.watcher.token().map_err(AttachError::Token)?.into_arc();
+        let proof = if is_dpop_bound(&record) {
+            let url = url().ok_or(AttachError::Credentials(CredentialError::ProofRequired))?;
+            let origin = url
+                .host_str()
+                .and_then(|host| {
+                    Origin::of(&Target {
+                        scheme: url.scheme(),
+                        host,
+                        port: url.port(),
+                    })
+                })
+                .ok_or(AttachError::Credentials(CredentialError::ProofRequired))?;
+            let nonce = self.nonce_for(&origin);
+            Some(ProofRequest {
+                method: method.clone(),
+                url,
+                origin,
+                nonce,
+            })
+        } else {
+            None
+        };
+        self.with_record(record, proof)
+            .map(Some)
+            .map_err(AttachError::Credentials)
+    }
+
+    fn with_record(
+        &self,
+        record: Arc<TokenRecord>,
+        proof: Option<ProofRequest>,
+    ) -> Result<Attached, CredentialError> {
+        let credentials =
+            Credentials::for_record(&record, self.watcher.dpop_key(), proof.as_ref())?;
+        Ok(Attached {
+            record,
+            credentials,
+            proof,
+        })
+    }
+
+    /// What the answer (`status`, and its `headers` unless the client
+    /// dropped them, as ureq does for a `401` it turns into an error) to a
+    /// request that carried `attached` calls for. Remembers a `DPoP-Nonce`.
+    fn judge(
+        &self,
+        attached: &Attached,
+        status: StatusCode,
+        headers: Option<&HeaderMap>,
+    ) -> Judgement {
+        let new_nonce = match (&attached.proof, headers) {
+            (Some(proof), Some(headers)) => {
+                self.remember_nonce(&proof.origin, headers, proof.nonce.as_deref())
+            }
+            _ => false,
+        };
+        if status != StatusCode::UNAUTHORIZED {
+            return Judgement::Keep;
+        }
+        let Some(headers) = headers else {
+            return if self.policy.retry_on == RetryOn::Never {
+                Judgement::Keep
+            } else {
+                Judgement::Refused
+            };
+        };
+        if challenge_asks_for_nonce(headers) {
+            // Never a refusal of the token; a retry only with a nonce other
+            // than the one the proof carried.
+            return if new_nonce {
+                Judgement::Nonce
+            } else {
+                Judgement::Keep
+            };
+        }
+        if self.policy.calls_for_retry(status, headers) {
+            Judgement::Refused
+        } else {
+            Judgement::Keep
+        }
+    }
+
+    /// After the answer to a request that carried `attached`: whether to
+    /// send it once more, and with which token (`None`: hand the answer
+    /// back). `can_replay` says whether the middleware holds a copy of the
+    /// request to send.
+    ///
+    /// - A `DPoP-Nonce` header is remembered for the origin: later proofs
+    ///   to it carry the nonce.
+    /// - A `401` with a `DPoP` `use_dpop_nonce` challenge and a new nonce:
+    ///   the same token with a new proof carrying it.
+    /// - A `401` that refuses the token ([`AttachPolicy::calls_for_retry`];
+    ///   without `headers`, any `401` unless [`RetryOn::Never`]): the
+    ///   watcher is told ([`renew_after_refusal`], or [`report_refusal`]
+    ///   when the request cannot be replayed) and the new token comes back.
+    pub async fn after_answer(
+        &self,
+        attached: &Attached,
+        status: StatusCode,
+        headers: Option<&HeaderMap>,
+        can_replay: bool,
+    ) -> Option<Attached> {
+        match self.judge(attached, status, headers) {
+            Judgement::Keep => None,
+            Judgement::Nonce if can_replay => {
+                let mut proof = attached.proof.clone()?;
+                proof.nonce = self.nonce_for(&proof.origin);
+                tracing::debug!("the resource server asked for a DPoP nonce; sending once more");
+                self.with_record(Arc::clone(&attached.record), Some(proof))
+                    .ok()
+            }
+            Judgement::Nonce => None,
+            Judgement::Refused if !can_replay => {
+                // The next requests get a new token; this one's 401 goes back.
+                let _ = report_refusal(&self.watcher, &attached.record).await;
+                None
+            }
+            Judgement::Refused => {
+                let renewed = renew_after_refusal(
+                    &self.watcher,
+                    &attached.record,
+                    self.policy.renewal_wait(),
+                )
+                .await;
+                let Renewal::Renewed(token) = renewed else {
+                    return None;
+                };
+                let proof = match &attached.proof {
+                    Some(proof) => Some(ProofRequest {
+                        nonce: self.nonce_for(&proof.origin),
+                        ..proof.clone()
+                    }),
+                    None => None,
+                };
+                self.with_record(token, proof).ok()
+            }
+        }
+    }
+
+    /// The answer to the one retry: only its `DPoP-Nonce` is remembered
+    /// (never a second retry).
+    pub fn note_answer(&self, attached: &Attached, headers: &HeaderMap) {
+        if let Some(proof) = &attached.proof {
+            self.remember_nonce(&proof.origin, headers, proof.nonce.as_deref());
+        }
+    }
 }
 
 #[cfg(test)]
@@ -753,28 +1244,118 @@ mod tests {
 
     #[test]
     fn credentials_carry_the_token_and_hide_it() {
-        let creds = policy().credentials(&record("tok-123")).unwrap();
+        let creds = Credentials::for_record(&record("tok-123"), None, None).unwrap();
         assert!(!format!("{creds:?}").contains("tok-123"));
         let mut headers = HeaderMap::new();
         headers.insert(AUTHORIZATION, HeaderValue::from_static("old"));
+        headers.insert(DPOP_HEADER, HeaderValue::from_static("stale-proof"));
         creds.apply(&mut headers);
         let value = headers.get(AUTHORIZATION).unwrap();
         assert_eq!(value, "Bearer tok-123");
         assert!(value.is_sensitive());
+        assert!(headers.get(DPOP_HEADER).is_none());
         assert!(!format!("{headers:?}").contains("tok-123"));
         assert_eq!(
-            policy().credentials(&record("bad\ntoken")).unwrap_err(),
+            Credentials::for_record(&record("bad\ntoken"), None, None).unwrap_err(),
             CredentialError::NotAHeaderValue
-        );
-        let mut bound = record("tok-456");
-        bound.token_type = "DPoP".into();
-        assert_eq!(
-            policy().credentials(&bound).unwrap_err(),
-            CredentialError::ProofRequired
         );
         let mut lower = record("tok-789");
         lower.token_type = "bearer".into();
-        assert!(policy().credentials(&lower).is_ok());
+        assert!(Credentials::for_record(&lower, None, None).is_ok());
+    }
+
+    fn proof_request(url: &str, nonce: Option<&str>) -> ProofRequest {
+        let url = url::Url::parse(url).unwrap();
+        let origin = Origin::parse(url.as_str()).unwrap();
+        ProofRequest {
+            method: Method::POST,
+            url,
+            origin,
+            nonce: nonce.map(str::to_owned),
+        }
+    }
+
+    fn claims(proof: &HeaderValue) -> serde_json::Value {
+        use base64::Engine as _;
+        let payload = proof.to_str().unwrap().split('.').nth(1).unwrap();
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    #[test]
+    fn dpop_tokens_go_with_a_proof_and_never_as_bearer() {
+        let key = DpopKey::generate_es256().unwrap();
+        let mut bound = record("tok-456");
+        bound.token_type = "DPoP".into();
+        // No key, or no request to sign for: refused, not sent as bearer.
+        let request = proof_request("https://api.example.com/orders?page=2#top", Some("n-1"));
+        assert_eq!(
+            Credentials::for_record(&bound, None, Some(&request)).unwrap_err(),
+            CredentialError::ProofRequired
+        );
+        assert_eq!(
+            Credentials::for_record(&bound, Some(&key), None).unwrap_err(),
+            CredentialError::ProofRequired
+        );
+        let creds = Credentials::for_record(&bound, Some(&key), Some(&request)).unwrap();
+        let mut headers = HeaderMap::new();
+        creds.apply(&mut headers);
+        assert_eq!(headers.get(AUTHORIZATION).unwrap(), "DPoP tok-456");
+        let proof = headers.get(DPOP_HEADER).unwrap();
+        assert!(proof.is_sensitive());
+        assert!(!format!("{creds:?}").contains("tok-456"));
+        let first = claims(proof);
+        assert_eq!(first["htm"], "POST");
+        assert_eq!(first["htu"], "https://api.example.com/orders");
+        assert_eq!(first["nonce"], "n-1");
+        assert_eq!(first["ath"], crate::dpop::access_token_hash("tok-456"));
+        // Every proof has an id of its own.
+        let again = Credentials::for_record(&bound, Some(&key), Some(&request)).unwrap();
+        assert_ne!(claims(again.proof.as_ref().unwrap())["jti"], first["jti"]);
+    }
+
+    #[test]
+    fn nonces_and_their_challenges() {
+        assert!(is_nonce("eyJ7S_zG.eyJH0-Z.HX4w-7v"));
+        for bad in ["", "a b", "a\"b", "a\\b", "\u{e9}"] {
+            assert!(!is_nonce(bad), "{bad:?}");
+        }
+        assert!(!is_nonce(&"n".repeat(MAX_NONCE_LEN + 1)));
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            WWW_AUTHENTICATE,
+            HeaderValue::from_static(r#"DPoP error="use_dpop_nonce", error_description="x""#),
+        );
+        assert!(challenge_asks_for_nonce(&headers));
+        // A nonce request is not a refusal of the token.
+        assert!(!challenge_refuses_token(&headers));
+        let p = policy();
+        assert!(retry(&p, 401, &[r#"DPoP error="invalid_token""#]));
+        assert!(retry(&p, 401, &[r#"DPoP algs="ES256 EdDSA""#]));
+        assert!(!retry(&p, 401, &[r#"DPoP error="invalid_dpop_proof""#]));
+        let mut bearer = HeaderMap::new();
+        bearer.insert(
+            WWW_AUTHENTICATE,
+            HeaderValue::from_static(r#"Bearer error="use_dpop_nonce""#),
+        );
+        assert!(!challenge_asks_for_nonce(&bearer));
+    }
+
+    #[test]
+    fn policies_from_lists() {
+        let p = AttachPolicy::for_origins(["https://a.example", "http://127.0.0.1:1"]).unwrap();
+        assert_eq!(place(&p, "http://127.0.0.1:1/x"), Placement::Attach);
+        assert_eq!(place(&p, "https://a.example/"), Placement::Attach);
+        assert_eq!(
+            AttachPolicy::for_origins(Vec::<String>::new()).unwrap_err(),
+            OriginError::NoOrigin
+        );
+        assert_eq!(
+            AttachPolicy::for_origins(["https://a.example", "http://b.example"]).unwrap_err(),
+            OriginError::PlainHttp
+        );
     }
 
     #[test]

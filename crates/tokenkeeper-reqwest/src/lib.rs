@@ -24,6 +24,11 @@
 //!   from [`TokenWatcher::token`]: one atomic load, no waiting. Other
 //!   origins, plain `http` to anything but loopback, and requests that carry
 //!   their own `Authorization` go out untouched.
+//! - A DPoP-bound token (a watcher built with `.dpop(key)`) goes as
+//!   `Authorization: DPoP <token>` with a `DPoP` proof signed for the
+//!   request (method, URL, token hash, a fresh id, and the latest nonce the
+//!   server gave); a `401` asking for a nonce (`use_dpop_nonce`) is sent
+//!   once more with it. It never goes out as a bearer token.
 //! - A `401` that refuses the token ([`RetryOn`]) tells the watcher
 //!   ([`TokenWatcher::refresh_if_current`]: a burst of refusals makes one
 //!   token request), waits for the new token (at most
@@ -32,7 +37,7 @@
 //!   stream). Otherwise, or when no new token comes, the `401` is handed
 //!   back unchanged. Never more than one retry; a `403` is never retried.
 //! - Without a token (none yet, or the last one expired), the request fails
-//!   with a middleware error holding a [`TokenError`], and is not sent.
+//!   with a middleware error holding an [`AttachError`], and is not sent.
 //!
 //! The retry goes through the middleware after this one in the chain, as a
 //! request of its own. reqwest follows redirects below the middleware and
@@ -52,22 +57,18 @@ use std::sync::Arc;
 use http::Extensions;
 use reqwest::{Request, Response};
 use reqwest_middleware::{Middleware, Next};
-use tokenkeeper_driver::attach::{Renewal, Target, renew_after_refusal, report_refusal};
-use tokenkeeper_driver::{Runtime, TokenError, TokenWatcher};
+use tokenkeeper_driver::attach::Attacher;
+use tokenkeeper_driver::{Runtime, TokenWatcher};
 
 pub use tokenkeeper_driver::attach::{
-    AttachPolicy, CredentialError, DEFAULT_RENEWAL_TIMEOUT, OriginError, Placement, RetryOn,
+    AttachError, AttachPolicy, CredentialError, DEFAULT_RENEWAL_TIMEOUT, OriginError, Placement,
+    RetryOn,
 };
 
 /// The middleware: install it with `reqwest_middleware::ClientBuilder::with`.
 /// Cheap to clone.
 pub struct BearerMiddleware<R> {
-    shared: Arc<Shared<R>>,
-}
-
-struct Shared<R> {
-    watcher: TokenWatcher<R>,
-    policy: AttachPolicy,
+    shared: Arc<Attacher<R>>,
 }
 
 impl<R> Clone for BearerMiddleware<R> {
@@ -81,8 +82,7 @@ impl<R> Clone for BearerMiddleware<R> {
 impl<R> fmt::Debug for BearerMiddleware<R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("BearerMiddleware")
-            .field("watcher", &self.shared.watcher)
-            .field("policy", &self.shared.policy)
+            .field("attacher", &self.shared)
             .finish()
     }
 }
@@ -91,48 +91,14 @@ impl<R> BearerMiddleware<R> {
     /// Tokens of `watcher`, on the requests `policy` allows.
     pub fn new(watcher: TokenWatcher<R>, policy: AttachPolicy) -> BearerMiddleware<R> {
         BearerMiddleware {
-            shared: Arc::new(Shared { watcher, policy }),
+            shared: Arc::new(Attacher::new(watcher, policy)),
         }
     }
 }
 
 /// Why the middleware did not send a request, inside
-/// [`reqwest_middleware::Error::Middleware`].
-#[derive(Debug)]
-#[non_exhaustive]
-pub enum BearerError {
-    /// The request should carry a token and the watcher has none usable
-    /// (none yet, the last one expired, or it stopped).
-    Token(TokenError),
-    /// The token cannot be carried in a header.
-    Credentials(CredentialError),
-}
-
-impl fmt::Display for BearerError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            BearerError::Token(error) => write!(f, "no access token to send: {error}"),
-            BearerError::Credentials(error) => write!(f, "cannot send the access token: {error}"),
-        }
-    }
-}
-
-impl std::error::Error for BearerError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            BearerError::Token(error) => Some(error),
-            BearerError::Credentials(error) => Some(error),
-        }
-    }
-}
-
-fn target(url: &reqwest::Url) -> Option<Target<'_>> {
-    Some(Target {
-        scheme: url.scheme(),
-        host: url.host_str()?,
-        port: url.port(),
-    })
-}
+/// [`reqwest_middleware::Error::Middleware`]: the same for every middleware.
+pub type BearerError = AttachError;
 
 #[async_trait::async_trait]
 impl<R: Runtime> Middleware for BearerMiddleware<R> {
@@ -143,47 +109,34 @@ impl<R: Runtime> Middleware for BearerMiddleware<R> {
         next: Next<'_>,
     ) -> reqwest_middleware::Result<Response> {
         let shared = &*self.shared;
-        let placement = shared
-            .policy
-            .placement(target(request.url()), request.headers());
-        if !placement.attaches() {
+        let attached = shared
+            .attach_url(request.method(), request.url(), request.headers())
+            .map_err(reqwest_middleware::Error::middleware)?;
+        let Some(attached) = attached else {
             return next.run(request, extensions).await;
-        }
-        let record = shared
-            .watcher
-            .token()
-            .map_err(|error| reqwest_middleware::Error::middleware(BearerError::Token(error)))?
-            .into_arc();
-        let credentials = shared.policy.credentials(&record).map_err(|error| {
-            reqwest_middleware::Error::middleware(BearerError::Credentials(error))
-        })?;
-        let replay = match shared.policy.retry_rule() {
+        };
+        let replay = match shared.policy().retry_rule() {
             RetryOn::Never => None,
             _ => request.try_clone(),
         };
-        credentials.apply(request.headers_mut());
+        attached.apply(request.headers_mut());
 
         let response = next.clone().run(request, extensions).await?;
-        if !shared
-            .policy
-            .calls_for_retry(response.status(), response.headers())
-        {
-            return Ok(response);
-        }
-        let Some(mut again) = replay else {
-            let _ = report_refusal(&shared.watcher, &record).await;
-            return Ok(response);
-        };
-        let renewed =
-            renew_after_refusal(&shared.watcher, &record, shared.policy.renewal_wait()).await;
-        let Renewal::Renewed(token) = renewed else {
+        let retry = shared
+            .after_answer(
+                &attached,
+                response.status(),
+                Some(response.headers()),
+                replay.is_some(),
+            )
+            .await;
+        let (Some(retry), Some(mut again)) = (retry, replay) else {
             return Ok(response);
         };
-        let Ok(credentials) = shared.policy.credentials(&token) else {
-            return Ok(response);
-        };
-        credentials.apply(again.headers_mut());
+        retry.apply(again.headers_mut());
         drop(response);
-        next.run(again, extensions).await
+        let response = next.run(again, extensions).await?;
+        shared.note_answer(&retry, response.headers());
+        Ok(response)
     }
 }

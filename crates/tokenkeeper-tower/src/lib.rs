@@ -26,6 +26,11 @@
 //!   from [`TokenWatcher::token`]: one atomic load, no waiting. Other
 //!   origins, plain `http` to anything but loopback, and requests that carry
 //!   their own `Authorization` go out untouched.
+//! - A DPoP-bound token (a watcher built with `.dpop(key)`) goes as
+//!   `Authorization: DPoP <token>` with a `DPoP` proof signed for the
+//!   request (method, URL, token hash, a fresh id, and the latest nonce the
+//!   server gave); a `401` asking for a nonce (`use_dpop_nonce`) is sent
+//!   once more with it. It never goes out as a bearer token.
 //! - A `401` that refuses the token ([`RetryOn`]) tells the watcher
 //!   ([`TokenWatcher::refresh_if_current`]: a burst of refusals makes one
 //!   token request), waits for the new token (at most
@@ -34,7 +39,7 @@
 //!   token comes, the `401` is handed back unchanged. Never more than one
 //!   retry; a `403` is never retried.
 //! - Without a token (none yet, or the last one expired), the call fails
-//!   with [`BearerError::Token`] at once rather than send a request that
+//!   with [`BearerError::Attach`] at once rather than send a request that
 //!   must fail.
 //!
 //! The watcher can run on any runtime (`tokenkeeper-tokio`, or
@@ -70,13 +75,14 @@ use std::task::{Context, Poll};
 use bytes::{Buf, Bytes};
 use http::{Request, Response};
 use http_body_util::{Either, Empty, Full};
-use tokenkeeper_driver::attach::{Renewal, Target, renew_after_refusal, report_refusal};
-use tokenkeeper_driver::{Runtime, TokenError, TokenWatcher};
+use tokenkeeper_driver::attach::Attacher;
+use tokenkeeper_driver::{Runtime, TokenWatcher};
 use tower_layer::Layer;
 use tower_service::Service;
 
 pub use tokenkeeper_driver::attach::{
-    AttachPolicy, CredentialError, DEFAULT_RENEWAL_TIMEOUT, OriginError, Placement, RetryOn,
+    AttachError, AttachPolicy, CredentialError, DEFAULT_RENEWAL_TIMEOUT, OriginError, Placement,
+    RetryOn,
 };
 
 /// A request body that can make a copy of itself for the one retry after a
@@ -191,15 +197,9 @@ impl<B> Replay<B> for NoReplay {
     }
 }
 
-/// What the middleware's services share.
-struct Shared<R> {
-    watcher: TokenWatcher<R>,
-    policy: AttachPolicy,
-}
-
 /// A tower [`Layer`] that wraps a service in [`Bearer`].
 pub struct BearerLayer<R, P = CloneBody> {
-    shared: Arc<Shared<R>>,
+    shared: Arc<Attacher<R>>,
     replay: P,
 }
 
@@ -215,8 +215,7 @@ impl<R, P: Clone> Clone for BearerLayer<R, P> {
 impl<R, P: fmt::Debug> fmt::Debug for BearerLayer<R, P> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("BearerLayer")
-            .field("watcher", &self.shared.watcher)
-            .field("policy", &self.shared.policy)
+            .field("attacher", &self.shared)
             .field("replay", &self.replay)
             .finish()
     }
@@ -226,7 +225,7 @@ impl<R> BearerLayer<R> {
     /// Tokens of `watcher`, on the requests `policy` allows.
     pub fn new(watcher: TokenWatcher<R>, policy: AttachPolicy) -> BearerLayer<R> {
         BearerLayer {
-            shared: Arc::new(Shared { watcher, policy }),
+            shared: Arc::new(Attacher::new(watcher, policy)),
             replay: CloneBody,
         }
     }
@@ -259,7 +258,7 @@ impl<S, R, P: Clone> Layer<S> for BearerLayer<R, P> {
 /// and retries once after a `401` that refuses it. Made by [`BearerLayer`].
 pub struct Bearer<S, R, P = CloneBody> {
     inner: S,
-    shared: Arc<Shared<R>>,
+    shared: Arc<Attacher<R>>,
     replay: P,
 }
 
@@ -277,8 +276,7 @@ impl<S: fmt::Debug, R, P: fmt::Debug> fmt::Debug for Bearer<S, R, P> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Bearer")
             .field("inner", &self.inner)
-            .field("watcher", &self.shared.watcher)
-            .field("policy", &self.shared.policy)
+            .field("attacher", &self.shared)
             .field("replay", &self.replay)
             .finish()
     }
@@ -290,19 +288,17 @@ impl<S: fmt::Debug, R, P: fmt::Debug> fmt::Debug for Bearer<S, R, P> {
 pub enum BearerError<E> {
     /// The wrapped service failed.
     Inner(E),
-    /// The request should carry a token and the watcher has none usable
-    /// (none yet, the last one expired, or it stopped). Nothing was sent.
-    Token(TokenError),
-    /// The token cannot be carried in a header. Nothing was sent.
-    Credentials(CredentialError),
+    /// The request should carry a token and none could be put on it (the
+    /// watcher has none usable, or it cannot go in a header). Nothing was
+    /// sent.
+    Attach(AttachError),
 }
 
 impl<E: fmt::Display> fmt::Display for BearerError<E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             BearerError::Inner(error) => error.fmt(f),
-            BearerError::Token(error) => write!(f, "no access token to send: {error}"),
-            BearerError::Credentials(error) => write!(f, "cannot send the access token: {error}"),
+            BearerError::Attach(error) => error.fmt(f),
         }
     }
 }
@@ -311,8 +307,7 @@ impl<E: std::error::Error + 'static> std::error::Error for BearerError<E> {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             BearerError::Inner(error) => Some(error),
-            BearerError::Token(error) => Some(error),
-            BearerError::Credentials(error) => Some(error),
+            BearerError::Attach(error) => error.source(),
         }
     }
 }
@@ -340,26 +335,19 @@ where
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
         let shared = &self.shared;
-        let placement = shared
-            .policy
-            .placement(Target::from_uri(request.uri()), request.headers());
-        if !placement.attaches() {
-            let sent = self.inner.call(request);
-            return Box::pin(async move { sent.await.map_err(BearerError::Inner) });
-        }
-        let record = match shared.watcher.token() {
-            Ok(token) => token.into_arc(),
-            Err(error) => return failed(BearerError::Token(error)),
+        let attached = match shared.attach(request.method(), request.uri(), request.headers()) {
+            Ok(Some(attached)) => attached,
+            Ok(None) => {
+                let sent = self.inner.call(request);
+                return Box::pin(async move { sent.await.map_err(BearerError::Inner) });
+            }
+            Err(error) => return failed(BearerError::Attach(error)),
         };
-        let credentials = match shared.policy.credentials(&record) {
-            Ok(credentials) => credentials,
-            Err(error) => return failed(BearerError::Credentials(error)),
-        };
-        let replay = match shared.policy.retry_rule() {
+        let replay = match shared.policy().retry_rule() {
             RetryOn::Never => None,
             _ => self.replay.replay(&request),
         };
-        credentials.apply(request.headers_mut());
+        attached.apply(request.headers_mut());
 
         // The service that was made ready sends this request; a clone of it
         // stays for the next caller, and this one is made ready again for
@@ -370,31 +358,25 @@ where
         let shared = Arc::clone(shared);
         Box::pin(async move {
             let response = sent.await.map_err(BearerError::Inner)?;
-            if !shared
-                .policy
-                .calls_for_retry(response.status(), response.headers())
-            {
-                return Ok(response);
-            }
-            let Some(mut again) = replay else {
-                // The next requests get a new token; this one's 401 goes back.
-                let _ = report_refusal(&shared.watcher, &record).await;
-                return Ok(response);
-            };
-            let renewed =
-                renew_after_refusal(&shared.watcher, &record, shared.policy.renewal_wait()).await;
-            let Renewal::Renewed(token) = renewed else {
+            let retry = shared
+                .after_answer(
+                    &attached,
+                    response.status(),
+                    Some(response.headers()),
+                    replay.is_some(),
+                )
+                .await;
+            let (Some(retry), Some(mut again)) = (retry, replay) else {
                 return Ok(response);
             };
-            let Ok(credentials) = shared.policy.credentials(&token) else {
-                return Ok(response);
-            };
-            credentials.apply(again.headers_mut());
+            retry.apply(again.headers_mut());
             drop(response);
             std::future::poll_fn(|cx| inner.poll_ready(cx))
                 .await
                 .map_err(BearerError::Inner)?;
-            inner.call(again).await.map_err(BearerError::Inner)
+            let response = inner.call(again).await.map_err(BearerError::Inner)?;
+            shared.note_answer(&retry, response.headers());
+            Ok(response)
         })
     }
 }

@@ -1,4 +1,4 @@
-//! A [ureq](ureq) 3 middleware that puts the access token of a tokenkeeper
+//! A [ureq] 3 middleware that puts the access token of a tokenkeeper
 //! thread watcher (`tokenkeeper_blocking::TokenWatcher`) on requests.
 //!
 //! ```no_run
@@ -20,6 +20,11 @@
 //!   from [`TokenWatcher::token`]: one atomic load, no waiting. Other
 //!   origins, plain `http` to anything but loopback, and requests that carry
 //!   their own `Authorization` go out untouched.
+//! - A DPoP-bound token (a watcher built with `.dpop(key)`) goes as
+//!   `Authorization: DPoP <token>` with a `DPoP` proof signed for the
+//!   request (method, URL, token hash, a fresh id, and the latest nonce the
+//!   server gave); a `401` asking for a nonce (`use_dpop_nonce`) is sent
+//!   once more with it. It never goes out as a bearer token.
 //! - A `401` that refuses the token ([`RetryOn`]) tells the watcher
 //!   ([`TokenWatcher::refresh_if_current`]: a burst of refusals, from any
 //!   number of threads, makes one token request), waits for the new token
@@ -64,17 +69,18 @@ use std::ops::Deref;
 use std::sync::{Arc, OnceLock, Weak};
 
 use tokenkeeper_blocking::ThreadRuntime;
-use tokenkeeper_driver::attach::{Renewal, Target, renew_after_refusal, report_refusal};
+use tokenkeeper_driver::TokenWatcher;
+use tokenkeeper_driver::attach::{Attached, Attacher};
 use tokenkeeper_driver::park::block_on;
-use tokenkeeper_driver::{TokenError, TokenWatcher};
 use ureq::config::{Config, ConfigBuilder};
-use ureq::http::{Method, Request, Response};
+use ureq::http::{Method, Request, Response, StatusCode};
 use ureq::middleware::{Middleware, MiddlewareNext};
 use ureq::typestate::AgentScope;
 use ureq::{Agent, Body, SendBody};
 
 pub use tokenkeeper_driver::attach::{
-    AttachPolicy, CredentialError, DEFAULT_RENEWAL_TIMEOUT, OriginError, Placement, RetryOn,
+    AttachError, AttachPolicy, CredentialError, DEFAULT_RENEWAL_TIMEOUT, OriginError, Placement,
+    RetryOn,
 };
 
 /// The middleware. [`BearerAgent`] installs it (and lets it retry); add it
@@ -85,8 +91,7 @@ pub struct BearerMiddleware {
 }
 
 struct Shared {
-    watcher: TokenWatcher<ThreadRuntime>,
-    policy: AttachPolicy,
+    attacher: Attacher<ThreadRuntime>,
     /// The agent the middleware is part of, to send the retry through;
     /// weak, so that the agent (which holds the middleware) can be dropped.
     agent: OnceLock<Weak<Agent>>,
@@ -95,8 +100,7 @@ struct Shared {
 impl fmt::Debug for BearerMiddleware {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("BearerMiddleware")
-            .field("watcher", &self.shared.watcher)
-            .field("policy", &self.shared.policy)
+            .field("attacher", &self.shared.attacher)
             .field("can_retry", &self.shared.agent.get().is_some())
             .finish()
     }
@@ -107,8 +111,7 @@ impl BearerMiddleware {
     pub fn new(watcher: TokenWatcher<ThreadRuntime>, policy: AttachPolicy) -> BearerMiddleware {
         BearerMiddleware {
             shared: Arc::new(Shared {
-                watcher,
-                policy,
+                attacher: Attacher::new(watcher, policy),
                 agent: OnceLock::new(),
             }),
         }
@@ -171,38 +174,14 @@ impl Deref for BearerAgent {
     }
 }
 
-/// Why the middleware did not send a request, inside `ureq::Error::Other`.
-#[derive(Debug)]
-#[non_exhaustive]
-pub enum BearerError {
-    /// The request should carry a token and the watcher has none usable
-    /// (none yet, the last one expired, or it stopped).
-    Token(TokenError),
-    /// The token cannot be carried in a header.
-    Credentials(CredentialError),
-}
+/// Why the middleware did not send a request, inside `ureq::Error::Other`:
+/// the same for every middleware.
+pub type BearerError = AttachError;
 
-impl fmt::Display for BearerError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            BearerError::Token(error) => write!(f, "no access token to send: {error}"),
-            BearerError::Credentials(error) => write!(f, "cannot send the access token: {error}"),
-        }
-    }
-}
-
-impl std::error::Error for BearerError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            BearerError::Token(error) => Some(error),
-            BearerError::Credentials(error) => Some(error),
-        }
-    }
-}
-
-/// Marks the one retry, so that it is not retried again.
-#[derive(Debug, Clone, Copy)]
-struct Retry;
+/// Marks the one retry, so that it is not retried again, with the token
+/// it goes with.
+#[derive(Debug, Clone)]
+struct Retry(Attached);
 
 /// Whether ureq sends requests of `method` without a body.
 fn without_body(method: &Method) -> bool {
@@ -215,60 +194,56 @@ impl Middleware for BearerMiddleware {
         request: Request<SendBody>,
         next: MiddlewareNext,
     ) -> Result<Response<Body>, ureq::Error> {
-        let shared = &*self.shared;
-        let placement = shared
-            .policy
-            .placement(Target::from_uri(request.uri()), request.headers());
-        if !placement.attaches() {
-            return next.handle(request);
-        }
-        let record = shared
-            .watcher
-            .token()
-            .map_err(|error| ureq::Error::Other(Box::new(BearerError::Token(error))))?
-            .into_arc();
-        let credentials = shared
-            .policy
-            .credentials(&record)
-            .map_err(|error| ureq::Error::Other(Box::new(BearerError::Credentials(error))))?;
+        let attacher = &self.shared.attacher;
+        let retry = request.extensions().get::<Retry>().cloned();
+        let attached = match retry {
+            Some(Retry(attached)) => attached,
+            None => {
+                let attached = attacher
+                    .attach(request.method(), request.uri(), request.headers())
+                    .map_err(|error| ureq::Error::Other(Box::new(error)))?;
+                match attached {
+                    Some(attached) => attached,
+                    None => return next.handle(request),
+                }
+            }
+        };
         let is_retry = request.extensions().get::<Retry>().is_some();
         let (mut parts, body) = request.into_parts();
         let replay = (!is_retry
-            && shared.policy.retry_rule() != RetryOn::Never
+            && attacher.policy().retry_rule() != RetryOn::Never
             && without_body(&parts.method))
         .then(|| parts.clone());
-        credentials.apply(&mut parts.headers);
+        attached.apply(&mut parts.headers);
 
         let result = next.handle(Request::from_parts(parts, body));
-        let refused = match &result {
-            Ok(response) => shared
-                .policy
-                .calls_for_retry(response.status(), response.headers()),
-            // ureq's http_status_as_error: the challenge is gone.
-            Err(ureq::Error::StatusCode(401)) => shared.policy.retry_rule() != RetryOn::Never,
-            Err(_) => false,
+        // ureq's http_status_as_error turns a 401 into an error without its
+        // headers; the attach rules read that as a refusal.
+        let (status, headers) = match &result {
+            Ok(response) => (response.status(), Some(response.headers())),
+            Err(ureq::Error::StatusCode(code)) => match StatusCode::from_u16(*code) {
+                Ok(status) => (status, None),
+                Err(_) => return result,
+            },
+            Err(_) => return result,
         };
-        if !refused || is_retry {
+        if is_retry {
+            if let Some(headers) = headers {
+                attacher.note_answer(&attached, headers);
+            }
             return result;
         }
-        let agent = shared.agent.get().and_then(Weak::upgrade);
-        let (Some(parts), Some(agent)) = (replay, agent) else {
-            let _ = block_on(report_refusal(&shared.watcher, &record));
+        let agent = self.shared.agent.get().and_then(Weak::upgrade);
+        let can_replay = replay.is_some() && agent.is_some();
+        let retry = block_on(attacher.after_answer(&attached, status, headers, can_replay));
+        let (Some(retry), Some(parts), Some(agent)) = (retry, replay, agent) else {
             return result;
         };
-        let renewed = block_on(renew_after_refusal(
-            &shared.watcher,
-            &record,
-            shared.policy.renewal_wait(),
-        ));
-        if !matches!(renewed, Renewal::Renewed(_)) {
-            return result;
-        }
         drop(result);
-        // Through the agent again: this middleware puts the (new) current
-        // token on it and, seeing the mark, does not retry it.
+        // Through the agent again: this middleware puts the new token (and
+        // proof) on it and, seeing the mark, does not retry it.
         let mut again = Request::from_parts(parts, ());
-        again.extensions_mut().insert(Retry);
+        again.extensions_mut().insert(Retry(retry));
         agent.run(again)
     }
 }

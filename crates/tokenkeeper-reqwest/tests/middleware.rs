@@ -4,6 +4,7 @@
 use std::sync::OnceLock;
 
 use bytes::Bytes;
+use tokenkeeper_driver::dpop::DpopKey;
 use tokenkeeper_reqwest::{AttachPolicy, BearerMiddleware};
 use tokenkeeper_testkit::middleware::{
     Answer, ClientSpec, MiddlewareAdapter, MiddlewareClient, Outgoing, Payload,
@@ -35,20 +36,15 @@ impl MiddlewareAdapter for Reqwest {
 
     fn client(spec: ClientSpec) -> Client {
         let rt = runtime();
-        let watcher = rt
-            .block_on(
-                tokenkeeper_tokio::TokenWatcherBuilder::new(
-                    TokioRuntime::from_handle(rt.handle().clone()),
-                    spec.client.clone(),
-                )
-                .spawn(),
-            )
-            .expect("the watcher starts");
-        let (first, rest) = spec.allowed_origins.split_first().expect("an origin");
-        let mut policy = AttachPolicy::for_origin(first).expect("a valid origin");
-        for origin in rest {
-            policy = policy.allow_origin(origin).expect("a valid origin");
+        let mut builder = tokenkeeper_tokio::TokenWatcherBuilder::new(
+            TokioRuntime::from_handle(rt.handle().clone()),
+            spec.client.clone(),
+        );
+        if spec.dpop {
+            builder = builder.dpop(DpopKey::generate_ed25519().expect("a key"));
         }
+        let watcher = rt.block_on(builder.spawn()).expect("the watcher starts");
+        let policy = AttachPolicy::for_origins(&spec.allowed_origins).expect("valid origins");
         let mut builder = reqwest::Client::builder()
             .timeout(spec.request_timeout)
             .no_proxy();

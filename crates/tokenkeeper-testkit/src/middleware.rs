@@ -19,7 +19,12 @@
 //! - plain `http` to a host that is not loopback carries no token, even when that host is
 //!   allowed over `https`;
 //! - a `403` is not retried and asks for no token;
-//! - a request with its own `Authorization` header is sent as it is, and its `401` comes back.
+//! - a request with its own `Authorization` header is sent as it is, and its `401` comes back;
+//! - with DPoP (a watcher holding DPoP-bound tokens, [`ClientSpec::dpop`]): the token goes as
+//!   `Authorization: DPoP` with a proof the server verifies (`htm`, `htu`, `ath`, `iat`, `jti`,
+//!   the token bound to the proof's key); the server's nonce requirement costs one retry and
+//!   later requests carry the nonce; no two proofs share an id; a revoked DPoP token makes one
+//!   token request and a retry with a new proof; a DPoP-bound token never goes as `Bearer`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -28,8 +33,9 @@ use std::time::Duration;
 use tokenkeeper_core::oauth2::OAuth2Client;
 use tokenkeeper_core::{ClientId, ClientSecret};
 
+use crate::authority::dpop::{DpopError, access_token_hash};
 use crate::authority::{Authority, Client};
-use crate::resource::ResourceServer;
+use crate::resource::{ResourceRequest, ResourceServer};
 
 const CLIENT_ID: &str = "middleware-client";
 const CLIENT_SECRET: &str = "middleware-secret-8d1e";
@@ -59,6 +65,9 @@ pub struct ClientSpec {
     pub resolve: Vec<(String, SocketAddr)>,
     /// A bound on each request, so that a broken middleware fails a test instead of hanging it.
     pub request_timeout: Duration,
+    /// Whether the watcher holds DPoP-bound tokens: the adapter builds it with
+    /// `.dpop(key)` for a new key (the authority requires DPoP of this client).
+    pub dpop: bool,
 }
 
 /// A request body, as a scenario wants it sent.
@@ -192,15 +201,32 @@ pub struct Fixture {
     pub authority: Arc<Authority>,
     /// The resource server.
     pub api: ResourceServer,
+    /// Whether the client must use DPoP.
+    dpop: bool,
 }
 
 impl Fixture {
     /// Starts both servers.
     pub fn start() -> Fixture {
+        Fixture::with_client(Client::new(CLIENT_ID, CLIENT_SECRET))
+    }
+
+    /// Starts both servers, with a client that must use DPoP (its tokens are DPoP-bound); its
+    /// [`spec`](Self::spec) asks for a watcher with a DPoP key.
+    pub fn start_dpop() -> Fixture {
+        Fixture::with_client(Client::new(CLIENT_ID, CLIENT_SECRET).require_dpop(true))
+    }
+
+    fn with_client(client: Client) -> Fixture {
         let authority = Arc::new(Authority::start());
-        authority.register_client(Client::new(CLIENT_ID, CLIENT_SECRET));
+        let dpop = client.requires_dpop();
+        authority.register_client(client);
         let api = ResourceServer::start(&authority);
-        Fixture { authority, api }
+        Fixture {
+            authority,
+            api,
+            dpop,
+        }
     }
 
     /// The spec of a client allowed to send tokens to the resource server's loopback address
@@ -224,6 +250,7 @@ impl Fixture {
                 (OTHER_LOOPBACK_NAME.to_owned(), self.api.addr()),
             ],
             request_timeout: Duration::from_secs(30),
+            dpop: self.dpop,
         }
     }
 
@@ -239,7 +266,15 @@ fn answer(adapter: &str, result: Result<Answer, String>) -> Answer {
 
 /// Starts the fixture and a client, and sends one request so that a token is in use.
 fn started<A: MiddlewareAdapter>() -> (Fixture, A::Client, String) {
-    let fixture = Fixture::start();
+    started_with::<A>(Fixture::start())
+}
+
+/// [`started`] with a client that holds DPoP-bound tokens.
+fn started_dpop<A: MiddlewareAdapter>() -> (Fixture, A::Client, String) {
+    started_with::<A>(Fixture::start_dpop())
+}
+
+fn started_with<A: MiddlewareAdapter>(fixture: Fixture) -> (Fixture, A::Client, String) {
     let client = A::client(fixture.spec());
     let token = client
         .current_token()
@@ -492,6 +527,233 @@ pub fn own_authorization_is_left_alone<A: MiddlewareAdapter>() {
     client.shutdown();
 }
 
+/// Checks that a logged request carried `token` as `Authorization: DPoP` with a proof the
+/// server verified in full, for `method` and `url`, and returns the proof's id.
+fn assert_valid_proof(
+    adapter: &str,
+    fixture: &Fixture,
+    logged: &ResourceRequest,
+    token: &str,
+    method: &str,
+    url: &str,
+) -> String {
+    assert_eq!(
+        logged.bearer_token(),
+        None,
+        "{adapter}: sent as Bearer: {logged:?}"
+    );
+    assert_eq!(logged.dpop_token(), Some(token), "{adapter}: {logged:?}");
+    let check = logged
+        .dpop
+        .as_ref()
+        .unwrap_or_else(|| panic!("{adapter}: no DPoP check logged: {logged:?}"));
+    assert_eq!(check.verdict, Ok(()), "{adapter}: {logged:?}");
+    let proof = check
+        .proof
+        .as_ref()
+        .unwrap_or_else(|| panic!("{adapter}: no proof: {logged:?}"));
+    assert_eq!(proof.htm, method, "{adapter}");
+    assert_eq!(proof.htu, url, "{adapter}: htu without query or fragment");
+    assert_eq!(proof.ath, Some(access_token_hash(token)), "{adapter}");
+    let bound = fixture.authority.dpop_binding(token);
+    assert_eq!(bound.as_deref(), Some(proof.jkt.as_str()), "{adapter}");
+    assert_eq!(check.bound_to, bound, "{adapter}");
+    proof.jti.clone()
+}
+
+/// A DPoP-bound token goes as `Authorization: DPoP` with a proof the server verifies: `htm`,
+/// `htu` (without the query), `ath`, `iat`, a new `jti`, and the token bound to its key.
+pub fn dpop_token_goes_with_a_valid_proof<A: MiddlewareAdapter>() {
+    let (fixture, client, token) = started_dpop::<A>();
+    let before = fixture.token_requests();
+    let got = answer(
+        A::NAME,
+        client.send(Outgoing::get(fixture.api.url("/orders?page=2"))),
+    );
+    assert_eq!(got.status, 200, "{}: {got:?}", A::NAME);
+    let got = answer(
+        A::NAME,
+        client.send(Outgoing::post(
+            fixture.api.url("/orders"),
+            Payload::Replayable(b"{}".to_vec()),
+        )),
+    );
+    assert_eq!(got.status, 200, "{}: {got:?}", A::NAME);
+    let log = fixture.api.requests();
+    assert_eq!(log.len(), 2, "{}: {log:?}", A::NAME);
+    let url = fixture.api.url("/orders");
+    let first = assert_valid_proof(A::NAME, &fixture, &log[0], &token, "GET", &url);
+    let second = assert_valid_proof(A::NAME, &fixture, &log[1], &token, "POST", &url);
+    assert_ne!(first, second, "{}: a proof id used twice", A::NAME);
+    assert_eq!(fixture.token_requests(), before, "{}", A::NAME);
+    client.shutdown();
+}
+
+/// When the server requires its nonce, the first request is refused once (`use_dpop_nonce`)
+/// and sent again with it; later requests carry it at once; a new nonce costs one retry more.
+pub fn dpop_nonce_costs_one_retry<A: MiddlewareAdapter>() {
+    let (fixture, client, token) = started_dpop::<A>();
+    let before = fixture.token_requests();
+    fixture.api.require_dpop_nonce(true);
+    let nonce = fixture.api.dpop_nonce().expect("a nonce");
+    let url = fixture.api.url("/orders");
+    let got = answer(A::NAME, client.send(Outgoing::get(url.clone())));
+    assert_eq!(got.status, 200, "{}: {got:?}", A::NAME);
+    let log = fixture.api.requests();
+    assert_eq!(log.len(), 2, "{}: one retry: {log:?}", A::NAME);
+    assert_eq!(log[0].status, 401);
+    assert_eq!(
+        log[0].dpop.as_ref().map(|check| check.verdict.clone()),
+        Some(Err(DpopError::NonceRequired { presented: None })),
+        "{}",
+        A::NAME
+    );
+    assert_valid_proof(A::NAME, &fixture, &log[1], &token, "GET", &url);
+    let carried = |r: &ResourceRequest| {
+        r.dpop
+            .as_ref()
+            .and_then(|c| c.proof.as_ref())
+            .and_then(|p| p.nonce.clone())
+    };
+    assert_eq!(carried(&log[1]).as_deref(), Some(nonce.as_str()));
+
+    // Later requests carry the nonce: one request each.
+    for _ in 0..3 {
+        let got = answer(A::NAME, client.send(Outgoing::get(url.clone())));
+        assert_eq!(got.status, 200, "{}: {got:?}", A::NAME);
+    }
+    let log = fixture.api.requests();
+    assert_eq!(log.len(), 5, "{}: no more retries: {log:?}", A::NAME);
+    assert!(log[2..].iter().all(|r| r.status == 200));
+    assert!(
+        log[2..]
+            .iter()
+            .all(|r| carried(r).as_deref() == Some(nonce.as_str()))
+    );
+
+    // A new nonce: one refusal and one retry, with the new one.
+    let rotated = fixture.api.rotate_dpop_nonce().expect("a new nonce");
+    let got = answer(A::NAME, client.send(Outgoing::get(url.clone())));
+    assert_eq!(got.status, 200, "{}: {got:?}", A::NAME);
+    let log = fixture.api.requests();
+    assert_eq!(log.len(), 7, "{}: {log:?}", A::NAME);
+    assert_eq!(log[5].status, 401);
+    assert_eq!(carried(&log[6]).as_deref(), Some(rotated.as_str()));
+    // A nonce is no refusal of the token.
+    assert_eq!(fixture.token_requests(), before, "{}", A::NAME);
+    assert_eq!(client.current_token().as_deref(), Some(token.as_str()));
+    client.shutdown();
+}
+
+/// How many requests the proof-id scenario sends.
+pub const PROOFS: usize = 40;
+
+/// No two proofs share an id, across many requests sent at once: the server, which refuses a
+/// replayed `jti`, accepts every one.
+pub fn dpop_proofs_never_repeat_an_id<A: MiddlewareAdapter>() {
+    let (fixture, client, _) = started_dpop::<A>();
+    let requests = (0..PROOFS)
+        .map(|i| Outgoing::get(fixture.api.url(&format!("/items/{i}"))))
+        .collect();
+    for got in client.send_all(requests) {
+        let got = answer(A::NAME, got);
+        assert_eq!(got.status, 200, "{}: {got:?}", A::NAME);
+    }
+    let log = fixture.api.requests();
+    assert_eq!(log.len(), PROOFS, "{}: {log:?}", A::NAME);
+    let mut ids: Vec<String> = log
+        .iter()
+        .filter_map(|r| r.dpop.as_ref()?.proof.as_ref().map(|p| p.jti.clone()))
+        .collect();
+    assert_eq!(ids.len(), PROOFS, "{}", A::NAME);
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), PROOFS, "{}: a proof id was used twice", A::NAME);
+    assert!(
+        log.iter()
+            .all(|r| r.dpop.as_ref().is_some_and(|c| c.verdict.is_ok())),
+        "{}: {log:?}",
+        A::NAME
+    );
+    client.shutdown();
+}
+
+/// A revoked DPoP-bound token is refused once, one token request follows, and the retry goes
+/// with the new token and a new proof for it.
+pub fn revoked_dpop_token_is_retried_with_a_new_proof<A: MiddlewareAdapter>() {
+    let (fixture, client, old) = started_dpop::<A>();
+    assert!(fixture.authority.revoke(&old));
+    let before = fixture.token_requests();
+    let url = fixture.api.url("/orders");
+    let got = answer(A::NAME, client.send(Outgoing::get(url.clone())));
+    assert_eq!(got.status, 200, "{}: {got:?}", A::NAME);
+    assert_eq!(
+        fixture.token_requests(),
+        before + 1,
+        "{}: one token request",
+        A::NAME
+    );
+    let log = fixture.api.requests();
+    assert_eq!(log.len(), 2, "{}: {log:?}", A::NAME);
+    assert_eq!(log[0].status, 401);
+    let refused = assert_valid_proof(A::NAME, &fixture, &log[0], &old, "GET", &url);
+    let new = client.current_token().expect("a token");
+    assert_ne!(new, old);
+    let retried = assert_valid_proof(A::NAME, &fixture, &log[1], &new, "GET", &url);
+    assert_ne!(
+        refused,
+        retried,
+        "{}: the retry needs a proof of its own",
+        A::NAME
+    );
+    assert_eq!(log[1].status, 200);
+    client.shutdown();
+}
+
+/// A DPoP-bound token never goes out as `Bearer`, whatever the request; and the server would
+/// refuse it if it did.
+pub fn dpop_token_never_goes_as_bearer<A: MiddlewareAdapter>() {
+    let (fixture, client, token) = started_dpop::<A>();
+    assert!(fixture.authority.dpop_binding(&token).is_some());
+    fixture.api.forbid(true);
+    let _ = client.send(Outgoing::get(fixture.api.url("/admin")));
+    fixture.api.forbid(false);
+    assert!(fixture.authority.revoke(&token));
+    let _ = client.send(Outgoing::post(
+        fixture.api.url("/upload"),
+        Payload::OneShot(b"once".to_vec()),
+    ));
+    let _ = client.send(Outgoing::get(fixture.api.url("/after")));
+    let elsewhere = fixture
+        .api
+        .url_as("http", OTHER_LOOPBACK_NAME, "/elsewhere");
+    let _ = client.send(Outgoing::get(elsewhere));
+    let log = fixture.api.requests();
+    assert!(log.len() >= 4, "{}: {log:?}", A::NAME);
+    assert!(
+        log.iter().all(|r| r.bearer_token().is_none()),
+        "{}: a DPoP-bound token went as Bearer: {log:?}",
+        A::NAME
+    );
+    // The server refuses one sent as Bearer (by hand here).
+    let current = client.current_token().expect("a token");
+    let got = answer(
+        A::NAME,
+        client.send(
+            Outgoing::get(fixture.api.url("/mine")).authorization(format!("Bearer {current}")),
+        ),
+    );
+    assert_eq!(got.status, 401, "{}: {got:?}", A::NAME);
+    let last = fixture.api.requests().pop().expect("a request");
+    assert_eq!(
+        last.dpop.map(|check| check.verdict),
+        Some(Err(DpopError::Missing)),
+        "{}",
+        A::NAME
+    );
+    client.shutdown();
+}
+
 /// One `#[test]` per middleware scenario for an adapter type.
 ///
 /// ```ignore
@@ -510,6 +772,11 @@ macro_rules! middleware_tests {
             plain_http_to_remote_host_gets_no_token,
             forbidden_is_not_retried,
             own_authorization_is_left_alone,
+            dpop_token_goes_with_a_valid_proof,
+            dpop_nonce_costs_one_retry,
+            dpop_proofs_never_repeat_an_id,
+            revoked_dpop_token_is_retried_with_a_new_proof,
+            dpop_token_never_goes_as_bearer,
         );
     };
     (@each $adapter:ty; $($scenario:ident),* $(,)?) => {

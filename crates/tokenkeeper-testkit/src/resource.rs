@@ -15,6 +15,22 @@
 //! - `403` with `error="insufficient_scope"` for an active token while the server is told to
 //!   [forbid](ResourceServer::forbid).
 //!
+//! DPoP (RFC 9449 §7) is checked on every request, with the authority's verifier
+//! ([`crate::authority::dpop`], written independently of tokenkeeper's signer):
+//!
+//! - `Authorization: DPoP <t>` must come with one `DPoP` proof, signed by the key in its header,
+//!   of type `dpop+jwt`, for this method and URL (`htm`, `htu`), with `ath` the hash of `t`,
+//!   `iat` within [`DEFAULT_PROOF_WINDOW`] of now, and a `jti` never seen before; and `t` must be
+//!   bound to the proof's key ([`Authority::dpop_binding`] equals the key's thumbprint).
+//!   Otherwise `401` with `WWW-Authenticate: DPoP error="invalid_dpop_proof"` (or
+//!   `error="invalid_token"` when the binding is wrong).
+//! - While the server [requires a nonce](ResourceServer::require_dpop_nonce), a proof without
+//!   the current one gets `401` with `WWW-Authenticate: DPoP error="use_dpop_nonce"` and the
+//!   nonce in `DPoP-Nonce`; every answer to a DPoP request carries the current nonce.
+//! - A DPoP-bound token sent as `Bearer` is refused (`401`, `DPoP error="invalid_token"`).
+//!
+//! What was checked is logged with the request ([`ResourceRequest::dpop`]).
+//!
 //! Every request is logged ([`ResourceRequest`]: method, path, `Host`, the `Authorization`
 //! header as it came, the body, the status). The server listens on `127.0.0.1` only; a test
 //! that needs it under another name (to check that plain `http` to a host that is not
@@ -51,7 +67,10 @@ use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 
 use crate::authority::Authority;
-use crate::authority::state::Shared as AuthorityState;
+use crate::authority::dpop::{
+    DEFAULT_PROOF_WINDOW, DpopError, DpopProof, JtiCache, read_proof, verify_proof,
+};
+use crate::authority::state::{Shared as AuthorityState, mint_nonce};
 
 /// The realm of the server's `WWW-Authenticate` challenges.
 pub const RESOURCE_REALM: &str = "tokenkeeper-testkit-api";
@@ -82,6 +101,23 @@ pub struct ResourceRequest {
     pub body: Vec<u8>,
     /// The status answered.
     pub status: u16,
+    /// What the DPoP checks found, for a request with `Authorization: DPoP` or a DPoP-bound
+    /// token sent as `Bearer`.
+    pub dpop: Option<DpopCheck>,
+}
+
+/// The DPoP checks of one request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DpopCheck {
+    /// The proof as it came (its claims read, whether or not it verified), if one could be read.
+    pub proof: Option<DpopProof>,
+    /// The `jkt` the access token is bound to at the authority, if any.
+    pub bound_to: Option<String>,
+    /// `Ok` when the proof passed every check (signature, `typ`, `htm`, `htu`, `ath`, `iat`,
+    /// `jti` not replayed, the token bound to its key, the nonce when required); otherwise why
+    /// the request was refused.
+    pub verdict: Result<(), DpopError>,
 }
 
 impl ResourceRequest {
@@ -92,7 +128,16 @@ impl ResourceRequest {
 
     /// The bearer token presented, if the `Authorization` header was `Bearer <token>`.
     pub fn bearer_token(&self) -> Option<&str> {
-        self.authorization.as_deref().and_then(bearer_token)
+        self.authorization
+            .as_deref()
+            .and_then(|value| credential(value, "bearer"))
+    }
+
+    /// The DPoP-bound token presented, if the `Authorization` header was `DPoP <token>`.
+    pub fn dpop_token(&self) -> Option<&str> {
+        self.authorization
+            .as_deref()
+            .and_then(|value| credential(value, "dpop"))
     }
 }
 
@@ -106,15 +151,16 @@ impl fmt::Debug for ResourceRequest {
             .field("authorization", &self.authorization)
             .field("body_bytes", &self.body.len())
             .field("status", &self.status)
+            .field("dpop", &self.dpop)
             .finish()
     }
 }
 
-/// The token of a `Bearer` credential.
-fn bearer_token(value: &str) -> Option<&str> {
-    let (scheme, token) = value.trim().split_once(' ')?;
+/// The token of an `Authorization` value of `scheme` (`bearer`, `dpop`).
+fn credential<'a>(value: &'a str, scheme: &str) -> Option<&'a str> {
+    let (given, token) = value.trim().split_once(' ')?;
     let token = token.trim();
-    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+    (given.eq_ignore_ascii_case(scheme) && !token.is_empty()).then_some(token)
 }
 
 /// Requests held until enough have arrived.
@@ -129,6 +175,11 @@ struct State {
     log: Vec<ResourceRequest>,
     forbidden: bool,
     gather: Option<Gather>,
+    /// The DPoP proof ids seen.
+    jtis: JtiCache,
+    /// The nonce DPoP proofs must carry, while one is required.
+    nonce: Option<String>,
+    rng: fastrand::Rng,
 }
 
 struct Shared {
@@ -268,6 +319,32 @@ impl ResourceServer {
         self.shared.lock().forbidden = forbidden;
     }
 
+    /// Whether DPoP proofs must carry this server's nonce (RFC 9449 §9); not unless told.
+    /// Turning it on mints a nonce, which [`dpop_nonce`](Self::dpop_nonce) tells.
+    pub fn require_dpop_nonce(&self, required: bool) {
+        let mut state = self.shared.lock();
+        state.nonce = if required {
+            Some(mint_nonce(&mut state.rng))
+        } else {
+            None
+        };
+    }
+
+    /// The nonce DPoP proofs must carry now, while one is required.
+    pub fn dpop_nonce(&self) -> Option<String> {
+        self.shared.lock().nonce.clone()
+    }
+
+    /// Replaces the required nonce with a new one and returns it (`None`, and nothing changes,
+    /// while no nonce is required): proofs with the old one get `use_dpop_nonce`.
+    pub fn rotate_dpop_nonce(&self) -> Option<String> {
+        let mut state = self.shared.lock();
+        state.nonce.as_ref()?;
+        let nonce = mint_nonce(&mut state.rng);
+        state.nonce = Some(nonce.clone());
+        Some(nonce)
+    }
+
     /// Holds the next `count` requests until all of them have arrived (or 30 s have passed),
     /// then answers them together: how a test makes a burst of requests be refused at once.
     /// Each is answered as its token stood when it arrived.
@@ -371,6 +448,78 @@ enum Verdict {
     NoToken,
     Inactive,
     Active,
+    /// The DPoP checks failed.
+    Dpop(DpopError),
+}
+
+/// The DPoP checks of a request carrying `authorization` (RFC 9449 §7.1), with `None` for a
+/// request they do not concern (no token, or a bearer token bound to no key).
+fn check_dpop(
+    shared: &Shared,
+    parts: &hyper::http::request::Parts,
+    authorization: Option<&str>,
+    at: SystemTime,
+) -> Option<DpopCheck> {
+    let authorization = authorization?;
+    if let Some(token) = credential(authorization, "bearer") {
+        // A DPoP-bound token must not be accepted as a bearer token.
+        let bound_to = shared.authority.lock().dpop_binding(token)?;
+        return Some(DpopCheck {
+            proof: None,
+            bound_to: Some(bound_to),
+            verdict: Err(DpopError::Missing),
+        });
+    }
+    let token = credential(authorization, "dpop")?;
+    let bound_to = shared.authority.lock().dpop_binding(token);
+    let mut proofs = parts.headers.get_all("dpop").iter();
+    let (proof, verdict) = match (proofs.next(), proofs.next()) {
+        (None, _) => (None, Err(DpopError::Missing)),
+        (Some(_), Some(_)) => (None, Err(DpopError::Multiple)),
+        (Some(value), None) => {
+            let text = String::from_utf8_lossy(value.as_bytes());
+            let host = parts
+                .headers
+                .get(header::HOST)
+                .and_then(|host| host.to_str().ok())
+                .unwrap_or_default();
+            // The URL the client addressed: this server speaks plain http.
+            let url = format!("http://{host}{}", parts.uri.path());
+            let verdict = verify_proof(
+                &text,
+                parts.method.as_str(),
+                &url,
+                Some(token),
+                at,
+                DEFAULT_PROOF_WINDOW,
+            )
+            .and_then(|proof| {
+                let mut state = shared.lock();
+                state
+                    .jtis
+                    .check_and_insert(&proof, at, DEFAULT_PROOF_WINDOW)?;
+                if bound_to.as_deref() != Some(proof.jkt.as_str()) {
+                    return Err(DpopError::WrongKey {
+                        bound: bound_to.clone(),
+                    });
+                }
+                match &state.nonce {
+                    Some(nonce) if proof.nonce.as_ref() != Some(nonce) => {
+                        Err(DpopError::NonceRequired {
+                            presented: proof.nonce.clone(),
+                        })
+                    }
+                    _ => Ok(()),
+                }
+            });
+            (read_proof(&text).ok(), verdict)
+        }
+    };
+    Some(DpopCheck {
+        proof,
+        bound_to,
+        verdict,
+    })
 }
 
 async fn handle(
@@ -390,11 +539,27 @@ async fn handle(
             .map(|value| String::from_utf8_lossy(value.as_bytes()).into_owned())
     };
     let authorization = text(header::AUTHORIZATION);
-    let verdict = match authorization.as_deref().and_then(bearer_token) {
-        None => Verdict::NoToken,
-        Some(token) if shared.authority.lock().access_token_is_active(token, at) => Verdict::Active,
-        Some(_) => Verdict::Inactive,
+    let dpop = check_dpop(&shared, &parts, authorization.as_deref(), at);
+    let token = authorization
+        .as_deref()
+        .and_then(|value| credential(value, "bearer").or_else(|| credential(value, "dpop")));
+    let verdict = match (token, &dpop) {
+        (
+            _,
+            Some(DpopCheck {
+                verdict: Err(error),
+                ..
+            }),
+        ) => Verdict::Dpop(error.clone()),
+        (None, _) => Verdict::NoToken,
+        (Some(token), _) if shared.authority.lock().access_token_is_active(token, at) => {
+            Verdict::Active
+        }
+        (Some(_), _) => Verdict::Inactive,
     };
+    let is_dpop = authorization
+        .as_deref()
+        .is_some_and(|value| credential(value, "dpop").is_some());
 
     // A gathered request waits here until the whole burst has arrived.
     let held = {
@@ -427,11 +592,26 @@ async fn handle(
         (_, Verdict::Inactive) => (
             StatusCode::UNAUTHORIZED,
             Some(format!(
-                "Bearer realm=\"{RESOURCE_REALM}\", error=\"invalid_token\", \
-                 error_description=\"the access token is not active\""
+                "{} realm=\"{RESOURCE_REALM}\", error=\"invalid_token\", \
+                 error_description=\"the access token is not active\"",
+                if is_dpop { "DPoP" } else { "Bearer" }
             )),
             Bytes::new(),
         ),
+        (_, Verdict::Dpop(error)) => {
+            let code = match error {
+                DpopError::WrongKey { .. } | DpopError::Missing => "invalid_token",
+                other => other.error_code(),
+            };
+            (
+                StatusCode::UNAUTHORIZED,
+                Some(format!(
+                    "DPoP realm=\"{RESOURCE_REALM}\", error=\"{code}\", \
+                     algs=\"ES256 EdDSA\""
+                )),
+                Bytes::new(),
+            )
+        }
         (Ok(_), Verdict::Active) if forbidden => (
             StatusCode::FORBIDDEN,
             Some(format!(
@@ -454,6 +634,7 @@ async fn handle(
             authorization,
             body: body.map(|bytes| bytes.to_vec()).unwrap_or_default(),
             status: status.as_u16(),
+            dpop,
         });
     }
 
@@ -465,6 +646,12 @@ async fn handle(
         response
             .headers_mut()
             .insert(header::WWW_AUTHENTICATE, value);
+    }
+    if is_dpop
+        && let Some(nonce) = shared.lock().nonce.clone()
+        && let Ok(value) = HeaderValue::from_str(&nonce)
+    {
+        response.headers_mut().insert("dpop-nonce", value);
     }
     response
         .headers_mut()

@@ -20,6 +20,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::connect::dns::Name;
 use hyper_util::rt::TokioExecutor;
+use tokenkeeper_driver::dpop::DpopKey;
 use tokenkeeper_driver::{Runtime, TokenWatcher, TokenWatcherBuilder};
 use tokenkeeper_testkit::middleware::{
     Answer, ClientSpec, MiddlewareAdapter, MiddlewareClient, Outgoing, Payload,
@@ -32,12 +33,7 @@ use tower_service::Service;
 type Body = Either<Full<Bytes>, BoxBody<Bytes, Infallible>>;
 
 fn policy(spec: &ClientSpec) -> AttachPolicy {
-    let (first, rest) = spec.allowed_origins.split_first().expect("an origin");
-    let mut policy = AttachPolicy::for_origin(first).expect("a valid origin");
-    for origin in rest {
-        policy = policy.allow_origin(origin).expect("a valid origin");
-    }
-    policy
+    AttachPolicy::for_origins(&spec.allowed_origins).expect("valid origins")
 }
 
 fn request(outgoing: Outgoing) -> Request<Body> {
@@ -108,7 +104,12 @@ where
 }
 
 fn spawn_watcher<R: Runtime>(runtime: R, spec: &ClientSpec) -> TokenWatcherBuilder<R> {
-    TokenWatcherBuilder::new(runtime, spec.client.clone())
+    let builder = TokenWatcherBuilder::new(runtime, spec.client.clone());
+    if spec.dpop {
+        builder.dpop(DpopKey::generate_es256().expect("a key"))
+    } else {
+        builder
+    }
 }
 
 fn current_token<R>(watcher: &TokenWatcher<R>) -> Option<String> {

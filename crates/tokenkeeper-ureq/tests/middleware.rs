@@ -7,6 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use tokenkeeper_blocking::TokenWatcher;
+use tokenkeeper_driver::dpop::DpopKey;
 use tokenkeeper_testkit::middleware::{
     Answer, ClientSpec, Fixture, MiddlewareAdapter, MiddlewareClient, Outgoing, Payload,
 };
@@ -46,18 +47,17 @@ impl Resolver for MapResolver {
 }
 
 fn policy(spec: &ClientSpec) -> AttachPolicy {
-    let (first, rest) = spec.allowed_origins.split_first().expect("an origin");
-    let mut policy = AttachPolicy::for_origin(first).expect("a valid origin");
-    for origin in rest {
-        policy = policy.allow_origin(origin).expect("a valid origin");
-    }
-    policy
+    AttachPolicy::for_origins(&spec.allowed_origins).expect("valid origins")
 }
 
 fn watcher(spec: &ClientSpec) -> TokenWatcher {
-    TokenWatcher::builder(spec.client.clone())
-        .spawn()
-        .expect("the watcher starts")
+    let builder = TokenWatcher::builder(spec.client.clone());
+    let builder = if spec.dpop {
+        builder.dpop(DpopKey::generate_es256().expect("a key"))
+    } else {
+        builder
+    };
+    builder.spawn().expect("the watcher starts")
 }
 
 fn agent(spec: &ClientSpec, watcher: &TokenWatcher, status_as_error: bool) -> BearerAgent {

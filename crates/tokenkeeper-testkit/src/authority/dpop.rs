@@ -129,6 +129,12 @@ pub enum DpopError {
         /// The proof's `jti`.
         jti: String,
     },
+    /// The access token is not bound to the proof's key (a resource server's check,
+    /// RFC 9449 §7.1), or is DPoP-bound and came without a proof.
+    WrongKey {
+        /// The `jkt` the token is bound to, if any.
+        bound: Option<String>,
+    },
     /// The proof carries no nonce, or not the current one (answered `use_dpop_nonce`).
     NonceRequired {
         /// The nonce it carried, if any.
@@ -173,6 +179,12 @@ impl fmt::Display for DpopError {
                 f.write_str("DPoP proof ath does not match the access token")
             }
             DpopError::Replayed { jti } => write!(f, "DPoP proof jti {jti:?} was used before"),
+            DpopError::WrongKey { bound: None } => {
+                f.write_str("the access token is not DPoP-bound")
+            }
+            DpopError::WrongKey { bound: Some(_) } => {
+                f.write_str("the access token is bound to another key than the proof's")
+            }
             DpopError::NonceRequired { presented: None } => {
                 f.write_str("DPoP proof must carry the server's nonce")
             }

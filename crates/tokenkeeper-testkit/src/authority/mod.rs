@@ -368,11 +368,7 @@ impl Authority {
     /// server compares with the key of the proof that comes with the token (and what a JWT
     /// access token would carry in `cnf.jkt`).
     pub fn dpop_binding(&self, access_token: &str) -> Option<String> {
-        self.state()
-            .issued
-            .iter()
-            .find(|token| token.access_token == access_token)
-            .and_then(|token| token.dpop_jkt.clone())
+        self.state().dpop_binding(access_token)
     }
 
     // ----- DPoP nonces -----

@@ -379,7 +379,7 @@ impl Shared {
 }
 
 /// A fresh DPoP nonce: random, and visible ASCII as RFC 9449 §8.1 asks.
-fn mint_nonce(rng: &mut fastrand::Rng) -> String {
+pub(crate) fn mint_nonce(rng: &mut fastrand::Rng) -> String {
     format!("nonce-{:016x}{:016x}", rng.u64(..), rng.u64(..))
 }
 
@@ -449,6 +449,14 @@ impl State {
                 .iter()
                 .rev()
                 .any(|issued| issued.access_token == token && issued.expires_at() > now)
+    }
+
+    /// The `jkt` of the DPoP key an access token issued here is bound to, if any.
+    pub(crate) fn dpop_binding(&self, token: &str) -> Option<String> {
+        self.issued
+            .iter()
+            .find(|issued| issued.access_token == token)
+            .and_then(|issued| issued.dpop_jkt.clone())
     }
 
     /// Revokes an access token. Returns whether it was issued here and not revoked before.

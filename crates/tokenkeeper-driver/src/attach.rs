@@ -1033,10 +1033,8 @@ impl<R: Runtime> Attacher<R> {
         match self.judge(attached, status, headers) {
             Judgement::Keep => None,
             Judgement::Nonce if can_replay => {
-                let mut proof = attached.proof.clone()?;
-                proof.nonce = self.nonce_for(&proof.origin);
                 tracing::debug!("the resource server asked for a DPoP nonce; sending once more");
-                self.with_record(Arc::clone(&attached.record), Some(proof))
+                self.with_record(Arc::clone(&attached.record), self.next_proof(attached))
                     .ok()
             }
             Judgement::Nonce => None,
@@ -1055,16 +1053,18 @@ impl<R: Runtime> Attacher<R> {
                 let Renewal::Renewed(token) = renewed else {
                     return None;
                 };
-                let proof = match &attached.proof {
-                    Some(proof) => Some(ProofRequest {
-                        nonce: self.nonce_for(&proof.origin),
-                        ..proof.clone()
-                    }),
-                    None => None,
-                };
-                self.with_record(token, proof).ok()
+                self.with_record(token, self.next_proof(attached)).ok()
             }
         }
+    }
+
+    /// What the retry of `attached` signs a proof for: the same request,
+    /// with the origin's latest nonce.
+    fn next_proof(&self, attached: &Attached) -> Option<ProofRequest> {
+        attached.proof.as_ref().map(|proof| ProofRequest {
+            nonce: self.nonce_for(&proof.origin),
+            ..proof.clone()
+        })
     }
 
     /// The answer to the one retry: only its `DPoP-Nonce` is remembered

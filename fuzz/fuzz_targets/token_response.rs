@@ -9,6 +9,8 @@
 //! - a grant comes only from a 2xx answer, holds the body's non-empty
 //!   `access_token`, a bearer type, never `expires_in: 0`, and keeps in `extra`
 //!   none of the fields it read;
+//! - a redirect, a 404 or 405, or a web page sent as a success is "not a
+//!   token endpoint", permanent, and shows nothing of the body;
 //! - an OAuth2 error carries the body's `error` (escaped, capped); error
 //!   statuses and `Retry-After` are the ones given; snippets are capped,
 //!   printable and start with the status;
@@ -188,6 +190,29 @@ fuzz_target!(|data: &[u8]| {
                 FetchError::UnsupportedTokenType { token_type } => {
                     assert!(success);
                     assert!(!token_type.eq_ignore_ascii_case("bearer"));
+                }
+                FetchError::NotATokenEndpoint { status: s, reason } => {
+                    // A redirect, 404 or 405, or a web page sent as a
+                    // success; never an answer carrying an OAuth2 error.
+                    assert_eq!(*s, status);
+                    let html = content_type
+                        .is_some_and(|c| c.to_ascii_lowercase().starts_with("text/html"))
+                        || body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'<');
+                    assert!(
+                        (300..400).contains(&status)
+                            || status == 404
+                            || status == 405
+                            || (success && html),
+                        "HTTP {status}: {reason}"
+                    );
+                    assert!(
+                        !object
+                            .as_ref()
+                            .is_some_and(|m| m.get("error").is_some_and(Value::is_string))
+                    );
+                    assert!(error.is_permanent() && error.is_misconfiguration());
+                    // It shows nothing of the body.
+                    allowed.clear();
                 }
                 other => panic!("unexpected error kind: {other:?}"),
             }

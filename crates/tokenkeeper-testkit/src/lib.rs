@@ -28,6 +28,7 @@ pub mod pki;
 pub mod proxy;
 pub mod redis_server;
 pub mod resource;
+mod server_thread;
 
 pub use authority::{
     AuthMethod, Authority, AuthorityBuilder, Client, ClientAuth, DEFAULT_MAX_REQUEST_BODY,

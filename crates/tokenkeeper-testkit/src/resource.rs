@@ -51,8 +51,7 @@ use std::convert::Infallible;
 use std::fmt;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, mpsc};
-use std::thread::JoinHandle;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
@@ -64,13 +63,14 @@ use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::watch;
 
 use crate::authority::Authority;
 use crate::authority::dpop::{
     DEFAULT_PROOF_WINDOW, DpopError, DpopProof, JtiCache, read_proof, verify_proof,
 };
 use crate::authority::state::{Shared as AuthorityState, mint_nonce};
+use crate::server_thread::ServerThread;
 
 /// The realm of the server's `WWW-Authenticate` challenges.
 pub const RESOURCE_REALM: &str = "tokenkeeper-testkit-api";
@@ -193,11 +193,6 @@ impl Shared {
     }
 }
 
-struct Stopper {
-    stop: oneshot::Sender<()>,
-    thread: JoinHandle<()>,
-}
-
 /// A running resource server on `127.0.0.1`; see the [module documentation](self).
 ///
 /// Every method takes `&self`. Dropping it (or [`ResourceServer::shutdown`]) closes the socket
@@ -206,7 +201,7 @@ struct Stopper {
 pub struct ResourceServer {
     shared: Arc<Shared>,
     addr: SocketAddr,
-    stopper: Mutex<Option<Stopper>>,
+    server: ServerThread,
 }
 
 impl fmt::Debug for ResourceServer {
@@ -240,55 +235,22 @@ impl ResourceServer {
             authority: authority.shared_state(),
             state: Mutex::new(State::default()),
         });
-        let (ready_tx, ready_rx) = mpsc::channel::<io::Result<()>>();
-        let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let server_shared = Arc::clone(&shared);
-        let thread = std::thread::Builder::new()
-            .name(format!("tokenkeeper-testkit-resource-{}", addr.port()))
-            .spawn(move || {
-                let runtime = match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(runtime) => runtime,
-                    Err(error) => {
-                        let _ = ready_tx.send(Err(error));
-                        return;
-                    }
-                };
-                runtime.block_on(async move {
-                    let listener = match TcpListener::from_std(listener) {
-                        Ok(listener) => listener,
-                        Err(error) => {
-                            let _ = ready_tx.send(Err(error));
-                            return;
-                        }
-                    };
-                    let _ = ready_tx.send(Ok(()));
-                    tokio::spawn(accept_loop(listener, server_shared));
-                    let _ = stop_rx.await;
-                });
-            })?;
-        match ready_rx.recv() {
-            Ok(Ok(())) => Ok(ResourceServer {
-                shared,
-                addr,
-                stopper: Mutex::new(Some(Stopper {
-                    stop: stop_tx,
-                    thread,
-                })),
-            }),
-            Ok(Err(error)) => {
-                let _ = thread.join();
-                Err(error)
-            }
-            Err(_) => {
-                let _ = thread.join();
-                Err(io::Error::other(
-                    "the resource server thread ended before it started",
-                ))
-            }
-        }
+        let server = ServerThread::start(
+            format!("tokenkeeper-testkit-resource-{}", addr.port()),
+            vec![listener],
+            move |listeners, stop| async move {
+                for listener in listeners {
+                    tokio::spawn(accept_loop(listener, Arc::clone(&server_shared)));
+                }
+                let _ = stop.await;
+            },
+        )?;
+        Ok(ResourceServer {
+            shared,
+            addr,
+            server,
+        })
     }
 
     /// The address the server listens on.
@@ -399,16 +361,8 @@ impl ResourceServer {
 
     /// Stops the server and joins its thread. Idempotent; dropping the handle does the same.
     pub fn shutdown(&self) {
-        let stopper = self
-            .stopper
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        if let Some(Stopper { stop, thread }) = stopper {
-            let _ = stop.send(());
-            if thread.join().is_err() {
-                tracing::error!(addr = %self.addr, "the test resource server thread panicked");
-            }
+        if !self.server.stop() {
+            tracing::error!(addr = %self.addr, "the test resource server thread panicked");
         }
     }
 }

@@ -48,11 +48,10 @@ mod tls;
 use std::fmt;
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::{Arc, Mutex, PoisonError, mpsc};
-use std::thread::JoinHandle;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use tokio::sync::oneshot;
+use crate::server_thread::ServerThread;
 
 pub use client::{AuthMethod, Client};
 pub use codec::format_http_date;
@@ -198,75 +197,23 @@ impl AuthorityBuilder {
             self.dpop_window,
         ));
 
-        let (ready_tx, ready_rx) = mpsc::channel::<io::Result<()>>();
-        let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let server_shared = Arc::clone(&shared);
-        let thread = std::thread::Builder::new()
-            .name(format!("tokenkeeper-testkit-authority-{}", addr.port()))
-            .spawn(move || {
-                // The runtime lives and dies in this thread, so that dropping it never happens
-                // inside the caller's runtime. Dropping it cancels every connection task and
-                // closes their sockets.
-                let runtime = match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(runtime) => runtime,
-                    Err(error) => {
-                        let _ = ready_tx.send(Err(error));
-                        return;
-                    }
-                };
-                runtime.block_on(async move {
-                    let listeners: io::Result<Vec<_>> = listeners
-                        .into_iter()
-                        .map(tokio::net::TcpListener::from_std)
-                        .collect();
-                    let listeners = match listeners {
-                        Ok(listeners) => listeners,
-                        Err(error) => {
-                            let _ = ready_tx.send(Err(error));
-                            return;
-                        }
-                    };
-                    let _ = ready_tx.send(Ok(()));
-                    server::serve(listeners, server_shared, tls_server, stop_rx).await;
-                });
-            })?;
-
-        match ready_rx.recv() {
-            Ok(Ok(())) => {
-                tracing::debug!(%addr, "test authority started");
-                Ok(Authority {
-                    shared,
-                    addr,
-                    tls: self.tls,
-                    stopper: Mutex::new(Some(Stopper {
-                        stop: stop_tx,
-                        thread,
-                    })),
-                })
-            }
-            Ok(Err(error)) => {
-                let _ = thread.join();
-                Err(error)
-            }
-            Err(_) => {
-                let _ = thread.join();
-                Err(io::Error::other(
-                    "the authority thread ended before it started",
-                ))
-            }
-        }
+        let server = ServerThread::start(
+            format!("tokenkeeper-testkit-authority-{}", addr.port()),
+            listeners,
+            move |listeners, stop| server::serve(listeners, server_shared, tls_server, stop),
+        )?;
+        tracing::debug!(%addr, "test authority started");
+        Ok(Authority {
+            shared,
+            addr,
+            tls: self.tls,
+            server,
+        })
     }
 }
 
 /// What it takes to stop the server.
-struct Stopper {
-    stop: oneshot::Sender<()>,
-    thread: JoinHandle<()>,
-}
-
 /// A running OAuth2 token authority on `127.0.0.1`.
 ///
 /// Every method takes `&self`; the handle is `Send + Sync`, so share it with an `Arc`.
@@ -279,7 +226,7 @@ pub struct Authority {
     shared: Arc<Shared>,
     addr: SocketAddr,
     tls: Option<TlsSettings>,
-    stopper: Mutex<Option<Stopper>>,
+    server: ServerThread,
 }
 
 impl fmt::Debug for Authority {
@@ -630,17 +577,8 @@ impl Authority {
     /// Stops the server: closes the listening socket and every connection, and joins the
     /// server thread. Idempotent; dropping the handle does the same.
     pub fn shutdown(&self) {
-        let stopper = self
-            .stopper
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        if let Some(Stopper { stop, thread }) = stopper {
-            let _ = stop.send(());
-            if thread.join().is_err() {
-                tracing::error!(addr = %self.addr, "the test authority thread panicked");
-            }
-            tracing::debug!(addr = %self.addr, "test authority stopped");
+        if !self.server.stop() {
+            tracing::error!(addr = %self.addr, "the test authority thread panicked");
         }
     }
 }

@@ -53,6 +53,9 @@
 # it the build. Variables:
 #
 #   TOKENKEEPER_SKIP_FUZZ=1            skip the fuzzing step
+#   TOKENKEEPER_SKIP_RELEASE_CHECKS=1  skip the release checks that end the run
+#                                      (cargo deny, cargo publish --dry-run;
+#                                      cargo-deny is installed when missing)
 #   TOKENKEEPER_FUZZ_RUNS=N            inputs per target (default 200000)
 #   TOKENKEEPER_FUZZ_MAX_SECONDS=S     stop a target after S seconds even if it
 #                                      has not run N inputs (default 60)
@@ -432,6 +435,33 @@ run_command() {
   return "$status"
 }
 
+# The release checks: the supply chain (cargo-deny: licenses, duplicate
+# majors, sources; deny.toml) and that every published crate packages and
+# builds on its own (cargo publish --dry-run, in the workspace's target
+# folder, so after the tests it recompiles little more than our crates).
+# The advisory database is not reachable from CI; docs/dependencies.md says
+# how to check advisories. --allow-dirty: the tests may leave files (fuzz
+# corpora) in the checkout; no package includes them.
+release_checks() {
+  if ! command -v cargo-deny >/dev/null 2>&1; then
+    log "installing cargo-deny (crates.io)"
+    cargo install cargo-deny --locked --quiet
+  fi
+  # The dry run builds each crate from its package against the packages of
+  # the others, which cargo treats as registry crates of version 0.1.0 each
+  # time: it never unpacks one again once unpacked, and never rebuilds one
+  # it built, so a machine that ran a dry run before a change would build
+  # against the old code ("no method named ..."). Our packages' unpacked
+  # sources (never a dependency from crates.io) and our crates' build
+  # fingerprints go first; only our crates are rebuilt.
+  local target="${CARGO_TARGET_DIR:-$ROOT/target}"
+  rm -rf "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/tokenkeeper-[a-z]*-[0-9]* \
+    "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/tokenkeeper-[0-9]* \
+    "$target"/debug/.fingerprint/tokenkeeper-* "$target"/debug/.fingerprint/tokenkeeper_*
+  cargo deny --workspace --all-features check licenses bans sources &&
+    cargo publish --workspace --dry-run --allow-dirty
+}
+
 status=0
 if [ "$#" -gt 0 ]; then
   run_command "$@" || status=$?
@@ -452,6 +482,15 @@ else
     run_command fuzz_all || fuzz_status=$?
     log "fuzzing took $((SECONDS - fuzz_started)) s"
     [ "$status" -ne 0 ] || status=$fuzz_status
+  fi
+  if [ "${TOKENKEEPER_SKIP_RELEASE_CHECKS:-}" = "1" ]; then
+    log "release checks skipped (TOKENKEEPER_SKIP_RELEASE_CHECKS=1)"
+  else
+    release_started=$SECONDS
+    release_status=0
+    run_command release_checks || release_status=$?
+    log "release checks took $((SECONDS - release_started)) s"
+    [ "$status" -ne 0 ] || status=$release_status
   fi
 fi
 exit "$status"

@@ -308,6 +308,18 @@ fn a_running_watcher_survives_a_bad_certificate<F: Flavor>() {
     F::block_on(watcher.refresh_now()).expect("a running watcher");
     let tried_twice = eventually(Duration::from_secs(20), || bad.tls_failures().len() >= 2);
     assert!(tried_twice, "{}: {:?}", F::NAME, bad.tls_failures());
+    // At the backoff cap (500 ms here), as a permanent error is retried; a
+    // transient one would have come back within the 100 ms initial backoff.
+    let failures = bad.tls_failures();
+    let gap = failures[1]
+        .at
+        .duration_since(failures[0].at)
+        .unwrap_or_default();
+    assert!(
+        gap >= Duration::from_millis(400),
+        "{}: retried after {gap:?}",
+        F::NAME
+    );
     assert_eq!(watcher.token().expect("still served").access_token, first);
     let status = watcher.status();
     assert_eq!(

@@ -137,6 +137,7 @@ mod hash;
 pub mod jitter;
 pub mod oauth2;
 pub mod policy;
+pub mod pool;
 pub mod refresher;
 mod secret;
 pub mod sim;

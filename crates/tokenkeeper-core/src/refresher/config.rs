@@ -12,12 +12,11 @@ use crate::secret::RefreshToken;
 /// Where tokens come from.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
-// One per refresher; not worth a box.
-#[allow(clippy::large_enum_variant)]
 pub enum Source {
     /// An OAuth2 token endpoint: the refresher builds the requests
     /// ([`Effect::SendRequest`](super::Effect::SendRequest)) and reads the answers.
-    OAuth2(OAuth2Client),
+    /// Boxed: a pool holds a refresher per key, and custom sources need none.
+    OAuth2(Box<OAuth2Client>),
     /// Anything else: the refresher asks the driver for a grant
     /// ([`Effect::Fetch`](super::Effect::Fetch)).
     Custom,
@@ -109,7 +108,7 @@ impl RefresherConfig {
     /// Tokens from an OAuth2 endpoint, cached under the client's key.
     pub fn oauth2(client: OAuth2Client) -> Self {
         let key = CacheKey::for_client(&client);
-        Self::with_source(Source::OAuth2(client), key)
+        Self::with_source(Source::OAuth2(Box::new(client)), key)
     }
 
     /// Tokens from a custom source, cached under `key`.
@@ -125,7 +124,7 @@ impl RefresherConfig {
         if let Source::OAuth2(client) = &mut self.source {
             let bound = client.clone().bound_to_certificate(thumbprint);
             self.key = CacheKey::for_client(&bound);
-            *client = bound;
+            **client = bound;
         }
         self
     }
@@ -137,7 +136,7 @@ impl RefresherConfig {
         if let Source::OAuth2(client) = &mut self.source {
             let bound = client.clone().bound_to_dpop_key(jkt);
             self.key = CacheKey::for_client(&bound);
-            *client = bound;
+            **client = bound;
         }
         self
     }

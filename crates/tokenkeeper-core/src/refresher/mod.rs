@@ -295,13 +295,23 @@ impl Refresher {
     /// The next effect to carry out.
     #[must_use]
     pub fn poll_effect(&mut self) -> Option<Effect> {
-        self.effects.pop_front()
+        let effect = self.effects.pop_front();
+        if effect.is_none() && self.effects.capacity() > 0 {
+            // Effects come a few per refresh: a pool of many refreshers
+            // should not keep a buffer each between refreshes.
+            self.effects = VecDeque::new();
+        }
+        effect
     }
 
     /// The next event to report.
     #[must_use]
     pub fn poll_event(&mut self) -> Option<Event> {
-        self.events.pop_front()
+        let event = self.events.pop_front();
+        if event.is_none() && self.events.capacity() > 0 {
+            self.events = VecDeque::new();
+        }
+        event
     }
 
     /// What to wait for before the next call to [`Refresher::handle`]: an
@@ -333,6 +343,12 @@ impl Refresher {
         let now = now.into();
         self.next_deadline()
             .map(|(deadline, _)| deadline.duration_since(now.sched()))
+    }
+
+    /// The earliest deadline on the schedule axis (`None` once finished):
+    /// what a pool files the refresher under.
+    pub(crate) fn next_wake(&self) -> Option<Timestamp> {
+        self.next_deadline().map(|(deadline, _)| deadline)
     }
 
     /// The earliest deadline on the schedule axis, and whether answers are

@@ -15,6 +15,7 @@
 //! | `fs`          | `tokenkeeper::fs`        | the file cache (built into every driver already)            |
 //! | `redis`       | `tokenkeeper::redis`     | one token per fleet through Redis, for the enabled drivers  |
 //! | `native-roots`| —                        | trust the system's certificate store too, in every driver   |
+//! | `metrics`     | `tokenkeeper::driver::metrics` | counters, gauges and a histogram through the `metrics` facade |
 //!
 //! Every driver is the same watcher ([`driver::TokenWatcher`](tokenkeeper_driver::TokenWatcher)):
 //! the same builder, `token()` (one atomic load), errors, status and events.
@@ -109,4 +110,6 @@ mod markdown {
     struct Deploy;
     #[doc = include_str!("../docs/dependencies.md")]
     struct Dependencies;
+    #[doc = include_str!("../docs/observability.md")]
+    struct Observability;
 }

@@ -22,7 +22,8 @@
 //!   refresh-token grants ([`oauth2`]).
 //! - The cache record format and key ([`cache`]), layered caches and a
 //!   fleet-wide lease so a fleet fetches once per refresh.
-//! - The [`Refresher`] state machine that ties these together.
+//! - The [`Refresher`] state machine that ties these together, and a health
+//!   summary of its state for probes ([`Status::health`]).
 //! - An exact, deterministic fleet simulation in virtual time ([`sim`]).
 //!
 //! # Out of scope
@@ -134,6 +135,7 @@ pub mod cache;
 mod clock;
 mod error;
 mod hash;
+mod health;
 pub mod jitter;
 pub mod oauth2;
 pub mod policy;
@@ -152,6 +154,7 @@ pub use error::{
     CacheError, CacheErrorKind, ErrorClass, FetchError, MAX_ERROR_CODE_CHARS,
     MAX_ERROR_DESCRIPTION_CHARS, MAX_SNIPPET_CHARS, OAuthError, PERMANENT_OAUTH_ERRORS, TlsProblem,
 };
+pub use health::{Health, HealthReason};
 pub use jitter::Jitter;
 pub use policy::{LifetimePolicy, PolicyError};
 pub use refresher::{

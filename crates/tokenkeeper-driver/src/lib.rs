@@ -54,6 +54,14 @@
 //!   [`TokenUrl::redacted`](tokenkeeper_core::oauth2::TokenUrl::redacted)
 //!   shows them (no query).
 //!
+//! # Health and metrics
+//!
+//! [`TokenWatcher::health`] sums the status up as ready, degraded or broken,
+//! with the reason, for readiness probes; it reads a snapshot and never
+//! calls the authority. With the feature `metrics`, every watcher counts
+//! tokens, failures, reads and refresh times through the `metrics` facade
+//! (module `metrics`, which lists the names).
+//!
 //! # Tracing
 //!
 //! The driver runs in a `tokenkeeper.watcher` span; each fetch, cache read,
@@ -71,6 +79,8 @@ pub mod dpop;
 mod driver;
 mod error;
 mod http;
+#[cfg(feature = "metrics")]
+pub mod metrics;
 mod oneshot;
 pub mod park;
 pub mod proxy;
@@ -110,5 +120,7 @@ pub mod prelude {
     // DPoP keys (`dpop::DpopKey`), for `TokenWatcherBuilder::dpop`.
     pub use crate::dpop;
     pub use tokenkeeper_core as engine;
-    pub use tokenkeeper_core::{Event, FetchError, RefreshNow, Status, TlsProblem, TokenRecord};
+    pub use tokenkeeper_core::{
+        Event, FetchError, Health, HealthReason, RefreshNow, Status, TlsProblem, TokenRecord,
+    };
 }

@@ -23,11 +23,15 @@ pub(crate) struct Publisher {
     shared: Arc<Shared>,
     first: Option<FirstToken>,
     hook: Option<EventHook>,
+    #[cfg(feature = "metrics")]
+    metrics: crate::metrics::WatcherMetrics,
 }
 
 impl Publisher {
     pub(crate) fn new(shared: Arc<Shared>, first: FirstToken, hook: Option<EventHook>) -> Self {
         Publisher {
+            #[cfg(feature = "metrics")]
+            metrics: crate::metrics::WatcherMetrics::new(shared.name()),
             shared,
             first: Some(first),
             hook,
@@ -42,11 +46,15 @@ impl Publisher {
         self.shared.layer_name(layer)
     }
 
-    pub(crate) fn status(&self, status: Status) {
+    pub(crate) fn status(&mut self, status: Status) {
+        #[cfg(feature = "metrics")]
+        self.metrics.status(&self.shared, &status);
         self.shared.set_status(status);
     }
 
     pub(crate) fn event(&mut self, event: Event) {
+        #[cfg(feature = "metrics")]
+        self.metrics.event(&event);
         if let Some(hook) = &self.hook {
             // A hook that panics must not take the driver down.
             let called = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| hook(&event)));

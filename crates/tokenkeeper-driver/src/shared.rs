@@ -89,6 +89,9 @@ pub(crate) struct Shared {
     name: String,
     layer_names: Vec<String>,
     dpop: Option<DpopKey>,
+    /// `token()` calls, counted for the metrics.
+    #[cfg(feature = "metrics")]
+    reads: crate::metrics::Reads,
 }
 
 impl Shared {
@@ -112,7 +115,16 @@ impl Shared {
             name,
             layer_names,
             dpop,
+            #[cfg(feature = "metrics")]
+            reads: crate::metrics::Reads::default(),
         }
+    }
+
+    /// The read counters of the metrics.
+    #[cfg(feature = "metrics")]
+    #[inline]
+    pub(crate) fn reads(&self) -> &crate::metrics::Reads {
+        &self.reads
     }
 
     /// The DPoP key, for DPoP-bound tokens.

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use arc_swap::Guard;
 use futures_lite::FutureExt;
-use tokenkeeper_core::{CacheKey, RefreshNow, Status, TokenRecord};
+use tokenkeeper_core::{CacheKey, Health, RefreshNow, Status, TokenRecord, TokenState};
 
 use crate::error::{ChangedError, TokenError, WatcherStopped};
 use crate::runtime::{Runtime, Waited, wait};
@@ -90,7 +90,11 @@ impl<R> TokenWatcher<R> {
     #[inline]
     pub fn token(&self) -> Result<Token, TokenError> {
         match self.shared.load() {
-            Ok(guard) => Ok(Token { guard }),
+            Ok(guard) => {
+                #[cfg(feature = "metrics")]
+                self.shared.reads().served();
+                Ok(Token { guard })
+            }
             Err(empty) => Err(self.no_token(empty)),
         }
     }
@@ -101,6 +105,8 @@ impl<R> TokenWatcher<R> {
     #[inline(never)]
     fn no_token(&self, empty: Guard<Arc<TokenRecord>>) -> TokenError {
         drop(empty);
+        #[cfg(feature = "metrics")]
+        self.shared.reads().none();
         if self.shared.is_stopped() {
             return TokenError::Stopped;
         }
@@ -119,6 +125,53 @@ impl<R> TokenWatcher<R> {
             status.shut_down = true;
         }
         status
+    }
+
+    /// The watcher's health: [`Health::Ready`], or [`Health::Degraded`] /
+    /// [`Health::Broken`] with the reason (see [`Status::health`] for the
+    /// rules). It reads the status snapshot and the token held, and the
+    /// clock: no I/O, no lock held for long, no call to the authority.
+    ///
+    /// For probes:
+    ///
+    /// - **Readiness**: ready when the health is not broken (tokens are
+    ///   being served), or, stricter, only when it is
+    ///   [`Health::Ready`]: the application's choice. A broken watcher
+    ///   either has no token or was refused for good
+    ///   ([`HealthReason::Refused`](tokenkeeper_core::HealthReason::Refused):
+    ///   the credentials need fixing, and the token in hand will expire).
+    /// - **Liveness**: do not fail it on [`Health::Degraded`]: the
+    ///   watcher is riding out a transient failure from its token's grace
+    ///   period and recovers by itself, and a restart would lose the token
+    ///   it still serves. Restarting does not fix a broken one either,
+    ///   unless its configuration changes.
+    /// - **Never call the authority from a probe**: a probe that fetches a
+    ///   token multiplies the load on the authority by the number of
+    ///   instances and probe rate, and fails when it is rate-limited.
+    ///   `health()` is cheap enough to call on every probe.
+    ///
+    /// Log [`Health`]'s `Display` freely: it never shows a secret.
+    pub fn health(&self) -> Health {
+        let now = now().wall;
+        let mut status = self.shared.status();
+        match self.shared.current() {
+            // The token readers get now, whatever the snapshot saw.
+            Some(token) => {
+                status.token_state = Some(token.state_at(now));
+                status.issued = Some(token.issued);
+                status.stale = Some(token.stale);
+                status.expiry = Some(token.expiry);
+            }
+            None => {
+                let expired = self.shared.expired_at();
+                status.token_state = expired.map(|_| TokenState::Expired);
+                status.expiry = expired;
+            }
+        }
+        if self.shared.is_stopped() {
+            status.shut_down = true;
+        }
+        status.health(now)
     }
 
     /// Whether the driver has ended.
@@ -283,7 +336,13 @@ impl<R: Runtime> TokenWatcher<R> {
             .map_err(|_| WatcherStopped)?;
         match answer.recv().await {
             Ok(RefreshNow::ShutDown) | Err(_) => Err(WatcherStopped),
-            Ok(outcome) => Ok(outcome),
+            Ok(outcome) => {
+                #[cfg(feature = "metrics")]
+                if matches!(outcome, RefreshNow::Started | RefreshNow::Joined) {
+                    crate::metrics::forced_refresh(self.shared.name());
+                }
+                Ok(outcome)
+            }
         }
     }
 

@@ -67,5 +67,14 @@ pub type TokenWatcher = tokenkeeper_driver::TokenWatcher<ThreadRuntime>;
 /// [`tokenkeeper_driver::TokenWatcherBuilder`] for its settings.
 pub type TokenWatcherBuilder = tokenkeeper_driver::TokenWatcherBuilder<ThreadRuntime>;
 
+/// Tokens for many keys (tenants, scopes, audiences, ...), kept fresh by one
+/// driver; made by [`TokenPool::builder`]. See
+/// [`tokenkeeper_driver::TokenPool`] for its methods and `docs/pool.md`.
+pub type TokenPool<K> = tokenkeeper_driver::TokenPool<K, ThreadRuntime>;
+
+/// Configures a [`TokenPool`]. See [`tokenkeeper_driver::TokenPoolBuilder`]
+/// for its settings.
+pub type TokenPoolBuilder<K> = tokenkeeper_driver::TokenPoolBuilder<K, ThreadRuntime>;
+
 /// The file cache crate, re-exported for convenience.
 pub use tokenkeeper_fs as fs;

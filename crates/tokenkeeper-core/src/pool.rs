@@ -182,6 +182,9 @@ pub struct RefresherPool {
     effects: VecDeque<(KeyId, Effect)>,
     events: VecDeque<(KeyId, Event)>,
     removed: VecDeque<(KeyId, Removal)>,
+    /// Keys whose refresher was called since the driver last asked: their
+    /// status may have changed.
+    touched: Vec<KeyId>,
     peak_in_flight: usize,
 }
 
@@ -228,6 +231,7 @@ impl RefresherPool {
             effects: VecDeque::new(),
             events: VecDeque::new(),
             removed: VecDeque::new(),
+            touched: Vec::new(),
             peak_in_flight: 0,
         }
     }
@@ -428,6 +432,17 @@ impl RefresherPool {
         self.removed.pop_front()
     }
 
+    /// The next key whose refresher was called since the last time this
+    /// said `None`: a driver that keeps status snapshots refreshes these.
+    #[must_use]
+    pub fn poll_touched(&mut self) -> Option<KeyId> {
+        let key = self.touched.pop();
+        if key.is_none() && self.touched.capacity() > 64 {
+            self.touched = Vec::new();
+        }
+        key
+    }
+
     /// How long to wait, measured on the monotonic clock from `now`, before
     /// calling [`RefresherPool::handle_timeout`] (unless an input comes
     /// first); `None` while no key has a deadline (an empty pool). Takes
@@ -468,6 +483,7 @@ impl RefresherPool {
         let Some(slot) = self.slots.get_mut(&id) else {
             return;
         };
+        self.touched.push(id);
         while let Some(effect) = slot.refresher.poll_effect() {
             match is_fetch(&effect) {
                 Some(effect_id)

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokenkeeper_core::pool::{KeyId, PoolConfig, RefresherPool};
 use tokenkeeper_core::{
     BackoffPolicy, CacheKey, Event, FetchError, Jitter, LifetimePolicy, RefreshToken, Refresher,
     RefresherConfig,
@@ -14,12 +15,12 @@ use tokenkeeper_fs::{FileCache, FileLayer};
 
 use crate::cache::{AnyLayer, BlockingCacheLayer, CacheLayer};
 use crate::dpop::DpopKey;
-use crate::driver::{Driver, DriverParts, FetchWith};
+use crate::driver::{Driver, DriverParts, FetchWith, KeyParts};
 use crate::error::SpawnError;
 use crate::http::{HttpSettings, HttpSetupError};
 use crate::publish::{EventHook, Publisher};
 use crate::runtime::{self, Runtime, Waited, timeout, wait};
-use crate::shared::{Shared, now};
+use crate::shared::{Commands, Shared, now};
 use crate::source::{Source, SourceKind};
 use crate::watcher::TokenWatcher;
 
@@ -372,7 +373,7 @@ impl<R: Runtime> TokenWatcherBuilder<R> {
         let TokenWatcherBuilder {
             runtime,
             source,
-            mut config,
+            config,
             layers,
             http,
             wake_interval,
@@ -383,48 +384,24 @@ impl<R: Runtime> TokenWatcherBuilder<R> {
             dpop,
         } = self;
         let runtime = runtime.bind().ok_or(SpawnError::NoRuntime)?;
-        // Tokens may be bound to the client certificate (RFC 8705): its
-        // thumbprint is part of the key and kept in the records.
-        if let Some(client) = config.oauth2_client() {
-            match http.client_certificate_thumbprint()? {
-                Some(thumbprint) => config = config.bound_to_certificate(thumbprint),
-                None if client.get_auth_method().uses_client_certificate() => {
-                    return Err(SpawnError::Http(HttpSetupError::new(format!(
-                        "the client authenticates with {}, which needs a client certificate: set one with HttpSettings::client_certificate_files",
-                        client.get_auth_method().as_str()
-                    ))));
-                }
-                None => {}
-            }
-        }
-        // The client is bound to the DPoP key by `dpop()` already.
-        if dpop.is_some() && config.oauth2_client().is_none() {
-            return Err(SpawnError::Http(HttpSetupError::new(
-                "DPoP is for OAuth2 sources: a custom source signs its own requests",
-            )));
-        }
+        let thumbprint = match source.oauth2_client() {
+            Some(_) => http.client_certificate_thumbprint()?,
+            None => None,
+        };
+        let settings = KeySettings {
+            thumbprint: thumbprint.as_deref(),
+            dpop: dpop.as_ref(),
+            request_timeout: http.get_request_timeout(),
+        };
+        let config = bind_key(config, &settings)?;
         let key = config.cache_key().clone();
         let layers = layers
             .into_iter()
             .map(|spec| spec.resolve(&key))
             .collect::<Result<Vec<_>, _>>()?;
-        for layer in &layers {
-            config = config.layer(layer.layer());
-        }
-        let request_timeout = http.get_request_timeout();
-        config = config.fetch_timeout(request_timeout.saturating_add(FETCH_DEADLINE_MARGIN));
-        let fetch = match &source.0 {
-            SourceKind::OAuth2(client) => FetchWith::Http {
-                exchange: runtime.exchange(&http)?,
-                dpop: dpop.clone(),
-                grant: client.grant().as_str(),
-                url: client.token_url().redacted(),
-            },
-            other => FetchWith::Source {
-                source: other.clone(),
-                timeout: request_timeout,
-            },
-        };
+        let (config, fetch) = prepare_key(&source, config, &settings, &layers, || {
+            runtime.exchange(&http)
+        })?;
         let name = name.unwrap_or_else(|| match source.oauth2_client() {
             Some(client) => client.client_id().to_string(),
             None => "custom".to_owned(),
@@ -433,37 +410,113 @@ impl<R: Runtime> TokenWatcherBuilder<R> {
 
         let start = now();
         let refresher = Refresher::new(config, seed.unwrap_or_else(|| fastrand::u64(..)), start);
-        let (commands_tx, commands_rx) = async_channel::bounded(COMMAND_QUEUE);
+        let (requests_tx, requests_rx) = async_channel::bounded(COMMAND_QUEUE);
         let (first_tx, first_rx) = async_channel::bounded(1);
         let shared = Arc::new(Shared::new(
             key,
-            name,
+            name.clone(),
             layer_names,
             refresher.status(start),
             dpop,
         ));
-        let publisher = Publisher::new(Arc::clone(&shared), first_tx, on_event);
-        let driver = Driver::new(DriverParts {
+        let publisher = Publisher::new(Arc::clone(&shared), Some(first_tx), on_event);
+        // A watcher is a pool of one key.
+        let id = KeyId::new(0);
+        let mut driver = Driver::new(DriverParts {
             runtime: runtime.clone(),
+            pool: RefresherPool::new(PoolConfig::default()),
+            requests: requests_rx,
+            wake_interval,
+            ends_when_empty: true,
+            name,
+        });
+        driver.add(KeyParts {
+            id,
             refresher,
             fetch,
             layers,
             publisher,
-            commands: commands_rx,
-            wake_interval,
+            forget: None,
         });
         // The driver's own task is never aborted: it ends by itself once
         // stopped, or with its runtime.
         drop(runtime::spawn(&runtime, "watcher", driver.run()));
         Ok((
-            TokenWatcher::new(shared, commands_tx, runtime.clone()),
+            TokenWatcher::new(shared, Commands::new(requests_tx, id), runtime.clone()),
             first_rx,
             runtime,
         ))
     }
 }
 
-/// Stops a watcher from within a future, whatever the runtime's wait style.
+/// What every key of a watcher or pool shares, for [`prepare_key`].
+pub(crate) struct KeySettings<'a> {
+    /// The client certificate's thumbprint, when there is one.
+    pub(crate) thumbprint: Option<&'a str>,
+    pub(crate) dpop: Option<&'a DpopKey>,
+    pub(crate) request_timeout: Duration,
+}
+
+/// Binds a key's configuration to what its tokens are bound to: the client
+/// certificate (RFC 8705) and the DPoP key (checked here, bound by the
+/// builder). Its cache key is final after this. Written once for watchers
+/// and pools.
+pub(crate) fn bind_key(
+    mut config: RefresherConfig,
+    settings: &KeySettings<'_>,
+) -> Result<RefresherConfig, SpawnError> {
+    // Tokens may be bound to the client certificate (RFC 8705): its
+    // thumbprint is part of the key and kept in the records.
+    if let Some(client) = config.oauth2_client() {
+        match settings.thumbprint {
+            Some(thumbprint) => config = config.bound_to_certificate(thumbprint),
+            None if client.get_auth_method().uses_client_certificate() => {
+                return Err(SpawnError::Http(HttpSetupError::new(format!(
+                    "the client authenticates with {}, which needs a client certificate: set one with HttpSettings::client_certificate_files",
+                    client.get_auth_method().as_str()
+                ))));
+            }
+            None => {}
+        }
+    }
+    if settings.dpop.is_some() && config.oauth2_client().is_none() {
+        return Err(SpawnError::Http(HttpSetupError::new(
+            "DPoP is for OAuth2 sources: a custom source signs its own requests",
+        )));
+    }
+    Ok(config)
+}
+
+/// Completes a key's refresher configuration (its cache layers, the fetch
+/// deadline) and says how its fetches are carried out; `exchange` is asked
+/// for the HTTP exchange only for OAuth2 sources.
+pub(crate) fn prepare_key(
+    source: &Source,
+    mut config: RefresherConfig,
+    settings: &KeySettings<'_>,
+    layers: &[AnyLayer],
+    exchange: impl FnOnce() -> Result<crate::http::SharedExchange, HttpSetupError>,
+) -> Result<(RefresherConfig, FetchWith), SpawnError> {
+    for layer in layers {
+        config = config.layer(layer.layer());
+    }
+    let request_timeout = settings.request_timeout;
+    config = config.fetch_timeout(request_timeout.saturating_add(FETCH_DEADLINE_MARGIN));
+    let fetch = match &source.0 {
+        SourceKind::OAuth2(client) => FetchWith::Http {
+            exchange: exchange()?,
+            dpop: settings.dpop.cloned(),
+            grant: client.grant().as_str(),
+            url: client.token_url().redacted(),
+        },
+        other => FetchWith::Source {
+            source: other.clone(),
+            timeout: request_timeout,
+        },
+    };
+    Ok((config, fetch))
+}
+
 async fn stop<R: Runtime>(watcher: &TokenWatcher<R>) {
     watcher.stop_async().await;
 }

@@ -1,6 +1,9 @@
-//! The driver: the core's canonical loop, written once for every runtime.
+//! The driver: the core's canonical loop, written once for every runtime,
+//! for one key (a [`TokenWatcher`](crate::TokenWatcher)) or many (a
+//! [`TokenPool`](crate::TokenPool)): a watcher is a pool of one.
 //!
-//! It drains the refresher's effects (each fetch a task of its own; each
+//! It drives the core's [`RefresherPool`] (one refresher per key, one timer
+//! heap, the cap on fetches in flight), drains its effects (each fetch a task of its own; each
 //! cache layer's reads, writes and leases in order, in the layer's own task)
 //! and events (handed to the [`Publisher`]), then waits for the earliest of a
 //! command from the handles, a finished effect, a change announced by a
@@ -16,7 +19,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_lite::{FutureExt, StreamExt};
+use std::collections::HashMap;
+
 use tokenkeeper_core::oauth2::TokenRequest;
+use tokenkeeper_core::pool::{KeyId, RefresherPool, Removal};
 use tokenkeeper_core::{
     CacheError, CacheErrorKind, Effect, EffectId, EncodedRecord, ErrorClass, FetchError, Input,
     LeaseOutcome, RefreshToken, Refresher, TokenGrant,
@@ -58,10 +64,10 @@ pub(crate) enum FetchWith {
 
 /// Something that happened outside the loop, on its way back to it.
 enum Answer {
-    /// An answer for the refresher.
-    Input(Input),
-    /// A cache layer announced a change.
-    Changed(usize),
+    /// An answer for a key's refresher.
+    Input(KeyId, Input),
+    /// A cache layer of a key announced a change.
+    Changed(KeyId, usize),
 }
 
 /// What one cache layer is asked to do, in order.
@@ -74,7 +80,7 @@ enum LayerOp {
 
 /// What wakes the loop.
 enum Wake {
-    Command(Option<Command>),
+    Request(Option<Request>),
     Answer(Answer),
     Timeout,
 }
@@ -83,20 +89,22 @@ enum Wake {
 /// refresher hears back at once instead of at the effect's deadline.
 struct Reply {
     answers: Option<async_channel::Sender<Answer>>,
+    key: KeyId,
     otherwise: Option<Input>,
 }
 
 impl Reply {
-    fn new(answers: &async_channel::Sender<Answer>, otherwise: Input) -> Self {
+    fn new(answers: &async_channel::Sender<Answer>, key: KeyId, otherwise: Input) -> Self {
         Reply {
             answers: Some(answers.clone()),
+            key,
             otherwise: Some(otherwise),
         }
     }
 
     fn send(mut self, input: Input) {
         if let Some(answers) = self.answers.take() {
-            let _ = answers.try_send(Answer::Input(input));
+            let _ = answers.try_send(Answer::Input(self.key, input));
         }
     }
 }
@@ -104,40 +112,91 @@ impl Reply {
 impl Drop for Reply {
     fn drop(&mut self) {
         if let (Some(answers), Some(input)) = (self.answers.take(), self.otherwise.take()) {
-            let _ = answers.try_send(Answer::Input(input));
+            let _ = answers.try_send(Answer::Input(self.key, input));
         }
     }
 }
 
-/// Everything a driver is made of; built by the builder.
-pub(crate) struct DriverParts<R> {
-    pub(crate) runtime: R,
+/// A message for a driver: a command for one of its keys, a new key, or
+/// the end of them all.
+pub(crate) enum Request {
+    /// A command from the handles of one key.
+    Key(KeyId, Command),
+    /// A key to hold from now on.
+    Add(Box<KeyParts>),
+    /// Stop every key, then end.
+    ShutdownAll,
+}
+
+/// Everything one key is made of; built by the builders.
+pub(crate) struct KeyParts {
+    pub(crate) id: KeyId,
     pub(crate) refresher: Refresher,
     pub(crate) fetch: FetchWith,
     pub(crate) layers: Vec<AnyLayer>,
     pub(crate) publisher: Publisher,
-    pub(crate) commands: async_channel::Receiver<Command>,
+    /// Run once the key has left the driver (a pool forgets it).
+    pub(crate) forget: Option<Box<dyn FnOnce() + Send + Sync>>,
+}
+
+/// What the driver keeps of a key beside its refresher.
+struct KeyState {
+    fetch: FetchWith,
+    layers: Vec<AnyLayer>,
+    workers: Vec<async_channel::Sender<LayerOp>>,
+    /// Whether the key is stopping (for its layers' workers); only
+    /// allocated for keys with layers.
+    stopping: Option<Arc<AtomicBool>>,
+    publisher: Publisher,
+    forget: Option<Box<dyn FnOnce() + Send + Sync>>,
+    /// Its cache layers' workers.
+    worker_tasks: Vec<Task>,
+}
+
+/// A key that has left, kept until its cache layers' workers have finished
+/// what they were given (a last write, a lease release): only then are its
+/// handles told it stopped, so that whoever waits for the stop finds the
+/// record stored.
+struct Leaving {
+    /// Held, never read: dropping it marks the key stopped.
+    #[allow(dead_code)]
+    publisher: Publisher,
+    worker_tasks: Vec<Task>,
+}
+
+/// Everything a driver is made of; built by the builders.
+pub(crate) struct DriverParts<R> {
+    pub(crate) runtime: R,
+    pub(crate) pool: RefresherPool,
+    pub(crate) requests: async_channel::Receiver<Request>,
     pub(crate) wake_interval: Duration,
+    /// A watcher's driver ends once its one key has left; a pool's keeps
+    /// going until its handles are gone.
+    pub(crate) ends_when_empty: bool,
+    /// For logs: the watcher's or pool's name.
+    pub(crate) name: String,
 }
 
 pub(crate) struct Driver<R: Runtime> {
     runtime: R,
-    refresher: Refresher,
-    fetch: FetchWith,
-    layers: Vec<AnyLayer>,
-    workers: Vec<async_channel::Sender<LayerOp>>,
-    worker_tasks: Vec<Task>,
+    pool: RefresherPool,
+    keys: HashMap<KeyId, Box<KeyState>>,
+    /// Keys that have left, waiting for their workers.
+    leaving: Vec<Leaving>,
+    /// Change feeds of cache layers, all keys'.
     feeds: Vec<Task>,
     /// Guards of blocking layers' subscriptions (in a mutex only to make
     /// the driver `Sync`).
-    subscriptions: std::sync::Mutex<Vec<Box<dyn Send>>>,
+    subscriptions: std::sync::Mutex<Vec<(KeyId, Box<dyn Send>)>>,
     answers_tx: async_channel::Sender<Answer>,
     answers_rx: async_channel::Receiver<Answer>,
-    commands: Option<async_channel::Receiver<Command>>,
+    requests: Option<async_channel::Receiver<Request>>,
     fetches: Vec<Task>,
-    publisher: Publisher,
     wake_interval: Duration,
-    stopping: Arc<AtomicBool>,
+    ends_when_empty: bool,
+    /// Every key was told to stop: the driver ends once they have left.
+    closing: bool,
+    name: String,
 }
 
 impl<R: Runtime> Driver<R> {
@@ -145,53 +204,96 @@ impl<R: Runtime> Driver<R> {
         let (answers_tx, answers_rx) = async_channel::unbounded();
         Driver {
             runtime: parts.runtime,
-            refresher: parts.refresher,
-            fetch: parts.fetch,
-            layers: parts.layers,
-            workers: Vec::new(),
-            worker_tasks: Vec::new(),
+            pool: parts.pool,
+            keys: HashMap::new(),
+            leaving: Vec::new(),
             feeds: Vec::new(),
             subscriptions: std::sync::Mutex::new(Vec::new()),
             answers_tx,
             answers_rx,
-            commands: Some(parts.commands),
+            requests: Some(parts.requests),
             fetches: Vec::new(),
-            publisher: parts.publisher,
             wake_interval: parts.wake_interval,
-            stopping: Arc::new(AtomicBool::new(false)),
+            ends_when_empty: parts.ends_when_empty,
+            closing: false,
+            name: parts.name,
+        }
+    }
+
+    /// Starts holding a key.
+    pub(crate) fn add(&mut self, parts: KeyParts) {
+        let KeyParts {
+            id,
+            refresher,
+            fetch,
+            layers,
+            publisher,
+            forget,
+        } = parts;
+        let stopping = (!layers.is_empty()).then(|| Arc::new(AtomicBool::new(false)));
+        let mut state = Box::new(KeyState {
+            fetch,
+            layers,
+            workers: Vec::new(),
+            stopping,
+            publisher,
+            forget,
+            worker_tasks: Vec::new(),
+        });
+        self.start_layers(id, &mut state);
+        self.keys.insert(id, state);
+        if self.pool.insert(now(), id, refresher).is_err() {
+            error!(%id, "driver bug: a key id used twice");
         }
     }
 
     pub(crate) async fn run(self) {
-        let shared = self.publisher.shared();
-        let span = info_span!(
-            "tokenkeeper.watcher",
-            name = %shared.name(),
-            key = %shared.key(),
-            runtime = self.runtime.name(),
-        );
+        let span = if self.ends_when_empty {
+            // A watcher: its one key names it.
+            let key = self
+                .keys
+                .values()
+                .next()
+                .map(|k| k.publisher.shared().key().to_string());
+            info_span!(
+                "tokenkeeper.watcher",
+                name = %self.name,
+                key = key.as_deref().unwrap_or("-"),
+                runtime = self.runtime.name(),
+            )
+        } else {
+            info_span!("tokenkeeper.pool", name = %self.name, runtime = self.runtime.name())
+        };
         self.run_loop().instrument(span).await;
     }
 
     async fn run_loop(mut self) {
-        self.start_layers();
-        info!(layers = self.workers.len(), "started");
+        info!(keys = self.keys.len(), "started");
         loop {
             self.drain();
-            // Measured on the monotonic clock: a wall clock that steps
-            // cannot stretch or shrink it.
-            let Some(sleep) = self.refresher.poll_sleep(now()) else {
+            if self.pool.is_empty() && (self.closing || self.ends_when_empty) {
                 break;
-            };
-            let sleep_for = sleep.min(self.wake_interval);
+            }
+            // Measured on the monotonic clock: a wall clock that steps
+            // cannot stretch or shrink it. One sleep for every key.
+            let sleep_for = self
+                .pool
+                .poll_sleep(now())
+                .map_or(self.wake_interval, |sleep| sleep.min(self.wake_interval));
             match self.wait(sleep_for).await {
-                Wake::Command(command) => self.command(command),
-                Wake::Answer(Answer::Input(input)) => self.feed(input),
-                Wake::Answer(Answer::Changed(layer)) => {
-                    trace!(layer, "a cache layer announced a change");
-                    self.feed(Input::CacheChanged { layer });
+                Wake::Request(request) => self.request(request),
+                Wake::Answer(Answer::Input(key, input)) => self.feed(key, input),
+                Wake::Answer(Answer::Changed(key, layer)) => {
+                    trace!(%key, layer, "a cache layer announced a change");
+                    self.feed(key, Input::CacheChanged { layer });
                 }
-                Wake::Timeout => self.feed(Input::Timeout),
+                Wake::Timeout => {
+                    let keys = &self.keys;
+                    self.pool.handle_timeout(now(), |key| {
+                        keys.get(&key)
+                            .is_some_and(|k| k.publisher.shared().take_used())
+                    });
+                }
             }
         }
         self.finish().await;
@@ -201,8 +303,8 @@ impl<R: Runtime> Driver<R> {
     /// finished effect or change, the deadline.
     async fn wait(&self, sleep_for: Duration) -> Wake {
         let command = async {
-            match &self.commands {
-                Some(commands) => Wake::Command(commands.recv().await.ok()),
+            match &self.requests {
+                Some(requests) => Wake::Request(requests.recv().await.ok()),
                 None => std::future::pending().await,
             }
         };
@@ -220,25 +322,25 @@ impl<R: Runtime> Driver<R> {
         command.or(answer).or(deadline).await
     }
 
-    fn feed(&mut self, input: Input) {
-        if let Err(e) = self.refresher.handle(now(), input) {
-            error!(error = %e, "driver bug: the refresher refused an answer");
+    fn feed(&mut self, key: KeyId, input: Input) {
+        if let Err(e) = self.pool.handle(now(), key, input) {
+            error!(%key, error = %e, "driver bug: the refresher refused an answer");
         }
     }
 
-    /// Carries out every effect the refresher asks for, refreshes the status
-    /// snapshot, and publishes every event: the status first, so that
-    /// whoever wakes up for a new token (`spawn` among them) sees the status
-    /// that goes with it.
+    /// Carries out every effect the refreshers ask for, refreshes the status
+    /// snapshots of the keys that changed, publishes every event (the status
+    /// first, so that whoever wakes up for a new token, `spawn` among them,
+    /// sees the status that goes with it), and lets go of keys that left.
     fn drain(&mut self) {
         let mut events = Vec::new();
         loop {
             let mut idle = true;
-            while let Some(effect) = self.refresher.poll_effect() {
+            while let Some((key, effect)) = self.pool.poll_effect() {
                 idle = false;
-                self.dispatch(effect);
+                self.dispatch(key, effect);
             }
-            while let Some(event) = self.refresher.poll_event() {
+            while let Some(event) = self.pool.poll_event() {
                 idle = false;
                 events.push(event);
             }
@@ -246,49 +348,127 @@ impl<R: Runtime> Driver<R> {
                 break;
             }
         }
-        self.publisher.status(self.refresher.status(now()));
-        for event in events {
-            self.publisher.event(event);
+        let at = now();
+        while let Some(key) = self.pool.poll_touched() {
+            if let (Some(state), Some(status)) =
+                (self.keys.get_mut(&key), self.pool.status(key, at))
+            {
+                state.publisher.status(status);
+            }
+        }
+        let mut removed = Vec::new();
+        while let Some((key, why)) = self.pool.poll_removed() {
+            // Its last status, before its last events (`Stopped`): its
+            // refresher is gone, the snapshot says it stopped.
+            if let Some(state) = self.keys.get_mut(&key) {
+                let mut last = state.publisher.shared().status();
+                last.shut_down = true;
+                last.fetch_in_flight = false;
+                last.next_attempt = None;
+                state.publisher.status(last);
+            }
+            removed.push((key, why));
+        }
+        for (key, event) in events {
+            if let Some(state) = self.keys.get_mut(&key) {
+                state.publisher.event(event);
+            }
+        }
+        for (key, why) in removed {
+            self.let_go(key, why);
         }
         self.fetches.retain(|task| !task.is_finished());
+        self.feeds.retain(|task| !task.is_finished());
+        // Dropping a publisher marks its key's handles stopped.
+        self.leaving
+            .retain(|key| key.worker_tasks.iter().any(|task| !task.is_finished()));
     }
 
-    fn command(&mut self, command: Option<Command>) {
-        match command {
-            Some(Command::RefreshNow(reply)) => {
-                let outcome = self.refresher.refresh_now(now());
-                info!(?outcome, "early refresh asked for");
-                let _ = reply.try_send(outcome);
+    /// A key has left the pool: its workers finish what they were given and
+    /// end, its handles see it stopped, and a pool forgets it.
+    fn let_go(&mut self, key: KeyId, why: Removal) {
+        let Some(mut state) = self.keys.remove(&key) else {
+            return;
+        };
+        debug!(%key, ?why, "a key has left");
+        if let Some(stopping) = &state.stopping {
+            stopping.store(true, Ordering::Release);
+        }
+        self.subscriptions
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .retain(|(owner, _)| *owner != key);
+        // Closing the queues lets each worker finish and end.
+        state.workers.clear();
+        if let Some(forget) = state.forget.take() {
+            forget();
+        }
+        let KeyState {
+            publisher,
+            worker_tasks,
+            ..
+        } = *state;
+        if !worker_tasks.is_empty() {
+            self.leaving.push(Leaving {
+                publisher,
+                worker_tasks,
+            });
+        }
+    }
+
+    fn request(&mut self, request: Option<Request>) {
+        match request {
+            Some(Request::Key(key, command)) => self.command(key, command),
+            Some(Request::Add(parts)) => {
+                if self.closing {
+                    // Dropping the parts marks the key stopped.
+                    return;
+                }
+                self.add(*parts);
             }
-            Some(Command::RefreshIfCurrent(refused, reply)) => {
-                let outcome = self.refresher.refresh_if_current(now(), &refused);
-                debug!(?outcome, "a resource server refused a token");
-                let _ = reply.try_send(outcome);
-            }
-            Some(Command::Shutdown) => {
+            Some(Request::ShutdownAll) => {
                 info!("shutdown asked for");
-                self.stop();
+                self.stop_all();
             }
             None => {
                 info!("the last handle was dropped");
-                self.commands = None;
-                self.stop();
+                self.requests = None;
+                self.stop_all();
             }
         }
     }
 
-    /// Asks the refresher to stop; it finishes at once, or after letting a
-    /// refresh-token request in flight finish (within its grace).
-    fn stop(&mut self) {
-        self.refresher.shutdown(now());
-        if self.refresher.is_finished() {
-            self.stopping.store(true, Ordering::Release);
+    fn command(&mut self, key: KeyId, command: Command) {
+        match command {
+            Command::RefreshNow(reply) => {
+                let outcome = self.pool.refresh_now(now(), key);
+                info!(%key, ?outcome, "early refresh asked for");
+                let _ = reply.try_send(outcome);
+            }
+            Command::RefreshIfCurrent(refused, reply) => {
+                let outcome = self.pool.refresh_if_current(now(), key, &refused);
+                debug!(%key, ?outcome, "a resource server refused a token");
+                let _ = reply.try_send(outcome);
+            }
+            Command::Shutdown => {
+                info!(%key, "shutdown asked for");
+                self.pool.remove(now(), key);
+            }
         }
     }
 
+    /// Asks every refresher to stop; each finishes at once, or after letting
+    /// a refresh-token request in flight finish (within its grace).
+    fn stop_all(&mut self) {
+        self.closing = true;
+        self.pool.shutdown(now());
+    }
+
     async fn finish(mut self) {
-        self.stopping.store(true, Ordering::Release);
-        // Nothing still running is needed any more: the refresher has finished.
+        for key in self.keys.keys().copied().collect::<Vec<_>>() {
+            self.let_go(key, Removal::ShutDown);
+        }
+        // Nothing still running is needed any more: every refresher has finished.
         for task in self.fetches.iter().chain(&self.feeds) {
             task.abort();
         }
@@ -308,20 +488,24 @@ impl<R: Runtime> Driver<R> {
         if ended.is_none() {
             warn!("a request or change feed did not end in time; left behind");
         }
-        // Closing the queues lets each worker finish what it was given
-        // (lease releases, a last write) and end.
-        self.workers.clear();
-        for task in std::mem::take(&mut self.worker_tasks) {
-            if timeout(&self.runtime, GRACE, task.join()).await.is_none() {
-                warn!("a cache layer did not finish in time; abandoned");
-                task.abort();
+        // The workers' queues are closed: each finishes what it was given
+        // (lease releases, a last write) and ends; then its key's handles
+        // learn that it stopped.
+        for leaving in std::mem::take(&mut self.leaving) {
+            for task in &leaving.worker_tasks {
+                if timeout(&self.runtime, GRACE, task.join()).await.is_none() {
+                    warn!("a cache layer did not finish in time; abandoned");
+                    task.abort();
+                }
             }
         }
-        // Dropping the publisher (with `self`) marks the watcher stopped.
     }
 
-    fn start_layers(&mut self) {
-        for (index, layer) in self.layers.iter().enumerate() {
+    fn start_layers(&mut self, key: KeyId, state: &mut KeyState) {
+        let Some(stopping) = state.stopping.clone() else {
+            return;
+        };
+        for (index, layer) in state.layers.iter().enumerate() {
             let name = layer.layer().name().to_owned();
             let (ops_tx, ops_rx) = async_channel::unbounded();
             let task = runtime::spawn(
@@ -329,18 +513,19 @@ impl<R: Runtime> Driver<R> {
                 "cache layer",
                 serve_layer(
                     self.runtime.clone(),
+                    key,
                     index,
                     name.clone(),
                     layer.clone(),
                     ops_rx,
                     self.answers_tx.clone(),
-                    Arc::clone(&self.stopping),
+                    Arc::clone(&stopping),
                 )
                 // Its spans belong to this watcher's.
                 .instrument(Span::current()),
             );
-            self.workers.push(ops_tx);
-            self.worker_tasks.push(task);
+            state.workers.push(ops_tx);
+            state.worker_tasks.push(task);
             match layer {
                 AnyLayer::Async(layer) => {
                     let sleeper = Sleeper::of(self.runtime.clone());
@@ -360,7 +545,7 @@ impl<R: Runtime> Driver<R> {
                         "cache change feed",
                         async move {
                             while feed.next().await.is_some() {
-                                if answers.send(Answer::Changed(index)).await.is_err() {
+                                if answers.send(Answer::Changed(key, index)).await.is_err() {
                                     break;
                                 }
                             }
@@ -373,7 +558,7 @@ impl<R: Runtime> Driver<R> {
                 AnyLayer::Blocking(layer) => {
                     let answers = self.answers_tx.clone();
                     let notify = Box::new(move || {
-                        let _ = answers.try_send(Answer::Changed(index));
+                        let _ = answers.try_send(Answer::Changed(key, index));
                     });
                     let subscribed =
                         std::panic::catch_unwind(AssertUnwindSafe(|| layer.subscribe(notify)))
@@ -385,35 +570,36 @@ impl<R: Runtime> Driver<R> {
                         self.subscriptions
                             .get_mut()
                             .unwrap_or_else(std::sync::PoisonError::into_inner)
-                            .push(guard);
+                            .push((key, guard));
                     }
                 }
             }
         }
     }
 
-    fn dispatch(&mut self, effect: Effect) {
+    fn dispatch(&mut self, key: KeyId, effect: Effect) {
         match effect {
-            Effect::ReadCache { id, layer } => self.send_to_layer(layer, LayerOp::Read(id)),
+            Effect::ReadCache { id, layer } => self.send_to_layer(key, layer, LayerOp::Read(id)),
             Effect::WriteCache { id, layer, record } => {
-                self.send_to_layer(layer, LayerOp::Write(id, record));
+                self.send_to_layer(key, layer, LayerOp::Write(id, record));
             }
             Effect::AcquireLease { id, layer, ttl } => {
-                self.send_to_layer(layer, LayerOp::Acquire(id, ttl));
+                self.send_to_layer(key, layer, LayerOp::Acquire(id, ttl));
             }
-            Effect::ReleaseLease { layer } => self.send_to_layer(layer, LayerOp::Release),
+            Effect::ReleaseLease { layer } => self.send_to_layer(key, layer, LayerOp::Release),
             Effect::SendRequest {
                 id,
                 request,
                 max_body,
-            } => self.send_request(id, request, max_body),
-            Effect::Fetch { id, refresh_token } => self.fetch_from_source(id, refresh_token),
+            } => self.send_request(key, id, request, max_body),
+            Effect::Fetch { id, refresh_token } => self.fetch_from_source(key, id, refresh_token),
             other => error!(effect = ?other, "driver bug: an effect this driver does not know"),
         }
     }
 
-    fn send_to_layer(&mut self, layer: usize, op: LayerOp) {
-        let sent = match self.workers.get(layer) {
+    fn send_to_layer(&mut self, key: KeyId, layer: usize, op: LayerOp) {
+        let worker = self.keys.get(&key).and_then(|k| k.workers.get(layer));
+        let sent = match worker {
             Some(worker) => worker.try_send(op).map_err(|e| e.into_inner()),
             None => Err(op),
         };
@@ -435,13 +621,14 @@ impl<R: Runtime> Driver<R> {
                 },
                 LayerOp::Release => return,
             };
-            self.feed(input);
+            self.feed(key, input);
         }
     }
 
-    fn send_request(&mut self, id: EffectId, request: TokenRequest, max_body: usize) {
+    fn send_request(&mut self, key: KeyId, id: EffectId, request: TokenRequest, max_body: usize) {
         let reply = Reply::new(
             &self.answers_tx,
+            key,
             Input::FetchFailed {
                 id,
                 error: FetchError::Transport {
@@ -449,12 +636,12 @@ impl<R: Runtime> Driver<R> {
                 },
             },
         );
-        let FetchWith::Http {
+        let Some(FetchWith::Http {
             exchange,
             dpop,
             grant,
             url,
-        } = &self.fetch
+        }) = self.keys.get(&key).map(|k| &k.fetch)
         else {
             error!("driver bug: an HTTP request for a custom source");
             return;
@@ -478,6 +665,7 @@ impl<R: Runtime> Driver<R> {
         }
         let span = info_span!(
             "tokenkeeper.fetch",
+            %key,
             effect = %id,
             grant = *grant,
             url = %url,
@@ -517,9 +705,10 @@ impl<R: Runtime> Driver<R> {
         self.fetches.push(task);
     }
 
-    fn fetch_from_source(&mut self, id: EffectId, refresh_token: Option<RefreshToken>) {
+    fn fetch_from_source(&mut self, key: KeyId, id: EffectId, refresh_token: Option<RefreshToken>) {
         let reply = Reply::new(
             &self.answers_tx,
+            key,
             Input::Grant {
                 id,
                 result: Err(FetchError::Source {
@@ -528,10 +717,10 @@ impl<R: Runtime> Driver<R> {
                 }),
             },
         );
-        let FetchWith::Source {
+        let Some(FetchWith::Source {
             source,
             timeout: limit,
-        } = &self.fetch
+        }) = self.keys.get(&key).map(|k| &k.fetch)
         else {
             error!("driver bug: a custom fetch for an OAuth2 source");
             return;
@@ -540,6 +729,7 @@ impl<R: Runtime> Driver<R> {
         let runtime = self.runtime.clone();
         let span = info_span!(
             "tokenkeeper.fetch",
+            %key,
             effect = %id,
             source = "custom",
             refresh_token = ?refresh_token.as_ref().map(|t| t.fingerprint()),
@@ -606,8 +796,10 @@ async fn call_source<R: Runtime>(
 
 /// Runs one layer's effects one at a time, in order. A call that panics is
 /// answered with an error instead of leaving the refresher waiting.
+#[allow(clippy::too_many_arguments)]
 async fn serve_layer<R: Runtime>(
     runtime: R,
+    key: KeyId,
     index: usize,
     name: String,
     layer: AnyLayer,
@@ -672,7 +864,7 @@ async fn serve_layer<R: Runtime>(
                 continue;
             }
         };
-        let _ = answers.send(Answer::Input(input)).await;
+        let _ = answers.send(Answer::Input(key, input)).await;
     }
     // A lease granted while the watcher was stopping is never known to the
     // refresher; give it back here.

@@ -52,6 +52,13 @@ pub enum SpawnError {
     /// down, say).
     #[error("the token watcher stopped before it held a token")]
     Stopped,
+    /// A [`TokenPool`](crate::TokenPool)'s factory could not make a source
+    /// for the key.
+    #[error("no token source for this key: {reason}")]
+    InvalidKey {
+        /// The factory's answer.
+        reason: String,
+    },
 }
 
 fn last_error_suffix(error: &Option<FetchError>) -> String {

@@ -83,6 +83,7 @@ mod http;
 pub mod metrics;
 mod oneshot;
 pub mod park;
+pub mod pool;
 pub mod proxy;
 mod publish;
 mod runtime;
@@ -96,6 +97,7 @@ pub use cache::{BlockingCacheLayer, CacheLayer, Notifier, change_feed};
 pub use error::{ChangedError, SpawnError, TokenError, WatcherStopped};
 pub use http::{Exchange, HttpAnswer, HttpSettings, HttpSetupError, SharedExchange};
 pub use oneshot::{GetTokenError, Obtained, OneShot, Warning};
+pub use pool::{PoolHealth, TokenPool, TokenPoolBuilder};
 pub use proxy::{ProxyConfig, ProxyError, ProxyRules, ProxyTarget};
 pub use runtime::{
     Async, Blocking, BoxFuture, BoxStream, NotCompleted, Runtime, Sleeper, WaitStyle, Waited,
@@ -113,9 +115,9 @@ pub use tokenkeeper_core as engine;
 pub mod prelude {
     pub use crate::{
         BlockingCacheLayer, BlockingTokenSource, BoxFuture, BoxStream, CacheLayer, ChangedError,
-        GetTokenError, HttpSettings, HttpSetupError, Notifier, Obtained, OneShot, ProxyConfig,
-        ProxyError, Sleeper, Source, SpawnError, Token, TokenError, TokenSource, Warning,
-        WatcherStopped, change_feed,
+        GetTokenError, HttpSettings, HttpSetupError, Notifier, Obtained, OneShot, PoolHealth,
+        ProxyConfig, ProxyError, Sleeper, Source, SpawnError, Token, TokenError, TokenSource,
+        Warning, WatcherStopped, change_feed,
     };
     // DPoP keys (`dpop::DpopKey`), for `TokenWatcherBuilder::dpop`.
     pub use crate::dpop;

@@ -28,12 +28,16 @@ pub(crate) struct Publisher {
 }
 
 impl Publisher {
-    pub(crate) fn new(shared: Arc<Shared>, first: FirstToken, hook: Option<EventHook>) -> Self {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        first: Option<FirstToken>,
+        hook: Option<EventHook>,
+    ) -> Self {
         Publisher {
             #[cfg(feature = "metrics")]
             metrics: crate::metrics::WatcherMetrics::new(shared.name()),
             shared,
-            first: Some(first),
+            first,
             hook,
         }
     }
@@ -94,10 +98,11 @@ impl Publisher {
             } => {
                 if class == ErrorClass::Permanent {
                     error!(%error, consecutive_failures, %retry_at, "the token source refused");
-                    if self.shared.current().is_none()
-                        && let Some(first) = self.first.take()
-                    {
-                        let _ = first.try_send(Err(error));
+                    if self.shared.current().is_none() {
+                        self.shared.refuse(error.clone());
+                        if let Some(first) = self.first.take() {
+                            let _ = first.try_send(Err(error));
+                        }
                     }
                 } else {
                     warn!(%error, consecutive_failures, %retry_at, "fetching a token failed");

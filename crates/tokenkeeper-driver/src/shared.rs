@@ -10,7 +10,11 @@ use std::time::{Duration, Instant, SystemTime};
 use arc_swap::{ArcSwap, Guard};
 
 use crate::dpop::DpopKey;
+use crate::driver::Request;
+use crate::error::WatcherStopped;
 use event_listener::Event;
+use tokenkeeper_core::FetchError;
+use tokenkeeper_core::pool::KeyId;
 use tokenkeeper_core::{
     AccessToken, CacheKey, LifetimePolicy, Monotonic, Now, RefreshNow, Status, Timestamp,
     TokenGrant, TokenRecord,
@@ -28,12 +32,34 @@ pub(crate) fn now() -> Now {
     )
 }
 
-/// What handles ask of the driver.
+/// What a key's handles ask of the driver.
 pub(crate) enum Command {
     RefreshNow(async_channel::Sender<RefreshNow>),
     /// A resource server refused this token.
     RefreshIfCurrent(AccessToken, async_channel::Sender<RefreshNow>),
+    /// Stop this key (for a watcher, its driver).
     Shutdown,
+}
+
+/// A key's handles' way to its driver: the driver's queue and the key.
+#[derive(Clone)]
+pub(crate) struct Commands {
+    requests: async_channel::Sender<Request>,
+    key: KeyId,
+}
+
+impl Commands {
+    pub(crate) fn new(requests: async_channel::Sender<Request>, key: KeyId) -> Self {
+        Commands { requests, key }
+    }
+
+    /// Sends `command` for this key; `Err` once the driver has ended.
+    pub(crate) async fn send(&self, command: Command) -> Result<(), WatcherStopped> {
+        self.requests
+            .send(Request::Key(self.key, command))
+            .await
+            .map_err(|_| WatcherStopped)
+    }
 }
 
 /// The token readers get, alone in its cache lines (two, for CPUs that fetch
@@ -70,6 +96,9 @@ pub(crate) struct ChangeState {
     pub(crate) version: u64,
     pub(crate) latest: Option<Arc<TokenRecord>>,
     pub(crate) closed: bool,
+    /// Refused for good before any token came (`invalid_client`, ...): a
+    /// wait for a first token ends with it.
+    pub(crate) refused: Option<FetchError>,
 }
 
 /// Rarely touched state: the status snapshot and why there is no token.
@@ -85,6 +114,8 @@ pub(crate) struct Shared {
     changes: Mutex<ChangeState>,
     changed: Event,
     stopped: AtomicBool,
+    /// Read since the driver last asked (a pool evicts keys nobody reads).
+    used: AtomicBool,
     key: CacheKey,
     name: String,
     layer_names: Vec<String>,
@@ -111,6 +142,7 @@ impl Shared {
             changes: Mutex::new(ChangeState::default()),
             changed: Event::new(),
             stopped: AtomicBool::new(false),
+            used: AtomicBool::new(true),
             key,
             name,
             layer_names,
@@ -185,6 +217,20 @@ impl Shared {
         self.layer_names.get(layer).map_or("?", String::as_str)
     }
 
+    /// Notes a read, for eviction: a load, and a store only the first time
+    /// after each check, so that readers do not fight over the line.
+    #[inline]
+    pub(crate) fn mark_used(&self) {
+        if !self.used.load(Ordering::Relaxed) {
+            self.used.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether it was read since the last call.
+    pub(crate) fn take_used(&self) -> bool {
+        self.used.swap(false, Ordering::Relaxed)
+    }
+
     pub(crate) fn version(&self) -> u64 {
         self.change_state().version
     }
@@ -203,6 +249,35 @@ impl Shared {
         }
     }
 
+    /// The status as of now: the driver's snapshot, with the token readers
+    /// get now (its state by the clock), and whether the driver has ended.
+    pub(crate) fn status_now(&self) -> Status {
+        let now = now().wall;
+        let mut status = self.status();
+        match self.current() {
+            Some(token) => {
+                status.token_state = Some(token.state_at(now));
+                status.issued = Some(token.issued);
+                status.stale = Some(token.stale);
+                status.expiry = Some(token.expiry);
+            }
+            None => {
+                let expired = self.expired_at();
+                status.token_state = expired.map(|_| tokenkeeper_core::TokenState::Expired);
+                status.expiry = expired;
+            }
+        }
+        if self.is_stopped() {
+            status.shut_down = true;
+        }
+        status
+    }
+
+    /// The health as of now (see [`Status::health`]).
+    pub(crate) fn health(&self) -> tokenkeeper_core::Health {
+        self.status_now().health(now())
+    }
+
     // ---- the driver's side ----
 
     /// A new token: readers get it from now on, and waiters wake.
@@ -212,7 +287,15 @@ impl Shared {
             let mut state = self.change_state();
             state.version += 1;
             state.latest = Some(token);
+            state.refused = None;
         }
+        self.changed.notify(usize::MAX);
+    }
+
+    /// Refused for good with no token: waiters for a first token stop
+    /// waiting.
+    pub(crate) fn refuse(&self, error: FetchError) {
+        self.change_state().refused = Some(error);
         self.changed.notify(usize::MAX);
     }
 

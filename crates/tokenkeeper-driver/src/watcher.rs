@@ -7,11 +7,11 @@ use std::time::Duration;
 
 use arc_swap::Guard;
 use futures_lite::FutureExt;
-use tokenkeeper_core::{CacheKey, Health, RefreshNow, Status, TokenRecord, TokenState};
+use tokenkeeper_core::{CacheKey, Health, RefreshNow, Status, TokenRecord};
 
 use crate::error::{ChangedError, TokenError, WatcherStopped};
 use crate::runtime::{Runtime, Waited, wait};
-use crate::shared::{Command, Shared, now};
+use crate::shared::{Command, Commands, Shared};
 
 /// Keeps an OAuth2 access token (or a token from your own source) fresh in
 /// the background, and hands it out without waiting.
@@ -33,7 +33,7 @@ use crate::shared::{Command, Shared, now};
 /// other method is the same everywhere and works from any thread.
 pub struct TokenWatcher<R> {
     shared: Arc<Shared>,
-    commands: async_channel::Sender<Command>,
+    commands: Commands,
     runtime: R,
 }
 
@@ -63,11 +63,7 @@ impl<R> fmt::Debug for TokenWatcher<R> {
 }
 
 impl<R> TokenWatcher<R> {
-    pub(crate) fn new(
-        shared: Arc<Shared>,
-        commands: async_channel::Sender<Command>,
-        runtime: R,
-    ) -> Self {
+    pub(crate) fn new(shared: Arc<Shared>, commands: Commands, runtime: R) -> Self {
         TokenWatcher {
             shared,
             commands,
@@ -89,42 +85,13 @@ impl<R> TokenWatcher<R> {
     /// yourself, use [`TokenRecord::is_usable_at`].
     #[inline]
     pub fn token(&self) -> Result<Token, TokenError> {
-        match self.shared.load() {
-            Ok(guard) => {
-                #[cfg(feature = "metrics")]
-                self.shared.reads().served();
-                Ok(Token { guard })
-            }
-            Err(empty) => Err(self.no_token(empty)),
-        }
-    }
-
-    /// Why there is no token; out of line, so that `token` stays small
-    /// enough to inline into the caller's loop.
-    #[cold]
-    #[inline(never)]
-    fn no_token(&self, empty: Guard<Arc<TokenRecord>>) -> TokenError {
-        drop(empty);
-        #[cfg(feature = "metrics")]
-        self.shared.reads().none();
-        if self.shared.is_stopped() {
-            return TokenError::Stopped;
-        }
-        TokenError::Unavailable {
-            expired_at: self.shared.expired_at(),
-        }
+        read(&self.shared)
     }
 
     /// The refresher's state: the current token's times, the last error, the
     /// failures in a row, the next planned attempt. Cheap; for health checks.
     pub fn status(&self) -> Status {
-        let mut status = self.shared.status();
-        let now = now().wall;
-        status.token_state = self.shared.current().map(|t| t.state_at(now));
-        if self.shared.is_stopped() {
-            status.shut_down = true;
-        }
-        status
+        self.shared.status_now()
     }
 
     /// The watcher's health: [`Health::Ready`], or [`Health::Degraded`] /
@@ -152,26 +119,7 @@ impl<R> TokenWatcher<R> {
     ///
     /// Log [`Health`]'s `Display` freely: it never shows a secret.
     pub fn health(&self) -> Health {
-        let now = now().wall;
-        let mut status = self.shared.status();
-        match self.shared.current() {
-            // The token readers get now, whatever the snapshot saw.
-            Some(token) => {
-                status.token_state = Some(token.state_at(now));
-                status.issued = Some(token.issued);
-                status.stale = Some(token.stale);
-                status.expiry = Some(token.expiry);
-            }
-            None => {
-                let expired = self.shared.expired_at();
-                status.token_state = expired.map(|_| TokenState::Expired);
-                status.expiry = expired;
-            }
-        }
-        if self.shared.is_stopped() {
-            status.shut_down = true;
-        }
-        status.health(now)
+        self.shared.health()
     }
 
     /// Whether the driver has ended.
@@ -361,6 +309,36 @@ impl<R: Runtime> TokenWatcher<R> {
         // A closed channel means the driver is ending already.
         let _ = self.commands.send(Command::Shutdown).await;
         self.shared.wait(|state| state.closed.then_some(())).await;
+    }
+}
+
+/// A read of a key's token: one atomic load, the same for a watcher and a
+/// key of a pool.
+#[inline]
+pub(crate) fn read(shared: &Shared) -> Result<Token, TokenError> {
+    match shared.load() {
+        Ok(guard) => {
+            #[cfg(feature = "metrics")]
+            shared.reads().served();
+            Ok(Token { guard })
+        }
+        Err(empty) => Err(no_token(shared, empty)),
+    }
+}
+
+/// Why there is no token; out of line, so that `read` stays small enough to
+/// inline into the caller's loop.
+#[cold]
+#[inline(never)]
+fn no_token(shared: &Shared, empty: Guard<Arc<TokenRecord>>) -> TokenError {
+    drop(empty);
+    #[cfg(feature = "metrics")]
+    shared.reads().none();
+    if shared.is_stopped() {
+        return TokenError::Stopped;
+    }
+    TokenError::Unavailable {
+        expired_at: shared.expired_at(),
     }
 }
 

@@ -108,3 +108,12 @@ pub type TokenWatcher = tokenkeeper_driver::TokenWatcher<TokioRuntime>;
 /// Configures a [`TokenWatcher`]; made by [`TokenWatcher::builder`]. See
 /// [`tokenkeeper_driver::TokenWatcherBuilder`] for its settings.
 pub type TokenWatcherBuilder = tokenkeeper_driver::TokenWatcherBuilder<TokioRuntime>;
+
+/// Tokens for many keys (tenants, scopes, audiences, ...), kept fresh by one
+/// driver; made by [`TokenPool::builder`]. See
+/// [`tokenkeeper_driver::TokenPool`] for its methods and `docs/pool.md`.
+pub type TokenPool<K> = tokenkeeper_driver::TokenPool<K, TokioRuntime>;
+
+/// Configures a [`TokenPool`]. See [`tokenkeeper_driver::TokenPoolBuilder`]
+/// for its settings.
+pub type TokenPoolBuilder<K> = tokenkeeper_driver::TokenPoolBuilder<K, TokioRuntime>;

@@ -502,8 +502,20 @@ impl Authority {
         self.count_where(|record| record.refresh_token_reused)
     }
 
+    /// The most requests the authority was answering at once (those it
+    /// holds back with [`Fault::Delay`] included), since it started or
+    /// since [`Authority::clear_requests`].
+    pub fn peak_concurrent_requests(&self) -> usize {
+        self.shared
+            .peak_in_flight
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     /// Forgets the request log (issued tokens and refresh tokens are kept).
     pub fn clear_requests(&self) {
+        self.shared
+            .peak_in_flight
+            .store(0, std::sync::atomic::Ordering::SeqCst);
         self.state().log.clear();
     }
 

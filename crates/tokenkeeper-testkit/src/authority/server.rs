@@ -155,6 +155,7 @@ async fn handle(
     tls: Option<Arc<TlsSession>>,
     request: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, Infallible> {
+    let _in_flight = super::state::InFlight::new(&shared);
     let (parts, body) = request.into_parts();
     let body = Limited::new(body, shared.max_request_body)
         .collect()

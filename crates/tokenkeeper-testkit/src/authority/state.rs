@@ -1,7 +1,7 @@
 //! The authority's state and the OAuth2 logic of the token endpoint, free of any HTTP plumbing.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use serde_json::{Map, Value};
@@ -199,7 +199,30 @@ pub(crate) struct Shared {
     pub(crate) max_request_body: usize,
     pub(crate) dpop_nonces: DpopNonces,
     pub(crate) dpop_window: Duration,
+    /// Requests being answered now, and the most ever at once.
+    pub(crate) in_flight: std::sync::atomic::AtomicUsize,
+    pub(crate) peak_in_flight: std::sync::atomic::AtomicUsize,
     state: Mutex<State>,
+}
+
+/// Counts a request as in flight while it lives.
+pub(crate) struct InFlight(Arc<Shared>);
+
+impl InFlight {
+    pub(crate) fn new(shared: &Arc<Shared>) -> Self {
+        use std::sync::atomic::Ordering;
+        let now = shared.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        shared.peak_in_flight.fetch_max(now, Ordering::SeqCst);
+        InFlight(Arc::clone(shared))
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0
+            .in_flight
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 /// The grants the authority supports.
@@ -235,6 +258,8 @@ impl Shared {
             max_request_body,
             dpop_nonces,
             dpop_window,
+            in_flight: Default::default(),
+            peak_in_flight: Default::default(),
             state: Mutex::new(State {
                 clients: HashMap::new(),
                 refresh_tokens: HashMap::new(),

@@ -1,0 +1,596 @@
+//! Many tokens in one process: [`TokenPool`], a token per key (tenant,
+//! scope, audience, downstream API, ...), all kept fresh by one driver.
+//!
+//! A pool is the watcher's driver with many keys: one task (or thread) and
+//! one timer heap for every key, so idle wake-ups do not grow with the
+//! number of keys; one HTTP client and TLS configuration for all; a cap on
+//! token requests in flight with first-come, first-served queuing; idle keys
+//! evicted. Reading a held key's token is a lock-free map lookup and one
+//! atomic load. See `docs/pool.md`.
+
+use std::fmt;
+use std::hash::Hash;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use tokenkeeper_core::pool::{KeyId, PoolConfig, RefresherPool};
+use tokenkeeper_core::{
+    BackoffPolicy, CacheKey, Health, Jitter, LifetimePolicy, RefreshNow, Refresher, Status,
+};
+
+use crate::builder::{KeySettings, MIN_WAKE_INTERVAL, bind_key, prepare_key};
+use crate::cache::AnyLayer;
+use crate::driver::{Driver, DriverParts, KeyParts, Request};
+use crate::error::{SpawnError, TokenError, WatcherStopped};
+use crate::http::{HttpSettings, SharedExchange};
+use crate::publish::Publisher;
+use crate::runtime::{self, Runtime, Waited, timeout, wait};
+use crate::shared::{Command, Commands, Shared, now};
+use crate::source::Source;
+use crate::watcher::{Token, read};
+use crate::{BlockingCacheLayer, CacheLayer};
+
+/// What a pool's factory answers for a key: its token source, or why the
+/// key cannot have one (shown to whoever asked for the key).
+pub type KeyResult = Result<Source, String>;
+
+type Factory<K> = Arc<dyn Fn(&K) -> KeyResult + Send + Sync>;
+type LayerFactory<K> = Arc<dyn Fn(&K, &CacheKey) -> AnyLayer + Send + Sync>;
+
+/// Settings of a [`TokenPool`]; start it with [`TokenPoolBuilder::build`].
+pub struct TokenPoolBuilder<K, R> {
+    runtime: R,
+    factory: Factory<K>,
+    layers: Vec<LayerFactory<K>>,
+    http: HttpSettings,
+    policy: Option<LifetimePolicy>,
+    jitter: Jitter,
+    backoff: Option<BackoffPolicy>,
+    pool: PoolConfig,
+    wake_interval: Duration,
+    first_token_timeout: Duration,
+    name: String,
+    seed: Option<u64>,
+}
+
+impl<K, R> fmt::Debug for TokenPoolBuilder<K, R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenPoolBuilder")
+            .field("name", &self.name)
+            .field("layers", &self.layers.len())
+            .field("http", &self.http)
+            .field("policy", &self.policy)
+            .field("jitter", &self.jitter)
+            .field("backoff", &self.backoff)
+            .field("pool", &self.pool)
+            .field("wake_interval", &self.wake_interval)
+            .field("first_token_timeout", &self.first_token_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<K, R: Runtime + Default> TokenPool<K, R>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+{
+    /// A pool whose keys get their token source from `factory` (called once
+    /// per key, when the key is first asked for): an
+    /// [`OAuth2Client`](tokenkeeper_core::oauth2::OAuth2Client) built for the
+    /// key's tenant, scope or audience, or a custom [`Source`]. Everything
+    /// that makes two keys' tokens different must be in `K`.
+    pub fn builder<S, E>(
+        factory: impl Fn(&K) -> Result<S, E> + Send + Sync + 'static,
+    ) -> TokenPoolBuilder<K, R>
+    where
+        S: Into<Source>,
+        E: fmt::Display,
+    {
+        TokenPoolBuilder::new(R::default(), factory)
+    }
+}
+
+impl<K, R: Runtime> TokenPoolBuilder<K, R>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+{
+    /// A builder on `runtime` (see [`TokenPool::builder`]).
+    pub fn new<S, E>(
+        runtime: R,
+        factory: impl Fn(&K) -> Result<S, E> + Send + Sync + 'static,
+    ) -> Self
+    where
+        S: Into<Source>,
+        E: fmt::Display,
+    {
+        TokenPoolBuilder {
+            runtime,
+            factory: Arc::new(move |key: &K| {
+                factory(key).map(Into::into).map_err(|e| e.to_string())
+            }),
+            layers: Vec::new(),
+            http: HttpSettings::default(),
+            policy: None,
+            jitter: PoolConfig::default_jitter(),
+            backoff: None,
+            pool: PoolConfig::default(),
+            wake_interval: Duration::from_secs(60),
+            first_token_timeout: Duration::from_secs(30),
+            name: "pool".to_owned(),
+            seed: None,
+        }
+    }
+
+    /// When every key's tokens go stale (see
+    /// [`TokenWatcherBuilder::lifetime_policy`](crate::TokenWatcherBuilder::lifetime_policy)).
+    pub fn lifetime_policy(mut self, policy: LifetimePolicy) -> Self {
+        self.policy = Some(policy);
+        self
+    }
+
+    /// How far each refresh may move before its stale time. Default for a
+    /// pool: up to a tenth of the token's lifetime
+    /// ([`PoolConfig::default_jitter`]), wider than a watcher's, because a
+    /// pool's keys are often created together.
+    pub fn jitter(mut self, jitter: Jitter) -> Self {
+        self.jitter = jitter;
+        self
+    }
+
+    /// How failed fetches are retried, per key.
+    pub fn backoff(mut self, backoff: BackoffPolicy) -> Self {
+        self.backoff = Some(backoff);
+        self
+    }
+
+    /// At most `n` token requests in flight at once for the whole pool
+    /// (default 16); the rest wait their turn, first come, first served.
+    pub fn max_in_flight(mut self, n: usize) -> Self {
+        self.pool = self.pool.max_in_flight(n);
+        self
+    }
+
+    /// Removes keys nobody read for `idle` (between `idle` and twice that
+    /// after the last read): their memory is freed and they make no more
+    /// requests. Asked for again, a key starts afresh. Default: never.
+    pub fn evict_idle_after(mut self, idle: Duration) -> Self {
+        self.pool = self.pool.evict_idle_after(idle);
+        self
+    }
+
+    /// A cache layer for each key, built from the key and its cache key
+    /// (a file per key, a Redis layer under the key's name, ...): tokens
+    /// and leases are shared fleet-wide per key.
+    pub fn cache_for<L: CacheLayer>(
+        mut self,
+        layer: impl Fn(&K, &CacheKey) -> L + Send + Sync + 'static,
+    ) -> Self {
+        self.layers
+            .push(Arc::new(move |key: &K, cache_key: &CacheKey| {
+                AnyLayer::Async(Arc::new(layer(key, cache_key)))
+            }));
+        self
+    }
+
+    /// A blocking cache layer for each key (see
+    /// [`cache_for`](Self::cache_for)).
+    pub fn blocking_cache_for<L: BlockingCacheLayer>(
+        mut self,
+        layer: impl Fn(&K, &CacheKey) -> L + Send + Sync + 'static,
+    ) -> Self {
+        self.layers
+            .push(Arc::new(move |key: &K, cache_key: &CacheKey| {
+                AnyLayer::Blocking(Arc::new(layer(key, cache_key)))
+            }));
+        self
+    }
+
+    /// The HTTP settings, shared by every key: one client, one TLS
+    /// configuration.
+    pub fn http(mut self, settings: HttpSettings) -> Self {
+        self.http = settings;
+        self
+    }
+
+    /// The longest the driver sleeps (default 60 s, at least 10 ms), so that
+    /// a suspended machine or a clock step is noticed.
+    pub fn wake_interval(mut self, interval: Duration) -> Self {
+        self.wake_interval = interval.max(MIN_WAKE_INTERVAL);
+        self
+    }
+
+    /// How long [`TokenPool::get`] waits for a new key's first token
+    /// (default 30 s).
+    pub fn first_token_timeout(mut self, timeout: Duration) -> Self {
+        self.first_token_timeout = timeout;
+        self
+    }
+
+    /// The pool's name in logs and metrics (default `pool`).
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// A fixed seed for every key's jitter and backoff (the key's number is
+    /// mixed in), for tests; default: drawn from the operating system.
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
+        self
+    }
+
+    /// Starts the pool's driver, holding no key yet. Fails when the
+    /// runtime cannot start it from here or the HTTP settings are wrong.
+    pub fn build(self) -> Result<TokenPool<K, R>, SpawnError> {
+        let runtime = self.runtime.bind().ok_or(SpawnError::NoRuntime)?;
+        let thumbprint = self.http.client_certificate_thumbprint()?;
+        let (requests_tx, requests_rx) = async_channel::unbounded();
+        let (done_tx, done_rx) = async_channel::bounded::<()>(1);
+        let driver = Driver::new(DriverParts {
+            runtime: runtime.clone(),
+            pool: RefresherPool::new(self.pool),
+            requests: requests_rx,
+            wake_interval: self.wake_interval,
+            ends_when_empty: false,
+            name: self.name.clone(),
+        });
+        let name = self.name.clone();
+        drop(runtime::spawn(&runtime, "pool", async move {
+            driver.run().await;
+            drop(done_tx);
+        }));
+        Ok(TokenPool {
+            inner: Arc::new(Inner {
+                map: papaya::HashMap::new(),
+                next_id: AtomicU64::new(0),
+                requests: requests_tx,
+                done: done_rx,
+                factory: self.factory,
+                layers: self.layers,
+                exchange: std::sync::OnceLock::new(),
+                http: self.http,
+                thumbprint,
+                policy: self.policy,
+                jitter: self.jitter,
+                backoff: self.backoff,
+                first_token_timeout: self.first_token_timeout,
+                seed: self.seed,
+                name,
+                runtime,
+            }),
+        })
+    }
+}
+
+/// A key the pool holds: its number in the driver and its shared state.
+struct Entry {
+    id: KeyId,
+    shared: Arc<Shared>,
+}
+
+struct Inner<K, R> {
+    map: papaya::HashMap<K, Arc<Entry>>,
+    next_id: AtomicU64,
+    requests: async_channel::Sender<Request>,
+    /// Closed when the driver has ended.
+    done: async_channel::Receiver<()>,
+    factory: Factory<K>,
+    layers: Vec<LayerFactory<K>>,
+    /// One HTTP exchange for every key, made when the first OAuth2 key
+    /// needs it.
+    exchange: std::sync::OnceLock<SharedExchange>,
+    http: HttpSettings,
+    thumbprint: Option<String>,
+    policy: Option<LifetimePolicy>,
+    jitter: Jitter,
+    backoff: Option<BackoffPolicy>,
+    first_token_timeout: Duration,
+    seed: Option<u64>,
+    name: String,
+    runtime: R,
+}
+
+/// Tokens for many keys, kept fresh by one driver. Cheap to clone; the
+/// driver stops every key when the last handle is dropped or
+/// [`shutdown`](Self::shutdown) is called.
+///
+/// - [`token`](Self::token) never waits: a held key's token (a lock-free
+///   lookup and one atomic load), else an error, and a key not held yet
+///   starts being fetched.
+/// - [`get`](Self::get) waits for a new key's first token. A thousand
+///   concurrent first calls for one key make one request.
+pub struct TokenPool<K, R> {
+    inner: Arc<Inner<K, R>>,
+}
+
+impl<K, R> Clone for TokenPool<K, R> {
+    fn clone(&self) -> Self {
+        TokenPool {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+impl<K: Hash + Eq, R> fmt::Debug for TokenPool<K, R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenPool")
+            .field("name", &self.inner.name)
+            .field("keys", &self.inner.map.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Whether a key's first wait is over.
+enum First {
+    Token,
+    Refused(tokenkeeper_core::FetchError),
+    Stopped,
+}
+
+impl<K, R> TokenPool<K, R>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    R: Runtime,
+{
+    /// The key's current token, without waiting and without a lock. A key
+    /// not held yet is started (its first token is fetched in the
+    /// background) and answers [`TokenError::Unavailable`] until then; so
+    /// does a key whose token expired unreplaced. A key whose source cannot
+    /// be built answers [`TokenError::Stopped`].
+    #[inline]
+    pub fn token(&self, key: &K) -> Result<Token, TokenError> {
+        if let Some(entry) = self.inner.map.pin().get(key) {
+            entry.shared.mark_used();
+            return read(&entry.shared);
+        }
+        match self.entry(key) {
+            Ok(entry) => read(&entry.shared),
+            Err(_) => Err(TokenError::Stopped),
+        }
+    }
+
+    /// The key's current token, waiting for its first one if the key is
+    /// new (single flight: every caller waits for the same request), up to
+    /// the pool's first-token timeout. A permanent refusal
+    /// (`invalid_client`, ...) ends the wait at once; the key stays in the
+    /// pool, [`Health::Broken`], and its later calls answer the same error
+    /// without waiting until it gets a token.
+    pub fn get<'a>(&'a self, key: &'a K) -> Waited<'a, R, Result<Token, SpawnError>> {
+        wait::<R, _>(async move {
+            let entry = self.entry(key)?;
+            entry.shared.mark_used();
+            if let Ok(token) = read(&entry.shared) {
+                return Ok(token);
+            }
+            let waited = self.inner.first_token_timeout;
+            let first = entry.shared.wait(|state| {
+                if state.latest.is_some() && !state.closed {
+                    Some(First::Token)
+                } else if state.closed {
+                    Some(First::Stopped)
+                } else {
+                    state.refused.clone().map(First::Refused)
+                }
+            });
+            match timeout(&self.inner.runtime, waited, first).await {
+                Some(First::Token) => match read(&entry.shared) {
+                    Ok(token) => Ok(token),
+                    Err(_) => Err(SpawnError::Stopped),
+                },
+                Some(First::Refused(error)) => Err(SpawnError::permanent(error)),
+                Some(First::Stopped) => Err(SpawnError::Stopped),
+                None => Err(SpawnError::TimedOut {
+                    waited,
+                    last_error: entry.shared.status().last_error,
+                }),
+            }
+        })
+    }
+
+    /// Starts holding `key` now, without waiting (for keys known up front).
+    pub fn insert(&self, key: K) -> Result<(), SpawnError> {
+        self.entry(&key).map(drop)
+    }
+
+    /// Whether the pool holds `key`.
+    pub fn contains(&self, key: &K) -> bool {
+        self.inner.map.pin().contains_key(key)
+    }
+
+    /// How many keys the pool holds.
+    pub fn len(&self) -> usize {
+        self.inner.map.len()
+    }
+
+    /// Whether it holds none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The key's status, if the pool holds it (a snapshot: no I/O).
+    pub fn status(&self, key: &K) -> Option<Status> {
+        let entry = self.inner.map.pin().get(key).cloned()?;
+        Some(entry.shared.status_now())
+    }
+
+    /// The key's health, if the pool holds it: [`Health::Ready`], degraded
+    /// (serving from the grace period, or failing transiently) or broken
+    /// (a permanent error, or no token), with the reason. A snapshot: safe
+    /// to call from every probe, it never calls the authority.
+    pub fn health(&self, key: &K) -> Option<Health> {
+        let entry = self.inner.map.pin().get(key).cloned()?;
+        Some(entry.shared.health())
+    }
+
+    /// The pool's health: the worst of its keys' (ready when it holds none).
+    /// Walks every key: for probes, not hot paths.
+    pub fn health_summary(&self) -> PoolHealth {
+        let mut summary = PoolHealth::default();
+        for (_, entry) in self.inner.map.pin().iter() {
+            match entry.shared.health() {
+                Health::Ready => summary.ready += 1,
+                Health::Degraded { .. } => summary.degraded += 1,
+                _ => summary.broken += 1,
+            }
+        }
+        summary
+    }
+
+    /// Forces a refresh of `key` (rate-limited per key, see
+    /// [`TokenWatcher::refresh_now`](crate::TokenWatcher::refresh_now)).
+    pub fn refresh_now<'a>(
+        &'a self,
+        key: &'a K,
+    ) -> Waited<'a, R, Result<RefreshNow, WatcherStopped>> {
+        wait::<R, _>(async move {
+            let entry = self
+                .inner
+                .map
+                .pin()
+                .get(key)
+                .cloned()
+                .ok_or(WatcherStopped)?;
+            let commands = Commands::new(self.inner.requests.clone(), entry.id);
+            let (reply, answer) = async_channel::bounded(1);
+            commands.send(Command::RefreshNow(reply)).await?;
+            match answer.recv().await {
+                Ok(RefreshNow::ShutDown) | Err(_) => Err(WatcherStopped),
+                Ok(outcome) => Ok(outcome),
+            }
+        })
+    }
+
+    /// Stops holding `key`: no more requests for it (a refresh-token request
+    /// in flight is let finish), its memory freed. Asked for again, it
+    /// starts afresh.
+    pub fn remove(&self, key: &K) {
+        if let Some(entry) = self.inner.map.pin().remove(key) {
+            let _ = self
+                .inner
+                .requests
+                .try_send(Request::Key(entry.id, Command::Shutdown));
+        }
+    }
+
+    /// Stops every key and waits until the driver has ended. Idempotent.
+    pub fn shutdown(&self) -> Waited<'_, R, ()> {
+        wait::<R, _>(async move {
+            let _ = self.inner.requests.send(Request::ShutdownAll).await;
+            let _ = self.inner.done.recv().await;
+        })
+    }
+
+    /// The key's entry, created (and handed to the driver) if new. Only
+    /// one caller creates it; the others find it.
+    fn entry(&self, key: &K) -> Result<Arc<Entry>, SpawnError> {
+        let map = self.inner.map.pin();
+        if let Some(entry) = map.get(key) {
+            return Ok(Arc::clone(entry));
+        }
+        let source =
+            (self.inner.factory)(key).map_err(|reason| SpawnError::InvalidKey { reason })?;
+        let (parts, entry) = self.parts(key, source)?;
+        match map.try_insert(key.clone(), Arc::clone(&entry)) {
+            Ok(_) => {
+                if self
+                    .inner
+                    .requests
+                    .try_send(Request::Add(Box::new(parts)))
+                    .is_err()
+                {
+                    map.remove(key);
+                    return Err(SpawnError::Stopped);
+                }
+                Ok(entry)
+            }
+            // Another caller got there first: its entry is the key's.
+            Err(occupied) => Ok(Arc::clone(occupied.current)),
+        }
+    }
+
+    /// Everything the driver needs for a new key.
+    fn parts(&self, key: &K, source: Source) -> Result<(KeyParts, Arc<Entry>), SpawnError> {
+        let inner = &self.inner;
+        let mut config = source.refresher_config().jitter(inner.jitter);
+        if let Some(policy) = &inner.policy {
+            config = config.lifetime_policy(policy.clone());
+        }
+        if let Some(backoff) = &inner.backoff {
+            config = config.backoff(backoff.clone());
+        }
+        let settings = KeySettings {
+            thumbprint: inner.thumbprint.as_deref(),
+            dpop: None,
+            request_timeout: inner.http.get_request_timeout(),
+        };
+        let config = bind_key(config, &settings)?;
+        let cache_key = config.cache_key().clone();
+        let layers: Vec<AnyLayer> = inner
+            .layers
+            .iter()
+            .map(|layer| layer(key, &cache_key))
+            .collect();
+        let (config, fetch) = prepare_key(&source, config, &settings, &layers, || {
+            if let Some(exchange) = inner.exchange.get() {
+                return Ok(Arc::clone(exchange));
+            }
+            let exchange = inner.runtime.exchange(&inner.http)?;
+            Ok(Arc::clone(inner.exchange.get_or_init(|| exchange)))
+        })?;
+        let n = inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let id = KeyId::new(n);
+        let start = now();
+        let seed = match inner.seed {
+            Some(seed) => seed ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15),
+            None => fastrand::u64(..),
+        };
+        let refresher = Refresher::new(config, seed, start);
+        let layer_names = layers.iter().map(|l| l.layer().name().to_owned()).collect();
+        let shared = Arc::new(Shared::new(
+            cache_key,
+            inner.name.clone(),
+            layer_names,
+            refresher.status(start),
+            None,
+        ));
+        let entry = Arc::new(Entry {
+            id,
+            shared: Arc::clone(&shared),
+        });
+        let weak: Weak<Inner<K, R>> = Arc::downgrade(&self.inner);
+        let forgotten = Arc::downgrade(&entry);
+        let key = key.clone();
+        let forget = Box::new(move || {
+            // Removed from the map only if the entry is still this key's
+            // (a key removed and asked for again has a new one).
+            if let (Some(inner), Some(entry)) = (weak.upgrade(), forgotten.upgrade()) {
+                inner
+                    .map
+                    .pin()
+                    .remove_if(&key, |_, held| Arc::ptr_eq(held, &entry))
+                    .ok();
+            }
+        });
+        let parts = KeyParts {
+            id,
+            refresher,
+            fetch,
+            layers,
+            publisher: Publisher::new(shared, None, None),
+            forget: Some(forget),
+        };
+        Ok((parts, entry))
+    }
+}
+
+/// How many of a pool's keys are ready, degraded and broken.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PoolHealth {
+    /// Keys serving a fresh token.
+    pub ready: usize,
+    /// Keys serving from the grace period or failing transiently.
+    pub degraded: usize,
+    /// Keys with a permanent error or no token.
+    pub broken: usize,
+}

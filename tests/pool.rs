@@ -1,0 +1,238 @@
+//! The keyed pool, on every driver, against the testkit authority over real
+//! loopback HTTP: single flight per key, the cap on requests in flight,
+//! eviction, a broken key beside healthy ones, forced refreshes.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use common::Flavor;
+use tokenkeeper_core::oauth2::OAuth2Client;
+use tokenkeeper_core::{ClientId, ClientSecret, Health, HealthReason, RefreshNow};
+use tokenkeeper_driver::{SpawnError, TokenError, TokenPool, TokenPoolBuilder};
+use tokenkeeper_testkit::{Authority, Client, Fault};
+
+per_driver!(
+    a_thousand_first_calls_for_one_key_make_one_request,
+    the_cap_on_requests_in_flight_holds,
+    idle_keys_are_evicted_and_read_ones_kept,
+    a_refused_key_is_broken_alone,
+    a_bad_key_is_an_error_not_a_panic,
+    refresh_now_refreshes_one_key,
+);
+
+/// Keys are tenants; each tenant is a client of the authority.
+type Pool<F> = TokenPool<String, <F as Flavor>::R>;
+
+fn pool<F: Flavor>(authority: &Authority) -> TokenPoolBuilder<String, F::R> {
+    let url = authority.token_url();
+    TokenPoolBuilder::new(F::runtime(), move |tenant: &String| {
+        OAuth2Client::client_credentials(
+            url.as_str(),
+            ClientId::new(tenant.clone()),
+            ClientSecret::new(format!("secret-of-{tenant}")),
+        )
+    })
+    .first_token_timeout(Duration::from_secs(20))
+    .name("tenants")
+}
+
+fn register(authority: &Authority, tenants: impl IntoIterator<Item = String>) {
+    for tenant in tenants {
+        let secret = format!("secret-of-{tenant}");
+        authority.register_client(Client::new(tenant, secret));
+    }
+}
+
+fn tenant(n: usize) -> String {
+    format!("tenant-{n}")
+}
+
+fn a_thousand_first_calls_for_one_key_make_one_request<F: Flavor>() {
+    let authority = Authority::start();
+    register(&authority, [tenant(0)]);
+    // The answer takes a while: every call comes while the first request
+    // is still out.
+    authority.push_fault(Fault::Delay(Duration::from_millis(300)));
+    let pool: Pool<F> = pool::<F>(&authority).build().unwrap();
+    let key = tenant(0);
+    let tokens: HashSet<String> = std::thread::scope(|scope| {
+        let calls: Vec<_> = (0..1000)
+            .map(|_| {
+                scope.spawn(|| {
+                    let token = F::block_on(pool.get(&key)).expect("a token");
+                    token.access_token.expose_secret().to_owned()
+                })
+            })
+            .collect();
+        calls.into_iter().map(|c| c.join().unwrap()).collect()
+    });
+    assert_eq!(
+        tokens.len(),
+        1,
+        "{}: every caller got the same token",
+        F::NAME
+    );
+    assert_eq!(
+        authority.request_count(),
+        1,
+        "{}: one request for 1,000 calls",
+        F::NAME
+    );
+    assert_eq!(pool.len(), 1);
+    F::block_on(pool.shutdown());
+}
+
+fn the_cap_on_requests_in_flight_holds<F: Flavor>() {
+    let authority = Authority::start();
+    let keys: Vec<String> = (0..40).map(tenant).collect();
+    register(&authority, keys.clone());
+    authority.script(Fault::Delay(Duration::from_millis(100)), 40);
+    let pool: Pool<F> = pool::<F>(&authority).max_in_flight(4).build().unwrap();
+    for key in &keys {
+        pool.insert(key.clone()).unwrap();
+    }
+    for key in &keys {
+        F::block_on(pool.get(key)).expect("every key gets its token");
+    }
+    assert_eq!(authority.request_count(), 40);
+    let peak = authority.peak_concurrent_requests();
+    assert!(
+        peak <= 4,
+        "{}: {peak} requests at once, over the cap of 4",
+        F::NAME
+    );
+    assert!(
+        peak >= 2,
+        "{}: the cap is a cap, not a queue of one ({peak})",
+        F::NAME
+    );
+    F::block_on(pool.shutdown());
+}
+
+fn idle_keys_are_evicted_and_read_ones_kept<F: Flavor>() {
+    let authority = Authority::start();
+    let keys: Vec<String> = (0..6).map(tenant).collect();
+    register(&authority, keys.clone());
+    let pool: Pool<F> = pool::<F>(&authority)
+        .evict_idle_after(Duration::from_millis(300))
+        .wake_interval(Duration::from_millis(50))
+        .build()
+        .unwrap();
+    for key in &keys {
+        F::block_on(pool.get(key)).unwrap();
+    }
+    assert_eq!(pool.len(), 6);
+    let read = &keys[..3];
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(5) && pool.len() > 3 {
+        for key in read {
+            pool.token(key).expect("a read key keeps its token");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(pool.len(), 3, "{}: the unread keys left", F::NAME);
+    for key in read {
+        assert!(pool.contains(key), "{}: {key} was read and stays", F::NAME);
+    }
+    for key in &keys[3..] {
+        assert!(
+            !pool.contains(key),
+            "{}: {key} was not read and left",
+            F::NAME
+        );
+        assert!(pool.status(key).is_none());
+    }
+    // Asked for again, an evicted key starts afresh.
+    let requests = authority.request_count();
+    F::block_on(pool.get(&keys[5])).expect("a new token");
+    assert_eq!(authority.request_count(), requests + 1);
+    F::block_on(pool.shutdown());
+}
+
+fn a_refused_key_is_broken_alone<F: Flavor>() {
+    let authority = Authority::start();
+    let keys: Vec<String> = (0..4).map(tenant).collect();
+    // tenant-3 is unknown to the authority: invalid_client, for good.
+    register(&authority, keys[..3].to_vec());
+    let pool: Pool<F> = pool::<F>(&authority).build().unwrap();
+    let refused = F::block_on(pool.get(&keys[3])).expect_err("refused");
+    assert!(
+        matches!(refused, SpawnError::Rejected { .. }),
+        "{}: {refused}",
+        F::NAME
+    );
+    for key in &keys[..3] {
+        F::block_on(pool.get(key)).expect("the other keys are served");
+        assert_eq!(pool.health(key), Some(Health::Ready), "{}: {key}", F::NAME);
+    }
+    match pool.health(&keys[3]) {
+        Some(Health::Broken { reason }) => {
+            assert!(
+                matches!(
+                    reason,
+                    HealthReason::Refused { .. } | HealthReason::NoToken { .. }
+                ),
+                "{}: {reason}",
+                F::NAME
+            );
+        }
+        other => panic!("{}: the refused key is {other:?}", F::NAME),
+    }
+    // Asked again, the refusal comes at once, without a wait.
+    let started = Instant::now();
+    assert!(F::block_on(pool.get(&keys[3])).is_err());
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(matches!(
+        pool.token(&keys[3]),
+        Err(TokenError::Unavailable { .. })
+    ));
+    let summary = pool.health_summary();
+    assert_eq!((summary.ready, summary.broken), (3, 1), "{}", F::NAME);
+    F::block_on(pool.shutdown());
+}
+
+fn a_bad_key_is_an_error_not_a_panic<F: Flavor>() {
+    let authority = Authority::start();
+    let pool: Pool<F> = TokenPoolBuilder::new(F::runtime(), |tenant: &String| {
+        OAuth2Client::client_credentials(
+            format!("not a url for {tenant}").as_str(),
+            ClientId::new(tenant.clone()),
+            ClientSecret::new("s"),
+        )
+    })
+    .build()
+    .unwrap();
+    let error = F::block_on(pool.get(&tenant(1))).expect_err("no source");
+    assert!(matches!(error, SpawnError::InvalidKey { .. }), "{error}");
+    assert!(!pool.contains(&tenant(1)));
+    assert_eq!(pool.token(&tenant(1)).err(), Some(TokenError::Stopped));
+    assert_eq!(authority.request_count(), 0);
+    F::block_on(pool.shutdown());
+}
+
+fn refresh_now_refreshes_one_key<F: Flavor>() {
+    let authority = Authority::start();
+    let keys: Vec<String> = (0..3).map(tenant).collect();
+    register(&authority, keys.clone());
+    let pool: Pool<F> = pool::<F>(&authority).build().unwrap();
+    for key in &keys {
+        F::block_on(pool.get(key)).unwrap();
+    }
+    let before = pool.token(&keys[1]).unwrap().into_arc();
+    assert_eq!(
+        F::block_on(pool.refresh_now(&keys[1])),
+        Ok(RefreshNow::Started)
+    );
+    assert!(authority.wait_for_requests(4, Duration::from_secs(10)));
+    let started = Instant::now();
+    while pool.token(&keys[1]).unwrap().access_token == before.access_token {
+        assert!(started.elapsed() < Duration::from_secs(10), "no new token");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(authority.count_by_client(&keys[1]), 2);
+    assert_eq!(authority.count_by_client(&keys[0]), 1);
+    F::block_on(pool.shutdown());
+    assert_eq!(pool.token(&keys[0]).err(), Some(TokenError::Stopped));
+}

@@ -19,12 +19,13 @@ use tokenkeeper_core::cache::decode_record;
 use tokenkeeper_core::oauth2::OAuth2Client;
 use tokenkeeper_core::{
     AccessToken, CacheError, CacheKey, CacheProblem, ClientId, ClientSecret, EncodedRecord,
-    ErrorClass, Event, FetchError, Jitter, Layer, LeaseOutcome, LeaseSettings, RefreshNow,
+    ErrorClass, Event, FetchError, Jitter, Layer, LeaseOutcome, LeaseSettings, Origin, RefreshNow,
     RefreshToken, TokenGrant, TokenRecord,
 };
 use tokenkeeper_driver::{
-    BlockingCacheLayer, BoxFuture, CacheLayer, HttpSettings, HttpSetupError, Runtime,
-    SharedExchange, Source, TokenError, TokenWatcher, TokenWatcherBuilder,
+    BlockingCacheLayer, BoxFuture, CacheLayer, GetTokenError, HttpSettings, HttpSetupError,
+    Obtained, OneShot, Runtime, SharedExchange, Source, TokenError, TokenWatcher,
+    TokenWatcherBuilder, Warning,
 };
 use tokenkeeper_testkit::{Authority, Client, Fault, Outcome};
 
@@ -40,6 +41,15 @@ per_driver!(
     the_effect_deadline_ends_a_fetch_the_driver_never_times_out,
     shutdown_during_a_rotation_keeps_the_rotated_token,
     drop_during_a_rotation_keeps_the_rotated_token,
+    one_shot_a_panicking_async_source_is_retried,
+    one_shot_a_panicking_blocking_source_is_retried,
+    one_shot_a_source_that_always_panics_is_unavailable,
+    one_shot_a_panicking_blocking_cache_layer_is_a_warning,
+    one_shot_a_panicking_async_cache_layer_is_a_warning,
+    one_shot_an_async_source_that_never_answers_times_out,
+    one_shot_a_blocking_source_that_never_answers_times_out,
+    one_shot_an_authority_that_never_answers_times_out,
+    one_shot_ending_during_a_rotation_keeps_the_rotated_token,
 );
 
 // ---------------------------------------------------------------------------
@@ -964,4 +974,426 @@ fn stop_during_a_rotation<F: Flavor>(stop: Stop) {
         "{name} ({stop:?}): {requests:?}"
     );
     F::block_on(again.shutdown());
+}
+
+// ---------------------------------------------------------------------------
+// (e) The same failures under the one-shot `get_token`
+// ---------------------------------------------------------------------------
+//
+// `builder.get_token(OneShot)` runs the same driver as a watcher and stops it
+// before returning; each failure above that can happen within one call is
+// run through it: a panicking source or cache layer, a source or authority
+// that never answers, and the end of the call while a refresh-token grant is
+// in flight. None may hang the call past its `max_wait` (plus the stop), make
+// it panic, or lose a rotated refresh token; nothing may keep running after
+// it returned.
+
+/// A short wait for the calls that are meant to give up.
+const ONE_SHOT_WAIT: Duration = Duration::from_millis(1_500);
+
+fn one_shot<F: Flavor>(
+    builder: TokenWatcherBuilder<F::R>,
+    options: OneShot,
+) -> (Result<Obtained, GetTokenError>, Duration) {
+    let started = Instant::now();
+    let result = F::block_on(builder.get_token(options.backoff(fast_backoff())));
+    (result, started.elapsed())
+}
+
+/// Asserts that `calls` stays where it is for a while: nothing of the call
+/// runs after it returned.
+fn nothing_left_running(name: &str, calls: &AtomicUsize) {
+    let before = calls.load(Ordering::SeqCst);
+    std::thread::sleep(Duration::from_millis(700));
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        before,
+        "{name}: the source is still being called after get_token returned"
+    );
+}
+
+fn one_shot_a_panicking_async_source_is_retried<F: Flavor>() {
+    quiet_deliberate_panics();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&calls);
+    // Call 0 panics when called, call 1 when polled; call 2 answers.
+    let source = Source::from_fn(key("one-shot panicking async", F::NAME), move |_| {
+        let n = counter.fetch_add(1, Ordering::SeqCst);
+        if n == 0 {
+            deliberate("one-shot async source, when called");
+        }
+        async move {
+            if n == 1 {
+                deliberate("one-shot async source, when polled");
+            }
+            Ok(grant(&format!("async-{n}"), Duration::from_secs(300)))
+        }
+    });
+    one_shot_a_panicking_source_is_retried::<F>(source, &calls, "async");
+}
+
+fn one_shot_a_panicking_blocking_source_is_retried<F: Flavor>() {
+    quiet_deliberate_panics();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&calls);
+    let source = Source::from_blocking_fn(key("one-shot panicking blocking", F::NAME), move |_| {
+        let n = counter.fetch_add(1, Ordering::SeqCst);
+        if n < 2 {
+            deliberate("one-shot blocking source");
+        }
+        Ok(grant(&format!("blocking-{n}"), Duration::from_secs(300)))
+    });
+    one_shot_a_panicking_source_is_retried::<F>(source, &calls, "blocking");
+}
+
+fn one_shot_a_panicking_source_is_retried<F: Flavor>(
+    source: Source,
+    calls: &AtomicUsize,
+    prefix: &str,
+) {
+    let name = F::NAME;
+    let (result, took) = one_shot::<F>(
+        F::builder(source),
+        OneShot::new().max_wait(Duration::from_secs(20)),
+    );
+    let obtained = result.unwrap_or_else(|e| panic!("{name}: no token after two panics: {e}"));
+    assert_eq!(
+        access_token(&obtained.token),
+        format!("{prefix}-2"),
+        "{name}"
+    );
+    assert_eq!(obtained.origin, Origin::Authority, "{name}");
+    assert!(
+        obtained.warnings.is_empty(),
+        "{name}: {:?}",
+        obtained.warnings
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 3, "{name}");
+    assert!(took < Duration::from_secs(10), "{name}: took {took:?}");
+    nothing_left_running(name, calls);
+}
+
+/// A source that panics on every call: the call gives up at its wait with
+/// the panic as its last error, and the source is not called again.
+fn one_shot_a_source_that_always_panics_is_unavailable<F: Flavor>() {
+    quiet_deliberate_panics();
+    let name = F::NAME;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&calls);
+    let source = Source::from_blocking_fn(key("one-shot always panics", F::NAME), move |_| {
+        counter.fetch_add(1, Ordering::SeqCst);
+        deliberate("one-shot source, every call")
+    });
+    let (result, took) = one_shot::<F>(F::builder(source), OneShot::new().max_wait(ONE_SHOT_WAIT));
+    match &result {
+        Err(GetTokenError::Unavailable {
+            last_error:
+                Some(FetchError::Source {
+                    class: ErrorClass::Transient,
+                    message,
+                }),
+            ..
+        }) if message.contains("panicked") => {}
+        other => panic!("{name}: {other:?}"),
+    }
+    assert!(
+        took >= ONE_SHOT_WAIT && took < ONE_SHOT_WAIT + PROMPT,
+        "{name}: took {took:?}"
+    );
+    assert!(calls.load(Ordering::SeqCst) >= 2, "{name}: retried");
+    nothing_left_running(name, &calls);
+}
+
+fn one_shot_a_panicking_blocking_cache_layer_is_a_warning<F: Flavor>() {
+    quiet_deliberate_panics();
+    let slot = Slot::default();
+    let (source, calls) = counting_source(key("one-shot panicking blocking layer", F::NAME), "t");
+    let builder = F::builder(source)
+        .blocking_cache(PanickingBlockingLayer)
+        .cache(AsyncMemory(Arc::clone(&slot)));
+    one_shot_a_panicking_cache_layer_is_a_warning::<F>(builder, &slot, &calls);
+}
+
+fn one_shot_a_panicking_async_cache_layer_is_a_warning<F: Flavor>() {
+    quiet_deliberate_panics();
+    let slot = Slot::default();
+    let (source, calls) = counting_source(key("one-shot panicking async layer", F::NAME), "t");
+    let builder = F::builder(source)
+        .cache(PanickingAsyncLayer)
+        .blocking_cache(Memory(Arc::clone(&slot)));
+    one_shot_a_panicking_cache_layer_is_a_warning::<F>(builder, &slot, &calls);
+}
+
+/// `builder` has a layer 0 that panics on every call and a working layer 1
+/// in `slot`: the token comes from the source, the broken layer is a
+/// warning, and the working layer holds the token when the call returns.
+fn one_shot_a_panicking_cache_layer_is_a_warning<F: Flavor>(
+    builder: TokenWatcherBuilder<F::R>,
+    slot: &Slot,
+    calls: &AtomicUsize,
+) {
+    let name = F::NAME;
+    let key = builder.cache_key().clone();
+    let (result, took) = one_shot::<F>(builder, OneShot::new().max_wait(Duration::from_secs(20)));
+    let obtained =
+        result.unwrap_or_else(|e| panic!("{name}: no token past a panicking layer: {e}"));
+    assert_eq!(access_token(&obtained.token), "t-0", "{name}");
+    assert_eq!(obtained.origin, Origin::Authority, "{name}");
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "{name}");
+    assert!(took < Duration::from_secs(10), "{name}: took {took:?}");
+    let broken: Vec<_> = obtained
+        .warnings
+        .iter()
+        .filter_map(|w| match w {
+            Warning::Cache { layer, problem } => Some((layer.clone(), format!("{problem:?}"))),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        !broken.is_empty() && broken.iter().all(|(layer, problem)| layer.starts_with("panics")
+            && problem.contains("panicked")),
+        "{name}: {:?}",
+        obtained.warnings
+    );
+    // Stored in the working layer before the call returned.
+    assert_eq!(stored_token(slot, &key).as_deref(), Some("t-0"), "{name}");
+}
+
+fn one_shot_an_async_source_that_never_answers_times_out<F: Flavor>() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&calls);
+    // Call 1 answers; every other call never does.
+    let source = || {
+        let counter = Arc::clone(&counter);
+        Source::from_fn(key("one-shot async never answers", F::NAME), move |_| {
+            let n = counter.fetch_add(1, Ordering::SeqCst);
+            async move {
+                if n != 1 {
+                    std::future::pending::<()>().await;
+                }
+                Ok(grant(&format!("async-{n}"), Duration::from_secs(300)))
+            }
+        })
+    };
+    one_shot_a_source_that_never_answers_times_out::<F>(source, &calls, "async");
+}
+
+fn one_shot_a_blocking_source_that_never_answers_times_out<F: Flavor>() {
+    let gate = Gate::default();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&calls);
+    // Call 1 answers; every other call sleeps until the test ends.
+    let source = || {
+        let counter = Arc::clone(&counter);
+        let door = gate.clone();
+        Source::from_blocking_fn(key("one-shot blocking never answers", F::NAME), move |_| {
+            let n = counter.fetch_add(1, Ordering::SeqCst);
+            if n != 1 {
+                door.wait(Duration::from_secs(120));
+            }
+            Ok(grant(&format!("blocking-{n}"), Duration::from_secs(300)))
+        })
+    };
+    one_shot_a_source_that_never_answers_times_out::<F>(source, &calls, "blocking");
+    gate.open();
+}
+
+/// `source()` makes sources sharing `calls`, whose call 1 alone answers.
+fn one_shot_a_source_that_never_answers_times_out<F: Flavor>(
+    source: impl Fn() -> Source,
+    calls: &AtomicUsize,
+    prefix: &str,
+) {
+    let name = F::NAME;
+    let http = || HttpSettings::new().request_timeout(REQUEST_TIMEOUT);
+    // Call 0 hangs and is given up at the request timeout; call 1 answers.
+    let (result, took) = one_shot::<F>(
+        F::builder(source()).http(http()),
+        OneShot::new().max_wait(Duration::from_secs(20)),
+    );
+    let obtained = result.unwrap_or_else(|e| panic!("{name}: no token after a hung call: {e}"));
+    assert_eq!(
+        access_token(&obtained.token),
+        format!("{prefix}-1"),
+        "{name}"
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 2, "{name}");
+    assert!(
+        took >= REQUEST_TIMEOUT && took < Duration::from_secs(10),
+        "{name}: took {took:?}"
+    );
+
+    // Every later call hangs: the call ends at its wait, with the timeout as
+    // its last error, and does not wait for the hung calls to end.
+    let (result, took) = one_shot::<F>(
+        F::builder(source()).http(http()),
+        OneShot::new().max_wait(ONE_SHOT_WAIT),
+    );
+    match &result {
+        Err(GetTokenError::Unavailable {
+            last_error: Some(FetchError::Timeout { after }),
+            ..
+        }) => assert_eq!(*after, REQUEST_TIMEOUT, "{name}"),
+        other => panic!("{name}: {other:?}"),
+    }
+    assert!(
+        took >= ONE_SHOT_WAIT && took < ONE_SHOT_WAIT + PROMPT,
+        "{name}: took {took:?}"
+    );
+    assert!(calls.load(Ordering::SeqCst) >= 4, "{name}: retried");
+    nothing_left_running(name, calls);
+}
+
+fn one_shot_an_authority_that_never_answers_times_out<F: Flavor>() {
+    let name = F::NAME;
+    let authority = Authority::start();
+    authority.register_client(Client::new("hung-once", "hung-secret"));
+    let client = OAuth2Client::client_credentials(
+        authority.token_url(),
+        ClientId::new("hung-once"),
+        ClientSecret::new("hung-secret"),
+    )
+    .unwrap();
+    let http = || {
+        HttpSettings::new()
+            .request_timeout(REQUEST_TIMEOUT)
+            .connect_timeout(REQUEST_TIMEOUT)
+    };
+    // The first answer is held for a minute: given up, and the second
+    // request answered.
+    authority.push_fault(Fault::Delay(Duration::from_secs(60)));
+    let (result, took) = one_shot::<F>(
+        F::builder(client.clone()).http(http()),
+        OneShot::new().max_wait(Duration::from_secs(20)),
+    );
+    let obtained = result.unwrap_or_else(|e| panic!("{name}: no token after a hung request: {e}"));
+    assert_eq!(
+        Some(access_token(&obtained.token)),
+        authority.last_access_token(),
+        "{name}"
+    );
+    assert_eq!(authority.request_count(), 2, "{name}");
+    assert!(took < Duration::from_secs(10), "{name}: took {took:?}");
+
+    // Every answer is held: the call ends at its wait with a timeout.
+    authority.script(Fault::Delay(Duration::from_secs(60)), 50);
+    let (result, took) = one_shot::<F>(
+        F::builder(client).http(http()),
+        OneShot::new().max_wait(ONE_SHOT_WAIT),
+    );
+    assert!(
+        matches!(
+            &result,
+            Err(GetTokenError::Unavailable {
+                last_error: Some(FetchError::Timeout { .. }),
+                ..
+            })
+        ),
+        "{name}: {result:?}"
+    );
+    assert!(
+        took >= ONE_SHOT_WAIT && took < ONE_SHOT_WAIT + PROMPT,
+        "{name}: took {took:?}"
+    );
+    let sent = authority.request_count();
+    assert!(sent >= 4, "{name}: retried ({sent})");
+    std::thread::sleep(Duration::from_millis(700));
+    assert_eq!(authority.request_count(), sent, "{name}: still asking");
+}
+
+/// The call's wait ends while the forced refresh it made (a refresh-token
+/// grant) is held by the authority: the cached token is returned with a
+/// warning, and the call does not return before the rotated refresh token
+/// the authority answered with is in the cache file; the next call spends
+/// it.
+fn one_shot_ending_during_a_rotation_keeps_the_rotated_token<F: Flavor>() {
+    let name = F::NAME;
+    let authority = Authority::start();
+    authority.register_client(
+        Client::new(ROTATING_CLIENT, ROTATING_SECRET).token_lifetime(Duration::from_secs(300)),
+    );
+    let initial = authority.issue_refresh_token(ROTATING_CLIENT);
+    let client = OAuth2Client::refresh_token(
+        authority.token_url(),
+        ClientId::new(ROTATING_CLIENT),
+        Some(ClientSecret::new(ROTATING_SECRET)),
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rotation.json");
+    let builder = || {
+        F::builder(client.clone())
+            .initial_refresh_token(RefreshToken::new(initial.clone()))
+            .file_cache(&path)
+            .http(HttpSettings::new().request_timeout(Duration::from_secs(10)))
+    };
+    let key = builder().cache_key().clone();
+
+    let (first, _) = one_shot::<F>(builder(), OneShot::new());
+    let first = first.unwrap_or_else(|e| panic!("{name}: no first token: {e}"));
+    let first_rotation = authority.live_refresh_tokens(ROTATING_CLIENT);
+    assert_eq!(first_rotation.len(), 1, "{name}");
+    assert_eq!(
+        cached_refresh_token(&path, &key).as_ref(),
+        first_rotation.first(),
+        "{name}: the first call returned before storing its rotated token"
+    );
+
+    // More validity than the cached token has: one forced refresh, whose
+    // answer the authority holds for 2 s, past the call's 0.5 s wait.
+    authority.push_fault(Fault::Delay(Duration::from_secs(2)));
+    let (second, took) = one_shot::<F>(
+        builder(),
+        OneShot::new()
+            .min_valid(Duration::from_secs(3_600))
+            .max_wait(Duration::from_millis(500)),
+    );
+    let second = second.unwrap_or_else(|e| panic!("{name}: {e}"));
+    assert_eq!(
+        access_token(&second.token),
+        access_token(&first.token),
+        "{name}"
+    );
+    assert!(
+        second.warnings.contains(&Warning::RefreshTimedOut),
+        "{name}: {:?}",
+        second.warnings
+    );
+    assert_eq!(authority.request_count(), 2, "{name}");
+    // The grant was let finish, and its rotated token stored, before return.
+    let refresh = authority.requests()[1].clone();
+    let Outcome::Issued {
+        refresh_token: Some(rotated),
+        ..
+    } = &refresh.outcome
+    else {
+        panic!("{name}: the refresh in flight was not let finish: {refresh:?}");
+    };
+    assert!(took >= Duration::from_secs(2), "{name}: took {took:?}");
+    assert_eq!(
+        cached_refresh_token(&path, &key).as_ref(),
+        Some(rotated),
+        "{name}: get_token returned before the rotated token was stored"
+    );
+
+    // The next call refreshes with the rotated token: no reuse, no refusal.
+    let (third, _) = one_shot::<F>(
+        builder(),
+        OneShot::new().min_valid(Duration::from_secs(3_600)),
+    );
+    let third = third.unwrap_or_else(|e| panic!("{name}: {e}"));
+    let requests = authority.requests();
+    assert_eq!(requests.len(), 3, "{name}: {requests:?}");
+    assert_eq!(requests[2].refresh_token.as_ref(), Some(rotated), "{name}");
+    assert_eq!(
+        third.token.access_token.expose_secret(),
+        authority.last_access_token().unwrap(),
+        "{name}"
+    );
+    assert_eq!(authority.refresh_token_reuses(), 0, "{name}: {requests:?}");
+    assert_eq!(
+        authority.count_where(|r| matches!(r.outcome, Outcome::Rejected { .. })),
+        0,
+        "{name}: {requests:?}"
+    );
 }

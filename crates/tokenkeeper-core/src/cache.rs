@@ -124,7 +124,10 @@ impl CacheKey {
                 .dpop_key_thumbprint()
                 .map(|t| serde_json::json!({ "jkt": t })),
         ];
-        for binding in bindings.into_iter().flatten() {
+        // An assertion-authenticated client, and whom a JWT bearer grant's
+        // assertion is about (appended only when they apply; no secret).
+        let assertion = client.assertion_key_parts();
+        for binding in bindings.into_iter().flatten().chain(assertion) {
             for key in [&mut full, &mut description] {
                 if let Some(parts) = key.as_array_mut() {
                     parts.push(binding.clone());

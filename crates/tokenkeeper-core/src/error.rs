@@ -185,6 +185,17 @@ pub enum FetchError {
         /// redirect where it pointed (scheme, host and path only).
         reason: String,
     },
+    /// The JWT assertion the request needs (a client assertion, or the JWT
+    /// bearer grant's) could not be made or read; the request was not sent.
+    /// The message says which key or file and why; it never holds a key or
+    /// an assertion.
+    #[error("no assertion for the token request: {message}")]
+    Assertion {
+        /// What kind of problem, and so its class.
+        problem: crate::oauth2::assertion::AssertionProblem,
+        /// What went wrong.
+        message: String,
+    },
     /// A custom token source failed.
     #[error("the token source failed: {message}")]
     Source {
@@ -245,6 +256,7 @@ impl FetchError {
             | FetchError::Tls { .. }
             | FetchError::NotATokenEndpoint { .. } => ErrorClass::Permanent,
             FetchError::Source { class, .. } => *class,
+            FetchError::Assertion { problem, .. } => problem.class(),
         }
     }
 
@@ -273,11 +285,18 @@ impl FetchError {
 
     /// Whether the token endpoint is misconfigured rather than refusing:
     /// its certificate cannot be verified ([`FetchError::Tls`]) or the URL
-    /// is not a token endpoint ([`FetchError::NotATokenEndpoint`]).
+    /// is not a token endpoint ([`FetchError::NotATokenEndpoint`]), or the
+    /// client's assertion cannot be made as configured
+    /// ([`AssertionProblem::Misconfigured`](crate::oauth2::assertion::AssertionProblem::Misconfigured)).
     pub fn is_misconfiguration(&self) -> bool {
         matches!(
             self,
-            FetchError::Tls { .. } | FetchError::NotATokenEndpoint { .. }
+            FetchError::Tls { .. }
+                | FetchError::NotATokenEndpoint { .. }
+                | FetchError::Assertion {
+                    problem: crate::oauth2::assertion::AssertionProblem::Misconfigured,
+                    ..
+                }
         )
     }
 

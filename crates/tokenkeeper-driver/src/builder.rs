@@ -447,6 +447,47 @@ impl<R: Runtime> TokenWatcherBuilder<R> {
             runtime,
         ))
     }
+
+    /// Authenticates the client with this JWT assertion (RFC 7523 §2.2):
+    /// [`Assertion::signed`](crate::assertion::Assertion::signed) with a
+    /// private key for a client whose auth method is
+    /// [`PrivateKeyJwt`](tokenkeeper_core::oauth2::AuthMethod::PrivateKeyJwt)
+    /// (or an HMAC key for
+    /// [`ClientSecretJwt`](tokenkeeper_core::oauth2::AuthMethod::ClientSecretJwt),
+    /// which otherwise signs with the client secret by itself), or an
+    /// assertion made elsewhere. See [`Source::client_assertion`]; an
+    /// assertion that does not fit the client fails the start with
+    /// [`SpawnError::Assertion`].
+    pub fn client_assertion(mut self, assertion: crate::assertion::Assertion) -> Self {
+        self.source = self.source.client_assertion(assertion);
+        self
+    }
+
+    /// Authenticates the client with the assertion in the file at `path`,
+    /// read again before every token request (a Kubernetes projected
+    /// service-account token, which the kubelet replaces underneath): see
+    /// [`Assertion::file`](crate::assertion::Assertion::file).
+    pub fn client_assertion_file(self, path: impl Into<PathBuf>) -> Self {
+        self.client_assertion(crate::assertion::Assertion::file(path))
+    }
+
+    /// Authenticates the client with the assertion `callback` gives before
+    /// every token request: see
+    /// [`Assertion::from_fn`](crate::assertion::Assertion::from_fn).
+    pub fn client_assertion_fn(
+        self,
+        callback: impl Fn() -> Result<String, crate::assertion::AssertionError> + Send + Sync + 'static,
+    ) -> Self {
+        self.client_assertion(crate::assertion::Assertion::from_fn(callback))
+    }
+
+    /// The assertion of the JWT bearer grant (RFC 7523 §2.1), for an
+    /// [`OAuth2Client::jwt_bearer`](tokenkeeper_core::oauth2::OAuth2Client::jwt_bearer)
+    /// client: see [`Source::grant_assertion`].
+    pub fn grant_assertion(mut self, assertion: crate::assertion::Assertion) -> Self {
+        self.source = self.source.grant_assertion(assertion);
+        self
+    }
 }
 
 /// What every key of a watcher or pool shares, for [`prepare_key`].
@@ -508,6 +549,9 @@ pub(crate) fn prepare_key(
             dpop: settings.dpop.cloned(),
             grant: client.grant().as_str(),
             url: client.token_url().redacted(),
+            assertions: source.1.for_client(client).map_err(|e| SpawnError::Assertion {
+                error: e.into(),
+            })?,
         },
         other => FetchWith::Source {
             source: other.clone(),

@@ -20,12 +20,14 @@ use std::sync::Arc;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use ring::rand::SystemRandom;
-use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, Ed25519KeyPair, KeyPair};
+use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, Ed25519KeyPair};
 use rustls::pki_types::PrivatePkcs8KeyDer;
 use rustls::pki_types::pem::PemObject;
 use serde_json::json;
 use tokenkeeper_core::oauth2::dpop::DpopClaims;
 use zeroize::Zeroizing;
+
+use crate::jws::{self, SigningKey};
 
 /// A DPoP signing key: ES256 (P-256) or EdDSA (Ed25519). Cheap to clone;
 /// `Debug` shows the algorithm and the thumbprint only.
@@ -35,15 +37,10 @@ pub struct DpopKey {
 }
 
 struct Inner {
-    pair: Pair,
+    key: SigningKey,
     jwk: serde_json::Value,
     thumbprint: String,
     rng: SystemRandom,
-}
-
-enum Pair {
-    Es256(EcdsaKeyPair),
-    Ed25519(Ed25519KeyPair),
 }
 
 /// A DPoP key could not be made, read or used.
@@ -80,46 +77,25 @@ impl DpopKey {
     /// A key from PKCS#8 DER: P-256 (ES256) or Ed25519 (EdDSA).
     pub fn from_pkcs8_der(der: &[u8]) -> Result<Self, DpopKeyError> {
         let rng = SystemRandom::new();
-        let pair = if let Ok(pair) =
+        let key = if let Ok(pair) =
             EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, der, &rng)
         {
-            Pair::Es256(pair)
+            SigningKey::Es256(pair)
         } else if let Ok(pair) = Ed25519KeyPair::from_pkcs8_maybe_unchecked(der) {
-            Pair::Ed25519(pair)
+            SigningKey::EdDsa(pair)
         } else {
             return Err(DpopKeyError(
                 "not a PKCS#8 P-256 or Ed25519 private key (ES256 and EdDSA are supported)".into(),
             ));
         };
-        let jwk = match &pair {
-            Pair::Es256(pair) => {
-                // An uncompressed point: 0x04, then x and y, 32 bytes each.
-                let point = pair.public_key().as_ref();
-                if point.len() != 65 {
-                    return Err(DpopKeyError("unexpected P-256 public key".into()));
-                }
-                json!({
-                    "crv": "P-256",
-                    "kty": "EC",
-                    "x": URL_SAFE_NO_PAD.encode(&point[1..33]),
-                    "y": URL_SAFE_NO_PAD.encode(&point[33..]),
-                })
-            }
-            Pair::Ed25519(pair) => json!({
-                "crv": "Ed25519",
-                "kty": "OKP",
-                "x": URL_SAFE_NO_PAD.encode(pair.public_key().as_ref()),
-            }),
-        };
-        // RFC 7638: the required members in lexicographic order, no
-        // whitespace; serde_json's map keeps keys sorted.
-        let canonical = jwk.to_string();
-        let digest = ring::digest::digest(&ring::digest::SHA256, canonical.as_bytes());
+        let jwk = key
+            .public_jwk()
+            .ok_or_else(|| DpopKeyError("unexpected public key".into()))?;
         Ok(DpopKey {
             inner: Arc::new(Inner {
-                pair,
+                thumbprint: jws::thumbprint(&jwk),
+                key,
                 jwk,
-                thumbprint: URL_SAFE_NO_PAD.encode(digest.as_ref()),
                 rng,
             }),
         })
@@ -143,10 +119,7 @@ impl DpopKey {
 
     /// The JWS algorithm: `ES256` or `EdDSA`.
     pub fn algorithm(&self) -> &'static str {
-        match self.inner.pair {
-            Pair::Es256(_) => "ES256",
-            Pair::Ed25519(_) => "EdDSA",
-        }
+        self.inner.key.algorithm()
     }
 
     /// The public key as a JWK.
@@ -164,20 +137,8 @@ impl DpopKey {
     /// header carries the public key.
     pub fn sign(&self, claims: &DpopClaims) -> Result<String, DpopKeyError> {
         let header = json!({ "typ": "dpop+jwt", "alg": self.algorithm(), "jwk": self.inner.jwk });
-        let input = format!(
-            "{}.{}",
-            URL_SAFE_NO_PAD.encode(header.to_string()),
-            URL_SAFE_NO_PAD.encode(claims.to_json())
-        );
-        let signature = match &self.inner.pair {
-            Pair::Es256(pair) => pair
-                .sign(&self.inner.rng, input.as_bytes())
-                .map_err(|_| DpopKeyError("signing failed".into()))?
-                .as_ref()
-                .to_vec(),
-            Pair::Ed25519(pair) => pair.sign(input.as_bytes()).as_ref().to_vec(),
-        };
-        Ok(format!("{input}.{}", URL_SAFE_NO_PAD.encode(signature)))
+        jws::compact(&self.inner.key, &self.inner.rng, &header, &claims.to_json())
+            .map_err(|_| DpopKeyError("signing failed".into()))
     }
 
     /// Signs the claims as [`sign`](Self::sign) does, with a new random
@@ -193,10 +154,7 @@ impl DpopKey {
 
     /// 16 random bytes from the system, hex.
     fn fresh_id(&self) -> Result<String, DpopKeyError> {
-        let mut id = [0u8; 16];
-        ring::rand::SecureRandom::fill(&self.inner.rng, &mut id)
-            .map_err(|_| DpopKeyError("no randomness".into()))?;
-        Ok(id.iter().map(|b| format!("{b:02x}")).collect())
+        jws::random_id(&self.inner.rng).map_err(|_| DpopKeyError("no randomness".into()))
     }
 
     /// A proof for a request to a resource server (RFC 9449 §7): `method`

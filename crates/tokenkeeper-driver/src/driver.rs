@@ -54,6 +54,8 @@ pub(crate) enum FetchWith {
         grant: &'static str,
         /// The token URL as logs show it (no query).
         url: String,
+        /// The assertions requests need (RFC 7523), made in the fetch task.
+        assertions: crate::assertion::Assertions,
     },
     /// A custom source, bounded by a timeout.
     Source {
@@ -641,6 +643,7 @@ impl<R: Runtime> Driver<R> {
             dpop,
             grant,
             url,
+            assertions,
         }) = self.keys.get(&key).map(|k| &k.fetch)
         else {
             error!("driver bug: an HTTP request for a custom source");
@@ -659,7 +662,9 @@ impl<R: Runtime> Driver<R> {
             },
             _ => None,
         };
-        let mut request = request.into_http();
+        // Likewise its assertions (RFC 7523), made in the task below:
+        // files and callbacks may block.
+        let (mut request, assertion) = assertions.take(request, &self.runtime);
         if let Some(proof) = proof {
             request.headers_mut().insert("dpop", proof);
         }
@@ -675,6 +680,10 @@ impl<R: Runtime> Driver<R> {
             "fetch",
             async move {
                 debug!("requesting a token");
+                let request = match assertion.complete(request).await {
+                    Ok(request) => request,
+                    Err(error) => return reply.send(Input::FetchFailed { id, error }),
+                };
                 let started = Instant::now();
                 let result = exchange.send(request, max_body).await;
                 let elapsed_ms = started.elapsed().as_millis() as u64;

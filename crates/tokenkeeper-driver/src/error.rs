@@ -35,6 +35,15 @@ pub enum SpawnError {
         /// The last failure, if any attempt had finished.
         last_error: Option<FetchError>,
     },
+    /// The request's JWT assertion (RFC 7523) cannot be made as configured
+    /// (no key for a `private_key_jwt` client, a key that does not fit its
+    /// auth method), or an assertion made elsewhere expired or is not a
+    /// JWT: [`FetchError::Assertion`].
+    #[error("{error}")]
+    Assertion {
+        /// What is wrong.
+        error: FetchError,
+    },
     /// The HTTP client could not be set up.
     #[error(transparent)]
     Http(#[from] HttpSetupError),
@@ -74,14 +83,18 @@ impl SpawnError {
     pub fn is_permanent(&self) -> bool {
         matches!(
             self,
-            SpawnError::Rejected { .. } | SpawnError::Misconfigured { .. }
+            SpawnError::Rejected { .. }
+                | SpawnError::Misconfigured { .. }
+                | SpawnError::Assertion { .. }
         )
     }
 
     /// A permanent fetch error as `spawn` reports it: a misconfiguration
     /// apart from a refusal.
     pub(crate) fn permanent(error: FetchError) -> Self {
-        if error.is_misconfiguration() {
+        if matches!(error, FetchError::Assertion { .. }) {
+            SpawnError::Assertion { error }
+        } else if error.is_misconfiguration() {
             SpawnError::Misconfigured { error }
         } else {
             SpawnError::Rejected { error }
@@ -91,7 +104,9 @@ impl SpawnError {
     /// The fetch error behind this one, if any.
     pub fn fetch_error(&self) -> Option<&FetchError> {
         match self {
-            SpawnError::Rejected { error } | SpawnError::Misconfigured { error } => Some(error),
+            SpawnError::Rejected { error }
+            | SpawnError::Misconfigured { error }
+            | SpawnError::Assertion { error } => Some(error),
             SpawnError::TimedOut { last_error, .. } => last_error.as_ref(),
             _ => None,
         }

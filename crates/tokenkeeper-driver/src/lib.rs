@@ -71,6 +71,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod assertion;
 pub mod attach;
 mod boxed;
 mod builder;
@@ -79,6 +80,7 @@ pub mod dpop;
 mod driver;
 mod error;
 mod http;
+mod jws;
 #[cfg(feature = "metrics")]
 pub mod metrics;
 mod oneshot;
@@ -121,6 +123,8 @@ pub mod prelude {
     };
     // DPoP keys (`dpop::DpopKey`), for `TokenWatcherBuilder::dpop`.
     pub use crate::dpop;
+    // Client assertions and the JWT bearer grant (`assertion::{Assertion, ClientKey}`).
+    pub use crate::assertion;
     pub use tokenkeeper_core as engine;
     pub use tokenkeeper_core::{
         Event, FetchError, Health, HealthReason, RefreshNow, Status, TlsProblem, TokenRecord,

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use tokenkeeper_core::oauth2::OAuth2Client;
 use tokenkeeper_core::{CacheKey, FetchError, RefreshToken, RefresherConfig, TokenGrant};
 
+use crate::assertion::{Assertion, Assertions};
 use crate::boxed::BoxFuture;
 
 /// A source of tokens other than an OAuth2 token endpoint: a cloud metadata
@@ -110,24 +111,27 @@ pub(crate) enum SourceKind {
 /// An [`OAuth2Client`] (client credentials or refresh token grant) converts
 /// into a `Source`, so `TokenWatcher::builder(client)` works directly.
 #[derive(Clone)]
-pub struct Source(pub(crate) SourceKind);
+pub struct Source(pub(crate) SourceKind, pub(crate) Assertions);
 
 impl Source {
     /// Tokens from an OAuth2 token endpoint, requested and read by the
     /// tokenkeeper codec and sent over this crate's HTTP client. Cached
     /// under the client's [`CacheKey`].
     pub fn oauth2(client: OAuth2Client) -> Self {
-        Source(SourceKind::OAuth2(Box::new(client)))
+        Source(SourceKind::OAuth2(Box::new(client)), Assertions::default())
     }
 
     /// Tokens from your own [`TokenSource`], cached under `key` (make one
     /// with [`CacheKey::custom`] naming everything that makes two of your
     /// tokens interchangeable).
     pub fn custom(key: CacheKey, source: impl TokenSource) -> Self {
-        Source(SourceKind::Custom {
-            key,
-            source: Arc::new(source),
-        })
+        Source(
+            SourceKind::Custom {
+                key,
+                source: Arc::new(source),
+            },
+            Assertions::default(),
+        )
     }
 
     /// Tokens from an async closure, cached under `key`. The closure gets the
@@ -154,10 +158,13 @@ impl Source {
 
     /// Tokens from your own [`BlockingTokenSource`], cached under `key`.
     pub fn custom_blocking(key: CacheKey, source: impl BlockingTokenSource) -> Self {
-        Source(SourceKind::Blocking {
-            key,
-            source: Arc::new(source),
-        })
+        Source(
+            SourceKind::Blocking {
+                key,
+                source: Arc::new(source),
+            },
+            Assertions::default(),
+        )
     }
 
     /// Tokens from a closure that blocks, cached under `key`. The closure
@@ -180,6 +187,32 @@ impl Source {
         F: Fn(Option<RefreshToken>) -> Result<TokenGrant, FetchError> + Send + Sync + 'static,
     {
         Self::custom_blocking(key, BlockingFnSource(f))
+    }
+
+    /// Authenticates the client with this assertion (RFC 7523 §2.2), for an
+    /// [`OAuth2Client`] whose auth method is
+    /// [`PrivateKeyJwt`](tokenkeeper_core::oauth2::AuthMethod::PrivateKeyJwt)
+    /// (a private key, an assertion file, a callback) or
+    /// [`ClientSecretJwt`](tokenkeeper_core::oauth2::AuthMethod::ClientSecretJwt)
+    /// (an HMAC key; without one, the client secret keys it). A watcher or
+    /// pool refuses to start with an assertion that does not fit the
+    /// client ([`SpawnError::Assertion`](crate::SpawnError::Assertion)).
+    /// The client's cache key does not change: it names the auth method
+    /// already, and the tokens are the client's whichever of its keys
+    /// signed.
+    pub fn client_assertion(mut self, assertion: Assertion) -> Self {
+        self.1.client = Some(assertion);
+        self
+    }
+
+    /// The assertion of the JWT bearer grant (RFC 7523 §2.1), for an
+    /// [`OAuth2Client::jwt_bearer`] client: a key for a
+    /// [`GrantAssertion::signed`](tokenkeeper_core::oauth2::assertion::GrantAssertion::signed),
+    /// a file or callback for a
+    /// [`GrantAssertion::external`](tokenkeeper_core::oauth2::assertion::GrantAssertion::external).
+    pub fn grant_assertion(mut self, assertion: Assertion) -> Self {
+        self.1.grant = Some(assertion);
+        self
     }
 
     /// The key under which this source's tokens are cached.

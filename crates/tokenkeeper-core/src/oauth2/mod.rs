@@ -1,6 +1,7 @@
 //! The OAuth2 token endpoint codec (RFC 6749, RFC 8707): what to send, and how
 //! to read what comes back. Pure functions over `http` types; no I/O.
 
+pub mod assertion;
 mod base64;
 pub mod dpop;
 mod request;
@@ -31,19 +32,40 @@ pub enum AuthMethod {
     /// Mutual TLS with a self-signed certificate registered with the
     /// authority (RFC 8705 §2.2): `client_id` in the body, no secret.
     SelfSignedTlsClientAuth,
+    /// A JWT signed with the client's private key (RFC 7523 §2.2, OpenID
+    /// Connect Core §9), or an assertion made elsewhere (a platform's
+    /// identity token in a file): `client_id`, `client_assertion_type` and
+    /// `client_assertion` in the body, no secret. The core decides the
+    /// claims ([`assertion`]); the driver holds the key and signs them.
+    PrivateKeyJwt,
+    /// A JWT signed with HMAC SHA-256 keyed by the client secret (OpenID
+    /// Connect Core §9): the secret never travels.
+    ClientSecretJwt,
 }
 
 impl AuthMethod {
     /// The registered name (RFC 8414 `token_endpoint_auth_methods_supported`):
-    /// `client_secret_basic`, `client_secret_post`, `tls_client_auth` or
-    /// `self_signed_tls_client_auth`.
+    /// `client_secret_basic`, `client_secret_post`, `tls_client_auth`,
+    /// `self_signed_tls_client_auth`, `private_key_jwt` or
+    /// `client_secret_jwt`.
     pub fn as_str(self) -> &'static str {
         match self {
             AuthMethod::ClientSecretBasic => "client_secret_basic",
             AuthMethod::ClientSecretPost => "client_secret_post",
             AuthMethod::TlsClientAuth => "tls_client_auth",
             AuthMethod::SelfSignedTlsClientAuth => "self_signed_tls_client_auth",
+            AuthMethod::PrivateKeyJwt => "private_key_jwt",
+            AuthMethod::ClientSecretJwt => "client_secret_jwt",
         }
+    }
+
+    /// Whether the client authenticates with a JWT assertion (RFC 7523
+    /// §2.2), which the driver must supply.
+    pub fn uses_assertion(self) -> bool {
+        matches!(
+            self,
+            AuthMethod::PrivateKeyJwt | AuthMethod::ClientSecretJwt
+        )
     }
 
     /// Whether the client authenticates with its TLS certificate (RFC 8705),
@@ -64,6 +86,10 @@ pub enum GrantType {
     ClientCredentials,
     /// `refresh_token` (RFC 6749 §6).
     RefreshToken,
+    /// `urn:ietf:params:oauth:grant-type:jwt-bearer` (RFC 7523 §2.1): a JWT
+    /// assertion, described by a [`GrantAssertion`](assertion::GrantAssertion),
+    /// is exchanged for a token for its subject.
+    JwtBearer,
 }
 
 impl GrantType {
@@ -72,6 +98,7 @@ impl GrantType {
         match self {
             GrantType::ClientCredentials => "client_credentials",
             GrantType::RefreshToken => "refresh_token",
+            GrantType::JwtBearer => assertion::JWT_BEARER_GRANT_TYPE,
         }
     }
 }
@@ -234,6 +261,10 @@ pub struct OAuth2Client {
     /// The JWK SHA-256 thumbprint (`jkt`, RFC 7638) of the DPoP key the
     /// driver signs proofs with, when tokens are DPoP-bound (RFC 9449).
     pub(crate) dpop_jkt: Option<String>,
+    /// How client assertions are made, for the assertion auth methods.
+    pub(crate) client_assertion: assertion::ClientAssertionSettings,
+    /// The assertion of the JWT bearer grant.
+    pub(crate) grant_assertion: Option<assertion::GrantAssertion>,
 }
 
 /// Extra parameters may carry credentials (a client assertion, say): `Debug`
@@ -254,11 +285,13 @@ impl std::fmt::Debug for OAuth2Client {
             .field("max_body_bytes", &self.max_body_bytes)
             .field("certificate_thumbprint", &self.certificate_thumbprint)
             .field("dpop_jkt", &self.dpop_jkt)
+            .field("client_assertion", &self.client_assertion)
+            .field("grant_assertion", &self.grant_assertion)
             .finish()
     }
 }
 
-const RESERVED: [&str; 7] = [
+const RESERVED: [&str; 10] = [
     "grant_type",
     "client_id",
     "client_secret",
@@ -266,6 +299,9 @@ const RESERVED: [&str; 7] = [
     "scope",
     "audience",
     "resource",
+    "client_assertion",
+    "client_assertion_type",
+    "assertion",
 ];
 
 impl OAuth2Client {
@@ -300,7 +336,46 @@ impl OAuth2Client {
         ))
     }
 
-    /// A client from parts.
+    /// A client-credentials client that authenticates with `private_key_jwt`
+    /// (RFC 7523 §2.2): no secret; the driver signs each request's assertion
+    /// with the client's key, or takes one made elsewhere (a file, a
+    /// callback). See [`assertion`].
+    pub fn private_key_jwt(
+        token_url: impl AsRef<str>,
+        client_id: ClientId,
+    ) -> Result<Self, ConfigError> {
+        Ok(Self::new(
+            TokenUrl::parse(token_url.as_ref(), false)?,
+            client_id,
+            None,
+            GrantType::ClientCredentials,
+        )
+        .auth_method(AuthMethod::PrivateKeyJwt))
+    }
+
+    /// A JWT bearer grant client (RFC 7523 §2.1): each request exchanges
+    /// the assertion `assertion` describes (signed by the driver, or made
+    /// elsewhere) for a token for its subject. The client does not
+    /// authenticate unless told to ([`with_client_secret`](Self::with_client_secret),
+    /// or [`auth_method`](Self::auth_method) with an assertion method); it
+    /// sends its id.
+    pub fn jwt_bearer(
+        token_url: impl AsRef<str>,
+        client_id: ClientId,
+        assertion: assertion::GrantAssertion,
+    ) -> Result<Self, ConfigError> {
+        let mut client = Self::new(
+            TokenUrl::parse(token_url.as_ref(), false)?,
+            client_id,
+            None,
+            GrantType::JwtBearer,
+        );
+        client.grant_assertion = Some(assertion);
+        Ok(client)
+    }
+
+    /// A client from parts. A [`GrantType::JwtBearer`] client made here
+    /// needs [`grant_assertion`](Self::grant_assertion).
     pub fn new(
         token_url: TokenUrl,
         client_id: ClientId,
@@ -320,7 +395,67 @@ impl OAuth2Client {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             certificate_thumbprint: None,
             dpop_jkt: None,
+            client_assertion: assertion::ClientAssertionSettings::default(),
+            grant_assertion: None,
         }
+    }
+
+    /// Sets the client secret (for `client_secret_*` methods on a client
+    /// made without one, such as a JWT bearer grant client).
+    pub fn with_client_secret(mut self, secret: ClientSecret) -> Self {
+        self.client_secret = Some(secret);
+        self
+    }
+
+    /// The client secret, if any: a driver keys `client_secret_jwt`
+    /// assertions with it.
+    pub fn get_client_secret(&self) -> Option<&ClientSecret> {
+        self.client_secret.as_ref()
+    }
+
+    /// How client assertions are made, for [`AuthMethod::PrivateKeyJwt`] and
+    /// [`AuthMethod::ClientSecretJwt`]: their audience and lifetime.
+    pub fn client_assertion_settings(
+        mut self,
+        settings: assertion::ClientAssertionSettings,
+    ) -> Self {
+        self.client_assertion = settings;
+        self
+    }
+
+    /// The settings of client assertions.
+    pub fn get_client_assertion_settings(&self) -> &assertion::ClientAssertionSettings {
+        &self.client_assertion
+    }
+
+    /// Sets what the JWT bearer grant's assertion is (for a client made with
+    /// [`OAuth2Client::new`]).
+    pub fn grant_assertion(mut self, assertion: assertion::GrantAssertion) -> Self {
+        self.grant_assertion = Some(assertion);
+        self
+    }
+
+    /// The JWT bearer grant's assertion, for that grant.
+    pub fn get_grant_assertion(&self) -> Option<&assertion::GrantAssertion> {
+        self.grant_assertion.as_ref()
+    }
+
+    /// What the cache key needs beyond the URL, id, grant and parameters:
+    /// how the client authenticates when it does so with an assertion, and
+    /// whom a JWT bearer grant's assertion is about (the token is theirs).
+    /// Never a secret or an assertion. Empty for other clients, so that
+    /// their keys stay what earlier versions derived.
+    pub(crate) fn assertion_key_parts(&self) -> Vec<serde_json::Value> {
+        let mut parts = Vec::new();
+        if self.auth_method.uses_assertion() {
+            parts.push(serde_json::json!({ "auth": self.auth_method.as_str() }));
+        }
+        if self.grant == GrantType::JwtBearer
+            && let Some(assertion) = &self.grant_assertion
+        {
+            parts.push(assertion.key_part());
+        }
+        parts
     }
 
     /// Re-parses the token URL allowing plain http to any host. Only for
@@ -601,12 +736,12 @@ mod tests {
             ClientSecret::new("the-client-secret"),
         )
         .unwrap()
-        .extra_param("client_assertion", "signed-jwt-value")
+        .extra_param("api_key", "signed-jwt-value")
         .unwrap();
         let shown = format!("{c:?}");
         assert!(!shown.contains("the-client-secret"), "{shown}");
         assert!(!shown.contains("signed-jwt-value"), "{shown}");
-        assert!(shown.contains("client_assertion"), "{shown}");
+        assert!(shown.contains("api_key"), "{shown}");
 
         let keyed = OAuth2Client::client_credentials(
             "https://a.example:8443/t?api_key=the-url-key",

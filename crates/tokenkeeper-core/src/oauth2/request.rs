@@ -7,6 +7,7 @@ use http::{HeaderValue, Method, Request};
 use url::form_urlencoded;
 use zeroize::Zeroize;
 
+use super::assertion::{AssertionTemplate, CLIENT_ASSERTION_TYPE};
 use super::dpop::DpopClaims;
 use super::{AuthMethod, GrantType, OAuth2Client, base64};
 use crate::error::FetchError;
@@ -18,9 +19,29 @@ use crate::secret::RefreshToken;
 pub struct TokenRequest {
     inner: Request<Vec<u8>>,
     dpop: Option<DpopClaims>,
+    client_assertion: Option<AssertionTemplate>,
+    grant_assertion: Option<AssertionTemplate>,
 }
 
 impl TokenRequest {
+    /// What the client assertion this request must carry claims, for a
+    /// client that authenticates with one (`private_key_jwt`,
+    /// `client_secret_jwt`): the body already holds `client_id` and
+    /// `client_assertion_type`; the driver completes the claims
+    /// ([`AssertionTemplate::claims_at`], with its clock and a random id),
+    /// signs them (or takes an assertion made elsewhere) and adds it with
+    /// [`add_client_assertion`](super::assertion::add_client_assertion).
+    pub fn client_assertion(&self) -> Option<&AssertionTemplate> {
+        self.client_assertion.as_ref()
+    }
+
+    /// What the JWT bearer grant's assertion claims (for an external one:
+    /// only its audience and lifetime mean anything); the driver adds it
+    /// with [`add_grant_assertion`](super::assertion::add_grant_assertion).
+    pub fn grant_assertion(&self) -> Option<&AssertionTemplate> {
+        self.grant_assertion.as_ref()
+    }
+
     /// The claims of the DPoP proof this request must carry (RFC 9449), for
     /// a DPoP-bound client: the driver signs them and sends the proof in
     /// the `DPoP` header.
@@ -57,6 +78,8 @@ impl fmt::Debug for TokenRequest {
             .field("uri", &RedactedUri(self.inner.uri()))
             .field("body_len", &self.inner.body().len())
             .field("dpop", &self.dpop.is_some())
+            .field("client_assertion", &self.client_assertion.is_some())
+            .field("grant_assertion", &self.grant_assertion.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -101,6 +124,19 @@ pub(super) fn build(
         let rt = refresh_token.ok_or(FetchError::NoRefreshToken)?;
         form.append_pair("refresh_token", rt.expose_secret());
     }
+    let grant_assertion = match (client.grant, &client.grant_assertion) {
+        (GrantType::JwtBearer, Some(assertion)) => {
+            Some(assertion.template(client.token_url.as_str()))
+        }
+        (GrantType::JwtBearer, None) => {
+            return Err(FetchError::Assertion {
+                problem: super::assertion::AssertionProblem::Misconfigured,
+                message: "the JWT bearer grant needs a GrantAssertion".into(),
+            });
+        }
+        _ => None,
+    };
+    let mut client_assertion = None;
     if let Some(scope) = &client.scope {
         form.append_pair("scope", scope);
     }
@@ -118,6 +154,17 @@ pub(super) fn build(
         // The TLS connection authenticates; the secret, if any, stays here.
         (_, AuthMethod::TlsClientAuth | AuthMethod::SelfSignedTlsClientAuth) => {
             form.append_pair("client_id", client.client_id.as_str());
+        }
+        // A JWT authenticates, which the driver adds; the secret (the HMAC
+        // key of client_secret_jwt) never travels.
+        (_, AuthMethod::PrivateKeyJwt | AuthMethod::ClientSecretJwt) => {
+            form.append_pair("client_id", client.client_id.as_str());
+            form.append_pair("client_assertion_type", CLIENT_ASSERTION_TYPE);
+            client_assertion = Some(
+                client
+                    .client_assertion
+                    .template(client.client_id.as_str(), client.token_url.as_str()),
+            );
         }
         (Some(secret), AuthMethod::ClientSecretBasic) => {
             let mut pair = format!(
@@ -156,7 +203,12 @@ pub(super) fn build(
     let inner = builder.body(body).map_err(|e| FetchError::Transport {
         message: format!("could not build the request: {e}"),
     })?;
-    Ok(TokenRequest { inner, dpop: None })
+    Ok(TokenRequest {
+        inner,
+        dpop: None,
+        client_assertion,
+        grant_assertion,
+    })
 }
 
 #[cfg(test)]

@@ -175,12 +175,42 @@ impl<F: Flavor> Adapter for Conformance<F> {
         if let Some(path) = spec.cache_file {
             builder = builder.file_cache(path);
         }
+        if let Some(assertion) = spec.client_assertion {
+            builder = builder.client_assertion(assertion_of(assertion));
+        }
+        if let Some(assertion) = spec.grant_assertion {
+            builder = builder.grant_assertion(assertion_of(assertion));
+        }
         F::block_on(builder.spawn())
             .map(ConfWatcher)
             .map_err(|e| SpawnFailure {
                 permanent: e.is_permanent(),
                 message: e.to_string(),
             })
+    }
+}
+
+/// A conformance spec's assertion as the driver's: a key from PEM (with its key id and
+/// algorithm), or a file.
+pub(crate) fn assertion_of(
+    spec: tokenkeeper_testkit::conformance::AssertionSpec,
+) -> tokenkeeper_driver::assertion::Assertion {
+    use tokenkeeper_driver::assertion::{Algorithm, Assertion, ClientKey};
+    use tokenkeeper_testkit::conformance::AssertionSpec;
+    match spec {
+        AssertionSpec::Signed { pem, kid, alg } => {
+            let mut key = ClientKey::from_pem(pem.as_bytes()).expect("a private key");
+            if let Some(alg) = alg {
+                let alg = Algorithm::from_name(&alg).expect("a known algorithm");
+                key = key.with_algorithm(alg).expect("an algorithm of the key");
+            }
+            if let Some(kid) = kid {
+                key = key.with_key_id(kid);
+            }
+            Assertion::signed(key)
+        }
+        AssertionSpec::File(path) => Assertion::file(path),
+        other => panic!("an assertion spec this adapter does not know: {other:?}"),
     }
 }
 

@@ -55,6 +55,43 @@ pub struct WatcherSpec {
     pub first_token_timeout: Duration,
     /// What to trust and present over HTTPS; `None` over plain HTTP.
     pub tls: Option<TlsSpec>,
+    /// The client's assertion (RFC 7523 §2.2), for a client whose auth method is
+    /// `PrivateKeyJwt` (a `ClientSecretJwt` client signs with its secret by itself).
+    pub client_assertion: Option<AssertionSpec>,
+    /// The JWT bearer grant's assertion (RFC 7523 §2.1), for a `jwt_bearer` client.
+    pub grant_assertion: Option<AssertionSpec>,
+}
+
+/// Where a [`WatcherSpec`]'s assertion comes from. Adapters map it onto theirs (a signed
+/// assertion with a key from this PEM, or an assertion file).
+#[derive(Clone)]
+#[non_exhaustive]
+pub enum AssertionSpec {
+    /// Signed by the adapter with this PEM private key, naming `kid`, with `alg` (`RS256`,
+    /// `PS256`, ... ; `None`: the key's own).
+    Signed {
+        /// The private key, PEM.
+        pem: zeroize::Zeroizing<String>,
+        /// The key id of the JWS header.
+        kid: Option<String>,
+        /// The algorithm, when the key has more than one.
+        alg: Option<String>,
+    },
+    /// Read from this file before every request.
+    File(PathBuf),
+}
+
+impl std::fmt::Debug for AssertionSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AssertionSpec::Signed { kid, alg, .. } => f
+                .debug_struct("AssertionSpec::Signed")
+                .field("kid", kid)
+                .field("alg", alg)
+                .finish_non_exhaustive(),
+            AssertionSpec::File(path) => f.debug_tuple("AssertionSpec::File").field(path).finish(),
+        }
+    }
 }
 
 /// The TLS side of a [`WatcherSpec`]: extra roots to trust, and a client certificate to
@@ -176,10 +213,12 @@ use tokenkeeper_core::cache::decode_record;
 use tokenkeeper_core::oauth2::{AuthMethod as CoreAuthMethod, TokenUrl};
 use tokenkeeper_core::{ClientId, ClientSecret, FetchError, RefresherConfig};
 
+use crate::authority::assertion::{public_jwk_from_pem, sign_test_assertion};
 use crate::authority::{
     Authority, Client, ClientAuth, Fault, PresentedAuth, RetryAfter, TlsSettings,
 };
 use crate::pki::{Identity, IdentityFiles, Pki};
+use tokenkeeper_core::oauth2::assertion::GrantAssertion;
 
 const CLIENT_ID: &str = "conformance-client";
 const CLIENT_SECRET: &str = "conformance-secret-5f2a9c";
@@ -241,6 +280,8 @@ impl Fixture {
             request_timeout: Duration::from_secs(2),
             first_token_timeout: Duration::from_secs(10),
             tls: self.tls(),
+            client_assertion: None,
+            grant_assertion: None,
         }
     }
 
@@ -643,6 +684,8 @@ pub fn child_main<A: Adapter>() {
         request_timeout: Duration::from_secs(5),
         first_token_timeout: Duration::from_secs(30),
         tls: (!ca_file.is_empty()).then(|| TlsSpec::trusting_file(ca_file)),
+        client_assertion: None,
+        grant_assertion: None,
     };
     let w = spawn_ok::<A>(spec);
     println!("TOKEN={}", access(&w).unwrap_or_default());
@@ -841,6 +884,373 @@ pub fn bad_answers<A: Adapter>() {
     }
 }
 
+const ASSERTION_CLIENT_ID: &str = "conformance-assertion-client";
+
+/// The requests of the log for the token endpoint, in order.
+fn token_requests(authority: &Authority) -> Vec<crate::authority::RequestRecord> {
+    authority
+        .requests()
+        .into_iter()
+        .filter(|record| record.path == "/token")
+        .collect()
+}
+
+/// A `private_key_jwt` client of `fx`'s authority, whose key (PEM) is registered with the id
+/// `kid`, and its spec.
+fn private_key_jwt_spec(fx: &Fixture, pem: &str, kid: &str, alg: Option<&str>) -> WatcherSpec {
+    let mut jwk = public_jwk_from_pem(pem).expect("a public key");
+    jwk["kid"] = serde_json::json!(kid);
+    fx.authority.register_client(
+        Client::private_key_jwt(ASSERTION_CLIENT_ID, jwk).token_lifetime(Duration::from_secs(300)),
+    );
+    let client =
+        OAuth2Client::private_key_jwt(fx.authority.token_url(), ClientId::new(ASSERTION_CLIENT_ID))
+            .expect("a loopback token URL");
+    let mut spec = fx.spec();
+    spec.client = client;
+    spec.client_assertion = Some(AssertionSpec::Signed {
+        pem: zeroize::Zeroizing::new(pem.to_owned()),
+        kid: Some(kid.to_owned()),
+        alg: alg.map(str::to_owned),
+    });
+    spec
+}
+
+/// Asserts that every token request authenticated with a client assertion of `alg` and `kid`,
+/// sent no secret, and that no two carried the same `jti`.
+fn assert_assertion_auth<A: Adapter>(authority: &Authority, alg: &str, kid: Option<&str>) {
+    let log = token_requests(authority);
+    assert!(!log.is_empty(), "{}", A::NAME);
+    let mut ids = std::collections::HashSet::new();
+    for record in &log {
+        assert_eq!(
+            record.auth,
+            PresentedAuth::Assertion,
+            "{}: {record:?}",
+            A::NAME
+        );
+        assert!(record.authenticated, "{}: {record:?}", A::NAME);
+        let presented = record
+            .client_assertion
+            .as_ref()
+            .expect("a client assertion");
+        assert_eq!(presented.alg, alg, "{}", A::NAME);
+        assert_eq!(presented.kid.as_deref(), kid, "{}", A::NAME);
+        assert_eq!(presented.iss.as_deref(), Some(ASSERTION_CLIENT_ID));
+        let jti = presented.jti.clone().expect("a jti");
+        assert!(
+            ids.insert(jti),
+            "{}: a jti was sent twice: {log:?}",
+            A::NAME
+        );
+    }
+}
+
+/// `private_key_jwt` (RFC 7523 §2.2) with an ES256 key and an RS256 key (PKCS#1 PEM): every
+/// request carries a fresh assertion the authority verifies (signature, `kid`, `iss`, `sub`,
+/// `aud`, `exp`, `jti` never seen), a forced refresh sends a new one, and a key the authority
+/// does not know is a permanent `invalid_client`.
+pub fn private_key_jwt<A: Adapter>() {
+    let es256 =
+        crate::authority::dpop::private_key_pem(crate::authority::dpop::KeyAlgorithm::Es256)
+            .expect("a P-256 key");
+    for (pem, alg, given) in [
+        (es256.as_str(), "ES256", None),
+        (
+            crate::authority::assertion::rsa_keys::B_PKCS1,
+            "RS256",
+            None,
+        ),
+        (
+            crate::authority::assertion::rsa_keys::A_PKCS8,
+            "PS256",
+            Some("PS256"),
+        ),
+    ] {
+        let fx = Fixture::new(Duration::from_secs(300));
+        let spec = private_key_jwt_spec(&fx, pem, "key-1", given);
+        let w = spawn_ok::<A>(spec.clone());
+        let first = access(&w);
+        assert_eq!(first, fx.authority.last_access_token(), "{}", A::NAME);
+        assert!(matches!(
+            w.refresh_now(),
+            RefreshNow::Started | RefreshNow::Joined
+        ));
+        assert!(
+            replaced(&w, &first, Duration::from_secs(3)),
+            "{}: no forced refresh",
+            A::NAME
+        );
+        assert_assertion_auth::<A>(&fx.authority, alg, Some("key-1"));
+        assert_transport(&fx);
+        w.shutdown();
+
+        // Registered under another key: refused for good, and the message says so.
+        let other =
+            crate::authority::dpop::private_key_pem(crate::authority::dpop::KeyAlgorithm::Es256)
+                .expect("a P-256 key");
+        let mut jwk = public_jwk_from_pem(&other).expect("a public key");
+        jwk["kid"] = serde_json::json!("key-1");
+        fx.authority
+            .register_client(Client::private_key_jwt(ASSERTION_CLIENT_ID, jwk));
+        match A::spawn(spec) {
+            Ok(_) => panic!(
+                "{}: an assertion signed with an unknown key was accepted",
+                A::NAME
+            ),
+            Err(e) => assert!(
+                e.permanent && e.message.contains("invalid_client"),
+                "{}: {e:?}",
+                A::NAME
+            ),
+        }
+    }
+}
+
+/// `client_secret_jwt`: HS256 assertions keyed by the client secret, which never travels.
+pub fn client_secret_jwt<A: Adapter>() {
+    let fx = Fixture::new(Duration::from_secs(300));
+    let secret = "conformance-hmac-secret-0b7d41";
+    fx.authority
+        .register_client(Client::client_secret_jwt(ASSERTION_CLIENT_ID, secret));
+    let mut spec = fx.spec();
+    spec.client = OAuth2Client::client_credentials(
+        fx.authority.token_url(),
+        ClientId::new(ASSERTION_CLIENT_ID),
+        ClientSecret::new(secret),
+    )
+    .expect("a loopback token URL")
+    .auth_method(CoreAuthMethod::ClientSecretJwt);
+    let w = spawn_ok::<A>(spec.clone());
+    let first = access(&w);
+    assert!(matches!(
+        w.refresh_now(),
+        RefreshNow::Started | RefreshNow::Joined
+    ));
+    assert!(replaced(&w, &first, Duration::from_secs(3)), "{}", A::NAME);
+    assert_assertion_auth::<A>(&fx.authority, "HS256", None);
+    w.shutdown();
+    // Another secret signs assertions the authority refuses.
+    spec.client = OAuth2Client::client_credentials(
+        fx.authority.token_url(),
+        ClientId::new(ASSERTION_CLIENT_ID),
+        ClientSecret::new("not-the-secret"),
+    )
+    .expect("a loopback token URL")
+    .auth_method(CoreAuthMethod::ClientSecretJwt);
+    match A::spawn(spec) {
+        Ok(_) => panic!("{}: a wrong HMAC key was accepted", A::NAME),
+        Err(e) => {
+            assert!(
+                e.permanent && e.message.contains("invalid_client"),
+                "{}: {e:?}",
+                A::NAME
+            );
+            assert!(!e.message.contains("not-the-secret"), "{e:?}");
+        }
+    }
+}
+
+/// The JWT bearer grant (RFC 7523 §2.1) with an assertion the adapter signs: the token is
+/// issued for the assertion's subject, each request carries a new assertion, and two subjects
+/// are cached apart.
+pub fn jwt_bearer_grant<A: Adapter>() {
+    let fx = Fixture::new(Duration::from_secs(300));
+    let issuer = "https://issuer.conformance.example";
+    let pem = crate::authority::dpop::private_key_pem(crate::authority::dpop::KeyAlgorithm::EdDsa)
+        .expect("an Ed25519 key");
+    fx.authority
+        .register_assertion_issuer(issuer, public_jwk_from_pem(&pem).expect("a public key"));
+    let client = |subject: &str| {
+        OAuth2Client::jwt_bearer(
+            fx.authority.token_url(),
+            ClientId::new(ASSERTION_CLIENT_ID),
+            GrantAssertion::signed(issuer, subject),
+        )
+        .expect("a loopback token URL")
+        .scope("read")
+    };
+    let mut spec = fx.spec();
+    spec.client = client("alice");
+    spec.grant_assertion = Some(AssertionSpec::Signed {
+        pem: pem.clone(),
+        kid: None,
+        alg: None,
+    });
+    let w = spawn_ok::<A>(spec.clone());
+    let token = access(&w).expect("a token");
+    let issued = fx.authority.issued_tokens();
+    let last = issued.last().expect("an issued token");
+    assert_eq!(
+        (last.access_token.as_str(), last.subject.as_str()),
+        (token.as_str(), "alice")
+    );
+    assert_eq!(
+        last.grant_type,
+        "urn:ietf:params:oauth:grant-type:jwt-bearer"
+    );
+    let first = Some(token);
+    assert!(matches!(
+        w.refresh_now(),
+        RefreshNow::Started | RefreshNow::Joined
+    ));
+    assert!(replaced(&w, &first, Duration::from_secs(3)), "{}", A::NAME);
+    let log = token_requests(&fx.authority);
+    let ids: std::collections::HashSet<_> = log
+        .iter()
+        .map(|r| {
+            r.grant_assertion
+                .as_ref()
+                .and_then(|a| a.jti.clone())
+                .expect("a jti")
+        })
+        .collect();
+    assert_eq!(ids.len(), log.len(), "{}: {log:?}", A::NAME);
+    assert!(log.iter().all(|r| {
+        r.grant_assertion
+            .as_ref()
+            .is_some_and(|a| a.alg == "EdDSA" && a.refused.is_none())
+    }));
+    w.shutdown();
+    assert_ne!(
+        RefresherConfig::oauth2(client("alice")).cache_key(),
+        RefresherConfig::oauth2(client("bob")).cache_key()
+    );
+    // An issuer the authority does not know: invalid_grant, permanent.
+    spec.client = OAuth2Client::jwt_bearer(
+        fx.authority.token_url(),
+        ClientId::new(ASSERTION_CLIENT_ID),
+        GrantAssertion::signed("https://unknown.example", "alice"),
+    )
+    .expect("a loopback token URL");
+    match A::spawn(spec) {
+        Ok(_) => panic!("{}: an unknown issuer was accepted", A::NAME),
+        Err(e) => assert!(
+            e.permanent && e.message.contains("invalid_grant"),
+            "{}: {e:?}",
+            A::NAME
+        ),
+    }
+}
+
+/// Writes `text` to `path` as the kubelet does: a new file renamed over the old one.
+fn replace_file(path: &std::path::Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).expect("the new assertion file");
+    std::fs::rename(&tmp, path).expect("the rename");
+}
+
+/// An assertion made elsewhere (a Kubernetes projected token, say) read from a file before
+/// every request: a file replaced atomically between refreshes makes the next request carry
+/// the new assertion; sending the same assertion twice is refused as a replay (and the last
+/// token is kept); an expired assertion is a permanent, typed error before any request.
+pub fn assertion_file_rotation<A: Adapter>() {
+    let fx = Fixture::new(Duration::from_secs(300));
+    let pem = crate::authority::dpop::private_key_pem(crate::authority::dpop::KeyAlgorithm::Es256)
+        .expect("a P-256 key");
+    let mut jwk = public_jwk_from_pem(&pem).expect("a public key");
+    jwk["kid"] = serde_json::json!("platform-1");
+    fx.authority.register_client(
+        Client::private_key_jwt(ASSERTION_CLIENT_ID, jwk).token_lifetime(Duration::from_secs(300)),
+    );
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    let made = |jti: &str, exp: u64| {
+        sign_test_assertion(
+            &pem,
+            Some("platform-1"),
+            &serde_json::json!({
+                "iss": ASSERTION_CLIENT_ID, "sub": ASSERTION_CLIENT_ID,
+                "aud": fx.authority.token_url(), "iat": now, "exp": exp, "jti": jti,
+            }),
+        )
+        .expect("a signed assertion")
+    };
+    let path = fx.dir.path().join("token");
+    replace_file(&path, &made("projected-1", now + 600));
+    let mut spec = fx.spec();
+    spec.client =
+        OAuth2Client::private_key_jwt(fx.authority.token_url(), ClientId::new(ASSERTION_CLIENT_ID))
+            .expect("a loopback token URL");
+    spec.client_assertion = Some(AssertionSpec::File(path.clone()));
+    let w = spawn_ok::<A>(spec.clone());
+    let first = access(&w);
+    let jti_of = |record: &crate::authority::RequestRecord| {
+        record.client_assertion.as_ref().and_then(|a| a.jti.clone())
+    };
+    assert_eq!(
+        token_requests(&fx.authority)
+            .iter()
+            .map(jti_of)
+            .collect::<Vec<_>>(),
+        [Some("projected-1".to_owned())]
+    );
+
+    // The same file again: the authority refuses the replay; the token stays.
+    assert!(matches!(
+        w.refresh_now(),
+        RefreshNow::Started | RefreshNow::Joined
+    ));
+    assert!(
+        eventually(Duration::from_secs(3), || token_requests(&fx.authority)
+            .len()
+            == 2
+            && w.status().consecutive_failures >= 1),
+        "{}: {:?}",
+        A::NAME,
+        fx.authority.requests()
+    );
+    let replay = token_requests(&fx.authority)[1].clone();
+    assert_eq!(jti_of(&replay).as_deref(), Some("projected-1"));
+    assert!(
+        matches!(
+            replay
+                .client_assertion
+                .as_ref()
+                .and_then(|a| a.refused.clone()),
+            Some(crate::authority::AssertionError::Replayed(_))
+        ),
+        "{replay:?}"
+    );
+    assert_eq!(access(&w), first, "{}: the last token is kept", A::NAME);
+
+    // Rotated underneath: the next request carries the new assertion.
+    replace_file(&path, &made("projected-2", now + 600));
+    std::thread::sleep(Duration::from_millis(1100));
+    assert!(matches!(
+        w.refresh_now(),
+        RefreshNow::Started | RefreshNow::Joined | RefreshNow::RateLimited { .. }
+    ));
+    assert!(
+        replaced(&w, &first, Duration::from_secs(5)),
+        "{}: {:?}",
+        A::NAME,
+        fx.authority.requests()
+    );
+    let last = token_requests(&fx.authority)
+        .last()
+        .cloned()
+        .expect("a request");
+    assert_eq!(jti_of(&last).as_deref(), Some("projected-2"), "{}", A::NAME);
+    assert!(last.authenticated);
+    w.shutdown();
+
+    // Expired: a typed, permanent error, and no request.
+    replace_file(&path, &made("projected-3", now - 3600));
+    let before = fx.authority.request_count();
+    match A::spawn(spec) {
+        Ok(_) => panic!("{}: an expired assertion started a watcher", A::NAME),
+        Err(e) => assert!(
+            e.permanent && e.message.contains("expired"),
+            "{}: {e:?}",
+            A::NAME
+        ),
+    }
+    assert_eq!(fx.authority.request_count(), before, "{}", A::NAME);
+}
+
 const MTLS_CLIENT_ID: &str = "conformance-mtls-client";
 
 /// A client-credentials client without a secret, authenticating with `method`.
@@ -868,6 +1278,8 @@ fn plain_spec(client: OAuth2Client) -> WatcherSpec {
         request_timeout: Duration::from_secs(2),
         first_token_timeout: Duration::from_secs(10),
         tls: None,
+        client_assertion: None,
+        grant_assertion: None,
     }
 }
 
@@ -1079,6 +1491,22 @@ macro_rules! conformance_tests {
             #[test]
             fn conformance_bad_answers() {
                 over($crate::conformance::bad_answers::<$adapter>);
+            }
+            #[test]
+            fn conformance_private_key_jwt() {
+                over($crate::conformance::private_key_jwt::<$adapter>);
+            }
+            #[test]
+            fn conformance_client_secret_jwt() {
+                over($crate::conformance::client_secret_jwt::<$adapter>);
+            }
+            #[test]
+            fn conformance_jwt_bearer_grant() {
+                over($crate::conformance::jwt_bearer_grant::<$adapter>);
+            }
+            #[test]
+            fn conformance_assertion_file_rotation() {
+                over($crate::conformance::assertion_file_rotation::<$adapter>);
             }
             #[test]
             #[ignore = "helper process of conformance_cross_process_single_flight"]

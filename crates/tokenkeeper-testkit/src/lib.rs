@@ -31,10 +31,11 @@ pub mod resource;
 mod server_thread;
 
 pub use authority::{
-    AuthMethod, Authority, AuthorityBuilder, Client, ClientAuth, DEFAULT_MAX_REQUEST_BODY,
-    DEFAULT_TOKEN_LIFETIME, DpopCheck, DpopError, DpopNonces, DpopProof, DpopVerdict, Fault,
-    IssuedToken, Outcome, PresentedAuth, PresentedCertificate, RequestRecord, RetryAfter,
-    TlsFailure, TlsSession, TlsSettings, TlsVersion, format_http_date,
+    AssertionError, AuthMethod, Authority, AuthorityBuilder, Client, ClientAuth,
+    DEFAULT_MAX_REQUEST_BODY, DEFAULT_TOKEN_LIFETIME, DpopCheck, DpopError, DpopNonces, DpopProof,
+    DpopVerdict, Fault, IssuedToken, Outcome, PresentedAssertion, PresentedAuth,
+    PresentedCertificate, RequestRecord, RetryAfter, TlsFailure, TlsSession, TlsSettings,
+    TlsVersion, format_http_date,
 };
 pub use proxy::{ProxiedRequest, RecordingProxy, RecordingProxyBuilder};
 pub use redis_server::RedisServer;

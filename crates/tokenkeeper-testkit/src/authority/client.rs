@@ -23,6 +23,14 @@ pub enum AuthMethod {
     /// a connection that presented a certificate whose `x5t#S256` thumbprint is registered with
     /// [`Client::certificate_thumbprint`]. The certificate need not chain anywhere.
     SelfSignedTlsClientAuth,
+    /// `private_key_jwt` (RFC 7523 §2.2): `client_assertion_type` and a `client_assertion`
+    /// signed (RS256, PS256, ES256 or EdDSA) with a key registered with
+    /// [`Client::public_key`], `iss` and `sub` the client id, `aud` the token endpoint or the
+    /// issuer, a near `exp` and a `jti` never seen before.
+    PrivateKeyJwt,
+    /// `client_secret_jwt`: as [`PrivateKeyJwt`](AuthMethod::PrivateKeyJwt), signed with HS256
+    /// keyed by the client secret.
+    ClientSecretJwt,
 }
 
 impl AuthMethod {
@@ -34,6 +42,8 @@ impl AuthMethod {
             AuthMethod::Post => "client_secret_post",
             AuthMethod::TlsClientAuth => "tls_client_auth",
             AuthMethod::SelfSignedTlsClientAuth => "self_signed_tls_client_auth",
+            AuthMethod::PrivateKeyJwt => "private_key_jwt",
+            AuthMethod::ClientSecretJwt => "client_secret_jwt",
         }
     }
 
@@ -75,6 +85,8 @@ pub struct Client {
     pub(crate) extra_fields: Map<String, Value>,
     pub(crate) thumbprints: Vec<String>,
     pub(crate) require_dpop: bool,
+    /// Public JWKs for `private_key_jwt`.
+    pub(crate) public_keys: Vec<Value>,
 }
 
 impl Client {
@@ -91,7 +103,30 @@ impl Client {
             extra_fields: Map::new(),
             thumbprints: Vec::new(),
             require_dpop: false,
+            public_keys: Vec::new(),
         }
+    }
+
+    /// A client authenticating with `private_key_jwt` (RFC 7523 §2.2) with the key of this
+    /// public JWK (see [`public_jwk_from_pem`](crate::authority::assertion::public_jwk_from_pem));
+    /// more can be registered with [`Client::public_key`]. A `kid` in the JWK must match the
+    /// assertion's; an `alg` in it restricts the key to that algorithm.
+    pub fn private_key_jwt(id: impl Into<String>, public_jwk: Value) -> Client {
+        Client::new(id, "")
+            .auth_method(AuthMethod::PrivateKeyJwt)
+            .public_key(public_jwk)
+    }
+
+    /// A client authenticating with `client_secret_jwt`: HS256 assertions keyed by `secret`.
+    pub fn client_secret_jwt(id: impl Into<String>, secret: impl Into<String>) -> Client {
+        Client::new(id, secret).auth_method(AuthMethod::ClientSecretJwt)
+    }
+
+    /// Registers a public JWK the client's assertions may be signed with, as a registered JWK
+    /// set would hold.
+    pub fn public_key(mut self, jwk: Value) -> Client {
+        self.public_keys.push(jwk);
+        self
     }
 
     /// A client authenticating with `tls_client_auth` (RFC 8705 §2.1): it has no secret, and
@@ -200,6 +235,7 @@ impl fmt::Debug for Client {
             .field("extra_fields", &self.extra_fields)
             .field("thumbprints", &self.thumbprints)
             .field("require_dpop", &self.require_dpop)
+            .field("public_keys", &self.public_keys.len())
             .finish()
     }
 }

@@ -380,7 +380,7 @@ fn without_query(url: &str) -> Option<String> {
 }
 
 /// Decodes unpadded base64url (RFC 4648 §5), as JWS parts are written.
-fn base64url_decode(text: &str) -> Option<Vec<u8>> {
+pub(crate) fn base64url_decode(text: &str) -> Option<Vec<u8>> {
     if text
         .bytes()
         .any(|b| !(b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))

@@ -35,6 +35,7 @@
 //! drop(authority);
 //! ```
 
+pub mod assertion;
 mod body;
 mod client;
 pub(crate) mod codec;
@@ -53,6 +54,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::server_thread::ServerThread;
 
+pub use assertion::{AssertionError, PresentedAssertion};
 pub use client::{AuthMethod, Client};
 pub use codec::format_http_date;
 pub use dpop::{DpopError, DpopNonces, DpopProof};
@@ -365,6 +367,23 @@ impl Authority {
                 panic!("set_token_lifetime: no client {client_id:?} is registered");
             }
         }
+    }
+
+    /// Registers a public JWK of an assertion issuer for the JWT bearer grant (RFC 7523
+    /// §2.1): assertions whose `iss` is `issuer` and that verify with one of its keys are
+    /// exchanged for a token for their `sub`. Call again to add keys.
+    pub fn register_assertion_issuer(&self, issuer: &str, public_jwk: serde_json::Value) {
+        self.state()
+            .issuers
+            .entry(issuer.to_owned())
+            .or_default()
+            .push(public_jwk);
+    }
+
+    /// The authority's issuer identifier: its [`base_url`](Authority::base_url). Assertions
+    /// may name it, or the token endpoint, as their `aud`.
+    pub fn issuer(&self) -> String {
+        self.base_url()
     }
 
     // ----- refresh tokens -----

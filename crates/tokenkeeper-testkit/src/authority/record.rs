@@ -4,6 +4,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
 
+use super::assertion::PresentedAssertion;
 use super::dpop::{DpopError, DpopProof};
 use super::fault::Fault;
 
@@ -24,6 +25,9 @@ pub enum PresentedAuth {
     /// No secret, but the connection presented a client certificate (RFC 8705 mutual TLS);
     /// [`TlsSession::client_certificate`] tells which.
     Certificate,
+    /// A `client_assertion` (RFC 7523 §2.2: `private_key_jwt`, `client_secret_jwt`);
+    /// [`RequestRecord::client_assertion`] tells what it said.
+    Assertion,
 }
 
 /// The TLS protocol version of a connection.
@@ -154,6 +158,11 @@ pub struct RequestRecord {
     pub refresh_token_reused: bool,
     /// The DPoP proof the request carried (RFC 9449), if any, and what became of it.
     pub dpop: Option<DpopCheck>,
+    /// The `client_assertion` the request carried (RFC 7523 §2.2), if any: its `alg`, `kid`,
+    /// `jti`, `iss`, `sub`, `exp`, and why it was refused, if it was.
+    pub client_assertion: Option<PresentedAssertion>,
+    /// The `assertion` of a JWT bearer grant (RFC 7523 §2.1), if any, likewise.
+    pub grant_assertion: Option<PresentedAssertion>,
     /// The scripted fault applied to this request, if any.
     pub fault: Option<Fault>,
     /// The HTTP status answered; `None` while pending, or when no answer was written.
@@ -189,6 +198,8 @@ pub struct IssuedToken {
     /// The JWK thumbprint (`jkt`, RFC 7638) of the DPoP key the token is bound to (RFC 9449):
     /// set when the request carried a valid proof, and the answer's `token_type` was `DPoP`.
     pub dpop_jkt: Option<String>,
+    /// Whom the token is for: the `sub` of a JWT bearer grant's assertion, else the client id.
+    pub subject: String,
 }
 
 impl IssuedToken {

@@ -6,6 +6,9 @@ use std::time::{Duration, SystemTime};
 
 use serde_json::{Map, Value};
 
+use super::assertion::{
+    self, AssertionError, AssertionJtis, Expected, PresentedAssertion, VerifyWith,
+};
 use super::client::{AuthMethod, Client};
 use super::dpop::{self, DpopError, DpopNonces, DpopProof, JtiCache};
 use super::fault::Fault;
@@ -78,13 +81,23 @@ pub(crate) struct Summary {
     pub(crate) resource: Vec<String>,
     pub(crate) refresh_token: Option<String>,
     pub(crate) dpop: Option<DpopCheck>,
+    pub(crate) client_assertion: Option<PresentedAssertion>,
+    pub(crate) grant_assertion: Option<PresentedAssertion>,
 }
 
 impl Summary {
     pub(crate) fn new(method: String, path: String, request: &FormRequest) -> Summary {
         let body_secret = request.first("client_secret").is_some();
+        let client_assertion = request
+            .first("client_assertion")
+            .and_then(|jwt| assertion::read_assertion(jwt).ok());
+        let presents_assertion = request.first("client_assertion").is_some();
         let auth = match (&request.basic, body_secret) {
             (BasicCredentials::Malformed, _) => PresentedAuth::Malformed,
+            (BasicCredentials::Present { .. }, _) | (_, true) if presents_assertion => {
+                PresentedAuth::Both
+            }
+            (BasicCredentials::Absent, false) if presents_assertion => PresentedAuth::Assertion,
             (BasicCredentials::Present { .. }, true) => PresentedAuth::Both,
             (BasicCredentials::Present { .. }, false) => PresentedAuth::Basic,
             (BasicCredentials::Absent, true) => PresentedAuth::Post,
@@ -95,7 +108,10 @@ impl Summary {
         };
         let client_id = match &request.basic {
             BasicCredentials::Present { id, .. } => Some(id.clone()),
-            _ => request.first("client_id").map(str::to_owned),
+            _ => request
+                .first("client_id")
+                .map(str::to_owned)
+                .or_else(|| client_assertion.as_ref().and_then(|a| a.sub.clone())),
         };
         let owned = |name: &str| request.first(name).map(str::to_owned);
         Summary {
@@ -113,6 +129,10 @@ impl Summary {
                 proof: dpop::read_proof(proof).ok(),
                 verdict: DpopVerdict::NotChecked,
             }),
+            client_assertion,
+            grant_assertion: request
+                .first("assertion")
+                .and_then(|jwt| assertion::read_assertion(jwt).ok()),
         }
     }
 }
@@ -186,6 +206,10 @@ pub(crate) struct State {
     pub(crate) dpop_nonce: Option<String>,
     /// The ids of the DPoP proofs accepted within the window.
     dpop_jtis: JtiCache,
+    /// The ids of the assertions accepted, until they expire.
+    assertion_jtis: AssertionJtis,
+    /// The public keys of assertion issuers, for the JWT bearer grant.
+    pub(crate) issuers: HashMap<String, Vec<Value>>,
     next_seq: u64,
     token_counter: u64,
     rng: fastrand::Rng,
@@ -228,14 +252,20 @@ impl Drop for InFlight {
 /// The grants the authority supports.
 const CLIENT_CREDENTIALS: &str = "client_credentials";
 const REFRESH_TOKEN: &str = "refresh_token";
+const JWT_BEARER: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
+/// The `client_assertion_type` of JWT client assertions (RFC 7523 §2.2).
+const JWT_CLIENT_ASSERTION: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 
 /// Parameters that must not be repeated (RFC 6749 §3.2).
-const SINGLE_VALUED: [&str; 5] = [
+const SINGLE_VALUED: [&str; 8] = [
     "grant_type",
     "client_id",
     "client_secret",
     "scope",
     "refresh_token",
+    "client_assertion",
+    "client_assertion_type",
+    "assertion",
 ];
 
 impl Shared {
@@ -271,6 +301,8 @@ impl Shared {
                 tls_failures: Vec::new(),
                 dpop_nonce,
                 dpop_jtis: JtiCache::new(),
+                assertion_jtis: AssertionJtis::new(),
+                issuers: HashMap::new(),
                 next_seq: 0,
                 token_counter: 0,
                 rng,
@@ -323,6 +355,8 @@ impl Shared {
             refresh_token: summary.refresh_token,
             refresh_token_reused: false,
             dpop: summary.dpop,
+            client_assertion: summary.client_assertion,
+            grant_assertion: summary.grant_assertion,
             fault,
             status: None,
             outcome: Outcome::Pending,
@@ -379,6 +413,18 @@ impl Shared {
         if let Some(record) = state.record_mut(seq) {
             record.authenticated = note.authenticated;
             record.refresh_token_reused = note.reused;
+            if let (Some(refused), Some(presented)) = (
+                note.client_assertion_refused.take(),
+                record.client_assertion.as_mut(),
+            ) {
+                presented.refused = Some(refused);
+            }
+            if let (Some(refused), Some(presented)) = (
+                note.grant_assertion_refused.take(),
+                record.grant_assertion.as_mut(),
+            ) {
+                presented.refused = Some(refused);
+            }
             record.status = Some(status);
             record.outcome = outcome;
             if let Some(verdict) = note.dpop_verdict.take()
@@ -419,6 +465,10 @@ struct Note {
     dpop_verdict: Option<DpopVerdict>,
     /// The `DPoP-Nonce` to send with the answer.
     dpop_nonce: Option<String>,
+    /// Why the client assertion was refused, if it was.
+    client_assertion_refused: Option<AssertionError>,
+    /// Why the grant's assertion was refused, if it was.
+    grant_assertion_refused: Option<AssertionError>,
 }
 
 impl State {
@@ -519,7 +569,11 @@ impl State {
         }
         let grant = match request.first("grant_type") {
             None => return Reply::error(400, "invalid_request", "missing grant_type"),
-            Some(grant) if grant == CLIENT_CREDENTIALS || grant == REFRESH_TOKEN => grant,
+            Some(grant)
+                if grant == CLIENT_CREDENTIALS || grant == REFRESH_TOKEN || grant == JWT_BEARER =>
+            {
+                grant
+            }
             Some(other) => {
                 return Reply::error(
                     400,
@@ -529,11 +583,30 @@ impl State {
             }
         };
 
-        let (client, bound_to) = match self.authenticate(request) {
-            Ok(authenticated) => authenticated,
-            Err(reply) => return reply,
+        // The JWT bearer grant's assertion authenticates the request on its own: a client
+        // that sends no credentials at all is not authenticated (RFC 7523 §3.1), and its
+        // registration, if it names one, only shapes the token.
+        let credentials = !matches!(request.basic, BasicCredentials::Absent)
+            || request.first("client_secret").is_some()
+            || request.first("client_assertion").is_some()
+            || request.certificate().is_some();
+        let (client, bound_to) = if grant == JWT_BEARER && !credentials {
+            let id = request.first("client_id").unwrap_or_default();
+            let client = self
+                .clients
+                .get(id)
+                .cloned()
+                .unwrap_or_else(|| Client::new(id, ""));
+            (client, None)
+        } else {
+            match self.authenticate(request, note) {
+                Ok(authenticated) => {
+                    note.authenticated = true;
+                    authenticated
+                }
+                Err(reply) => return reply,
+            }
         };
-        note.authenticated = true;
 
         let dpop_proof = match self.check_dpop(shared, request, &client) {
             Ok(proof) => {
@@ -553,7 +626,18 @@ impl State {
             }
         };
 
-        let (scope, with_refresh_token) = if grant == REFRESH_TOKEN {
+        let mut subject = client.id.clone();
+        let (scope, with_refresh_token) = if grant == JWT_BEARER {
+            match self.check_grant_assertion(request) {
+                Ok(sub) => subject = sub,
+                Err(error) => {
+                    let reply = Reply::error(400, "invalid_grant", error.to_string());
+                    note.grant_assertion_refused = Some(error);
+                    return reply;
+                }
+            }
+            (request.first("scope").map(str::to_owned), false)
+        } else if grant == REFRESH_TOKEN {
             let Some(presented) = request.first("refresh_token") else {
                 return Reply::error(400, "invalid_request", "missing refresh_token");
             };
@@ -638,6 +722,7 @@ impl State {
             issued_at: SystemTime::now(),
             bound_to,
             dpop_jkt: dpop_proof.map(|proof| proof.jkt),
+            subject,
         });
         if dpop_bound && shared.dpop_nonces == DpopNonces::FreshPerToken {
             // This token used the nonce up: the answer hands out the next one.
@@ -680,10 +765,24 @@ impl State {
     /// Authenticates the client by its registered method (RFC 6749 §2.3.1, RFC 8705 §2).
     /// Returns the client and, when it authenticated with a certificate, that certificate's
     /// thumbprint, to which the token is bound.
-    fn authenticate(&self, request: &FormRequest) -> Result<(Client, Option<String>), Reply> {
+    fn authenticate(
+        &mut self,
+        request: &FormRequest,
+        note: &mut Note,
+    ) -> Result<(Client, Option<String>), Reply> {
         let invalid_client = |description: String| Reply::error(401, "invalid_client", description);
         let body_id = request.first("client_id");
         let body_secret = request.first("client_secret");
+        if let Some(jwt) = request.first("client_assertion") {
+            if !matches!(request.basic, BasicCredentials::Absent) || body_secret.is_some() {
+                return Err(Reply::error(
+                    400,
+                    "invalid_request",
+                    "more than one client authentication method was used",
+                ));
+            }
+            return self.authenticate_by_assertion(jwt, request, note);
+        }
 
         let (id, secret, method) = match (&request.basic, body_secret) {
             (BasicCredentials::Malformed, _) => {
@@ -741,6 +840,89 @@ impl State {
         Ok((client.clone(), None))
     }
 
+    /// Authenticates a client by its `client_assertion` (RFC 7523 §2.2, §3).
+    fn authenticate_by_assertion(
+        &mut self,
+        jwt: &str,
+        request: &FormRequest,
+        note: &mut Note,
+    ) -> Result<(Client, Option<String>), Reply> {
+        let invalid_client = |description: String| Reply::error(401, "invalid_client", description);
+        if request.first("client_assertion_type") != Some(JWT_CLIENT_ASSERTION) {
+            return Err(Reply::error(
+                400,
+                "invalid_request",
+                "client_assertion_type must be urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+            ));
+        }
+        let claimed = assertion::read_assertion(jwt).ok().and_then(|a| a.sub);
+        let Some(id) = request.first("client_id").map(str::to_owned).or(claimed) else {
+            return Err(invalid_client(
+                "the client assertion names no client".into(),
+            ));
+        };
+        let Some(client) = self.clients.get(&id).cloned() else {
+            return Err(invalid_client(format!("unknown client {id:?}")));
+        };
+        let keys = match client.auth_method {
+            AuthMethod::PrivateKeyJwt => VerifyWith::PublicKeys(&client.public_keys),
+            AuthMethod::ClientSecretJwt => VerifyWith::Secret(client.secret.as_bytes()),
+            other => {
+                return Err(invalid_client(format!(
+                    "client {id:?} is registered for {other}, not a client assertion"
+                )));
+            }
+        };
+        let audiences = audiences(&request.url);
+        let expected = Expected {
+            iss: Some(&id),
+            sub: Some(&id),
+            audiences: &audiences,
+            max_lifetime: assertion::DEFAULT_MAX_ASSERTION_LIFETIME,
+        };
+        let now = SystemTime::now();
+        let checked = assertion::verify_assertion(jwt, keys, &expected, now)
+            .and_then(|presented| self.assertion_jtis.check_and_insert(&presented, now));
+        if let Err(error) = checked {
+            let reply = invalid_client(error.to_string());
+            note.client_assertion_refused = Some(error);
+            return Err(reply);
+        }
+        Ok((client, None))
+    }
+
+    /// Checks a JWT bearer grant's assertion against the keys of its issuer; its subject.
+    fn check_grant_assertion(&mut self, request: &FormRequest) -> Result<String, AssertionError> {
+        let jwt = request
+            .first("assertion")
+            .ok_or_else(|| AssertionError::Malformed("no assertion parameter".into()))?;
+        let presented = assertion::read_assertion(jwt)?;
+        let issuer = presented.iss.clone().unwrap_or_default();
+        let keys = self.issuers.get(&issuer).cloned().unwrap_or_default();
+        if keys.is_empty() {
+            return Err(AssertionError::WrongIdentity(format!(
+                "iss {issuer:?} is not a registered issuer"
+            )));
+        }
+        let audiences = audiences(&request.url);
+        let expected = Expected {
+            iss: Some(&issuer),
+            sub: None,
+            audiences: &audiences,
+            max_lifetime: assertion::DEFAULT_MAX_ASSERTION_LIFETIME,
+        };
+        let now = SystemTime::now();
+        let verified =
+            assertion::verify_assertion(jwt, VerifyWith::PublicKeys(&keys), &expected, now)?;
+        let subject = verified
+            .sub
+            .clone()
+            .filter(|sub| !sub.is_empty())
+            .ok_or_else(|| AssertionError::WrongIdentity("has no sub".into()))?;
+        self.assertion_jtis.check_and_insert(&verified, now)?;
+        Ok(subject)
+    }
+
     /// Authenticates a client that sent its id and no secret, by the certificate its connection
     /// presented (RFC 8705 §2).
     fn authenticate_by_certificate(
@@ -783,4 +965,18 @@ impl State {
         }
         Ok((client.clone(), Some(certificate.x5t_s256.clone())))
     }
+}
+
+/// The audiences an assertion may name: the token endpoint as the client addressed it, and
+/// the issuer (the URL without its path).
+fn audiences(token_url: &str) -> Vec<String> {
+    let mut out = vec![token_url.to_owned()];
+    if let Ok(mut url) = url::Url::parse(token_url) {
+        url.set_path("");
+        url.set_query(None);
+        let issuer = url.to_string();
+        out.push(issuer.trim_end_matches('/').to_owned());
+        out.push(issuer);
+    }
+    out
 }

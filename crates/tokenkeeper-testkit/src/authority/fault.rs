@@ -12,6 +12,10 @@ pub enum RetryAfter {
     Seconds(u64),
     /// `Retry-After: <HTTP-date>`, written as an IMF-fixdate (whole seconds, GMT).
     HttpDate(SystemTime),
+    /// `Retry-After: <this text>`, sent as given: for values no well-behaved server writes
+    /// (`Sun, 06 Nov 1000000000000 08:49:37 GMT`, a delta of forty digits, garbage). Text
+    /// that is not a valid header value (a control character) leaves the header out.
+    Raw(String),
 }
 
 impl RetryAfter {
@@ -20,6 +24,7 @@ impl RetryAfter {
         match self {
             RetryAfter::Seconds(secs) => secs.to_string(),
             RetryAfter::HttpDate(at) => format_http_date(*at),
+            RetryAfter::Raw(text) => text.clone(),
         }
     }
 }
@@ -82,6 +87,23 @@ pub enum Fault {
         /// The HTTP status code.
         status: u16,
     },
+    /// This status with exactly this body and, when given, this `Content-Type`: any answer a
+    /// server could write (a token in a 500 page, a grant in a 400, an error document with
+    /// hostile text).
+    Body {
+        /// The HTTP status code.
+        status: u16,
+        /// The `Content-Type` header, if any.
+        content_type: Option<String>,
+        /// The body, sent as given.
+        body: String,
+    },
+    /// This status with a `text/plain` body echoing the request as a careless server's error
+    /// page does: its form, re-encoded, and its `Authorization` header, if any, each on a line.
+    EchoRequest {
+        /// The HTTP status code.
+        status: u16,
+    },
 }
 
 impl Fault {
@@ -125,7 +147,9 @@ impl Fault {
         match self {
             Fault::Status { status, .. }
             | Fault::HtmlErrorPage { status }
-            | Fault::EmptyBody { status } => Some(*status),
+            | Fault::EmptyBody { status }
+            | Fault::Body { status, .. }
+            | Fault::EchoRequest { status } => Some(*status),
             _ => None,
         }
     }
@@ -144,5 +168,7 @@ mod tests {
             RetryAfter::HttpDate(at).header_value(),
             "Sun, 06 Nov 1994 08:49:37 GMT"
         );
+        let absurd = "Sun, 06 Nov 1000000000000 08:49:37 GMT";
+        assert_eq!(RetryAfter::Raw(absurd.into()).header_value(), absurd);
     }
 }

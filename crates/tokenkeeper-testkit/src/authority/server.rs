@@ -238,6 +238,11 @@ async fn handle(
             // The connection is dropped from under this future; it never completes.
             return std::future::pending().await;
         }
+        Decision::Fault(Fault::EchoRequest { status }) => {
+            let response = echo_request(status_or_500(status), &form, &parts.headers);
+            shared.finish(seq, Some(response.status().as_u16()), Outcome::Faulted);
+            response
+        }
         Decision::Fault(fault) => {
             let response = fault_response(&shared, &fault);
             shared.finish(seq, Some(response.status().as_u16()), Outcome::Faulted);
@@ -334,6 +339,22 @@ fn fault_response(shared: &Shared, fault: &Fault) -> Response<ResponseBody> {
             ResponseBody::oversized(*bytes),
         ),
         Fault::EmptyBody { .. } => respond(status, Some("application/json"), ResponseBody::empty()),
+        Fault::Body {
+            content_type, body, ..
+        } => {
+            let mut response = respond(
+                status,
+                None,
+                ResponseBody::full(Bytes::from(body.clone().into_bytes())),
+            );
+            if let Some(value) = content_type
+                .as_deref()
+                .and_then(|c| HeaderValue::from_str(c).ok())
+            {
+                response.headers_mut().insert(header::CONTENT_TYPE, value);
+            }
+            response
+        }
         // Delay, DropConnection and the shape faults are handled by the caller; should one
         // arrive here anyway, answer like a broken server rather than panic.
         _ => respond(
@@ -342,6 +363,27 @@ fn fault_response(shared: &Shared, fault: &Fault) -> Response<ResponseBody> {
             ResponseBody::empty(),
         ),
     }
+}
+
+/// A `text/plain` page echoing the request, as a careless server's error page does: the
+/// form re-encoded on one line, then the `Authorization` header, if any.
+fn echo_request(
+    status: StatusCode,
+    form: &FormRequest,
+    headers: &HeaderMap,
+) -> Response<ResponseBody> {
+    let mut text = url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(form.params.iter())
+        .finish();
+    if let Some(value) = headers.get(header::AUTHORIZATION) {
+        text.push_str("\nAuthorization: ");
+        text.push_str(&String::from_utf8_lossy(value.as_bytes()));
+    }
+    respond(
+        status,
+        Some("text/plain"),
+        ResponseBody::full(Bytes::from(text.into_bytes())),
+    )
 }
 
 fn status_or_500(status: u16) -> StatusCode {

@@ -3,7 +3,10 @@
 //! killed writers, lock files with loose modes, relative environment values.
 //!
 //! "Another user" is uid/gid 65534 (`nobody`); giving files away needs root,
-//! as in CI. Without root those tests say so and check nothing.
+//! as in CI. Without root, the tests (or the parts of tests) that need
+//! another user are skipped and print `SKIPPED <test>: <why>` on the
+//! terminal, uncaptured; `TOKENKEEPER_REQUIRE_OTHER_USER=1` makes them fail
+//! instead.
 #![cfg(unix)]
 
 use std::ffi::OsStr;
@@ -48,16 +51,54 @@ fn set_mode(path: &Path, mode: u32) {
     fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
 }
 
+/// Set to 1 to make a test that needs another user fail, instead of being
+/// skipped, when this process cannot give files away (is not root).
+const REQUIRE_OTHER_USER_ENV: &str = "TOKENKEEPER_REQUIRE_OTHER_USER";
+
 /// Whether this process may give files to another user (it is root).
-fn can_chown() -> bool {
+///
+/// When it may not, `what` (a test, or the part of one, that needs another
+/// user) is skipped, and says so on the terminal: straight to the standard
+/// error stream, which `cargo test` does not capture (an `eprintln!` would
+/// be hidden for a test that passes). With `TOKENKEEPER_REQUIRE_OTHER_USER=1`
+/// the test fails instead.
+fn can_chown(what: &str) -> bool {
     let dir = tempfile::tempdir().unwrap();
     let probe = dir.path().join("probe");
     fs::write(&probe, b"").unwrap();
-    let ok = chown(&probe, Some(NOBODY), Some(NOBODY)).is_ok();
-    if !ok {
-        eprintln!("not root: cannot make files of another user; test skipped");
+    let uid = own_uid();
+    let refused = if uid == NOBODY.to_string() {
+        Some(format!("this process runs as uid {NOBODY} itself"))
+    } else {
+        chown(&probe, Some(NOBODY), Some(NOBODY))
+            .err()
+            .map(|e| e.to_string())
+    };
+    let Some(error) = refused else {
+        return true;
+    };
+    let reason = format!(
+        "SKIPPED {what}: it needs files owned by another user (uid {NOBODY}), and this process \
+         (uid {uid}) cannot give files away ({error}); run the tests as root, as CI does"
+    );
+    if std::env::var_os(REQUIRE_OTHER_USER_ENV).is_some_and(|v| v == "1") {
+        panic!("{reason} ({REQUIRE_OTHER_USER_ENV}=1)");
     }
-    ok
+    let _ = writeln!(std::io::stderr(), "{reason}");
+    false
+}
+
+/// This process's user id, from /proc (no libc call needed).
+fn own_uid() -> String {
+    fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|ids| ids.split_whitespace().nth(1).map(str::to_owned))
+        })
+        .unwrap_or_else(|| "unknown".to_owned())
 }
 
 /// Runs `f` on a thread and waits at most `limit` for its answer.
@@ -118,7 +159,7 @@ fn fifo_at_the_record_path_is_refused_at_once() {
 
 #[test]
 fn forged_record_in_a_folder_others_can_write_is_refused() {
-    if !can_chown() {
+    if !can_chown("forged_record_in_a_folder_others_can_write_is_refused") {
         return;
     }
     let base = tempfile::tempdir().unwrap();
@@ -184,7 +225,7 @@ fn forged_record_in_a_folder_others_can_write_is_refused() {
 
 #[test]
 fn folder_owned_by_another_user_is_refused() {
-    if !can_chown() {
+    if !can_chown("folder_owned_by_another_user_is_refused") {
         return;
     }
     let base = tempfile::tempdir().unwrap();
@@ -287,7 +328,7 @@ fn symlink_record_is_refused_without_quoting_its_target() {
 
 #[test]
 fn swapped_folder_component_does_not_redirect_a_store() {
-    if !can_chown() {
+    if !can_chown("swapped_folder_component_does_not_redirect_a_store") {
         return;
     }
     let base = tempfile::tempdir().unwrap();
@@ -501,7 +542,9 @@ fn store_removes_temp_files_left_by_killed_writers() {
         .unwrap()
         .set_modified(long_ago)
         .unwrap();
-    let foreign_kept = chown(&foreign_path, Some(NOBODY), Some(NOBODY)).is_ok();
+    let foreign_kept = can_chown(
+        "store_removes_temp_files_left_by_killed_writers, the part where another user's old temporary file is kept",
+    ) && chown(&foreign_path, Some(NOBODY), Some(NOBODY)).is_ok();
     if !foreign_kept {
         fs::remove_file(&foreign_path).unwrap();
     }
@@ -544,7 +587,10 @@ fn lock_file_with_a_wide_mode_is_restricted_to_0600() {
     drop(lock);
 
     // A lock file of another user is not ours to fix: refused.
-    if chown(cache.lock_path(), Some(NOBODY), Some(NOBODY)).is_ok() {
+    if can_chown(
+        "lock_file_with_a_wide_mode_is_restricted_to_0600, the part with another user's lock file",
+    ) {
+        chown(cache.lock_path(), Some(NOBODY), Some(NOBODY)).unwrap();
         set_mode(cache.lock_path(), 0o666);
         let error = cache.try_lock().unwrap_err();
         assert!(

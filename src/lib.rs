@@ -112,4 +112,6 @@ mod markdown {
     struct Dependencies;
     #[doc = include_str!("../docs/observability.md")]
     struct Observability;
+    #[doc = include_str!("../docs/authentication.md")]
+    struct Authentication;
 }

@@ -199,7 +199,7 @@ impl Source {
     /// client ([`SpawnError::Assertion`](crate::SpawnError::Assertion)).
     /// The client's cache key does not change: it names the auth method
     /// already, and the tokens are the client's whichever of its keys
-    /// signed.
+    /// signed. A custom source makes its own requests and ignores it.
     pub fn client_assertion(mut self, assertion: Assertion) -> Self {
         self.1.client = Some(assertion);
         self
@@ -256,6 +256,8 @@ impl fmt::Debug for Source {
                 .field("token_url", client.token_url())
                 .field("client_id", client.client_id())
                 .field("grant", &client.grant())
+                .field("client_assertion", &self.1.client)
+                .field("grant_assertion", &self.1.grant)
                 .finish_non_exhaustive(),
             SourceKind::Custom { key, .. } | SourceKind::Blocking { key, .. } => f
                 .debug_struct("Source::Custom")

@@ -2,14 +2,22 @@
 //!
 //! [`Authority`] is an HTTP/1.1 server bound to `127.0.0.1` that runs on its own tokio runtime
 //! in its own thread, so it serves tests written for any runtime, or none. Its token endpoint
-//! (`POST /token`) speaks RFC 6749: the `client_credentials` and `refresh_token` grants,
-//! client authentication with `client_secret_basic` or `client_secret_post`, single-use
+//! (`POST /token`) speaks RFC 6749: the `client_credentials`, `refresh_token` and JWT bearer
+//! grants, client authentication with `client_secret_basic` or `client_secret_post`, single-use
 //! rotating refresh tokens, and RFC 6749 §5.2 errors. Every request is logged
 //! ([`RequestRecord`]), and the next requests can be told to misbehave ([`Fault`]).
 //!
 //! It checks DPoP proofs (RFC 9449, module [`dpop`]): a request with a valid proof gets a
 //! `DPoP` token bound to the proof's key, a bad proof gets `400 invalid_dpop_proof`, and with
 //! [`AuthorityBuilder::dpop_nonces`] proofs must carry the server's nonce (`use_dpop_nonce`).
+//!
+//! It checks JWT assertions (RFC 7523, module [`assertion`]): clients registered for
+//! `private_key_jwt` ([`Client::private_key_jwt`], with public JWKs) or `client_secret_jwt`
+//! ([`Client::client_secret_jwt`]) authenticate with a `client_assertion` whose signature,
+//! `iss`, `sub`, `aud`, `exp` and never-seen `jti` are verified (else `invalid_client`), and
+//! the JWT bearer grant exchanges an assertion from a registered issuer
+//! ([`Authority::register_assertion_issuer`]) for a token for its `sub` (else
+//! `invalid_grant`). The log records each assertion's `alg`, `kid`, `jti` and fate.
 //!
 //! With [`AuthorityBuilder::tls`] it serves HTTPS instead, with a certificate of a test
 //! [`Pki`](crate::pki::Pki), and can ask for client certificates: clients registered for

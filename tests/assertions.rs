@@ -24,6 +24,7 @@ per_driver!(
     configurations_that_cannot_work_fail_spawn_before_any_request,
     a_missing_assertion_file_is_waited_for_and_an_expired_one_refused,
     a_pool_keeps_a_jwt_bearer_token_per_subject,
+    the_jwt_bearer_grant_with_private_key_jwt_carries_both_assertions,
 );
 
 fn assertion_problem(error: &SpawnError) -> Option<AssertionProblem> {
@@ -210,4 +211,53 @@ fn a_pool_keeps_a_jwt_bearer_token_per_subject<F: Flavor>() {
     );
     assert_eq!(authority.request_count(), 2, "{}", F::NAME);
     F::block_on(pool.shutdown());
+}
+
+fn the_jwt_bearer_grant_with_private_key_jwt_carries_both_assertions<F: Flavor>() {
+    use tokenkeeper_core::oauth2::AuthMethod;
+    use tokenkeeper_testkit::{Client, PresentedAuth};
+    let authority = Authority::start();
+    let client_pem = private_key_pem(KeyAlgorithm::Es256).unwrap();
+    let issuer_pem = private_key_pem(KeyAlgorithm::EdDsa).unwrap();
+    authority.register_client(Client::private_key_jwt(
+        "gateway",
+        public_jwk_from_pem(&client_pem).unwrap(),
+    ));
+    authority.register_assertion_issuer("idp", public_jwk_from_pem(&issuer_pem).unwrap());
+    let client = OAuth2Client::jwt_bearer(
+        authority.token_url(),
+        ClientId::new("gateway"),
+        GrantAssertion::signed("idp", "carol"),
+    )
+    .unwrap()
+    .auth_method(AuthMethod::PrivateKeyJwt);
+    let watcher = F::block_on(
+        F::builder(client)
+            .client_assertion(Assertion::signed(
+                ClientKey::from_pem(client_pem.as_bytes()).unwrap(),
+            ))
+            .grant_assertion(Assertion::signed(
+                ClientKey::from_pem(issuer_pem.as_bytes()).unwrap(),
+            ))
+            .spawn(),
+    )
+    .unwrap_or_else(|e| panic!("{}: {e}", F::NAME));
+    let log = authority.requests();
+    let record = &log[0];
+    assert_eq!(record.auth, PresentedAuth::Assertion, "{record:?}");
+    assert!(record.authenticated, "{record:?}");
+    let (auth, grant) = (
+        record.client_assertion.as_ref().unwrap(),
+        record.grant_assertion.as_ref().unwrap(),
+    );
+    assert_eq!(
+        (auth.alg.as_str(), auth.sub.as_deref()),
+        ("ES256", Some("gateway"))
+    );
+    assert_eq!(
+        (grant.alg.as_str(), grant.sub.as_deref()),
+        ("EdDSA", Some("carol"))
+    );
+    assert_eq!(authority.issued_tokens()[0].subject, "carol");
+    F::block_on(watcher.shutdown());
 }

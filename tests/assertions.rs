@@ -25,6 +25,7 @@ per_driver!(
     a_missing_assertion_file_is_waited_for_and_an_expired_one_refused,
     a_pool_keeps_a_jwt_bearer_token_per_subject,
     the_jwt_bearer_grant_with_private_key_jwt_carries_both_assertions,
+    a_signer_outside_signs_the_claims_the_core_decides,
 );
 
 fn assertion_problem(error: &SpawnError) -> Option<AssertionProblem> {
@@ -260,4 +261,53 @@ fn the_jwt_bearer_grant_with_private_key_jwt_carries_both_assertions<F: Flavor>(
     );
     assert_eq!(authority.issued_tokens()[0].subject, "carol");
     F::block_on(watcher.shutdown());
+}
+
+fn a_signer_outside_signs_the_claims_the_core_decides<F: Flavor>() {
+    use std::sync::{Arc, Mutex};
+    use tokenkeeper_testkit::Client;
+    let authority = Authority::start();
+    let pem = private_key_pem(KeyAlgorithm::Es256).unwrap();
+    authority.register_client(Client::private_key_jwt(
+        "kms-client",
+        public_jwk_from_pem(&pem).unwrap(),
+    ));
+    // A key "in a KMS": the signer sees only claims, and returns the JWS.
+    let kms = ClientKey::from_pem(pem.as_bytes()).unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let signer = {
+        let seen = Arc::clone(&seen);
+        Assertion::signed_by(move |claims| {
+            seen.lock().unwrap().push(claims.clone());
+            kms.sign(claims)
+        })
+    };
+    let client =
+        OAuth2Client::private_key_jwt(authority.token_url(), ClientId::new("kms-client")).unwrap();
+    let watcher = F::block_on(
+        F::builder(client)
+            .client_assertion(signer)
+            .refresh_now_min_interval(Duration::ZERO)
+            .spawn(),
+    )
+    .unwrap_or_else(|e| panic!("{}: {e}", F::NAME));
+    let first = watcher.token().unwrap().into_arc();
+    let _ = F::block_on(watcher.refresh_now());
+    let end = std::time::Instant::now() + Duration::from_secs(5);
+    while watcher.token().unwrap().into_arc() == first && std::time::Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    F::block_on(watcher.shutdown());
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 2, "{}", F::NAME);
+    assert_eq!(
+        (seen[0].iss.as_str(), seen[0].sub.as_str()),
+        ("kms-client", "kms-client")
+    );
+    assert_eq!(seen[0].aud, authority.token_url());
+    assert_eq!(seen[0].exp - seen[0].iat, 60);
+    assert_ne!(seen[0].jti, seen[1].jti);
+    let log = authority.requests();
+    assert_eq!(log.len(), 2);
+    assert!(log.iter().all(|r| r.authenticated), "{log:?}");
 }

@@ -482,6 +482,7 @@ fn in_file(error: AssertionError, path: &Path) -> AssertionError {
 }
 
 type AssertionFn = dyn Fn() -> Result<String, AssertionError> + Send + Sync;
+type SignerFn = dyn Fn(&AssertionClaims) -> Result<String, AssertionError> + Send + Sync;
 
 /// Where an assertion comes from: signed here with a [`ClientKey`], read
 /// from a file before every token request, or given by a callback. Cheap to
@@ -492,6 +493,7 @@ pub struct Assertion(Kind);
 #[derive(Clone)]
 enum Kind {
     Signed(ClientKey),
+    Signer(Arc<SignerFn>),
     File(PathBuf),
     Callback(Arc<AssertionFn>),
 }
@@ -500,6 +502,7 @@ impl fmt::Debug for Assertion {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.0 {
             Kind::Signed(key) => f.debug_tuple("Assertion::Signed").field(key).finish(),
+            Kind::Signer(_) => f.write_str("Assertion::Signer"),
             Kind::File(path) => f.debug_tuple("Assertion::File").field(path).finish(),
             Kind::Callback(_) => f.write_str("Assertion::Callback"),
         }
@@ -511,6 +514,23 @@ impl Assertion {
     /// random `jti` and the time of each request.
     pub fn signed(key: ClientKey) -> Self {
         Assertion(Kind::Signed(key))
+    }
+
+    /// Assertions signed by `signer`, a key this crate does not hold (in a
+    /// KMS or an HSM, say): it gets the claims the core decided, with a new
+    /// random `jti` and the time of the request, and returns the compact
+    /// JWS. It runs where blocking is allowed. Counts as a signer wherever a
+    /// key is asked for.
+    pub fn signed_by(
+        signer: impl Fn(&AssertionClaims) -> Result<String, AssertionError> + Send + Sync + 'static,
+    ) -> Self {
+        Assertion(Kind::Signer(Arc::new(signer)))
+    }
+
+    /// Whether the assertion is signed here or by a [`signed_by`](Self::signed_by)
+    /// signer, with the claims the core decides (rather than made elsewhere).
+    pub fn is_signed(&self) -> bool {
+        matches!(self.0, Kind::Signed(_) | Kind::Signer(_))
     }
 
     /// An assertion made elsewhere, read from the file at `path` before
@@ -550,6 +570,12 @@ impl Assertion {
     ) -> Result<Zeroizing<String>, AssertionError> {
         match &self.0 {
             Kind::Signed(key) => key.sign_template(template, now).map(Zeroizing::new),
+            Kind::Signer(signer) => {
+                let jti = jws::random_id(&SystemRandom::new()).map_err(|_| {
+                    AssertionError::new(AssertionProblem::SigningFailed, "no system randomness")
+                })?;
+                signer(&template.claims_at(now, jti)).map(Zeroizing::new)
+            }
             Kind::File(path) => {
                 let text = read_assertion_file(path)?;
                 check_external(&text, now, &format!("the assertion in {}", path.display()))?;
@@ -692,9 +718,9 @@ impl Assertions {
         };
         let grant_assertion = match (client.grant(), client.get_grant_assertion(), &self.grant) {
             (GrantType::JwtBearer, Some(described), Some(assertion)) => {
-                if described.is_signed() != assertion.key().is_some() {
+                if described.is_signed() != assertion.is_signed() {
                     return Err(AssertionError::misconfigured(if described.is_signed() {
-                        "the JWT bearer grant's assertion is described as signed (GrantAssertion::signed): give it a key (Assertion::signed)"
+                        "the JWT bearer grant's assertion is described as signed (GrantAssertion::signed): give it a key (Assertion::signed) or a signer (Assertion::signed_by)"
                     } else {
                         "the JWT bearer grant's assertion is described as external (GrantAssertion::external): give it a file or a callback, not a key"
                     }));

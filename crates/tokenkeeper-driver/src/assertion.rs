@@ -993,6 +993,49 @@ mod tests {
         assert!(ClientKey::from_pem(sec1).is_err());
     }
 
+    #[test]
+    fn private_jwks_of_every_kind_sign_what_their_public_keys_verify() {
+        // RSA: the same key as the PEM fixture, as a private JWK (kid and alg from it).
+        let rsa = ClientKey::from_jwk(include_str!(
+            "../../tokenkeeper-testkit/src/keys/rsa-2048-a.jwk.json"
+        ))
+        .unwrap();
+        assert_eq!(
+            (rsa.algorithm(), rsa.key_id()),
+            (Algorithm::PS256, Some("rsa-a"))
+        );
+        let from_pem = ClientKey::from_pem(RSA_PKCS8.as_bytes()).unwrap();
+        assert_eq!(
+            rsa.public_jwk().unwrap()["n"],
+            from_pem.public_jwk().unwrap()["n"]
+        );
+        // Test keys made for this test (Python's `cryptography`).
+        let ec = ClientKey::from_jwk(
+            r#"{"kty":"EC","crv":"P-256","x":"S-ugmHvKTZ_qEfGpK-2Q81Sj0kTtFaR6aklxYWa_1zs","y":"5fdnvZY9JPEgD1dIu4h_yj4H4IF1OB_hQizLuoJaGqA","d":"p8Cn2mboiKk_eOsWrgOJOFW5Mayn86Tt8BOJth1O9Ks"}"#,
+        )
+        .unwrap();
+        let ed = ClientKey::from_jwk(
+            r#"{"kty":"OKP","crv":"Ed25519","d":"9wSaeOG1fpaLbBzQQBhb4viZYsAZEjANmkqBUWL8FO4","x":"VzFhuX9R48ACcQWXLZHUFEiCfeTMY3zWE0Ea5NFQnT8","kid":"ed"}"#,
+        )
+        .unwrap();
+        assert_eq!(ed.key_id(), Some("ed"));
+        for key in [rsa, ec, ed] {
+            let alg = key.algorithm().as_str();
+            let jwt = key
+                .sign_template(&template(), Timestamp::from_secs(5))
+                .unwrap();
+            let (header, _, signature, input) = parts(&jwt);
+            assert_eq!(header["alg"], alg);
+            verify(&key.public_jwk().unwrap(), alg, &input, &signature);
+        }
+        // A private key whose public half does not match is refused.
+        let mismatched = r#"{"kty":"OKP","crv":"Ed25519","d":"9wSaeOG1fpaLbBzQQBhb4viZYsAZEjANmkqBUWL8FO4","x":"S-ugmHvKTZ_qEfGpK-2Q81Sj0kTtFaR6aklxYWa_1zs"}"#;
+        assert_eq!(
+            ClientKey::from_jwk(mismatched).unwrap_err().problem(),
+            AssertionProblem::Misconfigured
+        );
+    }
+
     fn jwt_with(claims: Value) -> String {
         let e = |v: &Value| URL_SAFE_NO_PAD.encode(v.to_string());
         format!("{}.{}.c2ln", e(&json!({"alg": "RS256"})), e(&claims))

@@ -112,6 +112,8 @@ mod markdown {
     struct Dependencies;
     #[doc = include_str!("../docs/observability.md")]
     struct Observability;
+    #[doc = include_str!("../docs/pool.md")]
+    struct Pool;
     #[doc = include_str!("../docs/authentication.md")]
     struct Authentication;
 }

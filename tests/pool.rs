@@ -142,7 +142,7 @@ fn idle_keys_are_evicted_and_read_ones_kept<F: Flavor>() {
             "{}: {key} was not read and left",
             F::NAME
         );
-        assert!(pool.status(key).is_none());
+        assert!(F::block_on(pool.status(key)).is_none());
     }
     // Asked for again, an evicted key starts afresh.
     let requests = authority.request_count();
@@ -165,9 +165,14 @@ fn a_refused_key_is_broken_alone<F: Flavor>() {
     );
     for key in &keys[..3] {
         F::block_on(pool.get(key)).expect("the other keys are served");
-        assert_eq!(pool.health(key), Some(Health::Ready), "{}: {key}", F::NAME);
+        assert_eq!(
+            F::block_on(pool.health(key)),
+            Some(Health::Ready),
+            "{}: {key}",
+            F::NAME
+        );
     }
-    match pool.health(&keys[3]) {
+    match F::block_on(pool.health(&keys[3])) {
         Some(Health::Broken { reason }) => {
             assert!(
                 matches!(
@@ -188,7 +193,7 @@ fn a_refused_key_is_broken_alone<F: Flavor>() {
         pool.token(&keys[3]),
         Err(TokenError::Unavailable { .. })
     ));
-    let summary = pool.health_summary();
+    let summary = F::block_on(pool.health_summary());
     assert_eq!((summary.ready, summary.broken), (3, 1), "{}", F::NAME);
     F::block_on(pool.shutdown());
 }

@@ -7,17 +7,18 @@
 //! cargo run --release -p tokenkeeper-bench --example many_tokens -- SCENARIO N [IDLE_SECS]
 //! ```
 //!
-//! Scenarios, each holding N 900-byte tokens (from an in-memory source that
-//! keeps its own copy of the token, as aliri_tokens' `ConstTokenSource`
-//! does), on tokio with two worker threads:
+//! Scenarios, each holding N 900-byte tokens from an in-memory source, on
+//! tokio with two worker threads:
 //!
 //! - `floor`: a `HashMap` of `ArcSwap`s, the least any cache could hold;
 //! - `pool`: one `TokenPool` with N keys (creation measured without the
-//!   fetch: `insert`, then every first token awaited);
+//!   fetch: `insert`, then every first token awaited), whose source makes
+//!   each token when asked, as an OAuth2 source does;
 //! - `watchers`: N `TokenWatcher`s of this project (`spawn`, which waits
-//!   for the first token);
+//!   for the first token), whose source keeps a copy of its token;
 //! - `aliri`: N aliri_tokens 0.3.2 watchers (`spawn_from_token_source`,
-//!   which also waits for it).
+//!   which also waits for it), with `ConstTokenSource`, which keeps a copy
+//!   of its token as ours does.
 //!
 //! Memory is the process's resident set before and after, from
 //! `/proc/self/statm`; wake-ups are the context switches of all the
@@ -73,6 +74,7 @@ fn token_text(n: usize) -> String {
     while text.len() < TOKEN_BYTES {
         text.push('x');
     }
+    text.shrink_to_fit();
     text
 }
 
@@ -80,8 +82,21 @@ fn key(n: usize) -> String {
     format!("tenant-{n:07}")
 }
 
-/// Our in-memory source: keeps its copy, hands out a new one per fetch.
-fn source(n: usize) -> Source {
+/// An in-memory source that makes each token when asked (as an OAuth2
+/// source does): the pool's, so that the token's own bytes are those held.
+fn making_source(n: usize) -> Source {
+    Source::from_fn(CacheKey::custom("bench", &[&key(n)]), move |_| async move {
+        Ok(TokenGrant::bearer(
+            AccessToken::new(token_text(n)),
+            Some(DAY),
+        ))
+    })
+}
+
+/// An in-memory source that keeps its copy and hands out a new one per
+/// fetch, as aliri_tokens' `ConstTokenSource` does: the watchers', so that
+/// both sides hold the same bytes.
+fn copying_source(n: usize) -> Source {
     let text: Arc<str> = token_text(n).into();
     Source::from_fn(CacheKey::custom("bench", &[&key(n)]), move |_| {
         let text = Arc::clone(&text);
@@ -132,7 +147,7 @@ fn main() {
                 let n: usize = tenant["tenant-".len()..]
                     .parse()
                     .map_err(|_| "not a tenant")?;
-                Ok::<_, &str>(source(n))
+                Ok::<_, &str>(making_source(n))
             })
             .build()
             .expect("a pool");
@@ -154,7 +169,7 @@ fn main() {
             let mut watchers = Vec::with_capacity(n);
             for i in 0..n {
                 watchers.push(
-                    TokenWatcher::builder(source(i))
+                    TokenWatcher::builder(copying_source(i))
                         .spawn()
                         .await
                         .expect("a watcher"),

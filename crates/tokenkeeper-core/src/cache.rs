@@ -47,21 +47,27 @@ pub const MAX_RECORD_BYTES: usize = 1024 * 1024;
 /// tools print, names the extra parameters without their values and shows
 /// the URL without its query: either may hold a credential (a
 /// `client_assertion`, an API key).
+// Shared, not copied: a watcher's refresher, handles and source, and each
+// key of a pool, all hold it.
 #[derive(Clone, PartialEq, Eq, Hash)]
-pub struct CacheKey {
+pub struct CacheKey(std::sync::Arc<KeyText>);
+
+#[derive(PartialEq, Eq, Hash)]
+struct KeyText {
     description: String,
-    id: String,
+    /// 32 lowercase hex digits, kept in place (one allocation less a key).
+    id: [u8; 32],
 }
 
 impl fmt::Debug for CacheKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "CacheKey({})", self.id)
+        write!(f, "CacheKey({})", self.id())
     }
 }
 
 impl fmt::Display for CacheKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.id)
+        f.write_str(self.id())
     }
 }
 
@@ -136,7 +142,7 @@ impl CacheKey {
         }
         let id = hash_id(&full.to_string());
         let description = description.to_string();
-        CacheKey { description, id }
+        CacheKey(std::sync::Arc::new(KeyText { description, id }))
     }
 
     /// A key for a custom token source: a namespace and any distinguishing parts.
@@ -146,12 +152,13 @@ impl CacheKey {
 
     fn from_description(description: String) -> Self {
         let id = hash_id(&description);
-        CacheKey { description, id }
+        CacheKey(std::sync::Arc::new(KeyText { description, id }))
     }
 
     /// A 32-character hex name, fit for a file name or a Redis key.
     pub fn id(&self) -> &str {
-        &self.id
+        // Hex digits: always UTF-8.
+        std::str::from_utf8(&self.0.id).unwrap_or_default()
     }
 
     /// The canonical description of the key, stored in every record and fit
@@ -160,20 +167,23 @@ impl CacheKey {
     /// extra parameters. The id is derived from the same parts with the
     /// query and the parameter values in.
     pub fn description(&self) -> &str {
-        &self.description
+        &self.0.description
     }
 
     /// Whether a record stored with `source` is this key's: its description,
     /// or (a record written before descriptions were redacted) the full
     /// description this key's id was derived from.
     fn owns_source(&self, source: &str) -> bool {
-        source == self.description || hash_id(source) == self.id
+        source == self.0.description || hash_id(source) == self.0.id
     }
 }
 
 /// The 32-character hex id of a full key description.
-fn hash_id(full: &str) -> String {
-    format!("{:032x}", fnv1a_128(full.as_bytes()))
+fn hash_id(full: &str) -> [u8; 32] {
+    let mut id = [0u8; 32];
+    let hex = format!("{:032x}", fnv1a_128(full.as_bytes()));
+    id.copy_from_slice(&hex.as_bytes()[..32]);
+    id
 }
 
 /// A stored description as it may be shown: the values of extra parameters

@@ -144,6 +144,18 @@ impl PoolConfig {
 #[error("{0} is already in the pool")]
 pub struct DuplicateKey(pub KeyId);
 
+/// A key that left the pool, with its last status.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct Removed {
+    /// The key.
+    pub key: KeyId,
+    /// Why it left.
+    pub why: Removal,
+    /// Its refresher's status as it finished.
+    pub status: Status,
+}
+
 /// Why a key left the pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -155,7 +167,9 @@ pub enum Removal {
 }
 
 struct Slot {
-    refresher: Refresher,
+    /// Boxed: the table stays small however large a refresher is, and a
+    /// driver that built the refresher boxed hands it over without a copy.
+    refresher: Box<Refresher>,
     /// The deadline this slot is filed under in the heap, on the schedule
     /// axis (milliseconds); entries with another value are stale.
     filed: Option<u64>,
@@ -169,9 +183,7 @@ struct Slot {
 /// the [module documentation](self).
 pub struct RefresherPool {
     config: PoolConfig,
-    /// Boxed: the table stays small (16 bytes a bucket) however large a
-    /// refresher is.
-    slots: HashMap<KeyId, Box<Slot>>,
+    slots: HashMap<KeyId, Slot>,
     /// (deadline in ms on the schedule axis, key): a min-heap with lazy
     /// deletion (an entry counts only while it equals its slot's `filed`).
     timers: BinaryHeap<Reverse<(u64, KeyId)>>,
@@ -181,7 +193,7 @@ pub struct RefresherPool {
     queued: VecDeque<(KeyId, Effect)>,
     effects: VecDeque<(KeyId, Effect)>,
     events: VecDeque<(KeyId, Event)>,
-    removed: VecDeque<(KeyId, Removal)>,
+    removed: VecDeque<Removed>,
     /// Keys whose refresher was called since the driver last asked: their
     /// status may have changed.
     touched: Vec<KeyId>,
@@ -248,7 +260,7 @@ impl RefresherPool {
         &mut self,
         now: impl Into<Now>,
         id: KeyId,
-        refresher: Refresher,
+        refresher: impl Into<Box<Refresher>>,
     ) -> Result<(), DuplicateKey> {
         let now = now.into();
         if self.slots.contains_key(&id) {
@@ -260,14 +272,15 @@ impl RefresherPool {
             .map(|idle| millis(now.sched().saturating_add(idle)));
         self.slots.insert(
             id,
-            Box::new(Slot {
-                refresher,
+            Slot {
+                refresher: refresher.into(),
                 filed: None,
                 idle_check,
                 leaving: None,
-            }),
+            },
         );
         self.settle(id);
+        self.compact();
         Ok(())
     }
 
@@ -286,9 +299,14 @@ impl RefresherPool {
         self.slots.contains_key(&id)
     }
 
+    /// The keys the pool holds, in no particular order.
+    pub fn keys(&self) -> impl Iterator<Item = KeyId> + '_ {
+        self.slots.keys().copied()
+    }
+
     /// The refresher of `id`.
     pub fn get(&self, id: KeyId) -> Option<&Refresher> {
-        self.slots.get(&id).map(|s| &s.refresher)
+        self.slots.get(&id).map(|s| &*s.refresher)
     }
 
     /// The status of `id` at `now`.
@@ -331,6 +349,7 @@ impl RefresherPool {
         let result = slot.refresher.handle(now, input);
         self.settle(id);
         self.release_queued();
+        self.compact();
         result
     }
 
@@ -417,18 +436,29 @@ impl RefresherPool {
     /// The next effect to carry out, with its key.
     #[must_use]
     pub fn poll_effect(&mut self) -> Option<(KeyId, Effect)> {
-        self.effects.pop_front()
+        let effect = self.effects.pop_front();
+        if effect.is_none() && self.effects.capacity() > 0 {
+            // A pool of one (a watcher) should not keep a buffer between
+            // refreshes; effects are a few hundred bytes each.
+            self.effects = VecDeque::new();
+        }
+        effect
     }
 
     /// The next event to report, with its key.
     #[must_use]
     pub fn poll_event(&mut self) -> Option<(KeyId, Event)> {
-        self.events.pop_front()
+        let event = self.events.pop_front();
+        if event.is_none() && self.events.capacity() > 0 {
+            self.events = VecDeque::new();
+        }
+        event
     }
 
-    /// The next key that has left the pool, and why: its driver state can go.
+    /// The next key that has left the pool, why, and its last status: its
+    /// driver state can go.
     #[must_use]
-    pub fn poll_removed(&mut self) -> Option<(KeyId, Removal)> {
+    pub fn poll_removed(&mut self) -> Option<Removed> {
         self.removed.pop_front()
     }
 
@@ -437,7 +467,7 @@ impl RefresherPool {
     #[must_use]
     pub fn poll_touched(&mut self) -> Option<KeyId> {
         let key = self.touched.pop();
-        if key.is_none() && self.touched.capacity() > 64 {
+        if key.is_none() && self.touched.capacity() > 0 {
             self.touched = Vec::new();
         }
         key
@@ -475,6 +505,10 @@ impl RefresherPool {
 
     fn fetch_ended(&mut self, id: KeyId, effect: EffectId) {
         self.in_flight.remove(&(id, effect));
+        if self.in_flight.is_empty() && self.in_flight.capacity() > 0 {
+            // A pool of one (a watcher) keeps no table between refreshes.
+            self.in_flight = HashSet::new();
+        }
     }
 
     /// Moves what `id`'s refresher asks for into the pool's queues, files
@@ -503,8 +537,13 @@ impl RefresherPool {
         }
         if slot.refresher.is_finished() {
             let why = slot.leaving.unwrap_or(Removal::ShutDown);
+            let status = slot.refresher.last_status();
             self.slots.remove(&id);
-            self.removed.push_back((id, why));
+            self.removed.push_back(Removed {
+                key: id,
+                why,
+                status,
+            });
             return;
         }
         let due = slot
@@ -544,7 +583,9 @@ impl RefresherPool {
         }
     }
 
-    /// Drops stale heap entries once they outnumber live ones.
+    /// Drops stale heap entries once they outnumber live ones (amortized:
+    /// at most once per as many changes as there are keys), and gives
+    /// back the room they took.
     fn compact(&mut self) {
         if self.timers.len() <= 2 * self.slots.len() + 64 {
             return;
@@ -553,6 +594,7 @@ impl RefresherPool {
         self.timers.retain(|Reverse((deadline, id))| {
             slots.get(id).is_some_and(|s| s.filed == Some(*deadline))
         });
+        self.timers.shrink_to(self.timers.len() * 3 / 2 + 64);
     }
 }
 

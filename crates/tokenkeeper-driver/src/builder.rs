@@ -24,9 +24,6 @@ use crate::shared::{Commands, Shared, now};
 use crate::source::{Source, SourceKind};
 use crate::watcher::TokenWatcher;
 
-/// Room for commands from handles waiting for the driver (refresh_now, shutdown).
-const COMMAND_QUEUE: usize = 32;
-
 /// The shortest wake interval accepted: the loop never polls faster.
 pub const MIN_WAKE_INTERVAL: Duration = Duration::from_millis(10);
 
@@ -410,18 +407,19 @@ impl<R: Runtime> TokenWatcherBuilder<R> {
 
         let start = now();
         let refresher = Refresher::new(config, seed.unwrap_or_else(|| fastrand::u64(..)), start);
-        let (requests_tx, requests_rx) = async_channel::bounded(COMMAND_QUEUE);
+        let (requests_tx, requests_rx) = crate::driver::requests();
         let (first_tx, first_rx) = async_channel::bounded(1);
+        // A watcher is a pool of one key.
+        let id = KeyId::new(0);
         let shared = Arc::new(Shared::new(
+            id,
             key,
             name.clone(),
             layer_names,
-            refresher.status(start),
+            Some(refresher.status(start)),
             dpop,
         ));
         let publisher = Publisher::new(Arc::clone(&shared), Some(first_tx), on_event);
-        // A watcher is a pool of one key.
-        let id = KeyId::new(0);
         let mut driver = Driver::new(DriverParts {
             runtime: runtime.clone(),
             pool: RefresherPool::new(PoolConfig::default()),
@@ -432,7 +430,7 @@ impl<R: Runtime> TokenWatcherBuilder<R> {
         });
         driver.add(KeyParts {
             id,
-            refresher,
+            refresher: Box::new(refresher),
             fetch,
             layers,
             publisher,
@@ -440,7 +438,7 @@ impl<R: Runtime> TokenWatcherBuilder<R> {
         });
         // The driver's own task is never aborted: it ends by itself once
         // stopped, or with its runtime.
-        drop(runtime::spawn(&runtime, "watcher", driver.run()));
+        runtime::spawn_detached(&runtime, "watcher", driver.run());
         Ok((
             TokenWatcher::new(shared, Commands::new(requests_tx, id), runtime.clone()),
             first_rx,
@@ -488,6 +486,12 @@ impl<R: Runtime> TokenWatcherBuilder<R> {
         self.source = self.source.grant_assertion(assertion);
         self
     }
+}
+
+/// How long the refresher waits for a fetch whose HTTP exchange times out
+/// after `request_timeout`.
+pub(crate) fn fetch_deadline(request_timeout: Duration) -> Duration {
+    request_timeout.saturating_add(FETCH_DEADLINE_MARGIN)
 }
 
 /// What every key of a watcher or pool shares, for [`prepare_key`].
@@ -542,16 +546,17 @@ pub(crate) fn prepare_key(
         config = config.layer(layer.layer());
     }
     let request_timeout = settings.request_timeout;
-    config = config.fetch_timeout(request_timeout.saturating_add(FETCH_DEADLINE_MARGIN));
+    config = config.fetch_timeout(fetch_deadline(request_timeout));
     let fetch = match &source.0 {
         SourceKind::OAuth2(client) => FetchWith::Http {
             exchange: exchange()?,
             dpop: settings.dpop.cloned(),
             grant: client.grant().as_str(),
             url: client.token_url().redacted(),
-            assertions: source.1.for_client(client).map_err(|e| SpawnError::Assertion {
-                error: e.into(),
-            })?,
+            assertions: source
+                .1
+                .for_client(client)
+                .map_err(|e| SpawnError::Assertion { error: e.into() })?,
         },
         other => FetchWith::Source {
             source: other.clone(),

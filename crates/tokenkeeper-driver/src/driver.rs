@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use futures_lite::{FutureExt, StreamExt};
 use std::collections::HashMap;
 
+use tokenkeeper_core::Health;
 use tokenkeeper_core::oauth2::TokenRequest;
 use tokenkeeper_core::pool::{KeyId, RefresherPool, Removal};
 use tokenkeeper_core::{
@@ -42,6 +43,9 @@ use crate::source::SourceKind;
 /// them behind.
 const GRACE: Duration = Duration::from_secs(5);
 
+/// The most queued requests, and answers, taken in one turn of the loop.
+const BATCH: usize = 256;
+
 /// How the refresher's fetches are carried out.
 // One per watcher, never moved on a hot path: its size does not matter.
 #[allow(clippy::large_enum_variant)]
@@ -62,6 +66,20 @@ pub(crate) enum FetchWith {
         source: SourceKind,
         timeout: Duration,
     },
+}
+
+/// The queue of requests from the handles to their driver. futures'
+/// channels allocate a node per message and nothing while empty: a watcher
+/// (a driver of one key) should not hold a block of slots for the rare
+/// command or answer.
+pub(crate) type RequestSender = futures_channel::mpsc::UnboundedSender<Request>;
+/// The driver's end of it.
+pub(crate) type RequestReceiver = futures_channel::mpsc::UnboundedReceiver<Request>;
+type AnswerSender = futures_channel::mpsc::UnboundedSender<Answer>;
+
+/// A new queue of requests.
+pub(crate) fn requests() -> (RequestSender, RequestReceiver) {
+    futures_channel::mpsc::unbounded()
 }
 
 /// Something that happened outside the loop, on its way back to it.
@@ -90,13 +108,13 @@ enum Wake {
 /// Answers an effect even when its work panics or is cancelled, so the
 /// refresher hears back at once instead of at the effect's deadline.
 struct Reply {
-    answers: Option<async_channel::Sender<Answer>>,
+    answers: Option<AnswerSender>,
     key: KeyId,
     otherwise: Option<Input>,
 }
 
 impl Reply {
-    fn new(answers: &async_channel::Sender<Answer>, key: KeyId, otherwise: Input) -> Self {
+    fn new(answers: &AnswerSender, key: KeyId, otherwise: Input) -> Self {
         Reply {
             answers: Some(answers.clone()),
             key,
@@ -106,7 +124,7 @@ impl Reply {
 
     fn send(mut self, input: Input) {
         if let Some(answers) = self.answers.take() {
-            let _ = answers.try_send(Answer::Input(self.key, input));
+            let _ = answers.unbounded_send(Answer::Input(self.key, input));
         }
     }
 }
@@ -114,7 +132,7 @@ impl Reply {
 impl Drop for Reply {
     fn drop(&mut self) {
         if let (Some(answers), Some(input)) = (self.answers.take(), self.otherwise.take()) {
-            let _ = answers.try_send(Answer::Input(self.key, input));
+            let _ = answers.unbounded_send(Answer::Input(self.key, input));
         }
     }
 }
@@ -128,12 +146,14 @@ pub(crate) enum Request {
     Add(Box<KeyParts>),
     /// Stop every key, then end.
     ShutdownAll,
+    /// How many keys are ready, degraded and broken.
+    Health(async_channel::Sender<crate::PoolHealth>),
 }
 
 /// Everything one key is made of; built by the builders.
 pub(crate) struct KeyParts {
     pub(crate) id: KeyId,
-    pub(crate) refresher: Refresher,
+    pub(crate) refresher: Box<Refresher>,
     pub(crate) fetch: FetchWith,
     pub(crate) layers: Vec<AnyLayer>,
     pub(crate) publisher: Publisher,
@@ -144,15 +164,20 @@ pub(crate) struct KeyParts {
 /// What the driver keeps of a key beside its refresher.
 struct KeyState {
     fetch: FetchWith,
-    layers: Vec<AnyLayer>,
-    workers: Vec<async_channel::Sender<LayerOp>>,
-    /// Whether the key is stopping (for its layers' workers); only
-    /// allocated for keys with layers.
-    stopping: Option<Arc<AtomicBool>>,
     publisher: Publisher,
     forget: Option<Box<dyn FnOnce() + Send + Sync>>,
-    /// Its cache layers' workers.
+    /// Its cache layers and their workers; `None` for a key without (most
+    /// keys of a pool), which so costs nothing for them.
+    layers: Option<Box<KeyLayers>>,
+}
+
+/// A key's cache layers and what runs them.
+struct KeyLayers {
+    layers: Vec<AnyLayer>,
+    workers: Vec<async_channel::Sender<LayerOp>>,
     worker_tasks: Vec<Task>,
+    /// Whether the key is stopping, for its layers' workers.
+    stopping: Arc<AtomicBool>,
 }
 
 /// A key that has left, kept until its cache layers' workers have finished
@@ -170,7 +195,7 @@ struct Leaving {
 pub(crate) struct DriverParts<R> {
     pub(crate) runtime: R,
     pub(crate) pool: RefresherPool,
-    pub(crate) requests: async_channel::Receiver<Request>,
+    pub(crate) requests: RequestReceiver,
     pub(crate) wake_interval: Duration,
     /// A watcher's driver ends once its one key has left; a pool's keeps
     /// going until its handles are gone.
@@ -190,9 +215,9 @@ pub(crate) struct Driver<R: Runtime> {
     /// Guards of blocking layers' subscriptions (in a mutex only to make
     /// the driver `Sync`).
     subscriptions: std::sync::Mutex<Vec<(KeyId, Box<dyn Send>)>>,
-    answers_tx: async_channel::Sender<Answer>,
-    answers_rx: async_channel::Receiver<Answer>,
-    requests: Option<async_channel::Receiver<Request>>,
+    answers_tx: AnswerSender,
+    answers_rx: futures_channel::mpsc::UnboundedReceiver<Answer>,
+    requests: Option<RequestReceiver>,
     fetches: Vec<Task>,
     wake_interval: Duration,
     ends_when_empty: bool,
@@ -203,7 +228,7 @@ pub(crate) struct Driver<R: Runtime> {
 
 impl<R: Runtime> Driver<R> {
     pub(crate) fn new(parts: DriverParts<R>) -> Self {
-        let (answers_tx, answers_rx) = async_channel::unbounded();
+        let (answers_tx, answers_rx) = futures_channel::mpsc::unbounded();
         Driver {
             runtime: parts.runtime,
             pool: parts.pool,
@@ -232,24 +257,33 @@ impl<R: Runtime> Driver<R> {
             publisher,
             forget,
         } = parts;
-        let stopping = (!layers.is_empty()).then(|| Arc::new(AtomicBool::new(false)));
-        let mut state = Box::new(KeyState {
+        let mut layers = (!layers.is_empty()).then(|| {
+            Box::new(KeyLayers {
+                layers,
+                workers: Vec::new(),
+                worker_tasks: Vec::new(),
+                stopping: Arc::new(AtomicBool::new(false)),
+            })
+        });
+        if let Some(layers) = &mut layers {
+            self.start_layers(id, layers);
+        }
+        let state = Box::new(KeyState {
             fetch,
-            layers,
-            workers: Vec::new(),
-            stopping,
             publisher,
             forget,
-            worker_tasks: Vec::new(),
+            layers,
         });
-        self.start_layers(id, &mut state);
         self.keys.insert(id, state);
         if self.pool.insert(now(), id, refresher).is_err() {
             error!(%id, "driver bug: a key id used twice");
         }
     }
 
-    pub(crate) async fn run(self) {
+    /// The driver's task. Not an `async fn`: the span is made here, and the
+    /// driver moves into the loop's future once (an `async fn` would hold
+    /// it twice, and a watcher is one such task).
+    pub(crate) fn run(self) -> impl Future<Output = ()> + Send + 'static {
         let span = if self.ends_when_empty {
             // A watcher: its one key names it.
             let key = self
@@ -266,7 +300,7 @@ impl<R: Runtime> Driver<R> {
         } else {
             info_span!("tokenkeeper.pool", name = %self.name, runtime = self.runtime.name())
         };
-        self.run_loop().instrument(span).await;
+        self.run_loop().instrument(span)
     }
 
     async fn run_loop(mut self) {
@@ -283,11 +317,13 @@ impl<R: Runtime> Driver<R> {
                 .poll_sleep(now())
                 .map_or(self.wake_interval, |sleep| sleep.min(self.wake_interval));
             match self.wait(sleep_for).await {
-                Wake::Request(request) => self.request(request),
-                Wake::Answer(Answer::Input(key, input)) => self.feed(key, input),
-                Wake::Answer(Answer::Changed(key, layer)) => {
-                    trace!(%key, layer, "a cache layer announced a change");
-                    self.feed(key, Input::CacheChanged { layer });
+                Wake::Request(request) => {
+                    self.request(request);
+                    self.take_queued();
+                }
+                Wake::Answer(answer) => {
+                    self.answer(answer);
+                    self.take_queued();
                 }
                 Wake::Timeout => {
                     let keys = &self.keys;
@@ -298,30 +334,66 @@ impl<R: Runtime> Driver<R> {
                 }
             }
         }
-        self.finish().await;
+        // Boxed: only a stopping driver needs its (large) state.
+        Box::pin(self.finish()).await;
     }
 
     /// The first of: a command (first, so a shutdown is never starved), a
     /// finished effect or change, the deadline.
-    async fn wait(&self, sleep_for: Duration) -> Wake {
+    async fn wait(&mut self, sleep_for: Duration) -> Wake {
+        let Driver {
+            requests,
+            answers_rx,
+            runtime,
+            ..
+        } = self;
         let command = async {
-            match &self.requests {
-                Some(requests) => Wake::Request(requests.recv().await.ok()),
+            match requests {
+                Some(requests) => Wake::Request(requests.next().await),
                 None => std::future::pending().await,
             }
         };
         let answer = async {
-            match self.answers_rx.recv().await {
-                Ok(answer) => Wake::Answer(answer),
+            match answers_rx.next().await {
+                Some(answer) => Wake::Answer(answer),
                 // The loop holds a sender: never closed.
-                Err(_) => std::future::pending().await,
+                None => std::future::pending().await,
             }
         };
         let deadline = async {
-            self.runtime.sleep(sleep_for).await;
+            runtime.sleep(sleep_for).await;
             Wake::Timeout
         };
         command.or(answer).or(deadline).await
+    }
+
+    /// Takes in the requests and answers already queued, up to a bound, so
+    /// that a burst (a pool's keys created together) costs one turn of the
+    /// loop rather than one each.
+    fn take_queued(&mut self) {
+        for _ in 0..BATCH {
+            match self.requests.as_mut().map(|r| r.try_recv()) {
+                Some(Ok(request)) => self.request(Some(request)),
+                Some(Err(futures_channel::mpsc::TryRecvError::Closed)) => self.request(None),
+                _ => break,
+            }
+        }
+        for _ in 0..BATCH {
+            match self.answers_rx.try_recv() {
+                Ok(answer) => self.answer(answer),
+                Err(_) => break,
+            }
+        }
+    }
+
+    fn answer(&mut self, answer: Answer) {
+        match answer {
+            Answer::Input(key, input) => self.feed(key, input),
+            Answer::Changed(key, layer) => {
+                trace!(%key, layer, "a cache layer announced a change");
+                self.feed(key, Input::CacheChanged { layer });
+            }
+        }
     }
 
     fn feed(&mut self, key: KeyId, input: Input) {
@@ -359,17 +431,12 @@ impl<R: Runtime> Driver<R> {
             }
         }
         let mut removed = Vec::new();
-        while let Some((key, why)) = self.pool.poll_removed() {
-            // Its last status, before its last events (`Stopped`): its
-            // refresher is gone, the snapshot says it stopped.
-            if let Some(state) = self.keys.get_mut(&key) {
-                let mut last = state.publisher.shared().status();
-                last.shut_down = true;
-                last.fetch_in_flight = false;
-                last.next_attempt = None;
-                state.publisher.status(last);
+        while let Some(gone) = self.pool.poll_removed() {
+            // Its last status, before its last events (`Stopped`).
+            if let Some(state) = self.keys.get_mut(&gone.key) {
+                state.publisher.status(gone.status.clone());
             }
-            removed.push((key, why));
+            removed.push((gone.key, gone.why));
         }
         for (key, event) in events {
             if let Some(state) = self.keys.get_mut(&key) {
@@ -389,33 +456,35 @@ impl<R: Runtime> Driver<R> {
     /// A key has left the pool: its workers finish what they were given and
     /// end, its handles see it stopped, and a pool forgets it.
     fn let_go(&mut self, key: KeyId, why: Removal) {
-        let Some(mut state) = self.keys.remove(&key) else {
+        let Some(state) = self.keys.remove(&key) else {
             return;
         };
         debug!(%key, ?why, "a key has left");
-        if let Some(stopping) = &state.stopping {
-            stopping.store(true, Ordering::Release);
+        let KeyState {
+            publisher,
+            forget,
+            layers,
+            ..
+        } = *state;
+        if let Some(forget) = forget {
+            forget();
         }
+        let Some(layers) = layers else {
+            // Dropping the publisher marks the key's handles stopped.
+            return;
+        };
+        layers.stopping.store(true, Ordering::Release);
         self.subscriptions
             .get_mut()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .retain(|(owner, _)| *owner != key);
-        // Closing the queues lets each worker finish and end.
-        state.workers.clear();
-        if let Some(forget) = state.forget.take() {
-            forget();
-        }
-        let KeyState {
+        // Closing the queues (dropping the senders) lets each worker finish
+        // and end.
+        let KeyLayers { worker_tasks, .. } = *layers;
+        self.leaving.push(Leaving {
             publisher,
             worker_tasks,
-            ..
-        } = *state;
-        if !worker_tasks.is_empty() {
-            self.leaving.push(Leaving {
-                publisher,
-                worker_tasks,
-            });
-        }
+        });
     }
 
     fn request(&mut self, request: Option<Request>) {
@@ -427,6 +496,19 @@ impl<R: Runtime> Driver<R> {
                     return;
                 }
                 self.add(*parts);
+            }
+            Some(Request::Health(reply)) => {
+                let at = now();
+                let mut summary = crate::PoolHealth::default();
+                for key in self.pool.keys() {
+                    match self.pool.status(key, at).map(|status| status.health(at)) {
+                        Some(Health::Ready) => summary.ready += 1,
+                        Some(Health::Degraded { .. }) => summary.degraded += 1,
+                        Some(_) => summary.broken += 1,
+                        None => {}
+                    }
+                }
+                let _ = reply.try_send(summary);
             }
             Some(Request::ShutdownAll) => {
                 info!("shutdown asked for");
@@ -455,6 +537,9 @@ impl<R: Runtime> Driver<R> {
             Command::Shutdown => {
                 info!(%key, "shutdown asked for");
                 self.pool.remove(now(), key);
+            }
+            Command::Status(reply) => {
+                let _ = reply.try_send(self.pool.status(key, now()));
             }
         }
     }
@@ -503,10 +588,8 @@ impl<R: Runtime> Driver<R> {
         }
     }
 
-    fn start_layers(&mut self, key: KeyId, state: &mut KeyState) {
-        let Some(stopping) = state.stopping.clone() else {
-            return;
-        };
+    fn start_layers(&mut self, key: KeyId, state: &mut KeyLayers) {
+        let stopping = Arc::clone(&state.stopping);
         for (index, layer) in state.layers.iter().enumerate() {
             let name = layer.layer().name().to_owned();
             let (ops_tx, ops_rx) = async_channel::unbounded();
@@ -547,7 +630,7 @@ impl<R: Runtime> Driver<R> {
                         "cache change feed",
                         async move {
                             while feed.next().await.is_some() {
-                                if answers.send(Answer::Changed(key, index)).await.is_err() {
+                                if answers.unbounded_send(Answer::Changed(key, index)).is_err() {
                                     break;
                                 }
                             }
@@ -560,7 +643,7 @@ impl<R: Runtime> Driver<R> {
                 AnyLayer::Blocking(layer) => {
                     let answers = self.answers_tx.clone();
                     let notify = Box::new(move || {
-                        let _ = answers.try_send(Answer::Changed(key, index));
+                        let _ = answers.unbounded_send(Answer::Changed(key, index));
                     });
                     let subscribed =
                         std::panic::catch_unwind(AssertUnwindSafe(|| layer.subscribe(notify)))
@@ -593,14 +676,18 @@ impl<R: Runtime> Driver<R> {
                 id,
                 request,
                 max_body,
-            } => self.send_request(key, id, request, max_body),
+            } => self.send_request(key, id, *request, max_body),
             Effect::Fetch { id, refresh_token } => self.fetch_from_source(key, id, refresh_token),
             other => error!(effect = ?other, "driver bug: an effect this driver does not know"),
         }
     }
 
     fn send_to_layer(&mut self, key: KeyId, layer: usize, op: LayerOp) {
-        let worker = self.keys.get(&key).and_then(|k| k.workers.get(layer));
+        let worker = self
+            .keys
+            .get(&key)
+            .and_then(|k| k.layers.as_ref())
+            .and_then(|l| l.workers.get(layer));
         let sent = match worker {
             Some(worker) => worker.try_send(op).map_err(|e| e.into_inner()),
             None => Err(op),
@@ -813,7 +900,7 @@ async fn serve_layer<R: Runtime>(
     name: String,
     layer: AnyLayer,
     ops: async_channel::Receiver<LayerOp>,
-    answers: async_channel::Sender<Answer>,
+    answers: AnswerSender,
     stopping: Arc<AtomicBool>,
 ) {
     let mut holds_lease = false;
@@ -873,7 +960,7 @@ async fn serve_layer<R: Runtime>(
                 continue;
             }
         };
-        let _ = answers.send(Answer::Input(key, input)).await;
+        let _ = answers.unbounded_send(Answer::Input(key, input));
     }
     // A lease granted while the watcher was stopping is never known to the
     // refresher; give it back here.

@@ -354,10 +354,11 @@ mod tests {
         let key = CacheKey::custom("metrics", &[]);
         let refresher = Refresher::new(RefresherConfig::custom(key.clone()), 1, T0);
         Arc::new(Shared::new(
+            tokenkeeper_core::pool::KeyId::new(0),
             key,
-            name.into(),
+            name,
             vec![],
-            refresher.status(T0),
+            Some(refresher.status(T0)),
             None,
         ))
     }
@@ -415,7 +416,7 @@ mod tests {
     /// A status snapshot with a token in the given state.
     fn status(state: Option<TokenState>, fetch_in_flight: bool, failures: u32) -> Status {
         let wall = Timestamp::from_system_time(std::time::SystemTime::now());
-        let mut status = shared("s").status();
+        let mut status = shared("s").status().expect("a watcher's status");
         status.token_state = state;
         status.issued = state.map(|_| wall);
         status.stale = state.map(|_| wall.saturating_add(Duration::from_secs(450)));

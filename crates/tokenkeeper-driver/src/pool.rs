@@ -16,10 +16,11 @@ use std::time::Duration;
 
 use tokenkeeper_core::pool::{KeyId, PoolConfig, RefresherPool};
 use tokenkeeper_core::{
-    BackoffPolicy, CacheKey, Health, Jitter, LifetimePolicy, RefreshNow, Refresher, Status,
+    BackoffPolicy, CacheKey, Health, Jitter, LifetimePolicy, RefreshNow, Refresher,
+    RefresherConfig, Status,
 };
 
-use crate::builder::{KeySettings, MIN_WAKE_INTERVAL, bind_key, prepare_key};
+use crate::builder::{KeySettings, MIN_WAKE_INTERVAL, bind_key, fetch_deadline, prepare_key};
 use crate::cache::AnyLayer;
 use crate::driver::{Driver, DriverParts, KeyParts, Request};
 use crate::error::{SpawnError, TokenError, WatcherStopped};
@@ -224,7 +225,16 @@ where
     pub fn build(self) -> Result<TokenPool<K, R>, SpawnError> {
         let runtime = self.runtime.bind().ok_or(SpawnError::NoRuntime)?;
         let thumbprint = self.http.client_certificate_thumbprint()?;
-        let (requests_tx, requests_rx) = async_channel::unbounded();
+        let mut tuning = RefresherConfig::custom(CacheKey::custom("tokenkeeper-pool", &[]))
+            .jitter(self.jitter)
+            .fetch_timeout(fetch_deadline(self.http.get_request_timeout()));
+        if let Some(policy) = self.policy {
+            tuning = tuning.lifetime_policy(policy);
+        }
+        if let Some(backoff) = self.backoff {
+            tuning = tuning.backoff(backoff);
+        }
+        let (requests_tx, requests_rx) = crate::driver::requests();
         let (done_tx, done_rx) = async_channel::bounded::<()>(1);
         let driver = Driver::new(DriverParts {
             runtime: runtime.clone(),
@@ -235,10 +245,10 @@ where
             name: self.name.clone(),
         });
         let name = self.name.clone();
-        drop(runtime::spawn(&runtime, "pool", async move {
+        runtime::spawn_detached(&runtime, "pool", async move {
             driver.run().await;
             drop(done_tx);
-        }));
+        });
         Ok(TokenPool {
             inner: Arc::new(Inner {
                 map: papaya::HashMap::new(),
@@ -250,28 +260,20 @@ where
                 exchange: std::sync::OnceLock::new(),
                 http: self.http,
                 thumbprint,
-                policy: self.policy,
-                jitter: self.jitter,
-                backoff: self.backoff,
+                tuning,
                 first_token_timeout: self.first_token_timeout,
                 seed: self.seed,
-                name,
+                name: name.into(),
                 runtime,
             }),
         })
     }
 }
 
-/// A key the pool holds: its number in the driver and its shared state.
-struct Entry {
-    id: KeyId,
-    shared: Arc<Shared>,
-}
-
 struct Inner<K, R> {
-    map: papaya::HashMap<K, Arc<Entry>>,
+    map: papaya::HashMap<K, Arc<Shared>>,
     next_id: AtomicU64,
-    requests: async_channel::Sender<Request>,
+    requests: crate::driver::RequestSender,
     /// Closed when the driver has ended.
     done: async_channel::Receiver<()>,
     factory: Factory<K>,
@@ -281,12 +283,12 @@ struct Inner<K, R> {
     exchange: std::sync::OnceLock<SharedExchange>,
     http: HttpSettings,
     thumbprint: Option<String>,
-    policy: Option<LifetimePolicy>,
-    jitter: Jitter,
-    backoff: Option<BackoffPolicy>,
+    /// The settings every key's refresher shares (its source and key
+    /// aside).
+    tuning: RefresherConfig,
     first_token_timeout: Duration,
     seed: Option<u64>,
-    name: String,
+    name: Arc<str>,
     runtime: R,
 }
 
@@ -339,12 +341,12 @@ where
     /// be built answers [`TokenError::Stopped`].
     #[inline]
     pub fn token(&self, key: &K) -> Result<Token, TokenError> {
-        if let Some(entry) = self.inner.map.pin().get(key) {
-            entry.shared.mark_used();
-            return read(&entry.shared);
+        if let Some(shared) = self.inner.map.pin().get(key) {
+            shared.mark_used();
+            return read(shared);
         }
         match self.entry(key) {
-            Ok(entry) => read(&entry.shared),
+            Ok(shared) => read(&shared),
             Err(_) => Err(TokenError::Stopped),
         }
     }
@@ -357,23 +359,23 @@ where
     /// without waiting until it gets a token.
     pub fn get<'a>(&'a self, key: &'a K) -> Waited<'a, R, Result<Token, SpawnError>> {
         wait::<R, _>(async move {
-            let entry = self.entry(key)?;
-            entry.shared.mark_used();
-            if let Ok(token) = read(&entry.shared) {
+            let shared = self.entry(key)?;
+            shared.mark_used();
+            if let Ok(token) = read(&shared) {
                 return Ok(token);
             }
             let waited = self.inner.first_token_timeout;
-            let first = entry.shared.wait(|state| {
+            let first = shared.wait(|state| {
                 if state.latest.is_some() && !state.closed {
                     Some(First::Token)
                 } else if state.closed {
                     Some(First::Stopped)
                 } else {
-                    state.refused.clone().map(First::Refused)
+                    state.refused.as_deref().cloned().map(First::Refused)
                 }
             });
             match timeout(&self.inner.runtime, waited, first).await {
-                Some(First::Token) => match read(&entry.shared) {
+                Some(First::Token) => match read(&shared) {
                     Ok(token) => Ok(token),
                     Err(_) => Err(SpawnError::Stopped),
                 },
@@ -381,7 +383,7 @@ where
                 Some(First::Stopped) => Err(SpawnError::Stopped),
                 None => Err(SpawnError::TimedOut {
                     waited,
-                    last_error: entry.shared.status().last_error,
+                    last_error: self.status_of(&shared).await.and_then(|s| s.last_error),
                 }),
             }
         })
@@ -407,33 +409,50 @@ where
         self.len() == 0
     }
 
-    /// The key's status, if the pool holds it (a snapshot: no I/O).
-    pub fn status(&self, key: &K) -> Option<Status> {
-        let entry = self.inner.map.pin().get(key).cloned()?;
-        Some(entry.shared.status_now())
+    /// The key's status, if the pool holds it: asked of the driver, which
+    /// keeps no snapshot per key (a pool holds many, and is asked rarely).
+    /// No I/O, and it never calls the authority.
+    pub fn status<'a>(&'a self, key: &'a K) -> Waited<'a, R, Option<Status>> {
+        wait::<R, _>(async move {
+            let shared = self.inner.map.pin().get(key).cloned()?;
+            self.status_of(&shared).await
+        })
     }
 
     /// The key's health, if the pool holds it: [`Health::Ready`], degraded
     /// (serving from the grace period, or failing transiently) or broken
-    /// (a permanent error, or no token), with the reason. A snapshot: safe
-    /// to call from every probe, it never calls the authority.
-    pub fn health(&self, key: &K) -> Option<Health> {
-        let entry = self.inner.map.pin().get(key).cloned()?;
-        Some(entry.shared.health())
+    /// (a permanent error, or no token), with the reason. Safe to ask from
+    /// every probe: it never calls the authority.
+    pub fn health<'a>(&'a self, key: &'a K) -> Waited<'a, R, Option<Health>> {
+        wait::<R, _>(async move {
+            let shared = self.inner.map.pin().get(key).cloned()?;
+            let status = self.status_of(&shared).await?;
+            Some(status.health(now()))
+        })
     }
 
-    /// The pool's health: the worst of its keys' (ready when it holds none).
-    /// Walks every key: for probes, not hot paths.
-    pub fn health_summary(&self) -> PoolHealth {
-        let mut summary = PoolHealth::default();
-        for (_, entry) in self.inner.map.pin().iter() {
-            match entry.shared.health() {
-                Health::Ready => summary.ready += 1,
-                Health::Degraded { .. } => summary.degraded += 1,
-                _ => summary.broken += 1,
+    /// How many keys are ready, degraded and broken: computed by the driver
+    /// in one pass, for probes and dashboards.
+    pub fn health_summary(&self) -> Waited<'_, R, PoolHealth> {
+        wait::<R, _>(async move {
+            let (reply, answer) = async_channel::bounded(1);
+            if self
+                .inner
+                .requests
+                .unbounded_send(Request::Health(reply))
+                .is_err()
+            {
+                return PoolHealth::default();
             }
-        }
-        summary
+            answer.recv().await.unwrap_or_default()
+        })
+    }
+
+    async fn status_of(&self, shared: &Shared) -> Option<Status> {
+        let (reply, answer) = async_channel::bounded(1);
+        let commands = Commands::new(self.inner.requests.clone(), shared.id());
+        commands.send(Command::Status(reply)).await.ok()?;
+        answer.recv().await.ok().flatten()
     }
 
     /// Forces a refresh of `key` (rate-limited per key, see
@@ -450,7 +469,7 @@ where
                 .get(key)
                 .cloned()
                 .ok_or(WatcherStopped)?;
-            let commands = Commands::new(self.inner.requests.clone(), entry.id);
+            let commands = Commands::new(self.inner.requests.clone(), entry.id());
             let (reply, answer) = async_channel::bounded(1);
             commands.send(Command::RefreshNow(reply)).await?;
             match answer.recv().await {
@@ -464,28 +483,28 @@ where
     /// in flight is let finish), its memory freed. Asked for again, it
     /// starts afresh.
     pub fn remove(&self, key: &K) {
-        if let Some(entry) = self.inner.map.pin().remove(key) {
+        if let Some(shared) = self.inner.map.pin().remove(key) {
             let _ = self
                 .inner
                 .requests
-                .try_send(Request::Key(entry.id, Command::Shutdown));
+                .unbounded_send(Request::Key(shared.id(), Command::Shutdown));
         }
     }
 
     /// Stops every key and waits until the driver has ended. Idempotent.
     pub fn shutdown(&self) -> Waited<'_, R, ()> {
         wait::<R, _>(async move {
-            let _ = self.inner.requests.send(Request::ShutdownAll).await;
+            let _ = self.inner.requests.unbounded_send(Request::ShutdownAll);
             let _ = self.inner.done.recv().await;
         })
     }
 
     /// The key's entry, created (and handed to the driver) if new. Only
     /// one caller creates it; the others find it.
-    fn entry(&self, key: &K) -> Result<Arc<Entry>, SpawnError> {
+    fn entry(&self, key: &K) -> Result<Arc<Shared>, SpawnError> {
         let map = self.inner.map.pin();
-        if let Some(entry) = map.get(key) {
-            return Ok(Arc::clone(entry));
+        if let Some(shared) = map.get(key) {
+            return Ok(Arc::clone(shared));
         }
         let source =
             (self.inner.factory)(key).map_err(|reason| SpawnError::InvalidKey { reason })?;
@@ -495,7 +514,7 @@ where
                 if self
                     .inner
                     .requests
-                    .try_send(Request::Add(Box::new(parts)))
+                    .unbounded_send(Request::Add(Box::new(parts)))
                     .is_err()
                 {
                     map.remove(key);
@@ -509,15 +528,10 @@ where
     }
 
     /// Everything the driver needs for a new key.
-    fn parts(&self, key: &K, source: Source) -> Result<(KeyParts, Arc<Entry>), SpawnError> {
+    fn parts(&self, key: &K, source: Source) -> Result<(KeyParts, Arc<Shared>), SpawnError> {
         let inner = &self.inner;
-        let mut config = source.refresher_config().jitter(inner.jitter);
-        if let Some(policy) = &inner.policy {
-            config = config.lifetime_policy(policy.clone());
-        }
-        if let Some(backoff) = &inner.backoff {
-            config = config.backoff(backoff.clone());
-        }
+        // Every key's policy, jitter, backoff and timeouts: one shared copy.
+        let config = source.refresher_config().tuned_like(&inner.tuning);
         let settings = KeySettings {
             thumbprint: inner.thumbprint.as_deref(),
             dpop: None,
@@ -547,39 +561,36 @@ where
         let refresher = Refresher::new(config, seed, start);
         let layer_names = layers.iter().map(|l| l.layer().name().to_owned()).collect();
         let shared = Arc::new(Shared::new(
+            id,
             cache_key,
-            inner.name.clone(),
+            Arc::clone(&inner.name),
             layer_names,
-            refresher.status(start),
+            None,
             None,
         ));
-        let entry = Arc::new(Entry {
-            id,
-            shared: Arc::clone(&shared),
-        });
         let weak: Weak<Inner<K, R>> = Arc::downgrade(&self.inner);
-        let forgotten = Arc::downgrade(&entry);
+        let forgotten = Arc::downgrade(&shared);
         let key = key.clone();
         let forget = Box::new(move || {
             // Removed from the map only if the entry is still this key's
             // (a key removed and asked for again has a new one).
-            if let (Some(inner), Some(entry)) = (weak.upgrade(), forgotten.upgrade()) {
+            if let (Some(inner), Some(shared)) = (weak.upgrade(), forgotten.upgrade()) {
                 inner
                     .map
                     .pin()
-                    .remove_if(&key, |_, held| Arc::ptr_eq(held, &entry))
+                    .remove_if(&key, |_, held| Arc::ptr_eq(held, &shared))
                     .ok();
             }
         });
         let parts = KeyParts {
             id,
-            refresher,
+            refresher: Box::new(refresher),
             fetch,
             layers,
-            publisher: Publisher::new(shared, None, None),
+            publisher: Publisher::new(Arc::clone(&shared), None, None),
             forget: Some(forget),
         };
-        Ok((parts, entry))
+        Ok((parts, shared))
     }
 }
 

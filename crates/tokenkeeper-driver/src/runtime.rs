@@ -161,6 +161,25 @@ impl Task {
     }
 }
 
+/// Spawns `task` on `runtime` for good, catching a panic (logged as an
+/// error, naming `what`): for a task that is never aborted or joined (a
+/// driver, which ends by itself), so without [`spawn`]'s handle and the two
+/// channels it costs.
+pub(crate) fn spawn_detached<R: Runtime>(
+    runtime: &R,
+    what: &'static str,
+    task: impl Future<Output = ()> + Send + 'static,
+) {
+    // Boxed first, as in `spawn`: the wrapper then holds a pointer, not a
+    // second copy of the task's state.
+    let task = Box::pin(task);
+    runtime.spawn(Box::pin(async move {
+        if AssertUnwindSafe(task).catch_unwind().await.is_err() {
+            tracing::error!(task = what, "a tokenkeeper task panicked");
+        }
+    }));
+}
+
 /// Spawns `task` on `runtime`, catching a panic (logged as an error, naming
 /// `what`) and ending it early when the returned [`Task`] is aborted.
 pub(crate) fn spawn<R: Runtime>(
@@ -168,6 +187,10 @@ pub(crate) fn spawn<R: Runtime>(
     what: &'static str,
     task: impl Future<Output = ()> + Send + 'static,
 ) -> Task {
+    // Boxed first: the wrapper below moves it into nested futures, which
+    // would otherwise each hold a copy of its state (a driver's is
+    // kilobytes, and a watcher is one such task).
+    let task = Box::pin(task);
     let (cancel, cancelled) = async_channel::bounded::<()>(1);
     let (finished, done) = async_channel::bounded::<()>(1);
     // Held by the task, so that only `Task::abort` (never a dropped handle)

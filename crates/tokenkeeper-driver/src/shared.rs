@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime};
 use arc_swap::{ArcSwap, Guard};
 
 use crate::dpop::DpopKey;
-use crate::driver::Request;
+use crate::driver::{Request, RequestSender};
 use crate::error::WatcherStopped;
 use event_listener::Event;
 use tokenkeeper_core::FetchError;
@@ -39,52 +39,57 @@ pub(crate) enum Command {
     RefreshIfCurrent(AccessToken, async_channel::Sender<RefreshNow>),
     /// Stop this key (for a watcher, its driver).
     Shutdown,
+    /// The key's status now (a pool's keys keep no snapshot).
+    Status(async_channel::Sender<Option<Status>>),
 }
 
 /// A key's handles' way to its driver: the driver's queue and the key.
 #[derive(Clone)]
 pub(crate) struct Commands {
-    requests: async_channel::Sender<Request>,
+    requests: RequestSender,
     key: KeyId,
 }
 
 impl Commands {
-    pub(crate) fn new(requests: async_channel::Sender<Request>, key: KeyId) -> Self {
+    pub(crate) fn new(requests: RequestSender, key: KeyId) -> Self {
         Commands { requests, key }
     }
 
     /// Sends `command` for this key; `Err` once the driver has ended.
     pub(crate) async fn send(&self, command: Command) -> Result<(), WatcherStopped> {
         self.requests
-            .send(Request::Key(self.key, command))
-            .await
+            .unbounded_send(Request::Key(self.key, command))
             .map_err(|_| WatcherStopped)
     }
 }
 
-/// The token readers get, alone in its cache lines (two, for CPUs that fetch
-/// lines in pairs), so that writes to the rest of [`Shared`] never slow
-/// readers down.
+/// The token readers get: one atomic pointer. It always holds a record;
+/// "no token" is one placeholder record shared by every key of the
+/// process, never handed out, so that a handed-out token needs no further
+/// check.
 ///
-/// It always holds a record; "no token" is a placeholder record that is
-/// never handed out, so that a handed-out token needs no further check.
-#[repr(align(128))]
+/// Not padded to a cache line of its own: the rest of [`Shared`] is written
+/// rarely (a status snapshot per refresh), and a pool holds one per key.
 struct Slot {
     current: ArcSwap<TokenRecord>,
-    none: Arc<TokenRecord>,
+}
+
+/// The "no token" placeholder.
+fn placeholder() -> &'static Arc<TokenRecord> {
+    static NONE: OnceLock<Arc<TokenRecord>> = OnceLock::new();
+    NONE.get_or_init(|| {
+        Arc::new(LifetimePolicy::default().record(
+            TokenGrant::bearer(AccessToken::new(String::new()), Some(Duration::ZERO)),
+            Timestamp::EPOCH,
+            None,
+        ))
+    })
 }
 
 impl Slot {
     fn empty() -> Self {
-        let placeholder = LifetimePolicy::default().record(
-            TokenGrant::bearer(AccessToken::new(String::new()), Some(Duration::ZERO)),
-            Timestamp::EPOCH,
-            None,
-        );
-        let none = Arc::new(placeholder);
         Slot {
-            current: ArcSwap::new(Arc::clone(&none)),
-            none,
+            current: ArcSwap::new(Arc::clone(placeholder())),
         }
     }
 }
@@ -98,12 +103,15 @@ pub(crate) struct ChangeState {
     pub(crate) closed: bool,
     /// Refused for good before any token came (`invalid_client`, ...): a
     /// wait for a first token ends with it.
-    pub(crate) refused: Option<FetchError>,
+    pub(crate) refused: Option<Box<FetchError>>,
 }
 
 /// Rarely touched state: the status snapshot and why there is no token.
 struct Cold {
-    status: Status,
+    /// Kept for a watcher, whose `status()` reads it without waiting; not
+    /// for a key of a pool, whose status the driver computes when asked
+    /// (a pool holds many keys, and asks rarely).
+    status: Option<Box<Status>>,
     expired_at: Option<Timestamp>,
 }
 
@@ -116,8 +124,11 @@ pub(crate) struct Shared {
     stopped: AtomicBool,
     /// Read since the driver last asked (a pool evicts keys nobody reads).
     used: AtomicBool,
+    /// The key's number in its driver.
+    id: KeyId,
     key: CacheKey,
-    name: String,
+    /// Shared by every key of a pool.
+    name: Arc<str>,
     layer_names: Vec<String>,
     dpop: Option<DpopKey>,
     /// `token()` calls, counted for the metrics.
@@ -127,24 +138,26 @@ pub(crate) struct Shared {
 
 impl Shared {
     pub(crate) fn new(
+        id: KeyId,
         key: CacheKey,
-        name: String,
+        name: impl Into<Arc<str>>,
         layer_names: Vec<String>,
-        status: Status,
+        status: Option<Status>,
         dpop: Option<DpopKey>,
     ) -> Self {
         Shared {
             slot: Slot::empty(),
             cold: Mutex::new(Cold {
-                status,
+                status: status.map(Box::new),
                 expired_at: None,
             }),
             changes: Mutex::new(ChangeState::default()),
             changed: Event::new(),
             stopped: AtomicBool::new(false),
             used: AtomicBool::new(true),
+            id,
             key,
-            name,
+            name: name.into(),
             layer_names,
             dpop,
             #[cfg(feature = "metrics")]
@@ -179,7 +192,7 @@ impl Shared {
     #[inline]
     pub(crate) fn load(&self) -> Result<Guard<Arc<TokenRecord>>, Guard<Arc<TokenRecord>>> {
         let guard = self.slot.current.load();
-        if Arc::ptr_eq(&guard, &self.slot.none) {
+        if Arc::ptr_eq(&guard, placeholder()) {
             Err(guard)
         } else {
             Ok(guard)
@@ -189,15 +202,21 @@ impl Shared {
     /// The current token, reference-counted (not for the hot path).
     pub(crate) fn current(&self) -> Option<Arc<TokenRecord>> {
         let current = self.slot.current.load_full();
-        (!Arc::ptr_eq(&current, &self.slot.none)).then_some(current)
+        (!Arc::ptr_eq(&current, placeholder())).then_some(current)
     }
 
     pub(crate) fn expired_at(&self) -> Option<Timestamp> {
         self.cold().expired_at
     }
 
-    pub(crate) fn status(&self) -> Status {
-        self.cold().status.clone()
+    /// The status snapshot, for a watcher's key (`None` for a pool's).
+    pub(crate) fn status(&self) -> Option<Status> {
+        self.cold().status.as_deref().cloned()
+    }
+
+    /// The key's number in its driver.
+    pub(crate) fn id(&self) -> KeyId {
+        self.id
     }
 
     pub(crate) fn is_stopped(&self) -> bool {
@@ -253,7 +272,7 @@ impl Shared {
     /// get now (its state by the clock), and whether the driver has ended.
     pub(crate) fn status_now(&self) -> Status {
         let now = now().wall;
-        let mut status = self.status();
+        let mut status = self.status().unwrap_or_else(Status::stopped);
         match self.current() {
             Some(token) => {
                 status.token_state = Some(token.state_at(now));
@@ -289,34 +308,48 @@ impl Shared {
             state.latest = Some(token);
             state.refused = None;
         }
-        self.changed.notify(usize::MAX);
+        self.wake_waiters();
+    }
+
+    /// Wakes whoever waits for a change. Nobody, most of the time (and in
+    /// every key of a pool that nobody waits on): then nothing is done, and
+    /// nothing allocated. A waiter that starts listening after this look
+    /// checks the state after that, under the lock, and sees the change.
+    fn wake_waiters(&self) {
+        if self.changed.total_listeners() > 0 {
+            self.changed.notify(usize::MAX);
+        }
     }
 
     /// Refused for good with no token: waiters for a first token stop
     /// waiting.
     pub(crate) fn refuse(&self, error: FetchError) {
-        self.change_state().refused = Some(error);
-        self.changed.notify(usize::MAX);
+        self.change_state().refused = Some(Box::new(error));
+        self.wake_waiters();
     }
 
     /// The token expired unreplaced: readers get none.
     pub(crate) fn withdraw(&self, expired_at: Timestamp) {
-        self.slot.current.store(Arc::clone(&self.slot.none));
+        self.slot.current.store(Arc::clone(placeholder()));
         self.cold().expired_at = Some(expired_at);
     }
 
     pub(crate) fn set_status(&self, status: Status) {
-        self.cold().status = status;
+        if let Some(kept) = &mut self.cold().status {
+            **kept = status;
+        }
     }
 
     /// The driver has ended: readers get [`TokenError::Stopped`](crate::TokenError::Stopped)
     /// and waiters wake, for good.
     pub(crate) fn close(&self) {
-        self.slot.current.store(Arc::clone(&self.slot.none));
-        self.cold().status.shut_down = true;
+        self.slot.current.store(Arc::clone(placeholder()));
+        if let Some(kept) = &mut self.cold().status {
+            kept.shut_down = true;
+        }
         self.stopped.store(true, Ordering::Release);
         self.change_state().closed = true;
-        self.changed.notify(usize::MAX);
+        self.wake_waiters();
     }
 }
 
@@ -332,10 +365,11 @@ mod tests {
             Timestamp::from_secs(1),
         );
         Arc::new(Shared::new(
+            KeyId::new(0),
             CacheKey::custom("t", &[]),
-            "t".into(),
+            "t",
             vec![],
-            refresher.status(Timestamp::from_secs(1)),
+            Some(refresher.status(Timestamp::from_secs(1))),
             None,
         ))
     }
@@ -374,6 +408,6 @@ mod tests {
         std::thread::sleep(Duration::from_millis(50));
         shared.close();
         closer.join().unwrap();
-        assert!(shared.is_stopped() && shared.status().shut_down);
+        assert!(shared.is_stopped() && shared.status().is_some_and(|s| s.shut_down));
     }
 }

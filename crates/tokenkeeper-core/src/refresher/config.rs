@@ -89,12 +89,20 @@ impl Layer {
 pub struct RefresherConfig {
     pub(crate) source: Source,
     pub(crate) key: CacheKey,
+    pub(crate) layers: Vec<Layer>,
+    pub(crate) initial_refresh_token: Option<RefreshToken>,
+    /// Shared, not copied, between the keys of a pool
+    /// ([`RefresherConfig::tuned_like`]).
+    pub(crate) tuning: std::sync::Arc<Tuning>,
+}
+
+/// The settings of a refresher that do not depend on its source.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Tuning {
     pub(crate) policy: LifetimePolicy,
     pub(crate) jitter: Jitter,
     pub(crate) backoff: BackoffPolicy,
-    pub(crate) layers: Vec<Layer>,
     pub(crate) refresh_now_min_interval: Duration,
-    pub(crate) initial_refresh_token: Option<RefreshToken>,
     pub(crate) cache_timeout: Duration,
     pub(crate) fetch_timeout: Duration,
     pub(crate) shutdown_grace: Duration,
@@ -153,34 +161,33 @@ impl RefresherConfig {
         RefresherConfig {
             source,
             key,
-            policy: LifetimePolicy::default(),
-            jitter: Jitter::default(),
-            backoff: BackoffPolicy::default(),
             layers: Vec::new(),
-            refresh_now_min_interval: Duration::from_secs(10),
             initial_refresh_token: None,
-            cache_timeout: Duration::from_secs(10),
-            fetch_timeout: Duration::from_secs(60),
-            shutdown_grace: Duration::from_secs(5),
+            tuning: std::sync::Arc::new(Tuning {
+                policy: LifetimePolicy::default(),
+                jitter: Jitter::default(),
+                backoff: BackoffPolicy::default(),
+                refresh_now_min_interval: Duration::from_secs(10),
+                cache_timeout: Duration::from_secs(10),
+                fetch_timeout: Duration::from_secs(60),
+                shutdown_grace: Duration::from_secs(5),
+            }),
         }
     }
 
     /// Sets the lifetime policy.
-    pub fn lifetime_policy(mut self, policy: LifetimePolicy) -> Self {
-        self.policy = policy;
-        self
+    pub fn lifetime_policy(self, policy: LifetimePolicy) -> Self {
+        self.tune(|t| t.policy = policy)
     }
 
     /// Sets the refresh jitter.
-    pub fn jitter(mut self, jitter: Jitter) -> Self {
-        self.jitter = jitter;
-        self
+    pub fn jitter(self, jitter: Jitter) -> Self {
+        self.tune(|t| t.jitter = jitter)
     }
 
     /// Sets the error backoff.
-    pub fn backoff(mut self, backoff: BackoffPolicy) -> Self {
-        self.backoff = backoff;
-        self
+    pub fn backoff(self, backoff: BackoffPolicy) -> Self {
+        self.tune(|t| t.backoff = backoff)
     }
 
     /// Appends a cache layer; layers are read in the order they are added.
@@ -191,9 +198,8 @@ impl RefresherConfig {
 
     /// The shortest time between two refreshes asked for with
     /// [`Refresher::refresh_now`](super::Refresher::refresh_now) (default 10 s).
-    pub fn refresh_now_min_interval(mut self, interval: Duration) -> Self {
-        self.refresh_now_min_interval = interval;
-        self
+    pub fn refresh_now_min_interval(self, interval: Duration) -> Self {
+        self.tune(|t| t.refresh_now_min_interval = interval)
     }
 
     /// The refresh token to start from (refresh-token grant). A newer one found
@@ -211,9 +217,8 @@ impl RefresherConfig {
     /// [`CacheProblem::Write`](super::CacheProblem::Write), an unanswered
     /// lease [`LeaseOutcome::Failed`](super::LeaseOutcome::Failed). Read it
     /// back with [`RefresherConfig::get_cache_timeout`].
-    pub fn cache_timeout(mut self, timeout: Duration) -> Self {
-        self.cache_timeout = timeout.max(MIN_TIMEOUT);
-        self
+    pub fn cache_timeout(self, timeout: Duration) -> Self {
+        self.tune(|t| t.cache_timeout = timeout.max(MIN_TIMEOUT))
     }
 
     /// How long a fetch ([`Effect::SendRequest`](super::Effect::SendRequest),
@@ -224,9 +229,8 @@ impl RefresherConfig {
     /// [`RefresherConfig::get_fetch_timeout`].
     ///
     /// [`FetchError::Timeout`]: crate::FetchError::Timeout
-    pub fn fetch_timeout(mut self, timeout: Duration) -> Self {
-        self.fetch_timeout = timeout.max(MIN_TIMEOUT);
-        self
+    pub fn fetch_timeout(self, timeout: Duration) -> Self {
+        self.tune(|t| t.fetch_timeout = timeout.max(MIN_TIMEOUT))
     }
 
     /// How long [`Refresher::shutdown`](super::Refresher::shutdown) waits for
@@ -234,24 +238,41 @@ impl RefresherConfig {
     /// the rotated token it brings, before stopping anyway (default 5 s; zero
     /// stops at once). Read it back with
     /// [`RefresherConfig::get_shutdown_grace`].
-    pub fn shutdown_grace(mut self, grace: Duration) -> Self {
-        self.shutdown_grace = grace;
-        self
+    pub fn shutdown_grace(self, grace: Duration) -> Self {
+        self.tune(|t| t.shutdown_grace = grace)
     }
 
     /// The cache effect timeout (set with [`RefresherConfig::cache_timeout`]).
     pub fn get_cache_timeout(&self) -> Duration {
-        self.cache_timeout
+        self.tuning.cache_timeout
     }
 
     /// The fetch timeout (set with [`RefresherConfig::fetch_timeout`]).
     pub fn get_fetch_timeout(&self) -> Duration {
-        self.fetch_timeout
+        self.tuning.fetch_timeout
     }
 
     /// The shutdown grace (set with [`RefresherConfig::shutdown_grace`]).
     pub fn get_shutdown_grace(&self) -> Duration {
-        self.shutdown_grace
+        self.tuning.shutdown_grace
+    }
+
+    /// Takes the lifetime policy, jitter, backoff, rate limit and timeouts
+    /// of `template`, shared rather than copied: the keys of a pool have
+    /// the same, and a pool holds many.
+    pub fn tuned_like(mut self, template: &RefresherConfig) -> Self {
+        self.tuning = std::sync::Arc::clone(&template.tuning);
+        self
+    }
+
+    /// Changes the tuning; a change that changes nothing keeps it shared.
+    fn tune(mut self, change: impl FnOnce(&mut Tuning)) -> Self {
+        let mut tuning = (*self.tuning).clone();
+        change(&mut tuning);
+        if tuning != *self.tuning {
+            self.tuning = std::sync::Arc::new(tuning);
+        }
+        self
     }
 
     /// The key under which records are cached.
@@ -271,11 +292,11 @@ impl RefresherConfig {
 
     /// The lifetime policy.
     pub fn policy(&self) -> &LifetimePolicy {
-        &self.policy
+        &self.tuning.policy
     }
 
     /// The backoff policy.
     pub fn backoff_policy(&self) -> &BackoffPolicy {
-        &self.backoff
+        &self.tuning.backoff
     }
 }

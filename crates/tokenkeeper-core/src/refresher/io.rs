@@ -85,8 +85,9 @@ pub enum Effect {
     SendRequest {
         /// The effect's id.
         id: EffectId,
-        /// The request; it holds secrets.
-        request: TokenRequest,
+        /// The request; it holds secrets. Boxed, so that effects are small
+        /// (a pool queues many).
+        request: Box<TokenRequest>,
         /// The most body bytes to read: the client's
         /// [`body_limit`](crate::oauth2::OAuth2Client::body_limit). A driver
         /// stops reading past it and answers [`FetchError::BodyTooLarge`]
@@ -422,6 +423,26 @@ pub struct Status {
     /// Whether it has shut down (finished: a shutdown still waiting for a
     /// rotated refresh token is not finished yet).
     pub shut_down: bool,
+}
+
+impl Status {
+    /// The status of a refresher that has shut down and kept nothing: no
+    /// token, no error. What a driver shows for a key it no longer holds.
+    pub fn stopped() -> Status {
+        Status {
+            token_state: None,
+            issued: None,
+            stale: None,
+            expiry: None,
+            last_error: None,
+            last_error_at: None,
+            consecutive_failures: 0,
+            last_success_at: None,
+            next_attempt: None,
+            fetch_in_flight: false,
+            shut_down: true,
+        }
+    }
 }
 
 /// Misuse of the refresher's API: a bug in the driver, not a protocol error.

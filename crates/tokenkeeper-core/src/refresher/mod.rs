@@ -63,7 +63,7 @@ pub use io::{
     Status, Wait,
 };
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -126,8 +126,10 @@ impl Pending {
     /// How long the effect may go unanswered.
     fn timeout(self, config: &RefresherConfig) -> Duration {
         match self {
-            Pending::Read | Pending::Write { .. } | Pending::Lease { .. } => config.cache_timeout,
-            Pending::Fetch { .. } => config.fetch_timeout,
+            Pending::Read | Pending::Write { .. } | Pending::Lease { .. } => {
+                config.tuning.cache_timeout
+            }
+            Pending::Fetch { .. } => config.tuning.fetch_timeout,
         }
     }
 }
@@ -137,6 +139,45 @@ impl Pending {
 struct Outstanding {
     kind: Pending,
     deadline: Timestamp,
+}
+
+/// The effects awaiting answers: a handful at most, so a vector (no table
+/// kept allocated between refreshes, in each of a pool's refreshers).
+#[derive(Debug, Default)]
+struct Outstandings(Vec<(EffectId, Outstanding)>);
+
+impl Outstandings {
+    fn get(&self, id: &EffectId) -> Option<&Outstanding> {
+        self.0.iter().find(|(e, _)| e == id).map(|(_, o)| o)
+    }
+
+    fn insert(&mut self, id: EffectId, outstanding: Outstanding) {
+        match self.0.iter_mut().find(|(e, _)| *e == id) {
+            Some((_, o)) => *o = outstanding,
+            None => self.0.push((id, outstanding)),
+        }
+    }
+
+    fn remove(&mut self, id: &EffectId) -> Option<Outstanding> {
+        let at = self.0.iter().position(|(e, _)| e == id)?;
+        let (_, removed) = self.0.swap_remove(at);
+        if self.0.is_empty() {
+            self.0 = Vec::new();
+        }
+        Some(removed)
+    }
+
+    fn values(&self) -> impl Iterator<Item = &Outstanding> {
+        self.0.iter().map(|(_, o)| o)
+    }
+
+    fn values_mut(&mut self) -> impl Iterator<Item = &mut Outstanding> {
+        self.0.iter_mut().map(|(_, o)| o)
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&EffectId, &Outstanding)> {
+        self.0.iter().map(|(e, o)| (e, o))
+    }
 }
 
 /// Whose answer an input is.
@@ -167,7 +208,7 @@ pub struct Refresher {
     phase: Phase,
     effects: VecDeque<Effect>,
     events: VecDeque<Event>,
-    pending: HashMap<EffectId, Outstanding>,
+    pending: Outstandings,
     /// The latest effects that timed out, oldest first.
     timed_out: VecDeque<(EffectId, Pending)>,
     next_id: u64,
@@ -193,7 +234,8 @@ pub struct Refresher {
     forced_pending: bool,
     last_forced: Option<Timestamp>,
     consecutive_failures: u32,
-    last_error: Option<(FetchError, Timestamp)>,
+    /// Boxed: most refreshers never fail, and a pool holds many.
+    last_error: Option<Box<(FetchError, Timestamp)>>,
     last_success_at: Option<Timestamp>,
     last_fetch_started: Option<Timestamp>,
     /// Expiry of the record each layer held in this read pass (`None`: miss).
@@ -247,7 +289,7 @@ impl Refresher {
             phase: Phase::Idle,
             effects: VecDeque::new(),
             events: VecDeque::new(),
-            pending: HashMap::new(),
+            pending: Outstandings::default(),
             timed_out: VecDeque::new(),
             next_id: 0,
             current: None,
@@ -414,6 +456,11 @@ impl Refresher {
         self.draining_until.is_some() || self.phase == Phase::Finished
     }
 
+    /// A snapshot of the refresher's state as of the latest input.
+    pub(crate) fn last_status(&self) -> Status {
+        self.status(self.last_now)
+    }
+
     /// A snapshot of the refresher's state at `now`.
     pub fn status(&self, now: impl Into<Now>) -> Status {
         let now = now.into();
@@ -423,8 +470,8 @@ impl Refresher {
             issued: token.map(|t| t.issued),
             stale: token.map(|t| t.stale),
             expiry: token.map(|t| t.expiry),
-            last_error: self.last_error.as_ref().map(|(e, _)| e.clone()),
-            last_error_at: self.last_error.as_ref().map(|(_, at)| *at),
+            last_error: self.last_error.as_ref().map(|last| last.0.clone()),
+            last_error_at: self.last_error.as_ref().map(|last| last.1),
             consecutive_failures: self.consecutive_failures,
             last_success_at: self.last_success_at,
             next_attempt: match self.phase {
@@ -495,7 +542,7 @@ impl Refresher {
             return RefreshNow::ShutDown;
         }
         if let Some(last) = self.last_forced {
-            let until = last.saturating_add(self.config.refresh_now_min_interval);
+            let until = last.saturating_add(self.config.tuning.refresh_now_min_interval);
             if now.sched() < until {
                 return RefreshNow::RateLimited {
                     until: now.to_wall(until),
@@ -590,7 +637,10 @@ impl Refresher {
             return;
         }
         if self.refresh_token_at_stake() {
-            self.draining_until = Some(now.sched().saturating_add(self.config.shutdown_grace));
+            self.draining_until = Some(
+                now.sched()
+                    .saturating_add(self.config.tuning.shutdown_grace),
+            );
             self.tick(now);
         } else {
             self.finish();
@@ -896,7 +946,7 @@ impl Refresher {
                     CacheErrorKind::Timeout,
                     format!(
                         "the store did not answer within {:?}",
-                        self.config.cache_timeout
+                        self.config.tuning.cache_timeout
                     ),
                 )
             };
@@ -908,7 +958,7 @@ impl Refresher {
                 }
                 Pending::Fetch { .. } => {
                     if self.phase == Phase::Fetching {
-                        let after = self.config.fetch_timeout;
+                        let after = self.config.tuning.fetch_timeout;
                         self.on_fetched(now, Err(FetchError::Timeout { after }));
                     }
                 }
@@ -1034,7 +1084,7 @@ impl Refresher {
                 // Waiting on a lease must not become a hot loop on the store either.
                 let until = now
                     .sched()
-                    .saturating_add(wait.max(self.config.backoff.floor()));
+                    .saturating_add(wait.max(self.config.tuning.backoff.floor()));
                 self.phase = Phase::WaitingForLease { until };
                 self.events.push_back(Event::LeaseBusy {
                     layer,
@@ -1136,10 +1186,10 @@ impl Refresher {
             stale: now.to_sched(record.stale),
             expiry: now.to_sched(record.expiry),
         });
-        let mut refresh_at = now.to_sched(self.config.jitter.refresh_at_for(&record));
+        let mut refresh_at = now.to_sched(self.config.tuning.jitter.refresh_at_for(&record));
         // No hot loop even with absurdly short tokens.
         if let Some(started) = self.last_fetch_started {
-            refresh_at = refresh_at.max(started.saturating_add(self.config.backoff.floor()));
+            refresh_at = refresh_at.max(started.saturating_add(self.config.tuning.backoff.floor()));
         }
         self.refresh_at = Some(refresh_at);
         let token = Arc::new(record);
@@ -1280,7 +1330,7 @@ impl Refresher {
                     );
                     Effect::SendRequest {
                         id,
-                        request,
+                        request: Box::new(request),
                         max_body,
                     }
                 }
@@ -1310,10 +1360,10 @@ impl Refresher {
         self.dpop_nonce_retried = false;
         match result {
             Ok(grant) => {
-                let record = self
-                    .config
-                    .policy
-                    .record(grant, now.wall, self.refresh_token.clone());
+                let record =
+                    self.config
+                        .policy()
+                        .record(grant, now.wall, self.refresh_token.clone());
                 // The newest rotation this refresher saw, whatever the clock
                 // said then or says now.
                 if record.refresh_token != self.refresh_token {
@@ -1337,7 +1387,7 @@ impl Refresher {
                 let class = error.class();
                 // A Retry-After date is a wall fact: as a delay from now.
                 let retry_after = error.retry_after().map(|date| now.to_sched(date));
-                let retry_at = self.config.backoff.retry_at(
+                let retry_at = self.config.tuning.backoff.retry_at(
                     now.sched(),
                     self.consecutive_failures,
                     class,
@@ -1345,7 +1395,7 @@ impl Refresher {
                     &mut self.rng,
                 );
                 self.retry_at = Some(retry_at);
-                self.last_error = Some((error.clone(), now.wall));
+                self.last_error = Some(Box::new((error.clone(), now.wall)));
                 self.events.push_back(Event::FetchFailed {
                     error,
                     class,

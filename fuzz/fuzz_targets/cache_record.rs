@@ -39,7 +39,7 @@ fn key() -> &'static CacheKey {
         )
         .expect("a valid client")
         .scope("read write")
-        .extra_param("client_assertion", format!("jwt-{PLANTED}"))
+        .extra_param("signed_request", format!("jwt-{PLANTED}"))
         .expect("not reserved");
         assert!(!key_description(&client).contains(PLANTED));
         CacheKey::for_client(&client)

@@ -91,7 +91,7 @@ fuzz_target!(|data: &[u8]| {
             // client (which does not allow it) refuses; otherwise it accepts.
             if let Ok(client) = client {
                 let client = client
-                    .extra_param("client_assertion", PLANTED)
+                    .extra_param("signed_request", PLANTED)
                     .expect("not a reserved name");
                 assert_no_leak("a client's Debug", &format!("{client:?}"), &allowed);
                 let key = CacheKey::for_client(&client);

@@ -215,7 +215,7 @@ fn client_with(assertion: &str) -> OAuth2Client {
         ClientSecret::new("B3-SECRET-MARKER"),
     )
     .unwrap()
-    .extra_param("client_assertion", assertion)
+    .extra_param("signed_request", assertion)
     .unwrap()
     .extra_param("tenant", "B3-TENANT-VALUE")
     .unwrap()
@@ -243,7 +243,7 @@ fn cache_key_descriptions_name_parameters_without_their_values() {
     let two = CacheKey::for_client(&client_with("B3-ASSERTION-TWO"));
     let desc = one.description();
     assert_hidden(desc, &markers);
-    assert!(desc.contains("client_assertion"), "{desc}");
+    assert!(desc.contains("signed_request"), "{desc}");
     assert!(desc.contains("tenant"), "{desc}");
     assert!(desc.contains("https://auth.example/token"), "{desc}");
     assert_hidden(&format!("{one:?} {one}"), &markers);
@@ -258,7 +258,7 @@ fn cache_key_descriptions_name_parameters_without_their_values() {
         None,
         other_url.grant(),
     )
-    .extra_param("client_assertion", "B3-ASSERTION-ONE")
+    .extra_param("signed_request", "B3-ASSERTION-ONE")
     .unwrap()
     .extra_param("tenant", "B3-TENANT-VALUE")
     .unwrap();
@@ -299,7 +299,7 @@ fn records_with_legacy_descriptions_still_decode_redacted() {
         "",
         [],
         [
-            ["client_assertion", "B3-LEGACY-ASSERTION"],
+            ["signed_request", "B3-LEGACY-ASSERTION"],
             ["tenant", "B3-TENANT-VALUE"]
         ],
     ])
@@ -316,7 +316,7 @@ fn records_with_legacy_descriptions_still_decode_redacted() {
         &format!("{} {read:?}", read.source),
         &["B3-LEGACY-ASSERTION", "B3-TENANT-VALUE", "B3-URL-MARKER"],
     );
-    assert!(read.source.contains("client_assertion"), "{}", read.source);
+    assert!(read.source.contains("signed_request"), "{}", read.source);
 }
 
 // Finding B4: `Debug` of grants, records, stored records and
@@ -415,7 +415,7 @@ fn no_planted_marker_reaches_any_output() {
         ClientSecret::new("ALL-SECRET"),
     )
     .unwrap()
-    .extra_param("client_assertion", "ALL-ASSERTION")
+    .extra_param("signed_request", "ALL-ASSERTION")
     .unwrap();
     let config = RefresherConfig::oauth2(client).layer(Layer::new("m"));
     let mut r = Refresher::new(config, 9, NOW);

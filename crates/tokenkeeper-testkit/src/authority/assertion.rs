@@ -103,6 +103,7 @@ impl std::error::Error for AssertionError {}
 
 /// The keys an assertion may be verified with.
 #[derive(Clone, Copy, Debug)]
+#[non_exhaustive]
 pub enum VerifyWith<'a> {
     /// Public JWKs (RS256, PS256, ES256, EdDSA).
     PublicKeys(&'a [Value]),

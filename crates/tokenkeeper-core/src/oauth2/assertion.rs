@@ -112,7 +112,8 @@ pub struct AssertionClaims {
     pub sub: String,
     /// Whom it is for (`aud`).
     pub aud: String,
-    /// When it was made, in seconds since the epoch (`iat`).
+    /// When it was made, in seconds since the epoch (`iat`); also its
+    /// `nbf` (not before), which some authorities require.
     pub iat: u64,
     /// When it expires, in seconds since the epoch (`exp`).
     pub exp: u64,
@@ -130,6 +131,7 @@ impl AssertionClaims {
         map.insert("sub".into(), Value::String(self.sub.clone()));
         map.insert("aud".into(), Value::String(self.aud.clone()));
         map.insert("iat".into(), Value::from(self.iat));
+        map.insert("nbf".into(), Value::from(self.iat));
         map.insert("exp".into(), Value::from(self.exp));
         map.insert("jti".into(), Value::String(self.jti.clone()));
         Value::Object(map).to_string()
@@ -422,6 +424,7 @@ mod tests {
         assert_eq!(claims.aud, "https://a.example/token?x=1");
         let json: Value = serde_json::from_str(&claims.to_json()).unwrap();
         assert_eq!(json["jti"], "id-1");
+        assert_eq!(json["nbf"], json["iat"]);
         assert_eq!(json["exp"], 1_700_000_060u64);
 
         let long = ClientAssertionSettings::default()

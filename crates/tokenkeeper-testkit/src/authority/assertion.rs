@@ -5,8 +5,8 @@
 //! algorithm (`RS256`, `PS256`, `ES256`, `EdDSA` with a registered public JWK; `HS256` with a
 //! shared secret; `none` and anything else refused) by one of the given keys (the one its `kid`
 //! names, when it names one), whose `iss` and `sub` are what is expected, whose `aud` names one
-//! of the accepted audiences, whose `exp` is in the future and not too far, and whose `iat` is
-//! not in the future. The `jti` replay check needs memory: [`AssertionJtis`].
+//! of the accepted audiences, whose `exp` is in the future and not too far, and whose `iat` and
+//! `nbf` are not in the future. The `jti` replay check needs memory: [`AssertionJtis`].
 //!
 //! Written from the RFCs with *ring*; it shares no code with the signer in
 //! `tokenkeeper-driver`.
@@ -133,6 +133,7 @@ struct Decoded {
     presented: PresentedAssertion,
     aud: Vec<String>,
     iat: Option<i64>,
+    nbf: Option<i64>,
     signing_input: String,
     signature: Vec<u8>,
 }
@@ -207,6 +208,7 @@ fn decode(jwt: &str) -> Result<Decoded, AssertionError> {
         presented,
         aud,
         iat: number("iat")?,
+        nbf: number("nbf")?,
         signing_input: format!("{header}.{payload}"),
         signature,
     })
@@ -285,6 +287,9 @@ pub fn verify_assertion(
     }
     if decoded.iat.is_some_and(|iat| iat > now + LEEWAY_SECS) {
         return Err(AssertionError::BadTime("iat is in the future".into()));
+    }
+    if decoded.nbf.is_some_and(|nbf| nbf > now + LEEWAY_SECS) {
+        return Err(AssertionError::BadTime("nbf is in the future".into()));
     }
     if presented.jti.as_deref().is_none_or(str::is_empty) {
         return Err(AssertionError::NoId);
@@ -569,6 +574,9 @@ mod tests {
         assert!(matches!(check(&bad, None), Err(AssertionError::BadTime(_))));
         bad = claims.clone();
         bad["exp"] = json!(secs + 86_400);
+        assert!(matches!(check(&bad, None), Err(AssertionError::BadTime(_))));
+        bad = claims.clone();
+        bad["nbf"] = json!(secs + 600);
         assert!(matches!(check(&bad, None), Err(AssertionError::BadTime(_))));
         bad = claims.clone();
         bad["sub"] = json!("other");

@@ -124,6 +124,12 @@ fn idle_keys_are_evicted_and_read_ones_kept<F: Flavor>() {
         F::block_on(pool.get(key)).unwrap();
     }
     assert_eq!(pool.len(), 6);
+    // What the unread keys hold, watched without being kept alive: once
+    // they are evicted, nothing may hold their tokens any more.
+    let unread_tokens: Vec<std::sync::Weak<_>> = keys[3..]
+        .iter()
+        .map(|key| std::sync::Arc::downgrade(&pool.token(key).unwrap().into_arc()))
+        .collect();
     let read = &keys[..3];
     let started = Instant::now();
     while started.elapsed() < Duration::from_secs(5) && pool.len() > 3 {
@@ -143,6 +149,17 @@ fn idle_keys_are_evicted_and_read_ones_kept<F: Flavor>() {
             F::NAME
         );
         assert!(F::block_on(pool.status(key)).is_none());
+    }
+    // Their memory is freed: no driver state, map entry or handle still
+    // holds their tokens.
+    let started = Instant::now();
+    while unread_tokens.iter().any(|t| t.upgrade().is_some()) {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{}: an evicted key's token is still held",
+            F::NAME
+        );
+        std::thread::sleep(Duration::from_millis(20));
     }
     // Asked for again, an evicted key starts afresh.
     let requests = authority.request_count();

@@ -391,3 +391,58 @@ fn a_token_after_an_outage_past_expiry_is_a_late_refresh() {
     );
     assert!(reads.1 >= 6);
 }
+
+/// A pool's keys count under the pool's name (never a label per key): the
+/// tokens retrieved match the authority's log, over keys and refreshes,
+/// and a refused key counts as a permanent failure.
+#[test]
+fn a_pools_counters_match_the_authoritys_log() {
+    const NAME: &str = "e2e-pool";
+    install();
+    let authority = Authority::start();
+    let tenants: Vec<String> = (0..5).map(|n| format!("pool-tenant-{n}")).collect();
+    for tenant in &tenants {
+        authority.register_client(
+            Client::new(tenant.as_str(), SECRET).token_lifetime(Duration::from_secs(2)),
+        );
+    }
+    let url = authority.token_url();
+    let pool = tokenkeeper_blocking::TokenPool::<String>::builder(move |tenant: &String| {
+        OAuth2Client::client_credentials(
+            url.as_str(),
+            ClientId::new(tenant.clone()),
+            ClientSecret::new(SECRET),
+        )
+    })
+    .name(NAME)
+    .jitter(Jitter::none())
+    .first_token_timeout(Duration::from_secs(15))
+    .build()
+    .unwrap();
+    for tenant in &tenants {
+        pool.get(tenant).expect("a token per tenant");
+    }
+    // An unknown tenant: invalid_client, for good.
+    assert!(pool.get(&"pool-stranger".to_owned()).is_err());
+    // Each 2 s token is refreshed once, a second or so in.
+    assert!(eventually(Duration::from_secs(10), || {
+        authority.count_by_status(200) >= 2 * tenants.len()
+    }));
+    pool.shutdown();
+
+    let tally = tally();
+    assert_eq!(
+        tally.counter(names::TOKENS_RETRIEVED, NAME, Some("origin=authority")),
+        authority.count_by_status(200) as u64
+    );
+    assert_eq!(
+        tally.counter(names::RETRIEVAL_FAILURES, NAME, Some("class=permanent")),
+        authority.count_where(|r| r.client_id.as_deref() == Some("pool-stranger")) as u64
+    );
+    for label in tally.labels_of(NAME) {
+        assert!(
+            !label.contains("pool-tenant") && !label.contains("pool-stranger"),
+            "a per-key label: {label}"
+        );
+    }
+}

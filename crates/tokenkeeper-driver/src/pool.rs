@@ -474,7 +474,13 @@ where
             commands.send(Command::RefreshNow(reply)).await?;
             match answer.recv().await {
                 Ok(RefreshNow::ShutDown) | Err(_) => Err(WatcherStopped),
-                Ok(outcome) => Ok(outcome),
+                Ok(outcome) => {
+                    #[cfg(feature = "metrics")]
+                    if matches!(outcome, RefreshNow::Started | RefreshNow::Joined) {
+                        crate::metrics::forced_refresh(&self.inner.name);
+                    }
+                    Ok(outcome)
+                }
             }
         })
     }

@@ -348,7 +348,13 @@ impl Shared {
             kept.shut_down = true;
         }
         self.stopped.store(true, Ordering::Release);
-        self.change_state().closed = true;
+        {
+            let mut state = self.change_state();
+            state.closed = true;
+            // The token goes now, whoever still holds this state (a pool's
+            // map frees removed entries in batches, some time later).
+            state.latest = None;
+        }
         self.wake_waiters();
     }
 }

@@ -76,7 +76,19 @@ pub(crate) fn escape_capped(text: &str, max_chars: usize) -> String {
 
 /// The words that make a field name a credential's: a field whose name
 /// contains one of them holds a value that must never be shown.
-const CREDENTIAL_WORDS: [&str; 5] = ["token", "secret", "password", "passwd", "assertion"];
+const CREDENTIAL_WORDS: [&str; 7] = [
+    "token",
+    "secret",
+    "password",
+    "passwd",
+    "assertion",
+    // An echo of a token request: its form always has a grant type, and
+    // its `Authorization` header carries the client's credentials (Basic)
+    // while the form may hold extra parameters and nothing else that names
+    // a credential.
+    "grant_type",
+    "authorization",
+];
 
 fn is_name_char(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b == b'_' || b == b'-'
@@ -85,8 +97,10 @@ fn is_name_char(b: u8) -> bool {
 /// Whether free text (an HTML or plain-text body) names a credential field,
 /// so that no part of it may be shown: it mentions `token`, `secret`,
 /// `password`, `passwd` or `assertion` anywhere (`access_token`,
-/// `client_secret`, `client_assertion`, `subject_token`, ... included), or
-/// uses a name containing `code` as a key (`code=`, `"device_code":`).
+/// `client_secret`, `client_assertion`, `subject_token`, ... included),
+/// `grant_type` or `authorization` (an echo of a token request: a `Basic`
+/// header and extra parameters), or uses a name containing `code` as a key
+/// (`code=`, `"device_code":`).
 pub(crate) fn names_a_credential(text: &str) -> bool {
     let lower = text.to_ascii_lowercase();
     if CREDENTIAL_WORDS.iter().any(|w| lower.contains(w)) {
@@ -153,6 +167,10 @@ mod tests {
             "\"device_code\" : \"x\"",
             "code_verifier=x",
             "the token was rejected",
+            // An echoed client-credentials request with `Basic` credentials:
+            // no other word of the list, an extra parameter's value.
+            "grant_type=client_credentials&tenant=x\nAuthorization: Basic eDp5",
+            "AUTHORIZATION: Bearer x",
         ] {
             assert!(names_a_credential(text), "{text}");
         }

@@ -127,8 +127,7 @@ fn pool_read(c: &mut Criterion) {
             Err(_) => 0,
         }
     };
-    for n in 0..KEYS {
-        let key = &keys[n];
+    for key in &keys {
         assert_eq!(floor[key].load().len(), 900);
         assert_eq!(
             pool.token(key).expect("held").access_token.expose_secret(),

@@ -229,6 +229,42 @@ fn status_class(status: u16) -> ErrorClass {
 }
 
 impl FetchError {
+    /// The error with every occurrence of `values` (the credentials the
+    /// request carried: the client secret, the refresh token) in its free
+    /// text replaced by `<redacted>`: an authority that quotes what it was
+    /// sent in an `error_description` or a page must not put a secret in
+    /// logs. Values shorter than 4 characters are left alone (they would
+    /// redact ordinary words, and hide nothing).
+    pub(crate) fn without_values(mut self, values: &[&str]) -> Self {
+        let scrub = |text: &mut String| {
+            for value in values.iter().filter(|v| v.len() >= 4) {
+                if text.contains(value) {
+                    *text = text.replace(value, "<redacted>");
+                }
+            }
+        };
+        match &mut self {
+            FetchError::OAuth { error, .. } => {
+                scrub(&mut error.error);
+                if let Some(description) = &mut error.description {
+                    scrub(description);
+                }
+                if let Some(uri) = &mut error.uri {
+                    scrub(uri);
+                }
+            }
+            FetchError::Status { snippet, .. } => scrub(snippet),
+            FetchError::Transport { message } | FetchError::Assertion { message, .. } => {
+                scrub(message)
+            }
+            FetchError::InvalidBody { reason, .. }
+            | FetchError::NotATokenEndpoint { reason, .. } => scrub(reason),
+            FetchError::UnsupportedTokenType { token_type } => scrub(token_type),
+            _ => {}
+        }
+        self
+    }
+
     /// Whether retrying soon can help.
     ///
     /// OAuth2 errors listed in [`PERMANENT_OAUTH_ERRORS`] are permanent

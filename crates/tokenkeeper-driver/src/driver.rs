@@ -223,12 +223,30 @@ pub(crate) struct Driver<R: Runtime> {
     ends_when_empty: bool,
     /// Every key was told to stop: the driver ends once they have left.
     closing: bool,
-    name: String,
+    /// The driver's span: its loop, and its keys' layers and fetches, log
+    /// in it (made before the first key is added, so that the layers a
+    /// watcher starts with are in it too).
+    span: Span,
 }
 
 impl<R: Runtime> Driver<R> {
     pub(crate) fn new(parts: DriverParts<R>) -> Self {
         let (answers_tx, answers_rx) = futures_channel::mpsc::unbounded();
+        let span = if parts.ends_when_empty {
+            // A watcher: its one key names it (recorded when added).
+            info_span!(
+                "tokenkeeper.watcher",
+                name = %parts.name,
+                key = tracing::field::Empty,
+                runtime = parts.runtime.name(),
+            )
+        } else {
+            info_span!(
+                "tokenkeeper.pool",
+                name = %parts.name,
+                runtime = parts.runtime.name()
+            )
+        };
         Driver {
             runtime: parts.runtime,
             pool: parts.pool,
@@ -243,7 +261,7 @@ impl<R: Runtime> Driver<R> {
             wake_interval: parts.wake_interval,
             ends_when_empty: parts.ends_when_empty,
             closing: false,
-            name: parts.name,
+            span,
         }
     }
 
@@ -265,8 +283,13 @@ impl<R: Runtime> Driver<R> {
                 stopping: Arc::new(AtomicBool::new(false)),
             })
         });
+        if self.ends_when_empty {
+            self.span
+                .record("key", tracing::field::display(publisher.shared().key()));
+        }
         if let Some(layers) = &mut layers {
-            self.start_layers(id, layers);
+            let span = self.span.clone();
+            span.in_scope(|| self.start_layers(id, layers));
         }
         let state = Box::new(KeyState {
             fetch,
@@ -284,22 +307,7 @@ impl<R: Runtime> Driver<R> {
     /// driver moves into the loop's future once (an `async fn` would hold
     /// it twice, and a watcher is one such task).
     pub(crate) fn run(self) -> impl Future<Output = ()> + Send + 'static {
-        let span = if self.ends_when_empty {
-            // A watcher: its one key names it.
-            let key = self
-                .keys
-                .values()
-                .next()
-                .map(|k| k.publisher.shared().key().to_string());
-            info_span!(
-                "tokenkeeper.watcher",
-                name = %self.name,
-                key = key.as_deref().unwrap_or("-"),
-                runtime = self.runtime.name(),
-            )
-        } else {
-            info_span!("tokenkeeper.pool", name = %self.name, runtime = self.runtime.name())
-        };
+        let span = self.span.clone();
         self.run_loop().instrument(span)
     }
 

@@ -805,6 +805,8 @@ impl Refresher {
                 false,
             ),
         };
+        // An authority may quote what it was sent: never the credentials.
+        let result = result.map_err(|error| self.without_credentials(error));
         if dpop && let Some(nonce) = dpop::nonce_from(headers) {
             // The server wants this nonce in the next proof: ask again at
             // once, once per attempt, and that is no failure (RFC 9449 §8).
@@ -829,6 +831,20 @@ impl Refresher {
             }
         }
         self.answer_fetch(now, id, result)
+    }
+
+    /// `error` without the credentials this refresher sends (its client's
+    /// secret, the refresh tokens it holds and has spent) in its text.
+    fn without_credentials(&self, error: FetchError) -> FetchError {
+        let mut values: Vec<&str> = Vec::new();
+        if let Source::OAuth2(client) = &self.config.source
+            && let Some(secret) = client.get_client_secret()
+        {
+            values.push(secret.expose_secret());
+        }
+        values.extend(self.refresh_token.iter().map(|t| t.expose_secret()));
+        values.extend(self.spent.iter().map(|t| t.expose_secret()));
+        error.without_values(&values)
     }
 
     fn answer_fetch(

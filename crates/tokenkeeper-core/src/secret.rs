@@ -88,6 +88,11 @@ secret_string!(
     /// The client secret used to authenticate to the token endpoint.
     ClientSecret
 );
+secret_string!(
+    /// The `device_code` of the device authorization grant (RFC 8628 §3.2):
+    /// whoever holds it while the person approves gets their tokens.
+    DeviceCode
+);
 
 /// An OAuth2 client identifier. Not a secret: it is printed as is.
 #[derive(Clone, PartialEq, Eq, Hash, Debug)]

@@ -3,6 +3,7 @@
 
 pub mod assertion;
 mod base64;
+pub mod device;
 pub mod dpop;
 mod request;
 mod response;

@@ -136,7 +136,18 @@ pub(super) fn build(
         }
         _ => None,
     };
-    let mut client_assertion = None;
+    append_parameters(client, &mut form);
+    let mut request = authenticated(client, form, client.token_url.as_str())?;
+    request.grant_assertion = grant_assertion;
+    Ok(request)
+}
+
+/// Adds what the client asks for: scope, audience, resources and extra
+/// parameters.
+pub(super) fn append_parameters(
+    client: &OAuth2Client,
+    form: &mut form_urlencoded::Serializer<'_, String>,
+) {
     if let Some(scope) = &client.scope {
         form.append_pair("scope", scope);
     }
@@ -149,6 +160,17 @@ pub(super) fn build(
     for (k, v) in &client.extra_params {
         form.append_pair(k, v);
     }
+}
+
+/// Finishes a form into a `POST` to `url` with the client's authentication
+/// (the one way every request of a client authenticates: the token
+/// endpoint's, and the device authorization endpoint's).
+pub(super) fn authenticated(
+    client: &OAuth2Client,
+    mut form: form_urlencoded::Serializer<'_, String>,
+    url: &str,
+) -> Result<TokenRequest, FetchError> {
+    let mut client_assertion = None;
     let mut authorization = None;
     match (&client.client_secret, client.auth_method) {
         // The TLS connection authenticates; the secret, if any, stays here.
@@ -194,7 +216,7 @@ pub(super) fn build(
     let body = form.finish().into_bytes();
     let mut builder = Request::builder()
         .method(Method::POST)
-        .uri(client.token_url.as_str())
+        .uri(url)
         .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
         .header(ACCEPT, "application/json");
     if let Some(h) = authorization {
@@ -207,7 +229,7 @@ pub(super) fn build(
         inner,
         dpop: None,
         client_assertion,
-        grant_assertion,
+        grant_assertion: None,
     })
 }
 

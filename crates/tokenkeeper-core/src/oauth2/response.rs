@@ -155,7 +155,7 @@ fn is_json(body: &[u8]) -> bool {
 }
 
 /// A number of seconds given as a JSON number or a numeric string.
-fn seconds_field(
+pub(super) fn seconds_field(
     map: &Map<String, Value>,
     name: &str,
     status: u16,
@@ -220,54 +220,7 @@ pub(crate) fn parse(
     limit: usize,
     dpop: bool,
 ) -> Result<TokenGrant, FetchError> {
-    if body.len() > limit {
-        return Err(FetchError::BodyTooLarge { limit });
-    }
-    let retry_after = headers
-        .get(RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| parse_retry_after(v, now));
-    let success = (200..300).contains(&status);
-    let parsed: Option<Map<String, Value>> = match serde_json::from_slice::<Value>(body) {
-        Ok(Value::Object(map)) => Some(map),
-        _ => None,
-    };
-    if let Some(error) = parsed.as_ref().and_then(oauth_error) {
-        return Err(FetchError::OAuth {
-            status,
-            error,
-            retry_after,
-        });
-    }
-    if let Some(reason) = not_a_token_endpoint(status, headers, body) {
-        return Err(FetchError::NotATokenEndpoint { status, reason });
-    }
-    if !success {
-        return Err(FetchError::Status {
-            status,
-            snippet: snippet(status, headers, body, parsed.is_some() || is_json(body)),
-            retry_after,
-        });
-    }
-    let Some(mut map) = parsed else {
-        let reason = if body.iter().all(u8::is_ascii_whitespace) {
-            "the body is empty".to_owned()
-        } else {
-            match serde_json::from_slice::<Value>(body) {
-                Err(e) if e.is_eof() => {
-                    format!("the JSON body is truncated ({} bytes)", body.len())
-                }
-                Err(e) => format!(
-                    "the body is not JSON (line {}, column {}; {} bytes)",
-                    e.line(),
-                    e.column(),
-                    body.len()
-                ),
-                Ok(_) => "the body is JSON but not an object".to_owned(),
-            }
-        };
-        return Err(FetchError::InvalidBody { status, reason });
-    };
+    let mut map = read_object(status, headers, body, now, limit)?;
     let access_token = match map.remove("access_token") {
         Some(Value::String(s)) if !s.is_empty() => AccessToken::new(s),
         Some(_) => {
@@ -332,6 +285,69 @@ pub(crate) fn parse(
         scope,
         extra: map,
     })
+}
+
+/// Reads an answer of an authority's endpoint that must be a JSON object:
+/// the object of a `2xx` answer, or the typed error any other answer is
+/// (an RFC 6749 §5.2 error at any status, an error status, a page, an
+/// oversized, empty or malformed body). The one reader of error answers,
+/// for the token endpoint and the device authorization endpoint alike.
+pub(super) fn read_object(
+    status: u16,
+    headers: &HeaderMap,
+    body: &[u8],
+    now: Timestamp,
+    limit: usize,
+) -> Result<Map<String, Value>, FetchError> {
+    if body.len() > limit {
+        return Err(FetchError::BodyTooLarge { limit });
+    }
+    let retry_after = headers
+        .get(RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| parse_retry_after(v, now));
+    let success = (200..300).contains(&status);
+    let parsed: Option<Map<String, Value>> = match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(map)) => Some(map),
+        _ => None,
+    };
+    if let Some(error) = parsed.as_ref().and_then(oauth_error) {
+        return Err(FetchError::OAuth {
+            status,
+            error,
+            retry_after,
+        });
+    }
+    if let Some(reason) = not_a_token_endpoint(status, headers, body) {
+        return Err(FetchError::NotATokenEndpoint { status, reason });
+    }
+    if !success {
+        return Err(FetchError::Status {
+            status,
+            snippet: snippet(status, headers, body, parsed.is_some() || is_json(body)),
+            retry_after,
+        });
+    }
+    let Some(map) = parsed else {
+        let reason = if body.iter().all(u8::is_ascii_whitespace) {
+            "the body is empty".to_owned()
+        } else {
+            match serde_json::from_slice::<Value>(body) {
+                Err(e) if e.is_eof() => {
+                    format!("the JSON body is truncated ({} bytes)", body.len())
+                }
+                Err(e) => format!(
+                    "the body is not JSON (line {}, column {}; {} bytes)",
+                    e.line(),
+                    e.column(),
+                    body.len()
+                ),
+                Ok(_) => "the body is JSON but not an object".to_owned(),
+            }
+        };
+        return Err(FetchError::InvalidBody { status, reason });
+    };
+    Ok(map)
 }
 
 #[cfg(test)]

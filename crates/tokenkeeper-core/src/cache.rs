@@ -98,9 +98,19 @@ impl CacheKey {
         let audience = client.requested_audience().unwrap_or_default();
         // The id hashes everything, values included (and so stays what
         // earlier versions derived: their cache slots remain this key's).
+        // A client made from an issuer is keyed by its issuer: the token
+        // endpoint is known only later, and may move.
+        let url = match client.issuer() {
+            Some(issuer) => issuer.as_str(),
+            None => client.token_url().as_str(),
+        };
+        let shown_url = match client.issuer() {
+            Some(issuer) => issuer.as_str().to_owned(),
+            None => client.token_url().redacted(),
+        };
         let mut full = serde_json::json!([
             "v1",
-            client.token_url().as_str(),
+            url,
             client.client_id().as_str(),
             client.grant().as_str(),
             scope,
@@ -111,7 +121,7 @@ impl CacheKey {
         let names: Vec<&str> = extra.iter().map(|(k, _)| *k).collect();
         let mut description = serde_json::json!([
             "v1",
-            client.token_url().redacted(),
+            shown_url,
             client.client_id().as_str(),
             client.grant().as_str(),
             scope,
@@ -133,7 +143,15 @@ impl CacheKey {
         // An assertion-authenticated client, and whom a JWT bearer grant's
         // assertion is about (appended only when they apply; no secret).
         let assertion = client.assertion_key_parts();
-        for binding in bindings.into_iter().flatten().chain(assertion) {
+        let discovered = client
+            .issuer()
+            .map(|_| serde_json::json!({ "endpoint": "discovered" }));
+        for binding in bindings
+            .into_iter()
+            .flatten()
+            .chain(assertion)
+            .chain(discovered)
+        {
             for key in [&mut full, &mut description] {
                 if let Some(parts) = key.as_array_mut() {
                     parts.push(binding.clone());
@@ -309,6 +327,16 @@ struct TokenWire {
 
 /// Encodes `record` for the slot named by `key`.
 pub fn encode_record(key: &CacheKey, record: &TokenRecord) -> EncodedRecord {
+    encode_record_with(key, record, None)
+}
+
+/// Encodes `record` with the issuer's metadata beside it (member
+/// `discovery`, which readers that do not know it ignore).
+pub(crate) fn encode_record_with(
+    key: &CacheKey,
+    record: &TokenRecord,
+    metadata: Option<&crate::oauth2::discovery::Metadata>,
+) -> EncodedRecord {
     let token = TokenWire {
         access_token: record.access_token.expose_secret().to_owned(),
         token_type: record.token_type.clone(),
@@ -326,13 +354,16 @@ pub fn encode_record(key: &CacheKey, record: &TokenRecord) -> EncodedRecord {
         expiry_ms: record.expiry.as_millis(),
         extra: record.extra.clone(),
     };
-    let doc = serde_json::json!({
+    let mut doc = serde_json::json!({
         "format": RECORD_FORMAT,
         "version": RECORD_VERSION,
         "key": key.id(),
         "source": key.description(),
         "token": token,
     });
+    if let (Some(metadata), Value::Object(map)) = (metadata, &mut doc) {
+        map.insert("discovery".into(), metadata.to_stored());
+    }
     // Serialising a `Value` cannot fail.
     let bytes = serde_json::to_vec(&doc).unwrap_or_default();
     // The strings copied into `doc` are dropped here without zeroing; the
@@ -355,6 +386,21 @@ pub fn decode_record(key: &CacheKey, bytes: &[u8]) -> Result<TokenRecord, Record
         return Err(RecordError::Foreign("a record for another client".into()));
     }
     parse_token(&mut doc)
+}
+
+/// The issuer's metadata a record of `key` keeps beside its token, checked
+/// against `issuer` as a fetched document is; `None` when there is none, or
+/// it is unusable, or the record is not `key`'s.
+pub(crate) fn decode_metadata(
+    key: &CacheKey,
+    issuer: &crate::oauth2::discovery::Issuer,
+    bytes: &[u8],
+) -> Option<crate::oauth2::discovery::Metadata> {
+    let doc = parse_document(bytes).ok()?;
+    if doc.get("key").and_then(Value::as_str) != Some(key.id()) {
+        return None;
+    }
+    crate::oauth2::discovery::Metadata::from_stored(issuer, doc.get("discovery")?)
 }
 
 /// A record read without knowing which key it belongs to, as

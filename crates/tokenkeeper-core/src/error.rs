@@ -196,6 +196,19 @@ pub enum FetchError {
         /// What went wrong.
         message: String,
     },
+    /// The token endpoint could not be had from the issuer's metadata
+    /// (OpenID Connect Discovery, RFC 8414): the document is not served,
+    /// names another issuer, is unusable, or could not be fetched. Classed
+    /// as [`DiscoveryError::class`](crate::oauth2::discovery::DiscoveryError::class)
+    /// says: a document that does not match the issuer is permanent, a 5xx
+    /// or a connection failure transient.
+    #[error("could not discover the token endpoint from the issuer's metadata at {url}: {error}")]
+    Discovery {
+        /// The metadata URL asked last (scheme, host, port and path).
+        url: String,
+        /// What went wrong.
+        error: crate::oauth2::discovery::DiscoveryError,
+    },
     /// A custom token source failed.
     #[error("the token source failed: {message}")]
     Source {
@@ -293,6 +306,7 @@ impl FetchError {
             | FetchError::NotATokenEndpoint { .. } => ErrorClass::Permanent,
             FetchError::Source { class, .. } => *class,
             FetchError::Assertion { problem, .. } => problem.class(),
+            FetchError::Discovery { error, .. } => error.class(),
         }
     }
 
@@ -333,7 +347,7 @@ impl FetchError {
                     problem: crate::oauth2::assertion::AssertionProblem::Misconfigured,
                     ..
                 }
-        )
+        ) || matches!(self, FetchError::Discovery { error, .. } if error.class() == ErrorClass::Permanent)
     }
 
     /// The OAuth2 error body, when the authority sent one.

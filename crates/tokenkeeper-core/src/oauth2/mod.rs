@@ -4,6 +4,7 @@
 pub mod assertion;
 mod base64;
 pub mod device;
+pub mod discovery;
 pub mod dpop;
 mod request;
 mod response;
@@ -266,6 +267,9 @@ pub struct OAuth2Client {
     pub(crate) client_assertion: assertion::ClientAssertionSettings,
     /// The assertion of the JWT bearer grant.
     pub(crate) grant_assertion: Option<assertion::GrantAssertion>,
+    /// For a client made from an issuer: the issuer, and its metadata once
+    /// known (the token URL is then the metadata's token endpoint).
+    pub(crate) discovery: Option<Box<discovery::Discovery>>,
 }
 
 /// Extra parameters may carry credentials (a client assertion, say): `Debug`
@@ -288,6 +292,7 @@ impl std::fmt::Debug for OAuth2Client {
             .field("dpop_jkt", &self.dpop_jkt)
             .field("client_assertion", &self.client_assertion)
             .field("grant_assertion", &self.grant_assertion)
+            .field("discovery", &self.discovery)
             .finish()
     }
 }
@@ -398,7 +403,119 @@ impl OAuth2Client {
             dpop_jkt: None,
             client_assertion: assertion::ClientAssertionSettings::default(),
             grant_assertion: None,
+            discovery: None,
         }
+    }
+
+    /// A client-credentials client (a public one when `client_secret` is
+    /// `None`) whose token endpoint comes from the metadata of `issuer`
+    /// (OpenID Connect Discovery, RFC 8414): see [`with_issuer`](Self::with_issuer).
+    /// Plain http is accepted for loopback issuers only; for others, parse
+    /// the issuer yourself ([`Issuer::parse`](discovery::Issuer::parse)).
+    pub fn from_issuer(
+        issuer: impl AsRef<str>,
+        client_id: ClientId,
+        client_secret: Option<ClientSecret>,
+    ) -> Result<Self, ConfigError> {
+        let issuer = discovery::Issuer::parse(issuer.as_ref(), false)?;
+        Ok(Self::new(
+            issuer.placeholder_url().clone(),
+            client_id,
+            client_secret,
+            GrantType::ClientCredentials,
+        )
+        .with_issuer(issuer))
+    }
+
+    /// Takes the token endpoint from the metadata of `issuer` instead of
+    /// the token URL given (any grant, any authentication). The refresher
+    /// fetches the metadata before its first token request (or reads it
+    /// from a cache record), again once it is older than
+    /// [`discovery_max_age`](Self::discovery_max_age), and again after a
+    /// token request that failed as if the endpoint had moved; see
+    /// [`discovery`]. Until then [`token_url`](Self::token_url) is the
+    /// issuer's URL. The cache key names the issuer, not the endpoint.
+    ///
+    /// The authentication method, unless chosen ([`auth_method`](Self::auth_method)
+    /// or an assertion constructor), follows the metadata's
+    /// `token_endpoint_auth_methods_supported`: `client_secret_basic` when
+    /// it is listed or nothing is, else `client_secret_post` when listed.
+    pub fn with_issuer(mut self, issuer: discovery::Issuer) -> Self {
+        self.token_url = issuer.placeholder_url().clone();
+        let chosen = self.auth_method != AuthMethod::default();
+        self.discovery = Some(Box::new(discovery::Discovery {
+            issuer,
+            max_age: discovery::DEFAULT_DISCOVERY_MAX_AGE,
+            auth_method_chosen: chosen,
+            metadata: None,
+        }));
+        self
+    }
+
+    /// How long fetched metadata is used before it is fetched again
+    /// (default [`DEFAULT_DISCOVERY_MAX_AGE`](discovery::DEFAULT_DISCOVERY_MAX_AGE),
+    /// 24 hours). No effect on a client with a token URL.
+    pub fn discovery_max_age(mut self, max_age: std::time::Duration) -> Self {
+        if let Some(d) = &mut self.discovery {
+            d.max_age = max_age;
+        }
+        self
+    }
+
+    /// The issuer, for a client whose token endpoint comes from its metadata.
+    pub fn issuer(&self) -> Option<&discovery::Issuer> {
+        self.discovery.as_ref().map(|d| &d.issuer)
+    }
+
+    /// The issuer's metadata in use, once fetched or read from a cache.
+    pub fn metadata(&self) -> Option<&discovery::Metadata> {
+        self.discovery.as_ref().and_then(|d| d.metadata.as_ref())
+    }
+
+    /// Uses `metadata` (fetched by the caller, for a driver of one's own or
+    /// a device login): the token URL becomes its token endpoint, and the
+    /// authentication method follows it unless chosen. Metadata of another
+    /// issuer is refused. A client made with a token URL becomes one made
+    /// from the metadata's issuer.
+    pub fn with_metadata(mut self, metadata: discovery::Metadata) -> Result<Self, ConfigError> {
+        if self.discovery.is_none() {
+            // Plain http to any host only if this client already sends there.
+            let url = self.token_url.as_url();
+            let insecure =
+                url.scheme() == "http" && !is_loopback_host(url.host_str().unwrap_or_default());
+            let issuer = discovery::Issuer::parse(metadata.issuer(), insecure)?;
+            self = self.with_issuer(issuer);
+        }
+        match &self.discovery {
+            Some(d) if d.issuer.as_str() == metadata.issuer() => {}
+            _ => {
+                return Err(ConfigError::InvalidUrl(
+                    "the metadata is another issuer's".into(),
+                ));
+            }
+        }
+        self.use_metadata(metadata);
+        Ok(self)
+    }
+
+    /// Adopts checked metadata of this client's issuer.
+    pub(crate) fn use_metadata(&mut self, metadata: discovery::Metadata) {
+        let Some(d) = &mut self.discovery else {
+            return;
+        };
+        self.token_url = metadata.token_endpoint().clone();
+        if !d.auth_method_chosen {
+            let listed = metadata.token_endpoint_auth_methods_supported();
+            let has = |m: AuthMethod| listed.iter().any(|l| l == m.as_str());
+            self.auth_method = if listed.is_empty() || has(AuthMethod::ClientSecretBasic) {
+                AuthMethod::ClientSecretBasic
+            } else if has(AuthMethod::ClientSecretPost) {
+                AuthMethod::ClientSecretPost
+            } else {
+                AuthMethod::ClientSecretBasic
+            };
+        }
+        d.metadata = Some(metadata);
     }
 
     /// Sets the client secret (for `client_secret_*` methods on a client
@@ -463,12 +580,18 @@ impl OAuth2Client {
     /// networks you trust: the client secret travels in clear text.
     pub fn allow_insecure_http(mut self) -> Result<Self, ConfigError> {
         self.token_url = TokenUrl::parse(self.token_url.as_str(), true)?;
+        if let Some(d) = &mut self.discovery {
+            d.issuer = discovery::Issuer::parse(d.issuer.as_str(), true)?;
+        }
         Ok(self)
     }
 
     /// Sets the client authentication method.
     pub fn auth_method(mut self, method: AuthMethod) -> Self {
         self.auth_method = method;
+        if let Some(d) = &mut self.discovery {
+            d.auth_method_chosen = true;
+        }
         self
     }
 

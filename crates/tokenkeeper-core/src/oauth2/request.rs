@@ -54,6 +54,17 @@ impl TokenRequest {
         self
     }
 
+    /// A request that carries no credentials and needs nothing added (a
+    /// metadata `GET`, [`discovery`](super::discovery)).
+    pub(crate) fn plain(inner: Request<Vec<u8>>) -> Self {
+        TokenRequest {
+            inner,
+            dpop: None,
+            client_assertion: None,
+            grant_assertion: None,
+        }
+    }
+
     /// The request, for inspection.
     pub fn as_http(&self) -> &Request<Vec<u8>> {
         &self.inner

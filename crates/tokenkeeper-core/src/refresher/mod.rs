@@ -70,9 +70,11 @@ use std::time::Duration;
 use http::HeaderMap;
 use zeroize::Zeroize;
 
-use crate::cache::{decode_record, encode_record};
+use crate::cache::{decode_metadata, decode_record, encode_record_with};
 use crate::clock::Now;
-use crate::error::{CacheError, CacheErrorKind, FetchError};
+use crate::error::{CacheError, CacheErrorKind, ErrorClass, FetchError};
+use crate::oauth2::OAuth2Client;
+use crate::oauth2::discovery::{self, DiscoveryError, Metadata};
 use crate::oauth2::dpop::{self, DpopClaims};
 use crate::oauth2::{GrantType, parse_token_response};
 use crate::secret::{AccessToken, RefreshToken};
@@ -108,9 +110,19 @@ enum Phase {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Pending {
     Read,
-    Write { layer: usize },
-    Lease { layer: usize },
-    Fetch { spends_refresh_token: bool },
+    Write {
+        layer: usize,
+    },
+    Lease {
+        layer: usize,
+    },
+    Fetch {
+        spends_refresh_token: bool,
+    },
+    /// The issuer's metadata, from its `location`-th well-known URL.
+    Discover {
+        location: u8,
+    },
 }
 
 impl Pending {
@@ -119,7 +131,7 @@ impl Pending {
             Pending::Read => "a cache read answer",
             Pending::Write { .. } => "a cache write answer",
             Pending::Lease { .. } => "a lease answer",
-            Pending::Fetch { .. } => "a fetch answer",
+            Pending::Fetch { .. } | Pending::Discover { .. } => "a fetch answer",
         }
     }
 
@@ -129,7 +141,7 @@ impl Pending {
             Pending::Read | Pending::Write { .. } | Pending::Lease { .. } => {
                 config.tuning.cache_timeout
             }
-            Pending::Fetch { .. } => config.tuning.fetch_timeout,
+            Pending::Fetch { .. } | Pending::Discover { .. } => config.tuning.fetch_timeout,
         }
     }
 }
@@ -205,6 +217,13 @@ pub struct Refresher {
     dpop_nonce: Option<String>,
     /// Whether the current attempt was already repeated with a new nonce.
     dpop_nonce_retried: bool,
+    /// Whether the current attempt fetched the issuer's metadata (or tried
+    /// to): an attempt fetches it at most once.
+    discovered_this_attempt: bool,
+    /// The token request's failure that sent the attempt back to the
+    /// issuer's metadata (the endpoint may have moved): reported if the
+    /// metadata names the same endpoint, or cannot be had.
+    moved_error: Option<Box<FetchError>>,
     phase: Phase,
     effects: VecDeque<Effect>,
     events: VecDeque<Event>,
@@ -286,6 +305,8 @@ impl Refresher {
             rng: fastrand::Rng::with_seed(seed),
             dpop_nonce: None,
             dpop_nonce_retried: false,
+            discovered_this_attempt: false,
+            moved_error: None,
             phase: Phase::Idle,
             effects: VecDeque::new(),
             events: VecDeque::new(),
@@ -795,6 +816,22 @@ impl Refresher {
         headers: &HeaderMap,
         body: &[u8],
     ) -> Result<(), MisuseError> {
+        if let Some(Outstanding {
+            kind: Pending::Discover { location },
+            ..
+        }) = self.pending.get(&id).copied()
+        {
+            self.pending.remove(&id);
+            if let Some(client) = self.issuer_client() {
+                let limit = client.body_limit();
+                if let Some(issuer) = client.issuer() {
+                    let result = Metadata::parse(issuer, status, body, limit, now.wall);
+                    self.on_discovered(now, location, result);
+                }
+            }
+            self.tick(now);
+            return Ok(());
+        }
         let (result, dpop) = match &self.config.source {
             Source::OAuth2(client) => (
                 client.read_response(status, headers, body, now.wall),
@@ -853,13 +890,30 @@ impl Refresher {
         id: EffectId,
         result: Result<TokenGrant, FetchError>,
     ) -> Result<(), MisuseError> {
-        match self.claim(id, |p| matches!(p, Pending::Fetch { .. }))? {
+        match self.claim(id, |p| {
+            matches!(p, Pending::Fetch { .. } | Pending::Discover { .. })
+        })? {
+            Claim::Current(Pending::Discover { location }) => {
+                let result = match result {
+                    Err(error) => Err(DiscoveryError::Unreachable(Box::new(error))),
+                    Ok(_) => Err(DiscoveryError::Unparseable {
+                        reason: "the driver answered with a token grant".into(),
+                    }),
+                };
+                self.on_discovered(now, location, result);
+            }
             Claim::Current(_) => {
                 if self.phase == Phase::Fetching {
-                    self.on_fetched(now, result);
+                    match result {
+                        Err(error) if self.endpoint_may_have_moved(&error) => {
+                            self.moved_error = Some(Box::new(error));
+                            self.send_discovery(now, 0);
+                        }
+                        result => self.on_fetched(now, result),
+                    }
                 }
             }
-            Claim::Late(Some(_)) => {
+            Claim::Late(Some(Pending::Fetch { .. })) => {
                 // The authority may have rotated the refresh token we sent,
                 // spending it: the new one is the only one left that works.
                 if let Ok(TokenGrant {
@@ -872,7 +926,7 @@ impl Refresher {
                     self.refresh_token_issued = Some(now.wall);
                 }
             }
-            Claim::Late(None) => {}
+            Claim::Late(_) => {}
         }
         self.tick(now);
         Ok(())
@@ -978,6 +1032,15 @@ impl Refresher {
                         self.on_fetched(now, Err(FetchError::Timeout { after }));
                     }
                 }
+                Pending::Discover { location } => {
+                    let after = self.config.tuning.fetch_timeout;
+                    let error = FetchError::Timeout { after };
+                    self.on_discovered(
+                        now,
+                        location,
+                        Err(DiscoveryError::Unreachable(Box::new(error))),
+                    );
+                }
             }
         }
     }
@@ -991,6 +1054,7 @@ impl Refresher {
         };
         let record = match result {
             Ok(Some(mut bytes)) => {
+                self.read_metadata(&bytes);
                 let decoded = decode_record(&self.config.key, &bytes);
                 bytes.zeroize();
                 match decoded {
@@ -1259,7 +1323,11 @@ impl Refresher {
             self.end_cycle();
             return;
         }
-        let encoded = encode_record(&self.config.key, record);
+        let metadata = match &self.config.source {
+            Source::OAuth2(client) => client.metadata(),
+            Source::Custom => None,
+        };
+        let encoded = encode_record_with(&self.config.key, record, metadata);
         for layer in layers {
             let id = self.new_id(now, Pending::Write { layer });
             self.effects.push_back(Effect::WriteCache {
@@ -1317,9 +1385,164 @@ impl Refresher {
         }
     }
 
+    /// Starts an attempt: the issuer's metadata first when it is needed,
+    /// then the token request.
     fn start_fetch(&mut self, now: Now) {
         self.last_fetch_started = Some(now.sched());
         self.phase = Phase::Fetching;
+        self.discovered_this_attempt = false;
+        self.moved_error = None;
+        let needs_metadata = self
+            .issuer_client()
+            .and_then(|c| c.discovery.as_ref())
+            .is_some_and(|d| {
+                d.metadata
+                    .as_ref()
+                    .is_none_or(|m| m.is_stale(now.wall, d.max_age, FUTURE_ISSUE_TOLERANCE))
+            });
+        if needs_metadata {
+            self.send_discovery(now, 0);
+        } else {
+            self.send_token_request(now);
+        }
+    }
+
+    /// The client, when its token endpoint comes from an issuer's metadata.
+    fn issuer_client(&mut self) -> Option<&mut OAuth2Client> {
+        match &mut self.config.source {
+            Source::OAuth2(client) if client.discovery.is_some() => Some(client),
+            _ => None,
+        }
+    }
+
+    /// Asks for the issuer's metadata at its `location`-th well-known URL.
+    fn send_discovery(&mut self, now: Now, location: u8) {
+        let Some(client) = self.issuer_client() else {
+            return self.send_token_request(now);
+        };
+        let max_body = client.body_limit();
+        let Some(issuer) = client.issuer() else {
+            return self.send_token_request(now);
+        };
+        let url = issuer.metadata_urls()[usize::from(location.min(1))].clone();
+        self.discovered_this_attempt = true;
+        match discovery::metadata_request(&url) {
+            Ok(request) => {
+                let id = self.new_id(now, Pending::Discover { location });
+                self.effects.push_back(Effect::SendRequest {
+                    id,
+                    request: Box::new(request),
+                    max_body,
+                });
+            }
+            Err(error) => {
+                self.on_discovered(
+                    now,
+                    location,
+                    Err(DiscoveryError::Unreachable(Box::new(error))),
+                );
+            }
+        }
+    }
+
+    /// The issuer's metadata (or why there is none) arrived.
+    fn on_discovered(&mut self, now: Now, location: u8, result: Result<Metadata, DiscoveryError>) {
+        if self.phase != Phase::Fetching {
+            return;
+        }
+        let moved = self.moved_error.take();
+        let Some(client) = self.issuer_client() else {
+            return;
+        };
+        match result {
+            Ok(metadata) => {
+                let before = client.token_url().clone();
+                client.use_metadata(metadata);
+                let same = client.token_url() == &before;
+                match moved {
+                    // It did not move: the failure stands.
+                    Some(error) if same => self.on_fetched(now, Err(*error)),
+                    _ => self.send_token_request(now),
+                }
+            }
+            Err(error) if location == 0 && error.try_next_location() => {
+                self.moved_error = moved;
+                self.send_discovery(now, 1);
+            }
+            Err(error) => {
+                let have_old = client.metadata().is_some();
+                let url = client
+                    .issuer()
+                    .map(|i| discovery::shown_url(&i.metadata_urls()[usize::from(location.min(1))]))
+                    .unwrap_or_default();
+                let error = match error {
+                    // Neither location has a document.
+                    DiscoveryError::Status { status }
+                        if location == 1 && error.try_next_location() =>
+                    {
+                        DiscoveryError::NotServed { status }
+                    }
+                    other => other,
+                };
+                match moved {
+                    Some(original) => self.on_fetched(now, Err(*original)),
+                    // Metadata that could not be refreshed for now is
+                    // still the best there is.
+                    None if have_old && error.class() == ErrorClass::Transient => {
+                        self.send_token_request(now);
+                    }
+                    None => self.on_fetched(now, Err(FetchError::Discovery { url, error })),
+                }
+            }
+        }
+    }
+
+    /// Whether a token request's failure suggests the endpoint moved, and
+    /// the issuer's metadata was not fetched yet in this attempt.
+    fn endpoint_may_have_moved(&self, error: &FetchError) -> bool {
+        let Source::OAuth2(client) = &self.config.source else {
+            return false;
+        };
+        client.discovery.is_some()
+            && !self.discovered_this_attempt
+            && matches!(
+                error,
+                FetchError::NotATokenEndpoint { .. }
+                    | FetchError::Transport { .. }
+                    | FetchError::Status {
+                        status: 404 | 410,
+                        ..
+                    }
+                    | FetchError::OAuth {
+                        status: 404 | 410,
+                        ..
+                    }
+            )
+    }
+
+    /// Takes the issuer's metadata a cached record keeps, when newer than
+    /// the one in use.
+    fn read_metadata(&mut self, bytes: &[u8]) {
+        let key = self.config.key.clone();
+        let Some(client) = self.issuer_client() else {
+            return;
+        };
+        let Some(issuer) = client.issuer() else {
+            return;
+        };
+        let Some(stored) = decode_metadata(&key, issuer, bytes) else {
+            return;
+        };
+        if client
+            .metadata()
+            .is_none_or(|m| m.fetched() < stored.fetched())
+        {
+            client.use_metadata(stored);
+        }
+    }
+
+    /// Sends the token request (the endpoint known).
+    fn send_token_request(&mut self, now: Now) {
         let effect = match &self.config.source {
             Source::OAuth2(client) => match client.build_request(self.refresh_token.as_ref()) {
                 Ok(mut request) => {

@@ -33,6 +33,28 @@
 #   TOKENKEEPER_TEST_OIDC_DPOP_CLIENT_ID        interop-dpop-client (DPoP-bound tokens only)
 #   TOKENKEEPER_TEST_OIDC_DPOP_CLIENT_SECRET    interop-dpop-secret
 #
+# and for an authorization server written with Authlib (Python; interop/authlib/
+# server.py: the JWT bearer grant, private_key_jwt with jti replay checks, the
+# device grant with test routes that approve, deny, expire and slow down, a
+# request log; it makes its keys at start in the scratch folder). Authlib and
+# Flask, pinned in interop/authlib/requirements.txt, are installed with pip into
+# a virtualenv under ${XDG_CACHE_HOME:-~/.cache}/tokenkeeper/, one per hash of
+# that file:
+#
+#   TOKENKEEPER_TEST_AUTHLIB_TOKEN_URL          http://127.0.0.1:PORT/token (its test
+#                                               routes are under the same origin, /test/)
+#   TOKENKEEPER_TEST_AUTHLIB_DEVICE_URL         http://127.0.0.1:PORT/device_authorization
+#   TOKENKEEPER_TEST_AUTHLIB_KEY_DIR            the private keys the tests sign with
+#                                               (PKCS#8 PEM): issuer-rs256.pem and
+#                                               issuer-es256.pem of the JWT bearer issuer
+#                                               authlib-issuer, client-rs256.pem and
+#                                               client-es256.pem of the private_key_jwt
+#                                               client authlib-pkjwt-client (each key's
+#                                               kid is its file name without .pem)
+#
+# (a given TOKENKEEPER_TEST_AUTHLIB_TOKEN_URL must be server.py, with the other
+# two variables: the tests use its clients and test routes)
+#
 # runs the tests, stops every service it started (also when the tests fail or
 # it is interrupted), deletes the scratch folder with the certificates and
 # keys, and exits with the tests' status. A service whose URL variable is
@@ -92,6 +114,7 @@ AUTHORITY_PID=""
 TLS_AUTHORITY_PID=""
 OIDC_PID=""
 OIDC_DPOP_PID=""
+AUTHLIB_PID=""
 # The test command runs in its own process group so that a signal to this
 # script can be passed on to it and everything it started (cargo, the test
 # binaries, their children).
@@ -122,6 +145,7 @@ cleanup() {
     kill -TERM -- "-$COMMAND_PID" 2>/dev/null || true
     wait "$COMMAND_PID" 2>/dev/null || true
   fi
+  stop_process "$AUTHLIB_PID" "the Authlib server"
   stop_process "$OIDC_DPOP_PID" "oidc-provider (DPoP)"
   stop_process "$OIDC_PID" "oidc-provider (mTLS)"
   stop_process "$TLS_AUTHORITY_PID" "the interop authority (HTTPS)"
@@ -257,6 +281,56 @@ start_node_server() {
   fi
   export "$url_variable=${line#READY }"
   log "$name ready at ${line#READY }"
+}
+
+# Makes (once per content of interop/authlib/requirements.txt) a virtualenv
+# with the pinned Authlib and Flask, and prints its python. A virtualenv whose
+# install did not finish has no .installed mark and is made again.
+authlib_python() {
+  local requirements="$INTEROP_DIR/authlib/requirements.txt" hash venv
+  command -v python3 >/dev/null 2>&1 || die "python3 is missing (the Authlib interop server needs Python 3.9 or newer)"
+  hash=$(sha256sum "$requirements" | cut -c1-16)
+  venv="${XDG_CACHE_HOME:-$HOME/.cache}/tokenkeeper/authlib-venv-$hash"
+  if [ ! -f "$venv/.installed" ]; then
+    log "installing Authlib into $venv (pip, interop/authlib/requirements.txt)"
+    rm -rf "$venv"
+    mkdir -p "$(dirname "$venv")"
+    python3 -m venv "$venv" >&2 \
+      || die "python3 -m venv failed (on Debian: apt-get install python3-venv)"
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-input \
+      --require-virtualenv -r "$requirements" >&2 \
+      || die "pip could not install interop/authlib/requirements.txt"
+    touch "$venv/.installed"
+  fi
+  printf '%s\n' "$venv/bin/python"
+}
+
+# Starts interop/authlib/server.py on a free port (it picks it) with its keys
+# in the scratch folder, waits for its READY line and exports its variables.
+start_authlib_server() {
+  local python out="$WORK_DIR/AUTHLIB_PID.out" err="$WORK_DIR/AUTHLIB_PID.err" line="" waited=0
+  python=$(authlib_python)
+  PYTHONDONTWRITEBYTECODE=1 "$python" "$INTEROP_DIR/authlib/server.py" \
+    --key-dir "$WORK_DIR/authlib-keys" >"$out" 2>"$err" </dev/null &
+  AUTHLIB_PID=$!
+  while [ "$waited" -lt $((READY_TIMEOUT * 10)) ]; do
+    line=$(grep -m1 '^READY ' "$out" 2>/dev/null || true)
+    [ -n "$line" ] && break
+    if ! kill -0 "$AUTHLIB_PID" 2>/dev/null; then
+      cat "$err" >&2 || true
+      die "the Authlib server exited before it was ready"
+    fi
+    sleep 0.1
+    waited=$((waited + 1))
+  done
+  if [ -z "$line" ]; then
+    cat "$err" >&2 || true
+    die "the Authlib server was not ready within ${READY_TIMEOUT}s"
+  fi
+  export TOKENKEEPER_TEST_AUTHLIB_TOKEN_URL="${line#READY }/token"
+  export TOKENKEEPER_TEST_AUTHLIB_DEVICE_URL="${line#READY }/device_authorization"
+  export TOKENKEEPER_TEST_AUTHLIB_KEY_DIR="$WORK_DIR/authlib-keys"
+  log "the Authlib server ready at ${line#READY }"
 }
 
 # Makes the TLS certificates (once) into $CERT_DIR.
@@ -406,6 +480,13 @@ fi
 # The client registered in oidc-dpop.mjs, unless given.
 export TOKENKEEPER_TEST_OIDC_DPOP_CLIENT_ID="${TOKENKEEPER_TEST_OIDC_DPOP_CLIENT_ID:-interop-dpop-client}"
 export TOKENKEEPER_TEST_OIDC_DPOP_CLIENT_SECRET="${TOKENKEEPER_TEST_OIDC_DPOP_CLIENT_SECRET:-interop-dpop-secret}"
+
+# The Authlib server (interop/authlib/server.py).
+if [ -n "${TOKENKEEPER_TEST_AUTHLIB_TOKEN_URL:-}" ]; then
+  log "using the given Authlib server at $TOKENKEEPER_TEST_AUTHLIB_TOKEN_URL"
+else
+  start_authlib_server
+fi
 
 # The CA to trust: ours when we started an HTTPS server, with a given one too.
 if [ -n "$CERT_DIR" ]; then

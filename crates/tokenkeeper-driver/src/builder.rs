@@ -488,6 +488,54 @@ impl<R: Runtime> TokenWatcherBuilder<R> {
     }
 }
 
+/// What a device login needs of a builder: exactly what a watcher built from
+/// it would use (the runtime, the source and its assertions, the refresher
+/// configuration with its final cache key, the resolved cache layers, the
+/// HTTP settings), so that the record a login writes is the one the watcher
+/// reads.
+pub(crate) struct LoginParts<R> {
+    pub(crate) runtime: R,
+    pub(crate) source: Source,
+    pub(crate) config: RefresherConfig,
+    pub(crate) layers: Vec<AnyLayer>,
+    pub(crate) http: HttpSettings,
+    pub(crate) dpop: bool,
+    pub(crate) name: Option<String>,
+}
+
+impl<R: Runtime> TokenWatcherBuilder<R> {
+    /// Takes the builder apart for a device login ([`LoginParts`]), binding
+    /// the key and resolving the layers as [`start`](Self::start) does.
+    pub(crate) fn login_parts(self) -> Result<LoginParts<R>, SpawnError> {
+        let runtime = self.runtime.bind().ok_or(SpawnError::NoRuntime)?;
+        let thumbprint = match self.source.oauth2_client() {
+            Some(_) => self.http.client_certificate_thumbprint()?,
+            None => None,
+        };
+        let settings = KeySettings {
+            thumbprint: thumbprint.as_deref(),
+            dpop: self.dpop.as_ref(),
+            request_timeout: self.http.get_request_timeout(),
+        };
+        let config = bind_key(self.config, &settings)?;
+        let key = config.cache_key().clone();
+        let layers = self
+            .layers
+            .into_iter()
+            .map(|spec| spec.resolve(&key))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(LoginParts {
+            runtime,
+            source: self.source,
+            config,
+            layers,
+            http: self.http,
+            dpop: self.dpop.is_some(),
+            name: self.name,
+        })
+    }
+}
+
 /// How long the refresher waits for a fetch whose HTTP exchange times out
 /// after `request_timeout`.
 pub(crate) fn fetch_deadline(request_timeout: Duration) -> Duration {

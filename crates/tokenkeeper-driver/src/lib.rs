@@ -76,6 +76,7 @@ pub mod attach;
 mod boxed;
 mod builder;
 mod cache;
+pub mod device;
 pub mod dpop;
 mod driver;
 mod error;
@@ -125,6 +126,8 @@ pub mod prelude {
     pub use crate::dpop;
     // Client assertions and the JWT bearer grant (`assertion::{Assertion, ClientKey}`).
     pub use crate::assertion;
+    // Device login (`device::{DevicePrompt, DeviceLogin, DeviceLoginError}`).
+    pub use crate::device;
     pub use tokenkeeper_core as engine;
     pub use tokenkeeper_core::{
         Event, FetchError, Health, HealthReason, RefreshNow, Status, TlsProblem, TokenRecord,

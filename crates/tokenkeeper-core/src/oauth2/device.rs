@@ -157,6 +157,15 @@ impl OAuth2Client {
         authenticated(self, form, self.token_url.as_str())
     }
 
+    /// The credentials this client sends, to be kept out of error text that
+    /// quotes a request.
+    fn credentials(&self) -> Vec<&str> {
+        self.client_secret
+            .iter()
+            .map(|secret| secret.expose_secret())
+            .collect()
+    }
+
     /// Reads the device authorization endpoint's answer, received at `now`
     /// (wall time). Error answers become the same typed errors as the token
     /// endpoint's (an OAuth2 error, an error status, a page, a body over the
@@ -171,7 +180,8 @@ impl OAuth2Client {
         body: &[u8],
         now: Timestamp,
     ) -> Result<DeviceAuthorization, FetchError> {
-        let map = read_object(status, headers, body, now, self.max_body_bytes)?;
+        let map = read_object(status, headers, body, now, self.max_body_bytes)
+            .map_err(|e| e.without_values(&self.credentials()))?;
         let bad = |reason: String| FetchError::InvalidBody { status, reason };
         let device_code = match map.get("device_code") {
             Some(Value::String(code)) if !code.is_empty() => DeviceCode::new(code.as_str()),
@@ -429,13 +439,17 @@ impl DevicePoll {
                 self.finished = true;
                 PollOutcome::Granted(grant)
             }
-            Err(error) => self.handle_failure(error, now),
+            Err(error) => self.handle_failure(error.without_values(&client.credentials()), now),
         }
     }
 
     /// What a failed poll means (an error answer, or no answer at all), and
-    /// when the next one is due.
+    /// when the next one is due. An error that quotes the device code (an
+    /// `error_description` echoing the request, say) has it replaced by
+    /// `<redacted>`, as [`handle_response`](Self::handle_response) does the
+    /// client's credentials too.
     pub fn handle_failure(&mut self, error: FetchError, now: Now) -> PollOutcome {
+        let error = error.without_values(&[self.device_code.expose_secret()]);
         let code = error.oauth_error().map(|e| e.error.as_str());
         let outcome = match code {
             Some("authorization_pending") => {
@@ -837,6 +851,28 @@ mod tests {
             PollOutcome::Retry { after, .. } => assert_eq!(after, Duration::from_secs(30)),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn errors_quoting_the_device_code_or_secret_do_not_show_them() {
+        let mut poll = DevicePoll::new(authorization(GOOD).unwrap(), Monotonic::from_millis(0));
+        let echo = r#"{"error":"invalid_grant","error_description":"bad device_code dc-secret-42 for cli-secret"}"#;
+        let outcome = answer(&mut poll, 400, echo, at(2_000));
+        let shown = format!("{outcome:?}");
+        assert!(
+            !shown.contains("dc-secret-42") && !shown.contains("cli-secret"),
+            "{shown}"
+        );
+        assert!(shown.contains("<redacted>"), "{shown}");
+        let error = client()
+            .read_device_authorization(
+                400,
+                &HeaderMap::new(),
+                br#"{"error":"invalid_request","error_description":"echo cli-secret"}"#,
+                WALL,
+            )
+            .unwrap_err();
+        assert!(!error.to_string().contains("cli-secret"), "{error}");
     }
 
     proptest! {

@@ -47,6 +47,7 @@ pub mod assertion;
 mod body;
 mod client;
 pub(crate) mod codec;
+mod device;
 pub mod dpop;
 mod fault;
 mod record;
@@ -65,6 +66,7 @@ use crate::server_thread::ServerThread;
 pub use assertion::{AssertionError, PresentedAssertion};
 pub use client::{AuthMethod, Client};
 pub use codec::format_http_date;
+pub use device::{DEFAULT_DEVICE_CODE_LIFETIME, DEFAULT_DEVICE_INTERVAL};
 pub use dpop::{DpopError, DpopNonces, DpopProof};
 pub use fault::{Fault, RetryAfter};
 pub use record::{
@@ -392,6 +394,71 @@ impl Authority {
     /// may name it, or the token endpoint, as their `aud`.
     pub fn issuer(&self) -> String {
         self.base_url()
+    }
+
+    // ----- the device authorization grant (RFC 8628) -----
+
+    /// The device authorization endpoint: `http://127.0.0.1:PORT/device_authorization`.
+    /// Registered clients authenticate there as at the token endpoint and get a device code
+    /// and a user code; polls of the token endpoint with the device code grant are answered
+    /// `authorization_pending` until the test, playing the person, approves or denies the user
+    /// code. An approved code is redeemed once, for a token with a refresh token.
+    pub fn device_authorization_url(&self) -> String {
+        format!("{}{}", self.base_url(), device::DEVICE_PATH)
+    }
+
+    /// Approves the device login waiting with `user_code`, as the person would on the
+    /// verification page. Returns whether such a login was waiting.
+    pub fn approve_device(&self, user_code: &str) -> bool {
+        self.state().devices.answer(user_code, true)
+    }
+
+    /// Refuses the device login waiting with `user_code`: its next poll gets `access_denied`.
+    /// Returns whether such a login was waiting.
+    pub fn deny_device(&self, user_code: &str) -> bool {
+        self.state().devices.answer(user_code, false)
+    }
+
+    /// Makes the codes of `user_code` expire now: the next poll gets `expired_token`.
+    pub fn expire_device(&self, user_code: &str) -> bool {
+        self.state()
+            .devices
+            .expire(user_code, std::time::SystemTime::now())
+    }
+
+    /// The user codes of the device logins waiting for the person's answer.
+    pub fn pending_user_codes(&self) -> Vec<String> {
+        self.state().devices.pending_user_codes()
+    }
+
+    /// The device code handed out with `user_code` (a credential of the client: for tests
+    /// that check it never shows).
+    pub fn device_code_of(&self, user_code: &str) -> Option<String> {
+        self.state().devices.code_of(user_code)
+    }
+
+    /// Answers the next `polls` device code polls with `slow_down` (each adds 5 s to that
+    /// code's interval, as RFC 8628 §3.5 says). A client that polls sooner than its interval
+    /// gets `slow_down` anyway.
+    pub fn force_slow_down(&self, polls: usize) {
+        self.state().devices.forced_slow_downs = polls;
+    }
+
+    /// The polling interval announced with codes handed out from now on (default
+    /// [`DEFAULT_DEVICE_INTERVAL`], whole seconds).
+    pub fn set_device_interval(&self, interval: Duration) {
+        self.state().devices.interval = interval;
+    }
+
+    /// The lifetime of codes handed out from now on (default
+    /// [`DEFAULT_DEVICE_CODE_LIFETIME`], whole seconds).
+    pub fn set_device_code_lifetime(&self, lifetime: Duration) {
+        self.state().devices.lifetime = lifetime;
+    }
+
+    /// Whether answers carry `verification_uri_complete` (default yes).
+    pub fn set_device_complete_uri(&self, included: bool) {
+        self.state().devices.include_complete_uri = included;
     }
 
     // ----- refresh tokens -----

@@ -105,6 +105,12 @@ pub enum Outcome {
         /// The refresh token handed out, if any.
         refresh_token: Option<String>,
     },
+    /// The device authorization endpoint handed out codes (RFC 8628); the person has not
+    /// answered yet.
+    DeviceCodeIssued {
+        /// The user code handed out.
+        user_code: String,
+    },
     /// The request was refused by normal processing with this OAuth `error` code
     /// (`invalid_request`, `invalid_client`, `invalid_grant`, `unsupported_grant_type`, ...).
     Rejected {

@@ -201,10 +201,11 @@ async fn handle(
             .collect(),
         url: request_url(&parts, tls.is_some()),
         tls: tls.as_deref().cloned(),
+        path: parts.uri.path().to_owned(),
     };
 
     let path = parts.uri.path().to_owned();
-    let token_endpoint = path == TOKEN_PATH;
+    let token_endpoint = path == TOKEN_PATH || path == super::device::DEVICE_PATH;
     let summary = Summary::new(parts.method.as_str().to_owned(), path, &form);
     let (seq, decision) = shared.begin(at, summary, token_endpoint);
     tracing::debug!(seq, ?decision, method = %parts.method, "authority received a request");

@@ -10,6 +10,7 @@ use super::assertion::{
     self, AssertionError, AssertionJtis, Expected, PresentedAssertion, VerifyWith,
 };
 use super::client::{AuthMethod, Client};
+use super::device::{DEVICE_CODE, DEVICE_PATH, Devices};
 use super::dpop::{self, DpopError, DpopNonces, DpopProof, JtiCache};
 use super::fault::Fault;
 use super::record::{
@@ -38,6 +39,8 @@ pub(crate) struct FormRequest {
     pub(crate) tls: Option<TlsSession>,
     pub(crate) dpop: Vec<String>,
     pub(crate) url: String,
+    /// The path requested: the token endpoint's, or the device authorization endpoint's.
+    pub(crate) path: String,
 }
 
 impl FormRequest {
@@ -210,6 +213,8 @@ pub(crate) struct State {
     assertion_jtis: AssertionJtis,
     /// The public keys of assertion issuers, for the JWT bearer grant.
     pub(crate) issuers: HashMap<String, Vec<Value>>,
+    /// The device codes handed out (RFC 8628).
+    pub(crate) devices: Devices,
     next_seq: u64,
     token_counter: u64,
     rng: fastrand::Rng,
@@ -303,6 +308,7 @@ impl Shared {
                 dpop_jtis: JtiCache::new(),
                 assertion_jtis: AssertionJtis::new(),
                 issuers: HashMap::new(),
+                devices: Devices::default(),
                 next_seq: 0,
                 token_counter: 0,
                 rng,
@@ -398,9 +404,12 @@ impl Shared {
         let (status, outcome) = match &reply {
             Reply::Token(_) => (
                 200,
-                Outcome::Issued {
-                    access_token: note.access_token.take().unwrap_or_default(),
-                    refresh_token: note.refresh_token.take(),
+                match note.user_code.take() {
+                    Some(user_code) => Outcome::DeviceCodeIssued { user_code },
+                    None => Outcome::Issued {
+                        access_token: note.access_token.take().unwrap_or_default(),
+                        refresh_token: note.refresh_token.take(),
+                    },
                 },
             ),
             Reply::Error { status, error, .. } => (
@@ -469,6 +478,8 @@ struct Note {
     client_assertion_refused: Option<AssertionError>,
     /// Why the grant's assertion was refused, if it was.
     grant_assertion_refused: Option<AssertionError>,
+    /// The user code handed out by the device authorization endpoint.
+    user_code: Option<String>,
 }
 
 impl State {
@@ -567,10 +578,16 @@ impl State {
                 format!("parameter {name} is repeated"),
             );
         }
+        if request.path == DEVICE_PATH {
+            return self.authorize_device(request, note);
+        }
         let grant = match request.first("grant_type") {
             None => return Reply::error(400, "invalid_request", "missing grant_type"),
             Some(grant)
-                if grant == CLIENT_CREDENTIALS || grant == REFRESH_TOKEN || grant == JWT_BEARER =>
+                if grant == CLIENT_CREDENTIALS
+                    || grant == REFRESH_TOKEN
+                    || grant == JWT_BEARER
+                    || grant == DEVICE_CODE =>
             {
                 grant
             }
@@ -637,6 +654,16 @@ impl State {
                 }
             }
             (request.first("scope").map(str::to_owned), false)
+        } else if grant == DEVICE_CODE {
+            let polled = self.devices.redeem(
+                request.first("device_code"),
+                &client.id,
+                SystemTime::now(),
+            );
+            match polled {
+                Ok(scope) => (scope, true),
+                Err((error, description)) => return Reply::error(400, error, description),
+            }
         } else if grant == REFRESH_TOKEN {
             let Some(presented) = request.first("refresh_token") else {
                 return Reply::error(400, "invalid_request", "missing refresh_token");
@@ -732,6 +759,28 @@ impl State {
         }
         note.access_token = Some(access_token);
         note.refresh_token = refresh_token;
+        Reply::Token(body)
+    }
+
+    /// The device authorization endpoint (RFC 8628 §3.1, §3.2): the client authenticates as at
+    /// the token endpoint, and gets codes for its scope.
+    fn authorize_device(&mut self, request: &FormRequest, note: &mut Note) -> Reply {
+        let client = match self.authenticate(request, note) {
+            Ok((client, _)) => {
+                note.authenticated = true;
+                client
+            }
+            Err(reply) => return reply,
+        };
+        let scope = request.first("scope").map(str::to_owned);
+        let (body, user_code) = self.devices.issue(
+            &mut self.rng,
+            &client.id,
+            scope,
+            &request.url,
+            SystemTime::now(),
+        );
+        note.user_code = Some(user_code);
         Reply::Token(body)
     }
 

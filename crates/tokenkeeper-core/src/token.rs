@@ -55,6 +55,12 @@ impl TokenGrant {
         self.token_type.eq_ignore_ascii_case("bearer")
     }
 
+    /// What a token exchange issued (RFC 8693 `issued_token_type`, kept in
+    /// [`extra`](Self::extra)), when the authority said.
+    pub fn issued_token_type(&self) -> Option<&str> {
+        issued_token_type(&self.extra)
+    }
+
     /// Sets the rotated refresh token.
     pub fn with_refresh_token(mut self, refresh_token: RefreshToken) -> Self {
         self.refresh_token = Some(refresh_token);
@@ -93,6 +99,12 @@ pub struct TokenRecord {
     pub expiry: Timestamp,
     /// Every other field of the response, kept as sent.
     pub extra: Map<String, Value>,
+}
+
+fn issued_token_type(extra: &Map<String, Value>) -> Option<&str> {
+    extra
+        .get(crate::oauth2::exchange::ISSUED_TOKEN_TYPE_FIELD)
+        .and_then(Value::as_str)
 }
 
 /// The most characters shown of an extra field's name.
@@ -195,6 +207,14 @@ impl TokenRecord {
     /// Time left before expiry at `now`.
     pub fn remaining_at(&self, now: Timestamp) -> Duration {
         self.expiry.duration_since(now)
+    }
+
+    /// What a token exchange issued (RFC 8693 `issued_token_type`: an
+    /// access token, a JWT, an ID token, ...), when the authority said. Kept
+    /// in [`extra`](Self::extra), so cache records of every version carry
+    /// it.
+    pub fn issued_token_type(&self) -> Option<&str> {
+        issued_token_type(&self.extra)
     }
 
     /// The value of an `Authorization` header for this token, `Bearer <token>`.

@@ -56,12 +56,16 @@ use serde_json::{Value, json};
 use tokenkeeper_core::oauth2::assertion::{
     AssertionClaims, AssertionTemplate, add_client_assertion, add_grant_assertion,
 };
+use tokenkeeper_core::oauth2::exchange::{add_actor_token, add_subject_token};
 use tokenkeeper_core::oauth2::{AuthMethod, GrantType, OAuth2Client, TokenRequest};
-use tokenkeeper_core::{FetchError, Timestamp};
+use tokenkeeper_core::{FetchError, Timestamp, TokenRecord};
 use zeroize::Zeroizing;
 
 pub use tokenkeeper_core::oauth2::assertion::AssertionProblem;
 
+use crate::token_exchange::{
+    ExchangeTokens, Needed, Presented, make_blocking, replace_refused, take_upstream,
+};
 use crate::jws::{self, SigningKey};
 use crate::runtime::{Runtime, unblock};
 
@@ -577,7 +581,7 @@ impl Assertion {
                 signer(&template.claims_at(now, jti)).map(Zeroizing::new)
             }
             Kind::File(path) => {
-                let text = read_assertion_file(path)?;
+                let text = read_secret_file(path, "assertion")?;
                 check_external(&text, now, &format!("the assertion in {}", path.display()))?;
                 Ok(text)
             }
@@ -590,39 +594,45 @@ impl Assertion {
     }
 }
 
-/// Reads an assertion file whole. Missing or empty: transient (a rotation
-/// in progress); unreadable for another reason: a misconfiguration.
-fn read_assertion_file(path: &Path) -> Result<Zeroizing<String>, AssertionError> {
+/// Reads a file that holds a credential made elsewhere (an assertion, a
+/// token exchange's subject token), whole and trimmed; `what` names it in
+/// errors ("assertion", "subject token"). Missing or empty: transient (a
+/// rotation in progress); unreadable for another reason: a
+/// misconfiguration; larger than 64 KiB or not text: malformed.
+pub(crate) fn read_secret_file(
+    path: &Path,
+    what: &str,
+) -> Result<Zeroizing<String>, AssertionError> {
     use std::io::Read;
     let shown = path.display();
     let file = std::fs::File::open(path).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => AssertionError::unavailable(format!(
-            "the assertion file {shown} is missing (being replaced?)"
+            "the {what} file {shown} is missing (being replaced?)"
         )),
-        _ => AssertionError::misconfigured(format!("cannot read the assertion file {shown}: {e}")),
+        _ => AssertionError::misconfigured(format!("cannot read the {what} file {shown}: {e}")),
     })?;
     let mut bytes = Zeroizing::new(Vec::new());
     file.take(MAX_ASSERTION_BYTES + 1)
         .read_to_end(&mut bytes)
         .map_err(|e| {
-            AssertionError::misconfigured(format!("cannot read the assertion file {shown}: {e}"))
+            AssertionError::misconfigured(format!("cannot read the {what} file {shown}: {e}"))
         })?;
     if bytes.len() as u64 > MAX_ASSERTION_BYTES {
         return Err(AssertionError::new(
             AssertionProblem::Malformed,
-            format!("the assertion file {shown} is larger than {MAX_ASSERTION_BYTES} bytes"),
+            format!("the {what} file {shown} is larger than {MAX_ASSERTION_BYTES} bytes"),
         ));
     }
     let text = std::str::from_utf8(&bytes).map_err(|_| {
         AssertionError::new(
             AssertionProblem::Malformed,
-            format!("the assertion file {shown} is not text"),
+            format!("the {what} file {shown} is not text"),
         )
     })?;
     let text = Zeroizing::new(text.trim().to_owned());
     if text.is_empty() {
         return Err(AssertionError::unavailable(format!(
-            "the assertion file {shown} is empty (being written?)"
+            "the {what} file {shown} is empty (being written?)"
         )));
     }
     Ok(text)
@@ -662,6 +672,9 @@ pub(crate) struct Assertions {
     pub(crate) client: Option<Assertion>,
     /// For the JWT bearer grant.
     pub(crate) grant: Option<Assertion>,
+    /// A token exchange's subject and actor tokens (RFC 8693), made in the
+    /// same step.
+    pub(crate) exchange: crate::token_exchange::ExchangeTokens,
 }
 
 impl Assertions {
@@ -744,10 +757,52 @@ impl Assertions {
             }
             (_, _, None) => None,
         };
+        let exchange = self.exchange_for(client)?;
         Ok(Assertions {
             client: client_assertion,
             grant: grant_assertion,
+            exchange,
         })
+    }
+
+    /// Checks the token exchange's tokens against what `client` needs.
+    fn exchange_for(
+        &self,
+        client: &OAuth2Client,
+    ) -> Result<crate::token_exchange::ExchangeTokens, AssertionError> {
+        let ExchangeTokens { subject, actor } = &self.exchange;
+        let Some(settings) = client.get_token_exchange() else {
+            if subject.is_some() || actor.is_some() {
+                return Err(AssertionError::misconfigured(
+                    "a subject or actor token was given, but the client does not use token exchange (OAuth2Client::token_exchange)",
+                ));
+            }
+            return Ok(ExchangeTokens::default());
+        };
+        if client.grant() != GrantType::TokenExchange {
+            return Err(AssertionError::misconfigured(
+                "the client has token exchange settings but another grant",
+            ));
+        }
+        if subject.is_none() {
+            return Err(AssertionError::misconfigured(
+                "the token exchange needs its subject token: a file, a callback or another watcher",
+            ));
+        }
+        match (settings.actor_token_type(), actor) {
+            (Some(_), None) => {
+                return Err(AssertionError::misconfigured(
+                    "the token exchange presents an actor token (TokenExchange::actor): give its file, callback or watcher",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(AssertionError::misconfigured(
+                    "an actor token was given, but the token exchange names no actor token type (TokenExchange::actor)",
+                ));
+            }
+            _ => {}
+        }
+        Ok(self.exchange.clone())
     }
 
     /// Takes a request out to send it, with what it still needs: the
@@ -767,34 +822,62 @@ impl Assertions {
                 .grant_assertion()
                 .cloned()
                 .map(|t| (t, self.grant.clone())),
+            subject: request
+                .subject_token_needed()
+                .then(|| self.exchange.subject.clone())
+                .flatten()
+                .map(|source| Needed::new(source, "subject token")),
+            actor: request
+                .actor_token_needed()
+                .then(|| self.exchange.actor.clone())
+                .flatten()
+                .map(|source| Needed::new(source, "actor token")),
+            exchange_needed: request.subject_token_needed(),
+            presented: Presented::default(),
         };
         (request.into_http(), pending)
     }
 }
 
-/// The assertions a request still needs.
+/// The assertions and exchange tokens a request still needs.
+#[derive(Clone)]
 pub(crate) struct Pending<R> {
     runtime: R,
     client: Option<(AssertionTemplate, Option<Assertion>)>,
     grant: Option<(AssertionTemplate, Option<Assertion>)>,
+    subject: Option<Needed>,
+    actor: Option<Needed>,
+    /// Whether the request is a token exchange (which needs a subject token
+    /// even when none is configured: then it fails, typed).
+    exchange_needed: bool,
+    /// The upstream watchers' tokens presented (a chain).
+    presented: Presented,
 }
 
 impl<R: Runtime> Pending<R> {
-    /// Makes the assertions (off the async task: files and callbacks may
-    /// block) and adds them to the request.
+    /// Makes the assertions and takes the exchange tokens (off the async
+    /// task: files and callbacks may block; upstream watchers' tokens are
+    /// awaited) and adds them to the request.
     pub(crate) async fn complete(
-        self,
+        &self,
         mut request: http::Request<Vec<u8>>,
     ) -> Result<http::Request<Vec<u8>>, FetchError> {
-        if self.client.is_none() && self.grant.is_none() {
+        if self.client.is_none() && self.grant.is_none() && !self.exchange_needed {
             return Ok(request);
         }
-        let Pending {
-            runtime,
-            client,
-            grant,
-        } = self;
-        let made = unblock(&runtime, move || {
+        if self.exchange_needed && self.subject.is_none() {
+            return Err(AssertionError::misconfigured(
+                "the request needs a subject token and none is configured",
+            )
+            .into());
+        }
+        let needed: Vec<&Needed> = self.subject.iter().chain(self.actor.iter()).collect();
+        let upstream = take_upstream(&self.runtime, &needed, &self.presented).await?;
+        let mut upstream = upstream.into_iter();
+        let subject = self.subject.clone().map(|n| (n, upstream.next().flatten()));
+        let actor = self.actor.clone().map(|n| (n, upstream.next().flatten()));
+        let (client, grant) = (self.client.clone(), self.grant.clone());
+        let made = unblock(&self.runtime, move || {
             let now: Timestamp = std::time::SystemTime::now().into();
             let make = |pending: Option<(AssertionTemplate, Option<Assertion>)>, what: &str| {
                 pending
@@ -806,9 +889,16 @@ impl<R: Runtime> Pending<R> {
                     })
                     .transpose()
             };
+            let take = |pending: Option<(Needed, Option<Arc<TokenRecord>>)>| {
+                pending
+                    .map(|(need, token)| make_blocking(&need, token))
+                    .transpose()
+            };
             Ok::<_, AssertionError>((
                 make(client, "client assertion")?,
                 make(grant, "grant assertion")?,
+                take(subject)?,
+                take(actor)?,
             ))
         })
         .await
@@ -817,14 +907,39 @@ impl<R: Runtime> Pending<R> {
                 "making the assertion panicked or was cancelled",
             ))
         })?;
-        let (client, grant) = made?;
+        let (client, grant, subject, actor) = made?;
         if let Some(client) = client {
             add_client_assertion(&mut request, &client);
         }
         if let Some(grant) = grant {
             add_grant_assertion(&mut request, &grant);
         }
+        if let Some(subject) = subject {
+            add_subject_token(&mut request, &subject);
+        }
+        if let Some(actor) = actor {
+            add_actor_token(&mut request, &actor);
+        }
         Ok(request)
+    }
+
+    /// Whether a refusal of this request can be retried at once after an
+    /// upstream watcher replaced its token: a chain, without a DPoP proof
+    /// (which cannot be sent twice).
+    pub(crate) fn retries_after_upstream(&self, request: &http::Request<Vec<u8>>) -> bool {
+        self.subject
+            .iter()
+            .chain(self.actor.iter())
+            .any(Needed::is_watcher)
+            && !request.headers().contains_key("dpop")
+    }
+
+    /// After the authority refused the request with `invalid_grant`: asks
+    /// the upstream watchers to replace the tokens presented, and waits for
+    /// them. `true` when sending again can help.
+    pub(crate) async fn upstream_replaced(&self) -> bool {
+        let needed: Vec<&Needed> = self.subject.iter().chain(self.actor.iter()).collect();
+        replace_refused(&self.runtime, &needed, &self.presented).await
     }
 }
 
@@ -1088,7 +1203,7 @@ mod tests {
         assert!(none.for_client(&pkj).is_err());
         let hmac = Assertions {
             client: Some(Assertion::signed(ClientKey::hmac(b"x").unwrap())),
-            grant: None,
+            ..Assertions::default()
         };
         assert!(hmac.for_client(&pkj).is_err());
         let hs =
@@ -1119,6 +1234,7 @@ mod tests {
         let signed = Assertions {
             client: None,
             grant: Some(Assertion::signed(key)),
+            ..Assertions::default()
         };
         assert!(
             signed.for_client(&bearer).is_err(),
@@ -1127,6 +1243,7 @@ mod tests {
         let file = Assertions {
             client: None,
             grant: Some(Assertion::file("/var/run/token")),
+            ..Assertions::default()
         };
         assert!(file.for_client(&bearer).is_ok());
     }

@@ -486,6 +486,78 @@ impl<R: Runtime> TokenWatcherBuilder<R> {
         self.source = self.source.grant_assertion(assertion);
         self
     }
+
+    /// Where a token exchange's subject token comes from (RFC 8693): see
+    /// [`Source::subject_token`] and [`token_exchange`](crate::token_exchange). A
+    /// token exchange client without one fails the start with
+    /// [`SpawnError::Assertion`].
+    pub fn subject_token(mut self, token: crate::token_exchange::ExchangeToken) -> Self {
+        self.source = self.source.subject_token(token);
+        self.follow_exchange_labels()
+    }
+
+    /// The source labels the exchange's tokens (part of the cache key): the
+    /// configuration, made from the client before, follows.
+    fn follow_exchange_labels(mut self) -> Self {
+        if let Some(exchange) = self
+            .source
+            .oauth2_client()
+            .and_then(|client| client.get_token_exchange())
+        {
+            self.config = self.config.with_token_exchange(exchange.clone());
+        }
+        self
+    }
+
+    /// The subject token is in the file at `path`, read again before every
+    /// request: see [`ExchangeToken::file`](crate::token_exchange::ExchangeToken::file).
+    pub fn subject_token_file(self, path: impl Into<PathBuf>) -> Self {
+        self.subject_token(crate::token_exchange::ExchangeToken::file(path))
+    }
+
+    /// The subject token is what `callback` gives before every request;
+    /// `label` names it in cache keys: see
+    /// [`ExchangeToken::from_fn`](crate::token_exchange::ExchangeToken::from_fn).
+    pub fn subject_token_fn(
+        self,
+        label: impl Into<String>,
+        callback: impl Fn() -> Result<String, crate::assertion::AssertionError> + Send + Sync + 'static,
+    ) -> Self {
+        self.subject_token(crate::token_exchange::ExchangeToken::from_fn(label, callback))
+    }
+
+    /// The subject token is `upstream`'s current token (a chain): see
+    /// [`ExchangeToken::watcher`](crate::token_exchange::ExchangeToken::watcher).
+    pub fn subject_token_from<U: Runtime>(self, upstream: &TokenWatcher<U>) -> Self {
+        self.subject_token(crate::token_exchange::ExchangeToken::watcher(upstream))
+    }
+
+    /// Where a token exchange's actor token comes from: see
+    /// [`Source::actor_token`].
+    pub fn actor_token(mut self, token: crate::token_exchange::ExchangeToken) -> Self {
+        self.source = self.source.actor_token(token);
+        self.follow_exchange_labels()
+    }
+
+    /// The actor token is in the file at `path`, read again before every
+    /// request.
+    pub fn actor_token_file(self, path: impl Into<PathBuf>) -> Self {
+        self.actor_token(crate::token_exchange::ExchangeToken::file(path))
+    }
+
+    /// The actor token is what `callback` gives before every request.
+    pub fn actor_token_fn(
+        self,
+        label: impl Into<String>,
+        callback: impl Fn() -> Result<String, crate::assertion::AssertionError> + Send + Sync + 'static,
+    ) -> Self {
+        self.actor_token(crate::token_exchange::ExchangeToken::from_fn(label, callback))
+    }
+
+    /// The actor token is `upstream`'s current token.
+    pub fn actor_token_from<U: Runtime>(self, upstream: &TokenWatcher<U>) -> Self {
+        self.actor_token(crate::token_exchange::ExchangeToken::watcher(upstream))
+    }
 }
 
 /// What a device login needs of a builder: exactly what a watcher built from

@@ -775,12 +775,30 @@ impl<R: Runtime> Driver<R> {
             "fetch",
             async move {
                 debug!("requesting a token");
+                // A chain keeps the bare request, to send again once the
+                // upstream replaced a refused token.
+                let again = assertion
+                    .retries_after_upstream(&request)
+                    .then(|| copy_request(&request));
                 let request = match assertion.complete(request).await {
                     Ok(request) => request,
                     Err(error) => return reply.send(Input::FetchFailed { id, error }),
                 };
                 let started = Instant::now();
-                let result = exchange.send(request, max_body).await;
+                let mut result = exchange.send(request, max_body).await;
+                if let (Some(bare), Ok(answer)) = (again, &result)
+                    && crate::token_exchange::is_invalid_grant(answer.status, &answer.body)
+                {
+                    debug!(
+                        "the exchange was refused: the upstream watcher replaces its token first"
+                    );
+                    if assertion.upstream_replaced().await {
+                        result = match assertion.complete(bare).await {
+                            Ok(request) => exchange.send(request, max_body).await,
+                            Err(error) => return reply.send(Input::FetchFailed { id, error }),
+                        };
+                    }
+                }
                 let elapsed_ms = started.elapsed().as_millis() as u64;
                 let input = match result {
                     Ok(answer) => {
@@ -999,4 +1017,16 @@ fn panicked(what: &str) -> CacheError {
         CacheErrorKind::Other,
         format!("the cache layer's {what} panicked"),
     )
+}
+
+/// A copy of a request not yet completed, to complete and send again. Its
+/// body may hold a client secret, as the request's own does: it goes
+/// nowhere but to the exchange.
+fn copy_request(request: &http::Request<Vec<u8>>) -> http::Request<Vec<u8>> {
+    let mut copy = http::Request::new(request.body().clone());
+    *copy.method_mut() = request.method().clone();
+    *copy.uri_mut() = request.uri().clone();
+    *copy.headers_mut() = request.headers().clone();
+    *copy.version_mut() = request.version();
+    copy
 }

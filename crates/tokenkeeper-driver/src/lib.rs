@@ -80,6 +80,7 @@ pub mod device;
 pub mod dpop;
 mod driver;
 mod error;
+pub mod token_exchange;
 mod http;
 mod jws;
 #[cfg(feature = "metrics")]
@@ -128,6 +129,8 @@ pub mod prelude {
     pub use crate::assertion;
     // Device login (`device::{DevicePrompt, DeviceLogin, DeviceLoginError}`).
     pub use crate::device;
+    // Token exchange's subject and actor tokens (`token_exchange::ExchangeToken`).
+    pub use crate::token_exchange;
     pub use tokenkeeper_core as engine;
     pub use tokenkeeper_core::{
         Event, FetchError, Health, HealthReason, RefreshNow, Status, TlsProblem, TokenRecord,

@@ -215,6 +215,42 @@ impl Source {
         self
     }
 
+    /// Where a token exchange's subject token comes from (RFC 8693), for an
+    /// [`OAuth2Client::token_exchange`] client: a file, a callback or
+    /// another watcher ([`ExchangeToken`](crate::token_exchange::ExchangeToken)).
+    /// When the client's [`TokenExchange`](tokenkeeper_core::oauth2::exchange::TokenExchange)
+    /// has no subject label, the source's
+    /// [`label`](crate::token_exchange::ExchangeToken::label) becomes it, so that
+    /// tokens exchanged for different subjects never share a cache slot.
+    pub fn subject_token(mut self, token: crate::token_exchange::ExchangeToken) -> Self {
+        if let SourceKind::OAuth2(client) = &mut self.0
+            && let Some(exchange) = client.get_token_exchange()
+            && exchange.get_subject_label().is_none()
+        {
+            let exchange = exchange.clone().subject_label(token.label());
+            **client = (**client).clone().with_token_exchange(exchange);
+        }
+        self.1.exchange.subject = Some(token);
+        self
+    }
+
+    /// Where a token exchange's actor token comes from, as
+    /// [`subject_token`](Self::subject_token); the client's
+    /// [`TokenExchange::actor`](tokenkeeper_core::oauth2::exchange::TokenExchange::actor)
+    /// names its type.
+    pub fn actor_token(mut self, token: crate::token_exchange::ExchangeToken) -> Self {
+        if let SourceKind::OAuth2(client) = &mut self.0
+            && let Some(exchange) = client.get_token_exchange()
+            && exchange.actor_token_type().is_some()
+            && exchange.get_actor_label().is_none()
+        {
+            let exchange = exchange.clone().actor_label(token.label());
+            **client = (**client).clone().with_token_exchange(exchange);
+        }
+        self.1.exchange.actor = Some(token);
+        self
+    }
+
     /// The key under which this source's tokens are cached.
     pub fn cache_key(&self) -> CacheKey {
         match &self.0 {
@@ -258,6 +294,8 @@ impl fmt::Debug for Source {
                 .field("grant", &client.grant())
                 .field("client_assertion", &self.1.client)
                 .field("grant_assertion", &self.1.grant)
+                .field("subject_token", &self.1.exchange.subject)
+                .field("actor_token", &self.1.exchange.actor)
                 .finish_non_exhaustive(),
             SourceKind::Custom { key, .. } | SourceKind::Blocking { key, .. } => f
                 .debug_struct("Source::Custom")

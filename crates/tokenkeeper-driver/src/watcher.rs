@@ -218,6 +218,26 @@ impl<R: Runtime> TokenWatcher<R> {
             .await
     }
 
+    /// The current token, waiting for one when there is none (for a token
+    /// exchange that presents this watcher's token: a chain).
+    pub(crate) async fn usable_token_async(&self) -> Result<Arc<TokenRecord>, WatcherStopped> {
+        loop {
+            // The version first: a token published after it is read is seen.
+            let seen = self.shared.version();
+            match read(&self.shared) {
+                Ok(token) => return Ok(token.into_arc()),
+                Err(TokenError::Stopped) => return Err(WatcherStopped),
+                Err(_) => {}
+            }
+            self.shared
+                .wait(move |state| (state.version > seen || state.closed).then_some(()))
+                .await;
+            if self.shared.is_stopped() {
+                return Err(WatcherStopped);
+            }
+        }
+    }
+
     /// Asks for a token newer than the current one, typically after a
     /// resource server answered 401 to it. Rate-limited by
     /// [`TokenWatcherBuilder::refresh_now_min_interval`](crate::TokenWatcherBuilder::refresh_now_min_interval): too soon after the

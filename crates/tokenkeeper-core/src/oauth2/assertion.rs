@@ -390,7 +390,8 @@ pub fn add_grant_assertion(request: &mut http::Request<Vec<u8>>, assertion: &str
     append_pair(request, "assertion", assertion);
 }
 
-fn append_pair(request: &mut http::Request<Vec<u8>>, name: &str, value: &str) {
+/// Appends a form-encoded pair to a request's body, zeroing the old body.
+pub(super) fn append_pair(request: &mut http::Request<Vec<u8>>, name: &str, value: &str) {
     use zeroize::Zeroize;
     let encoded: String = url::form_urlencoded::byte_serialize(value.as_bytes()).collect();
     let old = request.body_mut();

@@ -6,6 +6,7 @@ mod base64;
 pub mod device;
 pub mod discovery;
 pub mod dpop;
+pub mod exchange;
 mod request;
 mod response;
 
@@ -92,6 +93,11 @@ pub enum GrantType {
     /// assertion, described by a [`GrantAssertion`](assertion::GrantAssertion),
     /// is exchanged for a token for its subject.
     JwtBearer,
+    /// `urn:ietf:params:oauth:grant-type:token-exchange` (RFC 8693): a
+    /// subject token (and an optional actor token), which the driver adds,
+    /// is exchanged for another token; described by a
+    /// [`TokenExchange`](exchange::TokenExchange).
+    TokenExchange,
 }
 
 impl GrantType {
@@ -101,6 +107,7 @@ impl GrantType {
             GrantType::ClientCredentials => "client_credentials",
             GrantType::RefreshToken => "refresh_token",
             GrantType::JwtBearer => assertion::JWT_BEARER_GRANT_TYPE,
+            GrantType::TokenExchange => exchange::TOKEN_EXCHANGE_GRANT_TYPE,
         }
     }
 }
@@ -270,6 +277,8 @@ pub struct OAuth2Client {
     /// For a client made from an issuer: the issuer, and its metadata once
     /// known (the token URL is then the metadata's token endpoint).
     pub(crate) discovery: Option<Box<discovery::Discovery>>,
+    /// What a token exchange presents and asks for.
+    pub(crate) token_exchange: Option<exchange::TokenExchange>,
 }
 
 /// Extra parameters may carry credentials (a client assertion, say): `Debug`
@@ -293,11 +302,12 @@ impl std::fmt::Debug for OAuth2Client {
             .field("client_assertion", &self.client_assertion)
             .field("grant_assertion", &self.grant_assertion)
             .field("discovery", &self.discovery)
+            .field("token_exchange", &self.token_exchange)
             .finish()
     }
 }
 
-const RESERVED: [&str; 10] = [
+const RESERVED: [&str; 15] = [
     "grant_type",
     "client_id",
     "client_secret",
@@ -308,6 +318,11 @@ const RESERVED: [&str; 10] = [
     "client_assertion",
     "client_assertion_type",
     "assertion",
+    "subject_token",
+    "subject_token_type",
+    "actor_token",
+    "actor_token_type",
+    "requested_token_type",
 ];
 
 impl OAuth2Client {
@@ -380,6 +395,41 @@ impl OAuth2Client {
         Ok(client)
     }
 
+    /// A token exchange client (RFC 8693): each request presents the
+    /// subject token (and actor token) `exchange` describes, which the
+    /// driver adds, for a token for the client's
+    /// [`audience`](Self::audience), [`resource`](Self::resource)s and
+    /// [`scope`](Self::scope). The client does not authenticate unless told
+    /// to ([`with_client_secret`](Self::with_client_secret), or
+    /// [`auth_method`](Self::auth_method) with an assertion method); it sends
+    /// its id.
+    pub fn token_exchange(
+        token_url: impl AsRef<str>,
+        client_id: ClientId,
+        exchange: exchange::TokenExchange,
+    ) -> Result<Self, ConfigError> {
+        let mut client = Self::new(
+            TokenUrl::parse(token_url.as_ref(), false)?,
+            client_id,
+            None,
+            GrantType::TokenExchange,
+        );
+        client.token_exchange = Some(exchange);
+        Ok(client)
+    }
+
+    /// Sets what a token exchange presents and asks for (for a client made
+    /// with [`OAuth2Client::new`], or to change it).
+    pub fn with_token_exchange(mut self, exchange: exchange::TokenExchange) -> Self {
+        self.token_exchange = Some(exchange);
+        self
+    }
+
+    /// What a token exchange presents and asks for.
+    pub fn get_token_exchange(&self) -> Option<&exchange::TokenExchange> {
+        self.token_exchange.as_ref()
+    }
+
     /// A client from parts. A [`GrantType::JwtBearer`] client made here
     /// needs [`grant_assertion`](Self::grant_assertion).
     pub fn new(
@@ -404,6 +454,7 @@ impl OAuth2Client {
             client_assertion: assertion::ClientAssertionSettings::default(),
             grant_assertion: None,
             discovery: None,
+            token_exchange: None,
         }
     }
 
@@ -573,6 +624,11 @@ impl OAuth2Client {
         {
             parts.push(assertion.key_part());
         }
+        if self.grant == GrantType::TokenExchange
+            && let Some(exchange) = &self.token_exchange
+        {
+            parts.push(exchange.key_part());
+        }
         parts
     }
 
@@ -728,6 +784,7 @@ impl OAuth2Client {
             now,
             self.max_body_bytes,
             self.dpop_jkt.is_some(),
+            self.grant == GrantType::TokenExchange,
         )?;
         let binding = match (&self.dpop_jkt, &self.certificate_thumbprint) {
             (Some(jkt), _) if grant.token_type.eq_ignore_ascii_case("dpop") => {

@@ -21,9 +21,31 @@ pub struct TokenRequest {
     dpop: Option<DpopClaims>,
     client_assertion: Option<AssertionTemplate>,
     grant_assertion: Option<AssertionTemplate>,
+    /// A token exchange's needs: the subject token, and whether an actor
+    /// token too.
+    exchange: Option<ExchangeNeeds>,
+}
+
+/// What a token exchange request still needs from the driver.
+#[derive(Debug, Clone, Copy)]
+struct ExchangeNeeds {
+    actor: bool,
 }
 
 impl TokenRequest {
+    /// Whether the request is a token exchange (RFC 8693) that must carry a
+    /// `subject_token`: the driver adds it with
+    /// [`add_subject_token`](super::exchange::add_subject_token).
+    pub fn subject_token_needed(&self) -> bool {
+        self.exchange.is_some()
+    }
+
+    /// Whether the request must carry an `actor_token` too: the driver adds
+    /// it with [`add_actor_token`](super::exchange::add_actor_token).
+    pub fn actor_token_needed(&self) -> bool {
+        self.exchange.is_some_and(|needs| needs.actor)
+    }
+
     /// What the client assertion this request must carry claims, for a
     /// client that authenticates with one (`private_key_jwt`,
     /// `client_secret_jwt`): the body already holds `client_id` and
@@ -62,6 +84,7 @@ impl TokenRequest {
             dpop: None,
             client_assertion: None,
             grant_assertion: None,
+            exchange: None,
         }
     }
 
@@ -91,6 +114,7 @@ impl fmt::Debug for TokenRequest {
             .field("dpop", &self.dpop.is_some())
             .field("client_assertion", &self.client_assertion.is_some())
             .field("grant_assertion", &self.grant_assertion.is_some())
+            .field("subject_token_needed", &self.subject_token_needed())
             .finish_non_exhaustive()
     }
 }
@@ -147,9 +171,27 @@ pub(super) fn build(
         }
         _ => None,
     };
+    let exchange = match (client.grant, &client.token_exchange) {
+        (GrantType::TokenExchange, Some(exchange)) => {
+            exchange.append_to(&mut form);
+            Some(ExchangeNeeds {
+                actor: exchange.actor_token_type().is_some(),
+            })
+        }
+        (GrantType::TokenExchange, None) => {
+            return Err(FetchError::Assertion {
+                problem: super::assertion::AssertionProblem::Misconfigured,
+                message:
+                    "the token exchange grant needs a TokenExchange (the subject token's type)"
+                        .into(),
+            });
+        }
+        _ => None,
+    };
     append_parameters(client, &mut form);
     let mut request = authenticated(client, form, client.token_url.as_str())?;
     request.grant_assertion = grant_assertion;
+    request.exchange = exchange;
     Ok(request)
 }
 
@@ -241,6 +283,7 @@ pub(super) fn authenticated(
         dpop: None,
         client_assertion,
         grant_assertion: None,
+        exchange: None,
     })
 }
 

@@ -207,11 +207,12 @@ pub fn parse_token_response(
     now: Timestamp,
     limit: usize,
 ) -> Result<TokenGrant, FetchError> {
-    parse(status, headers, body, now, limit, false)
+    parse(status, headers, body, now, limit, false, false)
 }
 
 /// [`parse_token_response`], accepting the `DPoP` token type too when the
-/// client asked for DPoP-bound tokens.
+/// client asked for DPoP-bound tokens, and `N_A` (RFC 8693 §2.2.1: the
+/// issued token is not an access token) for a token exchange.
 pub(crate) fn parse(
     status: u16,
     headers: &HeaderMap,
@@ -219,6 +220,7 @@ pub(crate) fn parse(
     now: Timestamp,
     limit: usize,
     dpop: bool,
+    exchange: bool,
 ) -> Result<TokenGrant, FetchError> {
     let mut map = read_object(status, headers, body, now, limit)?;
     let access_token = match map.remove("access_token") {
@@ -247,7 +249,8 @@ pub(crate) fn parse(
         }
     };
     if !(token_type.eq_ignore_ascii_case("bearer")
-        || dpop && token_type.eq_ignore_ascii_case("dpop"))
+        || dpop && token_type.eq_ignore_ascii_case("dpop")
+        || exchange && token_type.eq_ignore_ascii_case("n_a"))
     {
         return Err(FetchError::UnsupportedTokenType {
             token_type: escape_capped(&token_type, SHORT_VALUE_CHARS),

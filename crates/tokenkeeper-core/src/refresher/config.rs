@@ -149,6 +149,19 @@ impl RefresherConfig {
         self
     }
 
+    /// For an OAuth2 source: what its token exchange presents and asks for
+    /// ([`OAuth2Client::with_token_exchange`]), as completed by a driver
+    /// that labels the subject token's source; the cache key is derived
+    /// again. No effect on a custom source.
+    pub fn with_token_exchange(mut self, exchange: crate::oauth2::exchange::TokenExchange) -> Self {
+        if let Source::OAuth2(client) = &mut self.source {
+            let completed = client.clone().with_token_exchange(exchange);
+            self.key = CacheKey::for_client(&completed);
+            **client = completed;
+        }
+        self
+    }
+
     /// The OAuth2 client, for an OAuth2 source.
     pub fn oauth2_client(&self) -> Option<&OAuth2Client> {
         match &self.source {

@@ -33,6 +33,25 @@
 #   TOKENKEEPER_TEST_OIDC_DPOP_CLIENT_ID        interop-dpop-client (DPoP-bound tokens only)
 #   TOKENKEEPER_TEST_OIDC_DPOP_CLIENT_SECRET    interop-dpop-secret
 #
+# and for oidc-provider over HTTP with issue 12's ways to authenticate
+# (interop/oidc-auth.mjs: private_key_jwt, client_secret_jwt, the device
+# grant with test routes that approve or deny, discovery, token exchange;
+# its private keys are made at its start in the scratch folder):
+#
+#   TOKENKEEPER_TEST_OIDC_AUTH_ISSUER           http://127.0.0.1:PORT (its discovery
+#                                               document is ISSUER/.well-known/openid-configuration)
+#   TOKENKEEPER_TEST_OIDC_AUTH_RS256_CLIENT_ID  interop-rs256-client (private_key_jwt)
+#   TOKENKEEPER_TEST_OIDC_AUTH_RS256_KEY        its RSA private key (PKCS#8 PEM; kid interop-rs256)
+#   TOKENKEEPER_TEST_OIDC_AUTH_ES256_CLIENT_ID  interop-es256-client (private_key_jwt)
+#   TOKENKEEPER_TEST_OIDC_AUTH_ES256_KEY        its P-256 private key (PKCS#8 PEM; kid interop-es256)
+#   TOKENKEEPER_TEST_OIDC_AUTH_HS256_CLIENT_ID  interop-hs256-client (client_secret_jwt)
+#   TOKENKEEPER_TEST_OIDC_AUTH_HS256_SECRET     its secret
+#   TOKENKEEPER_TEST_OIDC_AUTH_DEVICE_CLIENT_ID interop-device-client (public; device grant)
+#   TOKENKEEPER_TEST_OIDC_AUTH_EXCHANGE_CLIENT_ID     interop-exchange-client (token exchange)
+#   TOKENKEEPER_TEST_OIDC_AUTH_EXCHANGE_CLIENT_SECRET interop-exchange-secret
+#   TOKENKEEPER_TEST_OIDC_AUTH_PLATFORM_KEY     the P-256 key whose JWTs token exchange
+#                                               takes as subject tokens (PKCS#8 PEM)
+#
 # and for an authorization server written with Authlib (Python; interop/authlib/
 # server.py: the JWT bearer grant, private_key_jwt with jti replay checks, the
 # device grant with test routes that approve, deny, expire and slow down, a
@@ -115,6 +134,7 @@ TLS_AUTHORITY_PID=""
 OIDC_PID=""
 OIDC_DPOP_PID=""
 AUTHLIB_PID=""
+OIDC_AUTH_PID=""
 # The test command runs in its own process group so that a signal to this
 # script can be passed on to it and everything it started (cargo, the test
 # binaries, their children).
@@ -145,6 +165,7 @@ cleanup() {
     kill -TERM -- "-$COMMAND_PID" 2>/dev/null || true
     wait "$COMMAND_PID" 2>/dev/null || true
   fi
+  stop_process "$OIDC_AUTH_PID" "oidc-provider (assertions, device, exchange)"
   stop_process "$AUTHLIB_PID" "the Authlib server"
   stop_process "$OIDC_DPOP_PID" "oidc-provider (DPoP)"
   stop_process "$OIDC_PID" "oidc-provider (mTLS)"
@@ -480,6 +501,26 @@ fi
 # The client registered in oidc-dpop.mjs, unless given.
 export TOKENKEEPER_TEST_OIDC_DPOP_CLIENT_ID="${TOKENKEEPER_TEST_OIDC_DPOP_CLIENT_ID:-interop-dpop-client}"
 export TOKENKEEPER_TEST_OIDC_DPOP_CLIENT_SECRET="${TOKENKEEPER_TEST_OIDC_DPOP_CLIENT_SECRET:-interop-dpop-secret}"
+
+# oidc-provider for issue 12 (oidc-auth.mjs): it writes its clients' keys.
+if [ -n "${TOKENKEEPER_TEST_OIDC_AUTH_ISSUER:-}" ]; then
+  log "using the given oidc-provider (assertions, device, exchange) at $TOKENKEEPER_TEST_OIDC_AUTH_ISSUER"
+else
+  ensure_interop_packages
+  start_node_server "oidc-provider (assertions, device, exchange)" OIDC_AUTH_PID \
+    TOKENKEEPER_TEST_OIDC_AUTH_ISSUER oidc-auth.mjs --key-dir "$WORK_DIR/oidc-auth-keys"
+  # The clients registered in oidc-auth.mjs, and the keys it wrote for them.
+  export TOKENKEEPER_TEST_OIDC_AUTH_RS256_CLIENT_ID=interop-rs256-client
+  export TOKENKEEPER_TEST_OIDC_AUTH_RS256_KEY="$WORK_DIR/oidc-auth-keys/rs256-client.pem"
+  export TOKENKEEPER_TEST_OIDC_AUTH_ES256_CLIENT_ID=interop-es256-client
+  export TOKENKEEPER_TEST_OIDC_AUTH_ES256_KEY="$WORK_DIR/oidc-auth-keys/es256-client.pem"
+  export TOKENKEEPER_TEST_OIDC_AUTH_HS256_CLIENT_ID=interop-hs256-client
+  export TOKENKEEPER_TEST_OIDC_AUTH_HS256_SECRET=interop-hs256-secret-that-is-long-enough-for-hs256
+  export TOKENKEEPER_TEST_OIDC_AUTH_DEVICE_CLIENT_ID=interop-device-client
+  export TOKENKEEPER_TEST_OIDC_AUTH_EXCHANGE_CLIENT_ID=interop-exchange-client
+  export TOKENKEEPER_TEST_OIDC_AUTH_EXCHANGE_CLIENT_SECRET=interop-exchange-secret
+  export TOKENKEEPER_TEST_OIDC_AUTH_PLATFORM_KEY="$WORK_DIR/oidc-auth-keys/platform.pem"
+fi
 
 # The Authlib server (interop/authlib/server.py).
 if [ -n "${TOKENKEEPER_TEST_AUTHLIB_TOKEN_URL:-}" ]; then

@@ -28,14 +28,14 @@
 
 mod common;
 
-use std::ffi::{OsStr, OsString};
-use std::io::{BufRead, BufReader};
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak, mpsc};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::Flavor;
+use common::node::{Node, http_request, interop_dir, shared, start_node};
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 use serde_json::Value;
@@ -65,69 +65,6 @@ const DPOP_SECRET_VAR: &str = "TOKENKEEPER_TEST_OIDC_DPOP_CLIENT_SECRET";
 
 /// The resource server oidc-mtls.mjs issues every token for (the JWT's `aud`).
 const OIDC_RESOURCE: &str = "urn:tokenkeeper:interop";
-
-fn interop_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("interop")
-}
-
-/// A `node` process of ours, stopped on drop.
-struct Node(Child);
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Starts `node interop/SCRIPT ARGS...` and returns it with the URL of its
-/// `READY` line.
-fn start_node(script: &str, args: &[OsString], missing: &str) -> (Node, String) {
-    let dir = interop_dir();
-    assert!(
-        dir.join("node_modules").is_dir(),
-        "{missing} is not set and {} has no node_modules: run the interop tests through \
-         `scripts/test-all.sh`, which installs and starts the interop authorities",
-        dir.display()
-    );
-    let mut child = Command::new("node")
-        .arg(dir.join(script))
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| {
-            panic!("cannot start `node interop/{script}` ({e}); run `scripts/test-all.sh`")
-        });
-    let stdout = child.stdout.take().expect("piped stdout");
-    let node = Node(child);
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if let Some(url) = line.strip_prefix("READY ") {
-                let _ = tx.send(url.trim().to_owned());
-            }
-        }
-    });
-    match rx.recv_timeout(Duration::from_secs(30)) {
-        Ok(url) => (node, url),
-        Err(_) => panic!("interop/{script} did not print READY within 30 s"),
-    }
-}
-
-/// One value of a kind, shared with the tests running at the same time and
-/// dropped (its server stopped) when the last of them is done.
-fn shared<T>(slot: &Mutex<Weak<T>>, start: impl FnOnce() -> T) -> Arc<T> {
-    let mut shared = slot.lock().unwrap_or_else(PoisonError::into_inner);
-    if let Some(running) = shared.upgrade() {
-        return running;
-    }
-    let started = Arc::new(start());
-    *shared = Arc::downgrade(&started);
-    started
-}
 
 fn var_path(name: &str) -> Option<PathBuf> {
     std::env::var_os(name).map(PathBuf::from)
@@ -742,27 +679,18 @@ fn the_wrong_client_certificate_is_invalid_client<F: Flavor>() {
 /// key of this thumbprint (`GET /interop/token-requests` there): each as
 /// (whether the proof carried a nonce, "ok" or the OAuth error).
 fn dpop_requests_seen(o: &OidcDpop, jkt: &str) -> Vec<(bool, String)> {
-    use std::io::{Read, Write};
-    let host = origin(&o.token_url)
-        .strip_prefix("http://")
-        .unwrap_or_else(|| panic!("{DPOP_URL_VAR} is not an http URL: {}", o.token_url));
-    let mut stream = std::net::TcpStream::connect(host).expect("connect to oidc-dpop.mjs");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    write!(
-        stream,
-        "GET /interop/token-requests HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).unwrap();
-    let (head, body) = answer.split_once("\r\n\r\n").expect("an HTTP answer");
+    let url = format!("{}/interop/token-requests", origin(&o.token_url));
     assert!(
-        head.starts_with("HTTP/1.1 200"),
-        "{DPOP_URL_VAR} must name interop/oidc-dpop.mjs, which logs token requests: {head}"
+        url.starts_with("http://"),
+        "{DPOP_URL_VAR} is not an http URL: {}",
+        o.token_url
     );
-    let log: Vec<Value> = serde_json::from_str(body).expect("a JSON log");
+    let (status, body) = http_request("GET", &url);
+    assert_eq!(
+        status, 200,
+        "{DPOP_URL_VAR} must name interop/oidc-dpop.mjs, which logs token requests: {body}"
+    );
+    let log: Vec<Value> = serde_json::from_str(&body).expect("a JSON log");
     log.iter()
         .filter(|entry| entry["jkt"] == jkt)
         .map(|entry| {

@@ -3,6 +3,8 @@
 //! once per driver, and the conformance adapter written once for all.
 #![allow(dead_code)]
 
+pub(crate) mod node;
+
 use std::marker::PhantomData;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;

@@ -1,0 +1,104 @@
+//! The interop authorities in `interop/` as `node` processes a test starts
+//! itself when the environment names none, shared by the tests that run at
+//! the same time, and plain HTTP requests to their test routes and logs.
+
+use std::ffi::OsString;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, PoisonError, Weak, mpsc};
+use std::time::Duration;
+
+/// The folder of the interop authorities (`interop/`).
+pub(crate) fn interop_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("interop")
+}
+
+/// A `node` process of ours, stopped on drop.
+pub(crate) struct Node(Child);
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `node interop/SCRIPT ARGS...` and returns it with the URL of its
+/// `READY` line. `missing` names the variable that would have named a running
+/// one, for the message when the npm packages are not installed.
+pub(crate) fn start_node(script: &str, args: &[OsString], missing: &str) -> (Node, String) {
+    let dir = interop_dir();
+    assert!(
+        dir.join("node_modules").is_dir(),
+        "{missing} is not set and {} has no node_modules: run the interop tests through \
+         `scripts/test-all.sh`, which installs and starts the interop authorities",
+        dir.display()
+    );
+    let mut child = Command::new("node")
+        .arg(dir.join(script))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!("cannot start `node interop/{script}` ({e}); run `scripts/test-all.sh`")
+        });
+    let stdout = child.stdout.take().expect("piped stdout");
+    let node = Node(child);
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if let Some(url) = line.strip_prefix("READY ") {
+                let _ = tx.send(url.trim().to_owned());
+            }
+        }
+    });
+    match rx.recv_timeout(Duration::from_secs(30)) {
+        Ok(url) => (node, url),
+        Err(_) => panic!("interop/{script} did not print READY within 30 s"),
+    }
+}
+
+/// One value of a kind, shared with the tests running at the same time and
+/// dropped (its server stopped) when the last of them is done.
+pub(crate) fn shared<T>(slot: &Mutex<Weak<T>>, start: impl FnOnce() -> T) -> Arc<T> {
+    let mut shared = slot.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(running) = shared.upgrade() {
+        return running;
+    }
+    let started = Arc::new(start());
+    *shared = Arc::downgrade(&started);
+    started
+}
+
+/// One HTTP/1.1 request without a body to a plain `http://` server (a test
+/// route or log of an interop authority): the status and the body.
+pub(crate) fn http_request(method: &str, url: &str) -> (u16, String) {
+    let rest = url
+        .strip_prefix("http://")
+        .unwrap_or_else(|| panic!("not an http URL: {url}"));
+    let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let path = if path.is_empty() { "/" } else { path };
+    let mut stream = std::net::TcpStream::connect(host)
+        .unwrap_or_else(|e| panic!("cannot connect to {host}: {e}"));
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    let (head, body) = answer.split_once("\r\n\r\n").expect("an HTTP answer");
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {head:?}"));
+    (status, body.to_owned())
+}

@@ -496,13 +496,7 @@ mod tests {
     }
 
     fn parse(issuer: &Issuer, body: &str) -> Result<Metadata, DiscoveryError> {
-        Metadata::parse(
-            issuer,
-            200,
-            body.as_bytes(),
-            4096,
-            Timestamp::from_secs(0),
-        )
+        Metadata::parse(issuer, 200, body.as_bytes(), 4096, Timestamp::from_secs(0))
     }
 
     #[test]

@@ -48,6 +48,7 @@ mod body;
 mod client;
 pub(crate) mod codec;
 mod device;
+mod discovery;
 pub mod dpop;
 mod fault;
 mod record;
@@ -216,12 +217,17 @@ impl AuthorityBuilder {
             move |listeners, stop| server::serve(listeners, server_shared, tls_server, stop),
         )?;
         tracing::debug!(%addr, "test authority started");
-        Ok(Authority {
+        let authority = Authority {
             shared,
             addr,
             tls: self.tls,
             server,
-        })
+        };
+        authority
+            .shared
+            .discovery
+            .set_base_url(authority.base_url());
+        Ok(authority)
     }
 }
 
@@ -287,9 +293,53 @@ impl Authority {
     }
 
     /// The token endpoint: `http://127.0.0.1:PORT/token`, or `https://localhost:PORT/token`
-    /// over TLS.
+    /// over TLS (unless [moved](Authority::move_token_endpoint)).
     pub fn token_url(&self) -> String {
-        format!("{}{}", self.base_url(), server::TOKEN_PATH)
+        format!("{}{}", self.base_url(), self.shared.discovery.token_path())
+    }
+
+    // ----- metadata (OpenID Connect Discovery, RFC 8414) -----
+
+    /// The issuer its metadata names: the [`base_url`](Authority::base_url), plus the path set
+    /// with [`set_issuer_path`](Authority::set_issuer_path). Its documents are served at
+    /// `{issuer}/.well-known/openid-configuration` and at
+    /// `{base_url}/.well-known/oauth-authorization-server{issuer path}` (RFC 8414 §3.1).
+    pub fn discovery_issuer(&self) -> String {
+        self.shared.discovery.issuer()
+    }
+
+    /// Gives the issuer a path (`/tenant-1`), as multi-tenant authorities do; the metadata
+    /// locations follow it.
+    pub fn set_issuer_path(&self, path: &str) {
+        self.shared.discovery.set_issuer_path(path);
+    }
+
+    /// Which metadata documents are served: the OpenID Connect one, the RFC 8414 one (both
+    /// by default). A location not served answers `404`.
+    pub fn serve_metadata(&self, openid_configuration: bool, oauth_authorization_server: bool) {
+        self.shared
+            .discovery
+            .serve(openid_configuration, oauth_authorization_server);
+    }
+
+    /// Makes the documents name `issuer` instead of the authority's own (`None`: its own
+    /// again), as a document that does not match the issuer a client was configured with.
+    pub fn set_metadata_issuer(&self, issuer: Option<&str>) {
+        self.shared
+            .discovery
+            .set_issuer_override(issuer.map(str::to_owned));
+    }
+
+    /// Moves the token endpoint to `path` (`/v2/token`): requests to the old path answer
+    /// `404` from now on, and the metadata names the new one. Returns the new URL.
+    pub fn move_token_endpoint(&self, path: &str) -> String {
+        self.shared.discovery.set_token_path(path);
+        self.token_url()
+    }
+
+    /// How many metadata requests (`GET` of a well-known location, served or not) arrived.
+    pub fn metadata_request_count(&self) -> usize {
+        self.count_where(|r| r.method == "GET" && r.path.contains("/.well-known/"))
     }
 
     // ----- TLS -----

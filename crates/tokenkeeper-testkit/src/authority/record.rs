@@ -125,6 +125,8 @@ pub enum Outcome {
     Down,
     /// The request was not for the token endpoint and was answered `404`.
     NotFound,
+    /// A metadata document was served (`GET` of a well-known location, `200`).
+    MetadataServed,
     /// The client went away before the answer was decided; nothing was issued.
     Abandoned,
 }

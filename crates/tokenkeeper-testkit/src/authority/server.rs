@@ -205,9 +205,14 @@ async fn handle(
     };
 
     let path = parts.uri.path().to_owned();
-    let token_endpoint = path == TOKEN_PATH || path == super::device::DEVICE_PATH;
-    let summary = Summary::new(parts.method.as_str().to_owned(), path, &form);
+    let metadata = parts.method == Method::GET && shared.discovery.is_metadata_path(&path);
+    let token_endpoint =
+        shared.discovery.is_token_path(&path) || path == super::device::DEVICE_PATH;
+    let summary = Summary::new(parts.method.as_str().to_owned(), path.clone(), &form);
     let (seq, decision) = shared.begin(at, summary, token_endpoint);
+    if metadata && !matches!(decision, Decision::Down) {
+        return Ok(metadata_document(&shared, seq, &path));
+    }
     tracing::debug!(seq, ?decision, method = %parts.method, "authority received a request");
     let mut guard = AbandonGuard {
         shared: Arc::clone(&shared),
@@ -252,6 +257,20 @@ async fn handle(
     };
     guard.armed = false;
     Ok(response)
+}
+
+/// The answer to a `GET` of a metadata location (see [`super::discovery`]).
+fn metadata_document(shared: &Shared, seq: u64, path: &str) -> Response<ResponseBody> {
+    match shared.discovery.document(path) {
+        Some(document) => {
+            shared.finish(seq, Some(200), Outcome::MetadataServed);
+            json(StatusCode::OK, &document)
+        }
+        None => {
+            shared.finish(seq, Some(404), Outcome::NotFound);
+            respond(StatusCode::NOT_FOUND, None, ResponseBody::empty())
+        }
+    }
 }
 
 /// Normal processing of a token request.

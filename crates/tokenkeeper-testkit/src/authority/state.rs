@@ -231,6 +231,8 @@ pub(crate) struct Shared {
     /// Requests being answered now, and the most ever at once.
     pub(crate) in_flight: std::sync::atomic::AtomicUsize,
     pub(crate) peak_in_flight: std::sync::atomic::AtomicUsize,
+    /// The metadata documents and where the token endpoint is.
+    pub(crate) discovery: super::discovery::Discovery,
     state: Mutex<State>,
 }
 
@@ -295,6 +297,7 @@ impl Shared {
             dpop_window,
             in_flight: Default::default(),
             peak_in_flight: Default::default(),
+            discovery: Default::default(),
             state: Mutex::new(State {
                 clients: HashMap::new(),
                 refresh_tokens: HashMap::new(),

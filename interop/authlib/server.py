@@ -43,8 +43,11 @@ test-only routes that no real server would have:
                                authlib-platform) for the workload client
     POST /test/introspect      token=...       what an access token was issued for
     GET  /test/log             every /token and /device_authorization request: path,
-                               grant type, client, auth method, the assertions' jti,
-                               kid and alg, scope, status and error (never a secret)
+                               grant type, client id, whether Basic was used, the
+                               assertions' header and claims (alg, kid, iss, sub, aud,
+                               jti), the scope it is about (asked for, or that of the
+                               device code or refresh token), the status and the error
+                               code: never a secret
 
 It prints `READY http://127.0.0.1:PORT` once it listens.
 """
@@ -81,6 +84,7 @@ LOCK = threading.RLock()
 TOKENS = {}  # access token -> record
 REFRESH_TOKENS = {}  # refresh token -> record
 DEVICE_CODES = {}  # device code -> DeviceCredentialDict
+DEVICE_SCOPES = {}  # device code -> scope, kept after use (for the log)
 USER_GRANTS = {}  # user code -> (user, approved)
 SLOW_DOWN = {}  # user code -> polls left that answer slow_down
 SEEN_JTI = set()  # (client id, jti) of client assertions
@@ -277,6 +281,7 @@ class DeviceEndpoint(DeviceAuthorizationEndpoint):
         )
         with LOCK:
             DEVICE_CODES[data["device_code"]] = credential
+            DEVICE_SCOPES[data["device_code"]] = scope
 
 
 class DeviceGrant(DeviceCodeGrant):
@@ -373,13 +378,26 @@ def decode_part(part):
     return decoded
 
 
+def scope_of(form):
+    """The scope a token request is about: asked for, or that of the device
+    code or refresh token it presents."""
+    if form.get("scope"):
+        return form["scope"]
+    with LOCK:
+        if form.get("device_code"):
+            return DEVICE_SCOPES.get(form["device_code"])
+        if form.get("refresh_token") in REFRESH_TOKENS:
+            return REFRESH_TOKENS[form["refresh_token"]].scope
+    return None
+
+
 def log_entry(response):
     form = request.form
     entry = {
         "path": request.path,
         "grant_type": form.get("grant_type"),
         "client_id": form.get("client_id"),
-        "scope": form.get("scope"),
+        "scope": scope_of(form),
         "basic": request.authorization is not None,
         "status": response.status_code,
         "error": None,

@@ -8,8 +8,11 @@
 //! file (where a reader that echoed the file would show it) besides the
 //! key's own base64 lines, the client secret that keys HS256 assertions, and
 //! claims of an assertion made elsewhere (read from a file, and from a
-//! callback). It runs watchers through start, a forced refresh, a refusal,
-//! an expired assertion and shutdown, and looks for its markers everywhere.
+//! callback), and the tokens a token exchange presents (a subject token
+//! file rotated and then refused, an actor token from a callback, another
+//! watcher's token in a chain, and that watcher's client secret). It runs
+//! watchers through start, a forced refresh, a refusal, an expired
+//! assertion and shutdown, and looks for its markers everywhere.
 
 mod common;
 
@@ -19,6 +22,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::{Flavor, fast_backoff};
 use tokenkeeper_core::oauth2::assertion::GrantAssertion;
+use tokenkeeper_core::oauth2::exchange::{ACCESS_TOKEN_TYPE, JWT_TOKEN_TYPE, TokenExchange};
 use tokenkeeper_core::oauth2::{AuthMethod, OAuth2Client};
 use tokenkeeper_core::{ClientId, ClientSecret, Event, Jitter, TokenRecord};
 use tokenkeeper_driver::assertion::{Assertion, AssertionError, ClientKey};
@@ -369,6 +373,115 @@ fn no_key_or_assertion_is_shown_or_logged<F: Flavor>() {
     )
     .expect_err("a failing callback");
     shown.push_str(&format!("{refused}\n{refused:?}\n"));
+
+    // --- token exchange (RFC 8693): a subject token from a file, rotated
+    // underneath and then refused, an actor token from a callback, and a
+    // chain presenting another watcher's token.
+    let subject_one = marker("subjectone", flavor);
+    let subject_two = marker("subjecttwo", flavor);
+    let subject_refused = marker("subjectrefused", flavor);
+    let actor = marker("actortoken", flavor);
+    secrets.extend([
+        subject_one.clone(),
+        subject_two.clone(),
+        subject_refused.clone(),
+        actor.clone(),
+    ]);
+    for token in [&subject_one, &subject_two] {
+        authority.accept_exchange_token(JWT_TOKEN_TYPE, token, "workload");
+    }
+    authority.accept_exchange_token(ACCESS_TOKEN_TYPE, &actor, "deployer");
+    let subject_path = dir.path().join("subject-token");
+    std::fs::write(&subject_path, &subject_one).unwrap();
+    let exchange = OAuth2Client::token_exchange(
+        authority.token_url(),
+        ClientId::new("exchanger"),
+        TokenExchange::new(JWT_TOKEN_TYPE).actor(ACCESS_TOKEN_TYPE),
+    )
+    .unwrap()
+    .audience("https://api.example");
+    let builder = F::builder(exchange.clone())
+        .subject_token_file(&subject_path)
+        .actor_token_fn("deployer", {
+            let actor = actor.clone();
+            move || Ok(actor.clone())
+        })
+        .backoff(fast_backoff())
+        .refresh_now_min_interval(Duration::from_millis(100))
+        .file_cache(dir.path().join("exchange.json"))
+        .on_event(events.hook());
+    shown.push_str(&format!(
+        "{builder:?}\n{:?}\n",
+        builder.cache_key().description()
+    ));
+    let watcher = F::block_on(builder.spawn()).expect("a first exchanged token");
+    let first = watcher.token().unwrap().into_arc();
+    std::fs::write(&subject_path, &subject_two).unwrap();
+    std::thread::sleep(Duration::from_millis(150));
+    let _ = F::block_on(watcher.refresh_now());
+    assert!(
+        next_token(&watcher, &first),
+        "{flavor}: no exchange refresh"
+    );
+    std::fs::write(&subject_path, &subject_refused).unwrap();
+    let before = events.failures();
+    std::thread::sleep(Duration::from_millis(150));
+    let _ = F::block_on(watcher.refresh_now());
+    assert!(
+        wait_for(|| events.failures() > before),
+        "{flavor}: no refusal of the exchange"
+    );
+    shown.push_str(&show(&watcher));
+    F::block_on(watcher.shutdown());
+    shown.push_str(&std::fs::read_to_string(dir.path().join("exchange.json")).unwrap());
+    // A chain: the upstream's tokens are secrets too.
+    let upstream_id = format!("upstream-{}", flavor.replace('-', ""));
+    let upstream_secret = marker("upstreamsecret", flavor);
+    secrets.push(upstream_secret.clone());
+    authority.register_client(Client::new(&upstream_id, &upstream_secret));
+    let upstream = F::block_on(
+        F::builder(
+            OAuth2Client::client_credentials(
+                authority.token_url(),
+                ClientId::new(&upstream_id),
+                ClientSecret::new(&upstream_secret),
+            )
+            .unwrap(),
+        )
+        .spawn(),
+    )
+    .expect("an upstream token");
+    let upstream_token = upstream
+        .token()
+        .unwrap()
+        .access_token
+        .expose_secret()
+        .to_owned();
+    assert!(upstream_token.len() >= 16, "{upstream_token:?}");
+    secrets.push(upstream_token);
+    let chained = F::block_on(
+        F::builder(
+            OAuth2Client::token_exchange(
+                authority.token_url(),
+                ClientId::new("exchanger"),
+                TokenExchange::new(ACCESS_TOKEN_TYPE),
+            )
+            .unwrap(),
+        )
+        .subject_token_from(&upstream)
+        .on_event(events.hook())
+        .spawn(),
+    )
+    .expect("a chained token");
+    shown.push_str(&format!(
+        "{:?}\n",
+        Source::oauth2(exchange).subject_token(
+            tokenkeeper_driver::token_exchange::ExchangeToken::watcher(&upstream)
+        )
+    ));
+    shown.push_str(&show(&chained));
+    F::block_on(chained.shutdown());
+    F::block_on(upstream.shutdown());
 
     shown.push_str(&events.all());
     let logs = captured.text();

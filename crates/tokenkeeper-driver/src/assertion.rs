@@ -63,11 +63,11 @@ use zeroize::Zeroizing;
 
 pub use tokenkeeper_core::oauth2::assertion::AssertionProblem;
 
+use crate::jws::{self, SigningKey};
+use crate::runtime::{Runtime, unblock};
 use crate::token_exchange::{
     ExchangeTokens, Needed, Presented, make_blocking, replace_refused, take_upstream,
 };
-use crate::jws::{self, SigningKey};
-use crate::runtime::{Runtime, unblock};
 
 /// How far past its `exp` an external assertion is still sent: clocks
 /// differ a little, and the authority decides.

@@ -523,7 +523,9 @@ impl<R: Runtime> TokenWatcherBuilder<R> {
         label: impl Into<String>,
         callback: impl Fn() -> Result<String, crate::assertion::AssertionError> + Send + Sync + 'static,
     ) -> Self {
-        self.subject_token(crate::token_exchange::ExchangeToken::from_fn(label, callback))
+        self.subject_token(crate::token_exchange::ExchangeToken::from_fn(
+            label, callback,
+        ))
     }
 
     /// The subject token is `upstream`'s current token (a chain): see
@@ -551,7 +553,9 @@ impl<R: Runtime> TokenWatcherBuilder<R> {
         label: impl Into<String>,
         callback: impl Fn() -> Result<String, crate::assertion::AssertionError> + Send + Sync + 'static,
     ) -> Self {
-        self.actor_token(crate::token_exchange::ExchangeToken::from_fn(label, callback))
+        self.actor_token(crate::token_exchange::ExchangeToken::from_fn(
+            label, callback,
+        ))
     }
 
     /// The actor token is `upstream`'s current token.

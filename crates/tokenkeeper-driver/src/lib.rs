@@ -80,7 +80,6 @@ pub mod device;
 pub mod dpop;
 mod driver;
 mod error;
-pub mod token_exchange;
 mod http;
 mod jws;
 #[cfg(feature = "metrics")]
@@ -94,6 +93,7 @@ mod runtime;
 mod shared;
 mod source;
 pub mod tls;
+pub mod token_exchange;
 mod watcher;
 
 pub use builder::{MIN_WAKE_INTERVAL, TokenWatcherBuilder};

@@ -440,6 +440,27 @@ impl Authority {
             .push(public_jwk);
     }
 
+    /// Makes token exchange (RFC 8693) accept `token` as a subject or actor token of type
+    /// `token_type` (a URI such as `urn:ietf:params:oauth:token-type:jwt`), standing for
+    /// `subject`. Besides these, an access token this authority issued and still holds active
+    /// is accepted with type `urn:ietf:params:oauth:token-type:access_token` (its subject is
+    /// the one it was issued for), so that one watcher's token can be exchanged by another.
+    /// An exchange answers `issued_token_type` (the requested type: `access_token`, the
+    /// default, or `jwt`, with `token_type` `N_A`); any other token is refused with
+    /// `invalid_grant`. The request log records each request's tokens
+    /// ([`RequestRecord::subject_token`]).
+    pub fn accept_exchange_token(&self, token_type: &str, token: &str, subject: &str) {
+        self.state().exchange_tokens.insert(
+            token.to_owned(),
+            (token_type.to_owned(), subject.to_owned()),
+        );
+    }
+
+    /// Stops accepting `token` for token exchange; `true` if it was accepted.
+    pub fn forget_exchange_token(&self, token: &str) -> bool {
+        self.state().exchange_tokens.remove(token).is_some()
+    }
+
     /// The authority's issuer identifier: its [`base_url`](Authority::base_url). Assertions
     /// may name it, or the token endpoint, as their `aud`.
     pub fn issuer(&self) -> String {

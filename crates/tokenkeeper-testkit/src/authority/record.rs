@@ -171,6 +171,13 @@ pub struct RequestRecord {
     pub client_assertion: Option<PresentedAssertion>,
     /// The `assertion` of a JWT bearer grant (RFC 7523 §2.1), if any, likewise.
     pub grant_assertion: Option<PresentedAssertion>,
+    /// The `subject_token` of a token exchange (RFC 8693) and its `subject_token_type`, if
+    /// present: which subject token each request carried.
+    pub subject_token: Option<(String, String)>,
+    /// The `actor_token` and its `actor_token_type`, if present.
+    pub actor_token: Option<(String, String)>,
+    /// The `requested_token_type`, if present.
+    pub requested_token_type: Option<String>,
     /// The scripted fault applied to this request, if any.
     pub fault: Option<Fault>,
     /// The HTTP status answered; `None` while pending, or when no answer was written.

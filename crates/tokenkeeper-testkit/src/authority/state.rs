@@ -86,6 +86,9 @@ pub(crate) struct Summary {
     pub(crate) dpop: Option<DpopCheck>,
     pub(crate) client_assertion: Option<PresentedAssertion>,
     pub(crate) grant_assertion: Option<PresentedAssertion>,
+    pub(crate) subject_token: Option<(String, String)>,
+    pub(crate) actor_token: Option<(String, String)>,
+    pub(crate) requested_token_type: Option<String>,
 }
 
 impl Summary {
@@ -136,6 +139,11 @@ impl Summary {
             grant_assertion: request
                 .first("assertion")
                 .and_then(|jwt| assertion::read_assertion(jwt).ok()),
+            subject_token: owned("subject_token")
+                .map(|t| (t, owned("subject_token_type").unwrap_or_default())),
+            actor_token: owned("actor_token")
+                .map(|t| (t, owned("actor_token_type").unwrap_or_default())),
+            requested_token_type: owned("requested_token_type"),
         }
     }
 }
@@ -213,6 +221,8 @@ pub(crate) struct State {
     assertion_jtis: AssertionJtis,
     /// The public keys of assertion issuers, for the JWT bearer grant.
     pub(crate) issuers: HashMap<String, Vec<Value>>,
+    /// Tokens a token exchange accepts (RFC 8693): token, its type and its subject.
+    pub(crate) exchange_tokens: HashMap<String, (String, String)>,
     /// The device codes handed out (RFC 8628).
     pub(crate) devices: Devices,
     next_seq: u64,
@@ -260,11 +270,15 @@ impl Drop for InFlight {
 const CLIENT_CREDENTIALS: &str = "client_credentials";
 const REFRESH_TOKEN: &str = "refresh_token";
 const JWT_BEARER: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
+const TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+/// The token types of token exchange (RFC 8693 §3) the authority issues.
+const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
+const JWT_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:jwt";
 /// The `client_assertion_type` of JWT client assertions (RFC 7523 §2.2).
 const JWT_CLIENT_ASSERTION: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 
 /// Parameters that must not be repeated (RFC 6749 §3.2).
-const SINGLE_VALUED: [&str; 8] = [
+const SINGLE_VALUED: [&str; 13] = [
     "grant_type",
     "client_id",
     "client_secret",
@@ -273,6 +287,11 @@ const SINGLE_VALUED: [&str; 8] = [
     "client_assertion",
     "client_assertion_type",
     "assertion",
+    "subject_token",
+    "subject_token_type",
+    "actor_token",
+    "actor_token_type",
+    "requested_token_type",
 ];
 
 impl Shared {
@@ -311,6 +330,7 @@ impl Shared {
                 dpop_jtis: JtiCache::new(),
                 assertion_jtis: AssertionJtis::new(),
                 issuers: HashMap::new(),
+                exchange_tokens: HashMap::new(),
                 devices: Devices::default(),
                 next_seq: 0,
                 token_counter: 0,
@@ -366,6 +386,9 @@ impl Shared {
             dpop: summary.dpop,
             client_assertion: summary.client_assertion,
             grant_assertion: summary.grant_assertion,
+            subject_token: summary.subject_token,
+            actor_token: summary.actor_token,
+            requested_token_type: summary.requested_token_type,
             fault,
             status: None,
             outcome: Outcome::Pending,
@@ -590,6 +613,7 @@ impl State {
                 if grant == CLIENT_CREDENTIALS
                     || grant == REFRESH_TOKEN
                     || grant == JWT_BEARER
+                    || grant == TOKEN_EXCHANGE
                     || grant == DEVICE_CODE =>
             {
                 grant
@@ -610,7 +634,8 @@ impl State {
             || request.first("client_secret").is_some()
             || request.first("client_assertion").is_some()
             || request.certificate().is_some();
-        let (client, bound_to) = if grant == JWT_BEARER && !credentials {
+        let (client, bound_to) = if (grant == JWT_BEARER || grant == TOKEN_EXCHANGE) && !credentials
+        {
             let id = request.first("client_id").unwrap_or_default();
             let client = self
                 .clients
@@ -647,7 +672,17 @@ impl State {
         };
 
         let mut subject = client.id.clone();
-        let (scope, with_refresh_token) = if grant == JWT_BEARER {
+        let mut issued_token_type = None;
+        let (scope, with_refresh_token) = if grant == TOKEN_EXCHANGE {
+            match self.check_exchange(request) {
+                Ok((sub, issued)) => {
+                    subject = sub;
+                    issued_token_type = Some(issued);
+                }
+                Err((error, description)) => return Reply::error(400, error, description),
+            }
+            (request.first("scope").map(str::to_owned), false)
+        } else if grant == JWT_BEARER {
             match self.check_grant_assertion(request) {
                 Ok(sub) => subject = sub,
                 Err(error) => {
@@ -658,11 +693,9 @@ impl State {
             }
             (request.first("scope").map(str::to_owned), false)
         } else if grant == DEVICE_CODE {
-            let polled = self.devices.redeem(
-                request.first("device_code"),
-                &client.id,
-                SystemTime::now(),
-            );
+            let polled =
+                self.devices
+                    .redeem(request.first("device_code"), &client.id, SystemTime::now());
             match polled {
                 Ok(scope) => (scope, true),
                 Err((error, description)) => return Reply::error(400, error, description),
@@ -715,8 +748,15 @@ impl State {
         let mut body = Map::new();
         body.insert("access_token".into(), access_token.clone().into());
         let dpop_bound = dpop_proof.is_some();
-        let token_type = if dpop_bound { "DPoP" } else { "Bearer" };
+        let token_type = match issued_token_type {
+            _ if dpop_bound => "DPoP",
+            Some(JWT_TOKEN_TYPE) => "N_A",
+            _ => "Bearer",
+        };
         body.insert("token_type".into(), token_type.into());
+        if let Some(issued) = issued_token_type {
+            body.insert("issued_token_type".into(), issued.into());
+        }
         let expires_value = if client.expires_in_as_string {
             Value::from(expires_in.to_string())
         } else {
@@ -941,6 +981,71 @@ impl State {
             return Err(reply);
         }
         Ok((client, None))
+    }
+
+    /// Checks a token exchange (RFC 8693 §2.1): its subject token is one the test registered
+    /// with that type, or an access token this authority issued and still holds active (type
+    /// `access_token`); an actor token, when present, likewise; the requested type is
+    /// `access_token` or `jwt`. The subject, and the type of token to issue; or the error
+    /// code and description.
+    fn check_exchange(
+        &self,
+        request: &FormRequest,
+    ) -> Result<(String, &'static str), (&'static str, String)> {
+        let (Some(token), Some(token_type)) = (
+            request.first("subject_token"),
+            request.first("subject_token_type"),
+        ) else {
+            return Err((
+                "invalid_request",
+                "subject_token and subject_token_type are required".into(),
+            ));
+        };
+        let subject = self
+            .exchange_subject(token, token_type)
+            .ok_or(("invalid_grant", "the subject token is not valid".to_owned()))?;
+        match (
+            request.first("actor_token"),
+            request.first("actor_token_type"),
+        ) {
+            (None, None) => {}
+            (Some(actor), Some(actor_type)) => {
+                self.exchange_subject(actor, actor_type)
+                    .ok_or(("invalid_grant", "the actor token is not valid".to_owned()))?;
+            }
+            _ => {
+                return Err((
+                    "invalid_request",
+                    "actor_token and actor_token_type go together".into(),
+                ));
+            }
+        }
+        let issued = match request.first("requested_token_type") {
+            None | Some(ACCESS_TOKEN_TYPE) => ACCESS_TOKEN_TYPE,
+            Some(JWT_TOKEN_TYPE) => JWT_TOKEN_TYPE,
+            Some(other) => {
+                return Err((
+                    "invalid_request",
+                    format!("cannot issue a token of type {other:?}"),
+                ));
+            }
+        };
+        Ok((subject, issued))
+    }
+
+    /// Whom a token presented for exchange is about, if the authority accepts it.
+    fn exchange_subject(&self, token: &str, token_type: &str) -> Option<String> {
+        if let Some((registered_type, subject)) = self.exchange_tokens.get(token) {
+            return (registered_type == token_type).then(|| subject.clone());
+        }
+        if token_type != ACCESS_TOKEN_TYPE || !self.access_token_is_active(token, SystemTime::now())
+        {
+            return None;
+        }
+        self.issued
+            .iter()
+            .find(|issued| issued.access_token == token)
+            .map(|issued| issued.subject.clone())
     }
 
     /// Checks a JWT bearer grant's assertion against the keys of its issuer; its subject.

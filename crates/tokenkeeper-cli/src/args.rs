@@ -153,6 +153,18 @@ pub(crate) struct SourceArgs {
     )]
     pub(crate) token_url: Option<String>,
 
+    /// The issuer, instead of --token-url: the token endpoint comes from
+    /// its metadata (OpenID Connect discovery, RFC 8414), cached with the
+    /// token.
+    #[arg(
+        long,
+        env = "TOKENKEEPER_ISSUER",
+        value_name = "URL",
+        hide_env_values = true,
+        conflicts_with = "token_url"
+    )]
+    pub(crate) issuer: Option<String>,
+
     /// The client id.
     #[arg(
         long,

@@ -21,7 +21,8 @@ pub(crate) enum Exit {
     /// verified, or the handshake failed (5).
     Tls = 5,
     /// The token URL is not a token endpoint: 404, 405, a redirect or a web
-    /// page (6).
+    /// page; or the issuer's metadata cannot be used: not served, another
+    /// issuer's, no token endpoint (6).
     NotATokenEndpoint = 6,
 }
 
@@ -67,6 +68,10 @@ impl CliError {
                 ),
             )
             .detail(format!("kind: {error:?}"));
+        }
+        if matches!(error, FetchError::Discovery { .. }) && error.is_permanent() {
+            return CliError::new(Exit::NotATokenEndpoint, error.to_string())
+                .detail(format!("kind: {error:?}"));
         }
         if let FetchError::NotATokenEndpoint { .. } = error {
             return CliError::new(Exit::NotATokenEndpoint, error.to_string())

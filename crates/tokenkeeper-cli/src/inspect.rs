@@ -16,6 +16,7 @@ pub(crate) fn run(args: &InspectArgs) -> Result<(), CliError> {
     // With --cache alone the file is read whatever client it belongs to;
     // with source flags the client's own file is found and checked.
     let source_given = args.source.token_url.is_some()
+        || args.source.issuer.is_some()
         || args.source.client_id.is_some()
         || args.source.profile.is_some()
         || args.source.config.is_some();

@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use tokenkeeper_blocking::HttpSettings;
 use tokenkeeper_core::LeaseSettings;
+use tokenkeeper_core::oauth2::discovery::Issuer;
 use tokenkeeper_core::oauth2::{AuthMethod, GrantType, OAuth2Client, TokenUrl};
 use tokenkeeper_core::{CacheKey, ClientId, ClientSecret, RefreshToken};
 use tokenkeeper_fs::{FileCache, FileLayer};
@@ -39,6 +40,8 @@ struct ConfigFile {
 #[serde(deny_unknown_fields)]
 pub(crate) struct Profile {
     token_url: Option<String>,
+    /// Instead of `token_url`: the issuer whose metadata names it.
+    issuer: Option<String>,
     client_id: Option<String>,
     client_secret_file: Option<PathBuf>,
     auth_method: Option<AuthMethodArg>,
@@ -249,12 +252,27 @@ pub(crate) enum NeedSecret {
 /// Resolves the source settings.
 pub(crate) fn resolve(args: &SourceArgs, need: NeedSecret) -> Result<Resolved, CliError> {
     let profile = load_profile(args)?;
+    // A flag beats the profile; a profile names one or the other.
+    let issuer = match (&args.token_url, &args.issuer) {
+        (Some(_), _) => None,
+        (None, Some(issuer)) => Some(issuer.clone()),
+        (None, None) if profile.token_url.is_some() && profile.issuer.is_some() => {
+            return Err(CliError::usage(
+                "the profile gives both token_url and issuer: keep one",
+            ));
+        }
+        (None, None) if profile.token_url.is_none() => profile.issuer.clone(),
+        (None, None) => None,
+    };
     let token_url = args
         .token_url
         .clone()
         .or_else(|| profile.token_url.clone())
+        .or_else(|| issuer.clone())
         .ok_or_else(|| {
-            CliError::usage("no token URL: give --token-url URL (or TOKENKEEPER_TOKEN_URL)")
+            CliError::usage(
+                "no token URL: give --token-url URL or --issuer URL (or TOKENKEEPER_TOKEN_URL, TOKENKEEPER_ISSUER)",
+            )
         })?;
     let client_id = args
         .client_id
@@ -270,6 +288,10 @@ pub(crate) fn resolve(args: &SourceArgs, need: NeedSecret) -> Result<Resolved, C
     let insecure = args.allow_insecure_http || profile.allow_insecure_http;
     let url = TokenUrl::parse(&token_url, insecure)
         .map_err(|e| CliError::usage(format!("bad token URL: {e}")))?;
+    let issuer = issuer
+        .map(|issuer| Issuer::parse(&issuer, insecure))
+        .transpose()
+        .map_err(|e| CliError::usage(format!("bad issuer: {e}")))?;
 
     let secret = if need == NeedSecret::Yes {
         let from_file = args
@@ -311,6 +333,13 @@ pub(crate) fn resolve(args: &SourceArgs, need: NeedSecret) -> Result<Resolved, C
     let secret = secret.map(|s| ClientSecret::new(s.as_str()));
     let mut client =
         OAuth2Client::new(url, ClientId::new(client_id), secret, grant).auth_method(auth_method);
+    if let Some(issuer) = issuer {
+        client = client.with_issuer(issuer);
+        // A method given by flag or profile is kept; else the metadata's.
+        if args.auth_method.or(profile.auth_method).is_some() {
+            client = client.auth_method(auth_method);
+        }
+    }
     // Tokens may be bound to the client certificate: the cache key (and so
     // the cache file's name) includes its thumbprint, as the watcher's does.
     if let Some(thumbprint) = http

@@ -26,6 +26,10 @@ pub(crate) enum Command {
     /// Print a usable access token, from the cache when it holds a good one.
     #[command(after_help = TOKEN_EXAMPLES)]
     Token(TokenArgs),
+    /// Sign in as a person (device authorization grant): show a code to enter
+    /// in a browser, wait for approval, cache the refresh token for `token`.
+    #[command(after_help = LOGIN_EXAMPLES)]
+    Login(LoginArgs),
     /// Show what a cache file holds (never the token itself unless --show-token).
     #[command(after_help = INSPECT_EXAMPLES)]
     Inspect(InspectArgs),
@@ -54,6 +58,13 @@ Examples:
   curl -H \"$(tokenkeeper token --profile prod --output header)\" https://api.example.com/things
   tokenkeeper token --profile prod --min-valid 300 --output json
   tokenkeeper token --profile prod --redis redis://cache.internal:6379/0   # one request per fleet";
+
+const LOGIN_EXAMPLES: &str = "\
+Examples:
+  tokenkeeper login --device --profile me     # profile: grant = \"device_code\", device_authorization_url = ...
+  tokenkeeper token --profile me              # later: refreshed with the cached refresh token, no browser
+  tokenkeeper login --device --token-url https://auth.example.com/oauth/token \\
+      --device-authorization-url https://auth.example.com/oauth/device --client-id cli --scope offline_access";
 
 const INSPECT_EXAMPLES: &str = "\
 Examples:
@@ -120,6 +131,9 @@ pub(crate) enum GrantArg {
     ClientCredentials,
     /// The refresh-token grant (the refresh token is read from --refresh-token-file).
     RefreshToken,
+    /// A person signs in once with `tokenkeeper login --device`; then the
+    /// refresh-token grant, with the refresh token the login cached.
+    DeviceCode,
 }
 
 /// Where tokens come from and where they are cached.
@@ -341,6 +355,27 @@ pub(crate) struct TokenArgs {
     /// What to print.
     #[arg(long, value_enum, default_value = "plain")]
     pub(crate) output: TokenOutput,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct LoginArgs {
+    #[command(flatten)]
+    pub(crate) source: SourceArgs,
+
+    /// Sign in with the device authorization grant (RFC 8628): the only way
+    /// `login` signs in for now.
+    #[arg(long, required = true)]
+    pub(crate) device: bool,
+
+    /// The authority's device authorization endpoint (its metadata's
+    /// device_authorization_endpoint).
+    #[arg(
+        long,
+        env = "TOKENKEEPER_DEVICE_AUTHORIZATION_URL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    pub(crate) device_authorization_url: Option<String>,
 }
 
 /// Output formats of `inspect` and `simulate`.

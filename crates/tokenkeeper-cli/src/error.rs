@@ -24,6 +24,10 @@ pub(crate) enum Exit {
     /// page; or the issuer's metadata cannot be used: not served, another
     /// issuer's, no token endpoint (6).
     NotATokenEndpoint = 6,
+    /// `login --device`: the person refused the sign-in (7).
+    Denied = 7,
+    /// `login --device`: the code expired before the person approved (8).
+    Expired = 8,
 }
 
 /// A failure of a command. Its texts never hold a secret.
@@ -72,6 +76,12 @@ impl CliError {
         if matches!(error, FetchError::Discovery { .. }) && error.is_permanent() {
             return CliError::new(Exit::NotATokenEndpoint, error.to_string())
                 .detail(format!("kind: {error:?}"));
+        }
+        if let FetchError::NoRefreshToken = error {
+            return CliError::new(
+                Exit::Rejected,
+                "no refresh token to refresh with: sign in first with `tokenkeeper login --device` (grant device_code), or give --refresh-token-file PATH",
+            );
         }
         if let FetchError::NotATokenEndpoint { .. } = error {
             return CliError::new(Exit::NotATokenEndpoint, error.to_string())

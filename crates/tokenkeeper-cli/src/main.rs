@@ -5,7 +5,8 @@
 //! Exit codes: 0 success; 2 usage or configuration error; 3 the authority
 //! rejected the credentials or grant; 4 the authority could not be reached
 //! or kept failing and no usable token was at hand; 5 a TLS failure; 6 the
-//! URL is not a token endpoint; 1 anything else.
+//! URL is not a token endpoint; 7 `login --device` was refused by the
+//! person; 8 its code expired before approval; 1 anything else.
 //!
 //! Cargo features (both on by default): `demo` (the in-process test
 //! authority of `tokenkeeper demo`) and `plot` (`--plot FILE.svg`).
@@ -18,6 +19,7 @@ mod demo;
 mod error;
 mod habits;
 mod inspect;
+mod login;
 #[cfg(feature = "plot")]
 mod plot;
 mod settings;
@@ -38,6 +40,7 @@ fn main() -> ExitCode {
     init_logging(cli.verbose);
     let result = match &cli.command {
         Command::Token(args) => token::run(args),
+        Command::Login(args) => login::run(args),
         Command::Inspect(args) => inspect::run(args),
         Command::Watch(args) => watch::run(args),
         #[cfg(feature = "demo")]

@@ -51,14 +51,16 @@ pub(crate) struct Profile {
     resources: Vec<String>,
     #[serde(default)]
     params: BTreeMap<String, String>,
-    grant: Option<GrantArg>,
+    pub(crate) grant: Option<GrantArg>,
     refresh_token_file: Option<PathBuf>,
+    /// The device authorization endpoint, for `login --device`.
+    pub(crate) device_authorization_url: Option<String>,
     cache: Option<PathBuf>,
     #[serde(default)]
     no_cache: bool,
     redis: Option<String>,
     #[serde(default)]
-    allow_insecure_http: bool,
+    pub(crate) allow_insecure_http: bool,
     /// One CA file, or a list of them.
     ca_file: Option<OneOrMany>,
     #[serde(default)]
@@ -282,7 +284,8 @@ pub(crate) fn resolve(args: &SourceArgs, need: NeedSecret) -> Result<Resolved, C
             CliError::usage("no client id: give --client-id ID (or TOKENKEEPER_CLIENT_ID)")
         })?;
     let grant = match args.grant.or(profile.grant) {
-        Some(GrantArg::RefreshToken) => GrantType::RefreshToken,
+        // A device login's refresh token comes from the cache it wrote.
+        Some(GrantArg::RefreshToken | GrantArg::DeviceCode) => GrantType::RefreshToken,
         Some(GrantArg::ClientCredentials) | None => GrantType::ClientCredentials,
     };
     let insecure = args.allow_insecure_http || profile.allow_insecure_http;
@@ -389,7 +392,11 @@ pub(crate) fn resolve(args: &SourceArgs, need: NeedSecret) -> Result<Resolved, C
         .refresh_token_file
         .clone()
         .or_else(|| profile.refresh_token_file.clone());
-    if grant == GrantType::RefreshToken && refresh_token_file.is_none() && need == NeedSecret::Yes {
+    if grant == GrantType::RefreshToken
+        && refresh_token_file.is_none()
+        && need == NeedSecret::Yes
+        && args.grant.or(profile.grant) != Some(GrantArg::DeviceCode)
+    {
         return Err(CliError::usage(
             "the refresh_token grant needs --refresh-token-file PATH",
         ));

@@ -23,8 +23,9 @@ fn stdout(args: &[&str]) -> String {
     String::from_utf8(tokenkeeper(args).stdout).expect("UTF-8")
 }
 
-const SUBCOMMANDS: [&str; 7] = [
+const SUBCOMMANDS: [&str; 8] = [
     "token",
+    "login",
     "inspect",
     "watch",
     "demo",

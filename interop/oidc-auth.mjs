@@ -93,7 +93,9 @@
 //     oidc-provider authenticated it), "assertion": null or the client
 //     assertion's { alg, kid, iss, sub, aud, lifetime (exp - iat), jti },
 //     "device_code": a short digest of the device code (never the code),
-//     "scope", "subject_token_type", "actor_token_type", "subject" (the
+//     "scope", "subject_token_type", "actor_token_type", "subject_digest"
+//     (the first 16 characters of the base64url SHA-256 of the subject token,
+//     to tell which token was sent without showing it), "subject" (the
 //     subject token's sub once verified), "actor", "requested_token_type",
 //     "audience", "resource" (arrays), "issued_token_type",
 //     "result": "ok" or the OAuth error code }.
@@ -438,7 +440,7 @@ async function personActs(action, url) {
 // --- the request log, and slow_down --------------------------------------------------
 
 const requests = [];
-const digest = (value) => createHash('sha256').update(value).digest('base64url').slice(0, 12);
+const digest = (value, length = 12) => createHash('sha256').update(value).digest('base64url').slice(0, length);
 
 /** What a client assertion claims, read without checking it (for the log). */
 function assertionOf(params) {
@@ -485,6 +487,7 @@ provider.use(async (ctx, next) => {
     device_code: typeof params.device_code === 'string' ? digest(params.device_code) : null,
     scope: params.scope ?? null,
     subject_token_type: params.subject_token_type ?? null,
+    subject_digest: typeof params.subject_token === 'string' ? digest(params.subject_token, 16) : null,
     actor_token_type: params.actor_token_type ?? null,
     subject: ctx.oidc.interopSubject ?? null,
     actor: ctx.oidc.interopActor ?? null,

@@ -47,6 +47,8 @@
 #   TOKENKEEPER_TEST_OIDC_AUTH_HS256_CLIENT_ID  interop-hs256-client (client_secret_jwt)
 #   TOKENKEEPER_TEST_OIDC_AUTH_HS256_SECRET     its secret
 #   TOKENKEEPER_TEST_OIDC_AUTH_DEVICE_CLIENT_ID interop-device-client (public; device grant)
+#   TOKENKEEPER_TEST_OIDC_AUTH_EXPIRING_DEVICE_CLIENT_ID interop-device-expiring-client
+#                                               (the same, its device codes living 3 s)
 #   TOKENKEEPER_TEST_OIDC_AUTH_EXCHANGE_CLIENT_ID     interop-exchange-client (token exchange)
 #   TOKENKEEPER_TEST_OIDC_AUTH_EXCHANGE_CLIENT_SECRET interop-exchange-secret
 #   TOKENKEEPER_TEST_OIDC_AUTH_PLATFORM_KEY     the P-256 key whose JWTs token exchange
@@ -517,6 +519,7 @@ else
   export TOKENKEEPER_TEST_OIDC_AUTH_HS256_CLIENT_ID=interop-hs256-client
   export TOKENKEEPER_TEST_OIDC_AUTH_HS256_SECRET=interop-hs256-secret-that-is-long-enough-for-hs256
   export TOKENKEEPER_TEST_OIDC_AUTH_DEVICE_CLIENT_ID=interop-device-client
+  export TOKENKEEPER_TEST_OIDC_AUTH_EXPIRING_DEVICE_CLIENT_ID=interop-device-expiring-client
   export TOKENKEEPER_TEST_OIDC_AUTH_EXCHANGE_CLIENT_ID=interop-exchange-client
   export TOKENKEEPER_TEST_OIDC_AUTH_EXCHANGE_CLIENT_SECRET=interop-exchange-secret
   export TOKENKEEPER_TEST_OIDC_AUTH_PLATFORM_KEY="$WORK_DIR/oidc-auth-keys/platform.pem"

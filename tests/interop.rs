@@ -35,7 +35,9 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::Flavor;
-use common::node::{Node, http_request, interop_dir, shared, start_node};
+use common::interop::{
+    Node, base64url_decode, http_request, interop_dir, jwt_claims, sha256, shared, start_node,
+};
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 use serde_json::Value;
@@ -455,31 +457,6 @@ fn a_wrong_secret_is_a_permanent_error<F: Flavor>() {
 }
 
 // --- over TLS ------------------------------------------------------------------
-
-/// Decodes base64url (RFC 4648 §5, padding optional); None if malformed.
-fn base64url_decode(text: &str) -> Option<Vec<u8>> {
-    use base64::Engine as _;
-    base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(text.trim_end_matches('='))
-        .ok()
-}
-
-/// The claims of a JWT (its signature is not checked: the tests read what
-/// the authority put in, they do not trust it).
-fn jwt_claims(token: &str) -> Value {
-    let parts: Vec<&str> = token.split('.').collect();
-    assert_eq!(parts.len(), 3, "not a JWT");
-    let payload = base64url_decode(parts[1]).expect("a base64url JWT payload");
-    serde_json::from_slice(&payload).expect("JSON JWT claims")
-}
-
-/// SHA-256 of `data`, by ring through rustls (no code of ours).
-fn sha256(data: &[u8]) -> Vec<u8> {
-    let suite = rustls::crypto::ring::cipher_suite::TLS13_AES_128_GCM_SHA256
-        .tls13()
-        .expect("a TLS 1.3 suite");
-    suite.common.hash_provider.hash(data).as_ref().to_vec()
-}
 
 /// The certificate's SHA-256 thumbprint (RFC 8705 §3.1), decoded.
 fn thumbprint_of(cert_file: &Path) -> Vec<u8> {

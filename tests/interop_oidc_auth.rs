@@ -24,13 +24,17 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::Flavor;
-use common::node::{Node, http_request, shared, start_node};
+use common::interop::{Node, http_request, jwt_claims, sha256, shared, start_node};
 use serde_json::Value;
 use tokenkeeper_core::oauth2::assertion::{AssertionAudience, ClientAssertionSettings};
-use tokenkeeper_core::oauth2::{AuthMethod, OAuth2Client};
+use tokenkeeper_core::oauth2::exchange::{
+    ACCESS_TOKEN_TYPE, JWT_TOKEN_TYPE, TOKEN_EXCHANGE_GRANT_TYPE, TokenExchange,
+};
+use tokenkeeper_core::oauth2::{AuthMethod, OAuth2Client, TokenUrl};
 use tokenkeeper_core::{BackoffPolicy, ClientId, ClientSecret, Jitter, RefreshNow, TokenRecord};
 use tokenkeeper_driver::assertion::{Assertion, ClientKey};
-use tokenkeeper_driver::{TokenWatcher, TokenWatcherBuilder};
+use tokenkeeper_driver::device::{DeviceLogin, DeviceLoginError, DevicePrompt};
+use tokenkeeper_driver::{OneShot, TokenWatcher, TokenWatcherBuilder};
 use tokenkeeper_testkit::authority::assertion::sign_test_assertion;
 use tokenkeeper_testkit::authority::dpop::{KeyAlgorithm, private_key_pem};
 
@@ -42,6 +46,7 @@ const ES256_KEY_VAR: &str = "TOKENKEEPER_TEST_OIDC_AUTH_ES256_KEY";
 const HS256_ID_VAR: &str = "TOKENKEEPER_TEST_OIDC_AUTH_HS256_CLIENT_ID";
 const HS256_SECRET_VAR: &str = "TOKENKEEPER_TEST_OIDC_AUTH_HS256_SECRET";
 const DEVICE_ID_VAR: &str = "TOKENKEEPER_TEST_OIDC_AUTH_DEVICE_CLIENT_ID";
+const EXPIRING_DEVICE_ID_VAR: &str = "TOKENKEEPER_TEST_OIDC_AUTH_EXPIRING_DEVICE_CLIENT_ID";
 const EXCHANGE_ID_VAR: &str = "TOKENKEEPER_TEST_OIDC_AUTH_EXCHANGE_CLIENT_ID";
 const EXCHANGE_SECRET_VAR: &str = "TOKENKEEPER_TEST_OIDC_AUTH_EXCHANGE_CLIENT_SECRET";
 const PLATFORM_KEY_VAR: &str = "TOKENKEEPER_TEST_OIDC_AUTH_PLATFORM_KEY";
@@ -50,9 +55,6 @@ const PLATFORM_KEY_VAR: &str = "TOKENKEEPER_TEST_OIDC_AUTH_PLATFORM_KEY";
 const RS256_KID: &str = "interop-rs256";
 
 /// oidc-provider with the clients of oidc-auth.mjs.
-// The device and exchange clients await the library's device login and token
-// exchange.
-#[allow(dead_code)]
 struct OidcAuth {
     issuer: String,
     rs256_id: String,
@@ -62,6 +64,7 @@ struct OidcAuth {
     hs256_id: String,
     hs256_secret: String,
     device_id: String,
+    expiring_device_id: String,
     exchange_id: String,
     exchange_secret: String,
     platform_key: PathBuf,
@@ -89,6 +92,7 @@ fn start_oidc_auth() -> OidcAuth {
             hs256_id: given(HS256_ID_VAR),
             hs256_secret: given(HS256_SECRET_VAR),
             device_id: given(DEVICE_ID_VAR),
+            expiring_device_id: given(EXPIRING_DEVICE_ID_VAR),
             exchange_id: given(EXCHANGE_ID_VAR),
             exchange_secret: given(EXCHANGE_SECRET_VAR),
             platform_key: given(PLATFORM_KEY_VAR).into(),
@@ -110,6 +114,7 @@ fn start_oidc_auth() -> OidcAuth {
         hs256_id: "interop-hs256-client".into(),
         hs256_secret: "interop-hs256-secret-that-is-long-enough-for-hs256".into(),
         device_id: "interop-device-client".into(),
+        expiring_device_id: "interop-device-expiring-client".into(),
         exchange_id: "interop-exchange-client".into(),
         exchange_secret: "interop-exchange-secret".into(),
         platform_key: keys.path().join("platform.pem"),
@@ -420,7 +425,383 @@ fn an_assertion_file_is_read_before_every_request<F: Flavor>() {
     F::block_on(watcher.shutdown());
 }
 
+// --- the device authorization grant -------------------------------------------------
+
+/// The interval oidc-auth.mjs announces.
+const DEVICE_INTERVAL: Duration = Duration::from_secs(1);
+
+impl OidcAuth {
+    /// oidc-provider's device authorization endpoint.
+    fn device_endpoint(&self) -> TokenUrl {
+        TokenUrl::parse(&format!("{}/device/auth", self.issuer), false).unwrap()
+    }
+
+    /// Plays the person at the browser: POST /test/device/ACTION.
+    fn person(&self, action: &str, user_code: &str) {
+        let url = format!("{}/test/device/{action}?user_code={user_code}", self.issuer);
+        let (status, body) = http_request("POST", &url);
+        assert_eq!(status, 204, "{action} {user_code}: {body}");
+    }
+}
+
+fn device_client(o: &OidcAuth, client_id: &str) -> OAuth2Client {
+    OAuth2Client::refresh_token(o.token_url(), ClientId::new(client_id), None)
+        .unwrap()
+        .scope("read offline_access")
+}
+
+/// A device login on its own thread whose prompt hands the user code to the
+/// test, which then plays the person.
+fn device_login_in_background<F: Flavor>(
+    builder: TokenWatcherBuilder<F::R>,
+    endpoint: TokenUrl,
+) -> (
+    std::sync::mpsc::Receiver<DevicePrompt>,
+    std::thread::JoinHandle<Result<DeviceLogin, DeviceLoginError>>,
+) {
+    let (prompts, prompted) = std::sync::mpsc::channel();
+    let login = std::thread::spawn(move || {
+        F::block_on(
+            builder.device_login(endpoint, move |prompt: &DevicePrompt| {
+                let _ = prompts.send(prompt.clone());
+            }),
+        )
+    });
+    (prompted, login)
+}
+
+fn prompt_of(prompted: &std::sync::mpsc::Receiver<DevicePrompt>) -> DevicePrompt {
+    prompted
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the login shows a prompt")
+}
+
+/// The person approves after the login polled a while; the token comes with
+/// a refresh token, stored where a later `get_token` built the same way
+/// refreshes it with oidc-provider without the person. The login polls at the
+/// announced interval: oidc-auth.mjs answers `slow_down` to a poll that comes
+/// early, which would have grown the login's interval.
+fn device_login_approved_by_the_person_then_refreshed_without_them<F: Flavor>() {
+    let o = oidc_auth();
+    let since = epoch_millis();
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache.json");
+    let client = device_client(&o, &o.device_id);
+    let builder = quick::<F>(client.clone()).file_cache(&cache);
+    let started = Instant::now();
+    let (prompted, login) = device_login_in_background::<F>(builder, o.device_endpoint());
+    let prompt = prompt_of(&prompted);
+    assert_eq!(
+        prompt.verification_uri,
+        format!("{}/device", o.issuer),
+        "{}",
+        F::NAME
+    );
+    assert_eq!(
+        prompt.uri_to_show(),
+        format!("{}/device?user_code={}", o.issuer, prompt.user_code)
+    );
+    std::thread::sleep(DEVICE_INTERVAL * 2 + Duration::from_millis(500));
+    o.person("approve", &prompt.user_code);
+    let login = login
+        .join()
+        .unwrap()
+        .unwrap_or_else(|e| panic!("{}: {e}", F::NAME));
+    assert!(login.polls >= 3, "{}: {} polls", F::NAME, login.polls);
+    assert_eq!(login.interval, DEVICE_INTERVAL, "{}: slowed down", F::NAME);
+    assert!(started.elapsed() >= DEVICE_INTERVAL * 2, "{}", F::NAME);
+    assert!(login.token.refresh_token.is_some(), "{}", F::NAME);
+    assert_eq!(login.token.lifetime(), Duration::from_secs(300));
+    assert!(login.warnings.is_empty(), "{:?}", login.warnings);
+
+    // Later, with no person: the stored refresh token gets a new token.
+    let refreshed = F::block_on(
+        quick::<F>(client)
+            .file_cache(&cache)
+            .get_token(OneShot::new().min_valid(Duration::from_secs(3_600))),
+    )
+    .unwrap_or_else(|e| panic!("{}: {e:?}", F::NAME));
+    assert_ne!(refreshed.token.access_token, login.token.access_token);
+    assert!(refreshed.token.refresh_token.is_some(), "{}", F::NAME);
+    let refreshes = o.requests_since(since, |entry| {
+        entry["client_id"] == o.device_id.as_str() && entry["grant_type"] == "refresh_token"
+    });
+    assert!(
+        refreshes.iter().any(|entry| entry["result"] == "ok"),
+        "{refreshes:?}"
+    );
+}
+
+/// A `slow_down` (the person's side asks for it once) grows the interval by
+/// 5 s for the rest of the login: oidc-auth.mjs would answer `slow_down`
+/// again to a poll that came sooner.
+fn slow_down_from_oidc_provider_grows_the_interval<F: Flavor>() {
+    let o = oidc_auth();
+    let started = Instant::now();
+    let builder = quick::<F>(device_client(&o, &o.device_id));
+    let (prompted, login) = device_login_in_background::<F>(builder, o.device_endpoint());
+    let prompt = prompt_of(&prompted);
+    o.person("slow-down", &prompt.user_code);
+    std::thread::sleep(DEVICE_INTERVAL * 2);
+    o.person("approve", &prompt.user_code);
+    let login = login
+        .join()
+        .unwrap()
+        .unwrap_or_else(|e| panic!("{}: {e}", F::NAME));
+    let slower = DEVICE_INTERVAL + Duration::from_secs(5);
+    assert_eq!(login.interval, slower, "{}", F::NAME);
+    assert!(started.elapsed() >= slower, "{}", F::NAME);
+    assert!(login.token.refresh_token.is_some(), "{}", F::NAME);
+}
+
+fn a_refusal_by_the_person_ends_the_device_login<F: Flavor>() {
+    let o = oidc_auth();
+    let builder = quick::<F>(device_client(&o, &o.device_id));
+    let (prompted, login) = device_login_in_background::<F>(builder, o.device_endpoint());
+    let prompt = prompt_of(&prompted);
+    std::thread::sleep(DEVICE_INTERVAL);
+    o.person("deny", &prompt.user_code);
+    let error = login.join().unwrap().unwrap_err();
+    assert_eq!(error, DeviceLoginError::Denied, "{}", F::NAME);
+}
+
+fn codes_nobody_approves_expire<F: Flavor>() {
+    let o = oidc_auth();
+    let builder = quick::<F>(device_client(&o, &o.expiring_device_id));
+    let (prompted, login) = device_login_in_background::<F>(builder, o.device_endpoint());
+    let prompt = prompt_of(&prompted);
+    assert!(prompt.expires_in <= Duration::from_secs(3), "{prompt:?}");
+    let error = login.join().unwrap().unwrap_err();
+    assert_eq!(error, DeviceLoginError::Expired, "{}", F::NAME);
+}
+
+// --- token exchange ----------------------------------------------------------------
+
+/// Who issues the platform's tokens (oidc-auth.mjs trusts its key).
+const PLATFORM_ISSUER: &str = "urn:tokenkeeper:interop-platform";
+
+/// A platform token for `sub`, meant for oidc-provider, signed by `pem`.
+fn platform_token(o: &OidcAuth, pem: &str, sub: &str) -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    let claims = serde_json::json!({
+        "iss": PLATFORM_ISSUER, "sub": sub, "aud": o.issuer,
+        "iat": now, "exp": now + 600,
+    });
+    sign_test_assertion(pem, None, &claims).expect("a signed platform token")
+}
+
+fn exchange_client(o: &OidcAuth, exchange: TokenExchange) -> OAuth2Client {
+    OAuth2Client::token_exchange(
+        o.token_url(),
+        ClientId::new(o.exchange_id.clone()),
+        exchange,
+    )
+    .unwrap()
+    .with_client_secret(ClientSecret::new(o.exchange_secret.clone()))
+}
+
+/// What oidc-auth.mjs logs of a subject token: the start of its SHA-256.
+fn digest_of(token: &str) -> String {
+    use base64::Engine as _;
+    let digest = sha256(token.as_bytes());
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest)[..16].to_owned()
+}
+
+/// Workload identity: a platform token in a file, with an actor token in
+/// another, exchanged for an access token for an audience and a resource;
+/// the subject file replaced (renamed over) is read at the next request.
+fn token_exchange_of_platform_tokens_from_files<F: Flavor>() {
+    let o = oidc_auth();
+    let since = epoch_millis();
+    let pem = std::fs::read_to_string(&o.platform_key).expect("the platform's key");
+    let dir = tempfile::tempdir().unwrap();
+    let (subject_file, actor_file) = (dir.path().join("subject"), dir.path().join("actor"));
+    let unique = format!("{}-{:x}", F::NAME, fastrand::u64(..));
+    let (first, second) = (format!("app-{unique}"), format!("rotated-{unique}"));
+    std::fs::write(&subject_file, platform_token(&o, &pem, &first)).unwrap();
+    std::fs::write(&actor_file, platform_token(&o, &pem, "deployer")).unwrap();
+    let client = exchange_client(
+        &o,
+        TokenExchange::new(JWT_TOKEN_TYPE)
+            .actor(JWT_TOKEN_TYPE)
+            .requested_token_type(ACCESS_TOKEN_TYPE),
+    )
+    .audience("urn:tokenkeeper:orders")
+    .resource("https://orders.example/api")
+    .scope("read");
+    let watcher = spawn::<F>(
+        quick::<F>(client)
+            .subject_token_file(&subject_file)
+            .actor_token_file(&actor_file),
+    );
+    let token = watcher.token().unwrap().into_arc();
+    assert_eq!(
+        token.issued_token_type(),
+        Some(ACCESS_TOKEN_TYPE),
+        "{}",
+        F::NAME
+    );
+    assert_eq!(token.token_type, "Bearer", "{}", F::NAME);
+    assert_eq!(token.scope.as_deref(), Some("read"), "{}", F::NAME);
+    let claims = jwt_claims(token.access_token.expose_secret());
+    assert_eq!(claims["sub"], first.as_str(), "{claims}");
+    assert_eq!(claims["act"]["sub"], "deployer", "{claims}");
+    assert_eq!(
+        claims["aud"],
+        serde_json::json!(["urn:tokenkeeper:orders", "https://orders.example/api"]),
+        "{claims}"
+    );
+    assert_eq!(claims["client_id"], o.exchange_id.as_str(), "{claims}");
+
+    // The platform rotates the token underneath.
+    let aside = dir.path().join("subject.new");
+    std::fs::write(&aside, platform_token(&o, &pem, &second)).unwrap();
+    std::fs::rename(&aside, &subject_file).unwrap();
+    assert!(F::block_on(watcher.refresh_now()).is_ok());
+    let end = Instant::now() + Duration::from_secs(20);
+    let rotated = loop {
+        let current = watcher.token().unwrap().into_arc();
+        if current.access_token != token.access_token {
+            break current;
+        }
+        assert!(Instant::now() < end, "{}: {:?}", F::NAME, watcher.status());
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert_eq!(
+        jwt_claims(rotated.access_token.expose_secret())["sub"],
+        second.as_str()
+    );
+    F::block_on(watcher.shutdown());
+    let seen: Vec<(String, String)> = o
+        .requests_since(since, |entry| {
+            entry["subject"] == first.as_str() || entry["subject"] == second.as_str()
+        })
+        .iter()
+        .map(|entry| {
+            assert_eq!(entry["grant_type"], TOKEN_EXCHANGE_GRANT_TYPE, "{entry}");
+            assert_eq!(entry["subject_token_type"], JWT_TOKEN_TYPE, "{entry}");
+            assert_eq!(entry["actor_token_type"], JWT_TOKEN_TYPE, "{entry}");
+            assert_eq!(entry["actor"], "deployer", "{entry}");
+            assert_eq!(entry["requested_token_type"], ACCESS_TOKEN_TYPE, "{entry}");
+            (
+                entry["subject"].as_str().unwrap_or_default().to_owned(),
+                entry["result"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    let ok = |sub: &str| (sub.to_owned(), "ok".to_owned());
+    assert_eq!(seen, [ok(&first), ok(&second)], "{}", F::NAME);
+}
+
+/// A chain: one watcher's client-credentials token from oidc-provider is the
+/// subject token another watcher exchanges for a JWT (`token_type` N_A);
+/// after the first refreshes, the next exchange sends its new token.
+fn token_exchange_of_another_watchers_token<F: Flavor>() {
+    let o = oidc_auth();
+    let since = epoch_millis();
+    let upstream_client = OAuth2Client::client_credentials(
+        o.token_url(),
+        ClientId::new(o.exchange_id.clone()),
+        ClientSecret::new(o.exchange_secret.clone()),
+    )
+    .unwrap()
+    .scope("read");
+    let upstream = spawn::<F>(quick::<F>(upstream_client));
+    let client = exchange_client(
+        &o,
+        TokenExchange::new(ACCESS_TOKEN_TYPE).requested_token_type(JWT_TOKEN_TYPE),
+    )
+    .audience("urn:tokenkeeper:reports");
+    let downstream = spawn::<F>(quick::<F>(client).subject_token_from(&upstream));
+    let (first_upstream, second_upstream) = token_and_forced_refresh::<F>(&upstream);
+    let (first, second) = token_and_forced_refresh::<F>(&downstream);
+    for token in [&first, &second] {
+        assert_eq!(
+            token.issued_token_type(),
+            Some(JWT_TOKEN_TYPE),
+            "{}",
+            F::NAME
+        );
+        assert_eq!(token.token_type, "N_A", "{}", F::NAME);
+        let claims = jwt_claims(token.access_token.expose_secret());
+        assert_eq!(claims["sub"], o.exchange_id.as_str(), "{claims}");
+        assert_eq!(claims["aud"], "urn:tokenkeeper:reports", "{claims}");
+    }
+    // Which upstream token each exchange carried.
+    let digests = [
+        digest_of(first_upstream.access_token.expose_secret()),
+        digest_of(second_upstream.access_token.expose_secret()),
+    ];
+    let sent: Vec<String> = o
+        .requests_since(since, |entry| {
+            entry["grant_type"] == TOKEN_EXCHANGE_GRANT_TYPE
+                && digests
+                    .iter()
+                    .any(|d| entry["subject_digest"] == d.as_str())
+        })
+        .iter()
+        .map(|entry| {
+            assert_eq!(entry["result"], "ok", "{entry}");
+            entry["subject_digest"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .collect();
+    assert!(!sent.is_empty(), "{}: no exchange seen", F::NAME);
+    assert_eq!(
+        sent.last(),
+        Some(&digests[1]),
+        "{}: the last exchange did not send the upstream's current token",
+        F::NAME
+    );
+    F::block_on(downstream.shutdown());
+    F::block_on(upstream.shutdown());
+}
+
+/// A subject token signed by a key the authority does not trust is refused
+/// for good (`invalid_grant`), and so is an audience it does not serve
+/// (`invalid_target`).
+fn token_exchange_refusals_are_permanent<F: Flavor>() {
+    let o = oidc_auth();
+    let stranger = private_key_pem(KeyAlgorithm::Es256).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("subject");
+    std::fs::write(&file, platform_token(&o, &stranger, "mallory")).unwrap();
+    let client = exchange_client(&o, TokenExchange::new(JWT_TOKEN_TYPE));
+    let error = F::block_on(quick::<F>(client).subject_token_file(&file).spawn()).unwrap_err();
+    assert!(error.is_permanent(), "{}: {error:?}", F::NAME);
+    let oauth = error.fetch_error().and_then(|e| e.oauth_error().cloned());
+    assert_eq!(
+        oauth.map(|e| e.error),
+        Some("invalid_grant".into()),
+        "{error:?}"
+    );
+
+    let pem = std::fs::read_to_string(&o.platform_key).unwrap();
+    std::fs::write(&file, platform_token(&o, &pem, "app")).unwrap();
+    let client = exchange_client(&o, TokenExchange::new(JWT_TOKEN_TYPE)).audience("urn:elsewhere");
+    let error = F::block_on(quick::<F>(client).subject_token_file(&file).spawn()).unwrap_err();
+    assert!(error.is_permanent(), "{}: {error:?}", F::NAME);
+    let oauth = error.fetch_error().and_then(|e| e.oauth_error().cloned());
+    assert_eq!(
+        oauth.map(|e| e.error),
+        Some("invalid_target".into()),
+        "{error:?}"
+    );
+}
+
 per_driver!(
+    device_login_approved_by_the_person_then_refreshed_without_them,
+    slow_down_from_oidc_provider_grows_the_interval,
+    a_refusal_by_the_person_ends_the_device_login,
+    codes_nobody_approves_expire,
+    token_exchange_of_platform_tokens_from_files,
+    token_exchange_of_another_watchers_token,
+    token_exchange_refusals_are_permanent,
     an_assertion_file_is_read_before_every_request,
     private_key_jwt_rs256_gets_tokens,
     private_key_jwt_es256_for_the_issuer_gets_tokens,

@@ -1,6 +1,7 @@
-//! The interop authorities in `interop/` as `node` processes a test starts
-//! itself when the environment names none, shared by the tests that run at
-//! the same time, and plain HTTP requests to their test routes and logs.
+//! What the interop suites share: the authorities in `interop/` as `node`
+//! processes a test starts itself when the environment names none, shared by
+//! the tests that run at the same time; plain HTTP requests to their test
+//! routes and logs; reading the JWTs they issue.
 
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -8,6 +9,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, PoisonError, Weak, mpsc};
 use std::time::Duration;
+
+use serde_json::Value;
 
 /// The folder of the interop authorities (`interop/`).
 pub(crate) fn interop_dir() -> PathBuf {
@@ -101,4 +104,29 @@ pub(crate) fn http_request(method: &str, url: &str) -> (u16, String) {
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("no status in {head:?}"));
     (status, body.to_owned())
+}
+
+/// Decodes base64url (RFC 4648 §5, padding optional); None if malformed.
+pub(crate) fn base64url_decode(text: &str) -> Option<Vec<u8>> {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(text.trim_end_matches('='))
+        .ok()
+}
+
+/// The claims of a JWT (its signature is not checked: the tests read what
+/// the authority put in, they do not trust it).
+pub(crate) fn jwt_claims(token: &str) -> Value {
+    let parts: Vec<&str> = token.split('.').collect();
+    assert_eq!(parts.len(), 3, "not a JWT");
+    let payload = base64url_decode(parts[1]).expect("a base64url JWT payload");
+    serde_json::from_slice(&payload).expect("JSON JWT claims")
+}
+
+/// SHA-256 of `data`, by ring through rustls (no code of ours).
+pub(crate) fn sha256(data: &[u8]) -> Vec<u8> {
+    let suite = rustls::crypto::ring::cipher_suite::TLS13_AES_128_GCM_SHA256
+        .tls13()
+        .expect("a TLS 1.3 suite");
+    suite.common.hash_provider.hash(data).as_ref().to_vec()
 }

@@ -3,7 +3,7 @@
 //! once per driver, and the conformance adapter written once for all.
 #![allow(dead_code)]
 
-pub(crate) mod node;
+pub(crate) mod interop;
 
 use std::marker::PhantomData;
 use std::sync::{Arc, Mutex, OnceLock};

@@ -967,4 +967,94 @@ mod tests {
         );
         assert!(crate::CacheKey::for_client(&c).description().contains(ISS));
     }
+
+    /// A record written by a refresher that discovered `endpoint` at `T0`.
+    fn record_with_metadata(endpoint: &str) -> Vec<u8> {
+        let mut r = Refresher::new(config(0).layer(Layer::new("l0")), 1, T0);
+        let Some(Effect::ReadCache { id, .. }) = r.poll_effect() else {
+            panic!("a read first")
+        };
+        r.handle_cache_read(T0, id, Ok(None)).unwrap();
+        let (id, _, _) = request(&mut r);
+        answer(&mut r, id, 200, &doc(endpoint));
+        let (id, _, _) = request(&mut r);
+        answer(&mut r, id, 200, TOKEN);
+        match r.poll_effect() {
+            Some(Effect::WriteCache { record, .. }) => record.bytes().to_vec(),
+            other => panic!("a write, not {other:?}"),
+        }
+    }
+
+    /// A refresher starting at `at` on a layer holding `record`: its first
+    /// request.
+    fn first_request_after(record: &[u8], at: Timestamp) -> (Refresher, EffectId, String, String) {
+        let mut r = Refresher::new(config(1), 5, at);
+        let Some(Effect::ReadCache { id, .. }) = r.poll_effect() else {
+            panic!("a read first")
+        };
+        r.handle_cache_read(at, id, Ok(Some(record.to_vec())))
+            .unwrap();
+        let (id, method, uri) = request(&mut r);
+        (r, id, method, uri)
+    }
+
+    #[test]
+    fn cached_metadata_outlives_its_token_and_an_old_one_serves_while_the_issuer_is_down() {
+        let record = record_with_metadata("https://idp.example/t");
+        // The token expired (1 h), the metadata did not (24 h): no GET.
+        let (_, _, method, uri) =
+            first_request_after(&record, T0.saturating_add(Duration::from_secs(7200)));
+        assert_eq!(
+            (method.as_str(), uri.as_str()),
+            ("POST", "https://idp.example/t")
+        );
+        // A day on: the metadata is asked for again; the issuer answers 503,
+        // so the old metadata is used rather than nothing.
+        let later = T0.saturating_add(DEFAULT_DISCOVERY_MAX_AGE + Duration::from_secs(60));
+        let (mut r, id, method, _) = first_request_after(&record, later);
+        assert_eq!(method, "GET");
+        r.handle_response(later, id, 503, &http::HeaderMap::new(), b"")
+            .unwrap();
+        let (_, method, uri) = request(&mut r);
+        assert_eq!(
+            (method.as_str(), uri.as_str()),
+            ("POST", "https://idp.example/t")
+        );
+        // A record of another issuer's client is not this client's: its
+        // metadata is not taken either.
+        let other =
+            OAuth2Client::from_issuer("https://idp.example/other", ClientId::new("svc"), None)
+                .unwrap();
+        let key = crate::CacheKey::for_client(&other);
+        assert!(
+            crate::cache::decode_metadata(&key, &issuer("https://idp.example/other"), &record)
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn an_unanswered_metadata_request_is_a_transient_failure() {
+        let mut r = Refresher::new(config(0), 1, T0);
+        let (_id, method, _) = request(&mut r);
+        assert_eq!(method, "GET");
+        r.handle_timeout(T0.saturating_add(Duration::from_secs(600)));
+        let (error, class) = std::iter::from_fn(|| r.poll_event())
+            .find_map(|e| match e {
+                Event::FetchFailed { error, class, .. } => Some((error, class)),
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!(class, ErrorClass::Transient);
+        assert!(
+            matches!(&error, FetchError::Discovery { error: DiscoveryError::Unreachable(inner), .. }
+                if matches!(**inner, FetchError::Timeout { .. })),
+            "{error:?}"
+        );
+        assert!(
+            error
+                .to_string()
+                .contains("/.well-known/openid-configuration"),
+            "{error}"
+        );
+    }
 }

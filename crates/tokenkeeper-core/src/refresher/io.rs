@@ -82,6 +82,11 @@ pub enum Effect {
     /// Send this request to the token endpoint; answer with
     /// [`Input::Response`], or [`Input::FetchFailed`] when no answer came
     /// (or [`Input::Grant`], for drivers that parse answers themselves).
+    ///
+    /// For a client made from an issuer, some of these are a `GET` of the
+    /// issuer's metadata ([`discovery`](crate::oauth2::discovery)): send it
+    /// as it is and answer with [`Input::Response`] (the refresher reads the
+    /// document itself; a [`Input::Grant`] cannot answer it).
     SendRequest {
         /// The effect's id.
         id: EffectId,

@@ -87,9 +87,10 @@
 //   given), `client_id`, `scope`, and `act: { sub }` for an actor.
 //
 // Request log: `GET /interop/requests` is a JSON array with one entry per
-// request to the token and device authorization endpoints, in order:
-//   { "at": ms since the epoch the request arrived, "endpoint": "token" or
-//     "device_authorization", "grant_type", "client_id", "auth_method" (as
+// request to the token and device authorization endpoints and for the
+// discovery document, in order:
+//   { "at": ms since the epoch the request arrived, "endpoint": "token",
+//     "device_authorization" or "discovery", "grant_type", "client_id", "auth_method" (as
 //     oidc-provider authenticated it), "assertion": null or the client
 //     assertion's { alg, kid, iss, sub, aud, lifetime (exp - iat), jti },
 //     "device_code": a short digest of the device code (never the code),
@@ -459,7 +460,7 @@ provider.use(async (ctx, next) => {
   const at = Date.now();
   await next();
   const route = ctx.oidc?.route;
-  if (route !== 'token' && route !== 'device_authorization') return;
+  if (route !== 'token' && route !== 'device_authorization' && route !== 'discovery') return;
   const params = ctx.oidc.params ?? {};
   const error = ctx.status >= 400 && typeof ctx.body?.error === 'string' ? ctx.body.error : undefined;
 

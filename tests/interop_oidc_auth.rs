@@ -2,12 +2,26 @@
 //! authority, on every driver: `oidc-provider` 9 (see `interop/oidc-auth.mjs`
 //! for what it checks and what the script adds), over plain HTTP on loopback.
 //!
-//! - `private_key_jwt` with an RS256 key (with its `kid`) and with an ES256
-//!   key (without one, and with the issuer as the audience), and
-//!   `client_secret_jwt` (HS256): oidc-provider verifies the signature, `iss`,
-//!   `aud`, `exp` and refuses a `jti` it has seen, so a forced refresh that
-//!   succeeds shows that each request carried a new assertion; its request
-//!   log shows what each assertion claimed.
+//! - Client assertions: `private_key_jwt` with an RS256 key (with its `kid`)
+//!   and with an ES256 key (without one, and with the issuer as the
+//!   audience), and `client_secret_jwt` (HS256). oidc-provider verifies the
+//!   signature, `iss`, `aud`, `exp` and refuses a `jti` it has seen, so a
+//!   forced refresh that succeeds shows that each request carried a new
+//!   assertion; an assertion file sent twice is refused and the file
+//!   replaced by rename is read at the next request; a key the client did not
+//!   register is refused for good.
+//! - Discovery: a client made from the issuer finds the token endpoint in
+//!   oidc-provider's own document; an issuer spelled otherwise (a trailing
+//!   slash) or one with no document is a permanent error.
+//! - The device grant: the person (played through oidc-auth.mjs's test
+//!   routes, against the provider's own store) approves, refuses, or lets the
+//!   codes expire; `slow_down` is obeyed; the stored refresh token is used
+//!   later without the person.
+//! - Token exchange (a grant handler oidc-auth.mjs registers): platform JWTs
+//!   from files (subject and actor, the subject rotated), another watcher's
+//!   token (a chain), and permanent refusals.
+//!
+//! The request log of oidc-auth.mjs shows what each request carried.
 //!
 //! `scripts/test-all.sh` starts the server and exports
 //! `TOKENKEEPER_TEST_OIDC_AUTH_ISSUER` with the client ids, key files and
@@ -27,11 +41,14 @@ use common::Flavor;
 use common::interop::{Node, http_request, jwt_claims, sha256, shared, start_node};
 use serde_json::Value;
 use tokenkeeper_core::oauth2::assertion::{AssertionAudience, ClientAssertionSettings};
+use tokenkeeper_core::oauth2::discovery::{DiscoveryError, Issuer, Metadata, WellKnown};
 use tokenkeeper_core::oauth2::exchange::{
     ACCESS_TOKEN_TYPE, JWT_TOKEN_TYPE, TOKEN_EXCHANGE_GRANT_TYPE, TokenExchange,
 };
 use tokenkeeper_core::oauth2::{AuthMethod, OAuth2Client, TokenUrl};
-use tokenkeeper_core::{BackoffPolicy, ClientId, ClientSecret, Jitter, RefreshNow, TokenRecord};
+use tokenkeeper_core::{
+    BackoffPolicy, ClientId, ClientSecret, FetchError, Jitter, RefreshNow, Timestamp, TokenRecord,
+};
 use tokenkeeper_driver::assertion::{Assertion, ClientKey};
 use tokenkeeper_driver::device::{DeviceLogin, DeviceLoginError, DevicePrompt};
 use tokenkeeper_driver::{OneShot, TokenWatcher, TokenWatcherBuilder};
@@ -425,15 +442,134 @@ fn an_assertion_file_is_read_before_every_request<F: Flavor>() {
     F::block_on(watcher.shutdown());
 }
 
+// --- discovery -------------------------------------------------------------------------
+
+/// A client made from the issuer alone finds oidc-provider's token endpoint
+/// in its discovery document: a private_key_jwt client's assertions are for
+/// that endpoint, and a client with a secret and no method chosen gets one
+/// the document lists (client_secret_basic).
+fn discovery_from_the_issuer_finds_the_token_endpoint<F: Flavor>() {
+    let o = oidc_auth();
+    let since = epoch_millis();
+    let key = ClientKey::from_pem_file(&o.rs256_key)
+        .unwrap()
+        .with_key_id(RS256_KID);
+    let client = OAuth2Client::from_issuer(&o.issuer, ClientId::new(o.rs256_id.clone()), None)
+        .unwrap()
+        .auth_method(AuthMethod::PrivateKeyJwt)
+        .scope("read");
+    let watcher = spawn::<F>(quick::<F>(client).client_assertion(Assertion::signed(key)));
+    token_and_forced_refresh::<F>(&watcher);
+    F::block_on(watcher.shutdown());
+
+    let client = OAuth2Client::from_issuer(
+        &o.issuer,
+        ClientId::new(o.exchange_id.clone()),
+        Some(ClientSecret::new(o.exchange_secret.clone())),
+    )
+    .unwrap()
+    .scope("read");
+    let watcher = spawn::<F>(quick::<F>(client));
+    assert!(watcher.token().is_ok(), "{}", F::NAME);
+    F::block_on(watcher.shutdown());
+
+    let expected = ("private_key_jwt", "RS256", Some(RS256_KID), &*o.token_url());
+    assert_assertions_seen(&o, since, &o.rs256_id, expected, 2);
+    let basic = o.requests_since(since, |entry| {
+        entry["client_id"] == o.exchange_id.as_str() && entry["grant_type"] == "client_credentials"
+    });
+    assert!(!basic.is_empty(), "{}", F::NAME);
+    for entry in &basic {
+        assert_eq!(entry["auth_method"], "client_secret_basic", "{entry}");
+        assert_eq!(entry["result"], "ok", "{entry}");
+    }
+    // Each watcher, without a cache, asked for the document.
+    let documents = o.requests_since(since, |entry| entry["endpoint"] == "discovery");
+    assert!(documents.len() >= 2, "{}: {documents:?}", F::NAME);
+}
+
+fn discovery_error(error: &tokenkeeper_driver::SpawnError) -> Option<&DiscoveryError> {
+    match error.fetch_error()? {
+        FetchError::Discovery { error, .. } => Some(error),
+        _ => None,
+    }
+}
+
+/// An issuer spelled with a trailing slash is not the issuer oidc-provider
+/// names in its document (RFC 8414 §3.3 compares them exactly), and an
+/// issuer with a path it does not serve has no document: both are
+/// permanent, before any token request.
+fn discovery_refuses_another_issuers_document<F: Flavor>() {
+    let o = oidc_auth();
+    let since = epoch_millis();
+    let id = format!("discovery-{}-{:x}", F::NAME, fastrand::u64(..));
+    let slashed = format!("{}/", o.issuer);
+    let client = OAuth2Client::from_issuer(
+        &slashed,
+        ClientId::new(id.clone()),
+        Some(ClientSecret::new("x")),
+    )
+    .unwrap();
+    let error = F::block_on(quick::<F>(client).spawn()).unwrap_err();
+    assert!(error.is_permanent(), "{}: {error:?}", F::NAME);
+    assert!(
+        matches!(
+            discovery_error(&error),
+            Some(DiscoveryError::IssuerMismatch { expected, found })
+                if *expected == slashed && *found == o.issuer
+        ),
+        "{}: {error:?}",
+        F::NAME
+    );
+    assert!(error.to_string().contains(&o.issuer), "{error}");
+
+    let pathed = format!("{}/tenant", o.issuer);
+    let client = OAuth2Client::from_issuer(
+        &pathed,
+        ClientId::new(id.clone()),
+        Some(ClientSecret::new("x")),
+    )
+    .unwrap();
+    let error = F::block_on(quick::<F>(client).spawn()).unwrap_err();
+    assert!(error.is_permanent(), "{}: {error:?}", F::NAME);
+    assert!(
+        matches!(
+            discovery_error(&error),
+            Some(DiscoveryError::NotServed { .. })
+        ),
+        "{}: {error:?}",
+        F::NAME
+    );
+    let tokens = o.requests_since(since, |entry| entry["client_id"] == id.as_str());
+    assert!(tokens.is_empty(), "{tokens:?}");
+}
+
 // --- the device authorization grant -------------------------------------------------
 
 /// The interval oidc-auth.mjs announces.
 const DEVICE_INTERVAL: Duration = Duration::from_secs(1);
 
 impl OidcAuth {
-    /// oidc-provider's device authorization endpoint.
+    /// oidc-provider's device authorization endpoint, as its discovery
+    /// document names it, read with the library's parser (which checks the
+    /// document's issuer).
     fn device_endpoint(&self) -> TokenUrl {
-        TokenUrl::parse(&format!("{}/device/auth", self.issuer), false).unwrap()
+        let issuer = Issuer::parse(&self.issuer, false).unwrap();
+        let url = issuer.metadata_url(WellKnown::OpenIdConfiguration);
+        let (status, body) = http_request("GET", url.as_str());
+        let metadata = Metadata::parse(
+            &issuer,
+            status,
+            body.as_bytes(),
+            1 << 20,
+            Timestamp::from_system_time(SystemTime::now()),
+        )
+        .unwrap_or_else(|e| panic!("{url}: {e}"));
+        assert_eq!(metadata.token_endpoint().as_str(), self.token_url());
+        metadata
+            .device_authorization_endpoint()
+            .expect("oidc-provider names its device authorization endpoint")
+            .clone()
     }
 
     /// Plays the person at the browser: POST /test/device/ACTION.
@@ -795,6 +931,8 @@ fn token_exchange_refusals_are_permanent<F: Flavor>() {
 }
 
 per_driver!(
+    discovery_from_the_issuer_finds_the_token_endpoint,
+    discovery_refuses_another_issuers_document,
     device_login_approved_by_the_person_then_refreshed_without_them,
     slow_down_from_oidc_provider_grows_the_interval,
     a_refusal_by_the_person_ends_the_device_login,

@@ -277,7 +277,7 @@ impl DiscoveryError {
     /// Whether the next well-known URL should be tried: the first answered
     /// with a client error (other than 408 and 429), as a server that does
     /// not publish that document does.
-    pub(crate) fn try_next_location(&self) -> bool {
+    pub fn try_next_location(&self) -> bool {
         matches!(self, DiscoveryError::Status { status }
             if (400..500).contains(status) && *status != 408 && *status != 429)
     }
@@ -467,6 +467,123 @@ impl Metadata {
         let doc = stored.as_object()?;
         let fetched = Timestamp::from_millis(doc.get("fetched_ms")?.as_u64()?);
         Self::from_document(issuer, doc, fetched).ok()
+    }
+}
+
+/// What a metadata request's answer leads to.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum LookupStep {
+    /// The metadata, checked against the issuer.
+    Found(Metadata),
+    /// This location has no document: ask the next one
+    /// ([`Lookup::request`] again).
+    TryNext,
+    /// No usable metadata: [`FetchError::Discovery`], classed.
+    Failed(FetchError),
+}
+
+/// The one rule for what an answer from the `location`-th well-known URL of
+/// `issuer` means (see the [module documentation](self)).
+pub(crate) fn step(
+    issuer: &Issuer,
+    location: u8,
+    result: Result<Metadata, DiscoveryError>,
+) -> LookupStep {
+    let last = usize::from(location) + 1 >= issuer.metadata_urls().len();
+    match result {
+        Ok(metadata) => LookupStep::Found(metadata),
+        Err(error) if !last && error.try_next_location() => LookupStep::TryNext,
+        Err(error) => {
+            let error = match error {
+                // Neither location has a document.
+                DiscoveryError::Status { status } if error.try_next_location() => {
+                    DiscoveryError::NotServed { status }
+                }
+                other => other,
+            };
+            let urls = issuer.metadata_urls();
+            let url = &urls[usize::from(location).min(urls.len() - 1)];
+            LookupStep::Failed(FetchError::Discovery {
+                url: shown_url(url),
+                error,
+            })
+        }
+    }
+}
+
+/// Finding an issuer's metadata outside a refresher (a device login, a
+/// driver of one's own), by the refresher's rules: send
+/// [`request`](Lookup::request), give the answer to
+/// [`handle_response`](Lookup::handle_response) (or the failure to
+/// [`handle_failure`](Lookup::handle_failure)), and repeat on
+/// [`LookupStep::TryNext`].
+///
+/// ```
+/// use tokenkeeper_core::Timestamp;
+/// use tokenkeeper_core::oauth2::discovery::{Issuer, Lookup, LookupStep};
+///
+/// let mut lookup = Lookup::new(Issuer::parse("https://idp.example/t1", false)?);
+/// let first = lookup.request()?;
+/// assert_eq!(first.as_http().uri(), "https://idp.example/t1/.well-known/openid-configuration");
+/// let now = Timestamp::from_secs(1_700_000_000);
+/// assert!(matches!(lookup.handle_response(404, b"", 65536, now), LookupStep::TryNext));
+/// let second = lookup.request()?;
+/// assert_eq!(second.as_http().uri(), "https://idp.example/.well-known/oauth-authorization-server/t1");
+/// let body = br#"{"issuer":"https://idp.example/t1","token_endpoint":"https://idp.example/t1/token"}"#;
+/// let LookupStep::Found(metadata) = lookup.handle_response(200, body, 65536, now) else { panic!() };
+/// assert_eq!(metadata.token_endpoint().as_str(), "https://idp.example/t1/token");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct Lookup {
+    issuer: Issuer,
+    location: u8,
+}
+
+impl Lookup {
+    /// A lookup of `issuer`'s metadata, from its first location.
+    pub fn new(issuer: Issuer) -> Self {
+        Lookup {
+            issuer,
+            location: 0,
+        }
+    }
+
+    /// The URL asked now.
+    pub fn url(&self) -> Url {
+        let urls = self.issuer.metadata_urls();
+        urls[usize::from(self.location).min(urls.len() - 1)].clone()
+    }
+
+    /// The request to send now.
+    pub fn request(&self) -> Result<TokenRequest, FetchError> {
+        metadata_request(&self.url())
+    }
+
+    /// The answer to [`request`](Lookup::request), received at `now`.
+    pub fn handle_response(
+        &mut self,
+        status: u16,
+        body: &[u8],
+        max_body: usize,
+        now: Timestamp,
+    ) -> LookupStep {
+        let result = Metadata::parse(&self.issuer, status, body, max_body, now);
+        self.advance(result)
+    }
+
+    /// No answer came (connection failure, timeout, oversized body).
+    pub fn handle_failure(&mut self, error: FetchError) -> LookupStep {
+        self.advance(Err(DiscoveryError::Unreachable(Box::new(error))))
+    }
+
+    fn advance(&mut self, result: Result<Metadata, DiscoveryError>) -> LookupStep {
+        let next = step(&self.issuer, self.location, result);
+        if matches!(next, LookupStep::TryNext) {
+            self.location = self.location.saturating_add(1);
+        }
+        next
     }
 }
 

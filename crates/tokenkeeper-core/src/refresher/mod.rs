@@ -1454,8 +1454,11 @@ impl Refresher {
         let Some(client) = self.issuer_client() else {
             return;
         };
-        match result {
-            Ok(metadata) => {
+        let Some(issuer) = client.issuer() else {
+            return;
+        };
+        match discovery::step(issuer, location, result) {
+            discovery::LookupStep::Found(metadata) => {
                 let before = client.token_url().clone();
                 client.use_metadata(metadata);
                 let same = client.token_url() == &before;
@@ -1465,25 +1468,12 @@ impl Refresher {
                     _ => self.send_token_request(now),
                 }
             }
-            Err(error) if location == 0 && error.try_next_location() => {
+            discovery::LookupStep::TryNext => {
                 self.moved_error = moved;
-                self.send_discovery(now, 1);
+                self.send_discovery(now, location.saturating_add(1));
             }
-            Err(error) => {
+            discovery::LookupStep::Failed(error) => {
                 let have_old = client.metadata().is_some();
-                let url = client
-                    .issuer()
-                    .map(|i| discovery::shown_url(&i.metadata_urls()[usize::from(location.min(1))]))
-                    .unwrap_or_default();
-                let error = match error {
-                    // Neither location has a document.
-                    DiscoveryError::Status { status }
-                        if location == 1 && error.try_next_location() =>
-                    {
-                        DiscoveryError::NotServed { status }
-                    }
-                    other => other,
-                };
                 match moved {
                     Some(original) => self.on_fetched(now, Err(*original)),
                     // Metadata that could not be refreshed for now is
@@ -1491,7 +1481,7 @@ impl Refresher {
                     None if have_old && error.class() == ErrorClass::Transient => {
                         self.send_token_request(now);
                     }
-                    None => self.on_fetched(now, Err(FetchError::Discovery { url, error })),
+                    None => self.on_fetched(now, Err(error)),
                 }
             }
         }

@@ -120,6 +120,14 @@ pub(crate) enum AuthMethodArg {
     /// authority (RFC 8705), no secret; needs --client-cert and --client-key.
     #[value(name = "self_signed_tls_client_auth")]
     SelfSignedTlsClientAuth,
+    /// A JWT signed with the client's private key (--private-key), or an
+    /// assertion made elsewhere (--client-assertion-file), no secret.
+    #[value(name = "private_key_jwt")]
+    PrivateKeyJwt,
+    /// A JWT signed with HMAC SHA-256 keyed by the client secret, which
+    /// never travels.
+    #[value(name = "client_secret_jwt")]
+    ClientSecretJwt,
 }
 
 /// The `--grant` values.
@@ -134,6 +142,16 @@ pub(crate) enum GrantArg {
     /// A person signs in once with `tokenkeeper login --device`; then the
     /// refresh-token grant, with the refresh token the login cached.
     DeviceCode,
+    /// The JWT bearer grant (RFC 7523): an assertion from --assertion-file,
+    /// or signed with --private-key, is exchanged for a token.
+    #[value(alias = "jwt-bearer")]
+    #[serde(alias = "jwt-bearer")]
+    JwtBearer,
+    /// Token exchange (RFC 8693): the token in --subject-token-file is
+    /// exchanged for one for --audience / --resource.
+    #[value(alias = "token-exchange")]
+    #[serde(alias = "token-exchange")]
+    TokenExchange,
 }
 
 /// Where tokens come from and where they are cached.
@@ -316,6 +334,89 @@ pub(crate) struct SourceArgs {
         requires = "client_cert"
     )]
     pub(crate) client_key: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub(crate) auth: AuthArgs,
+}
+
+/// Client assertions, the JWT bearer grant and token exchange: keys,
+/// assertions and tokens come from files, never from arguments.
+#[derive(Debug, Clone, Default, Args)]
+pub(crate) struct AuthArgs {
+    /// The private key (PEM: PKCS#8 or PKCS#1; or a JWK) that signs
+    /// private_key_jwt assertions and JWT bearer grant assertions.
+    #[arg(
+        long,
+        env = "TOKENKEEPER_PRIVATE_KEY",
+        value_name = "PATH",
+        hide_env_values = true
+    )]
+    pub(crate) private_key: Option<PathBuf>,
+
+    /// The key id (`kid`) named in each assertion's header.
+    #[arg(long, value_name = "KID")]
+    pub(crate) key_id: Option<String>,
+
+    /// The algorithm an RSA key signs with: RS256 (default) or PS256.
+    #[arg(long, value_name = "ALG")]
+    pub(crate) key_alg: Option<String>,
+
+    /// A client assertion made elsewhere (a Kubernetes projected token),
+    /// read again before every request; implies --auth-method private_key_jwt.
+    #[arg(
+        long,
+        env = "TOKENKEEPER_CLIENT_ASSERTION_FILE",
+        value_name = "PATH",
+        hide_env_values = true
+    )]
+    pub(crate) client_assertion_file: Option<PathBuf>,
+
+    /// The JWT bearer grant's assertion, made elsewhere, read again before
+    /// every request (--grant jwt-bearer).
+    #[arg(
+        long,
+        env = "TOKENKEEPER_ASSERTION_FILE",
+        value_name = "PATH",
+        hide_env_values = true
+    )]
+    pub(crate) assertion_file: Option<PathBuf>,
+
+    /// The issuer (`iss`) of a JWT bearer assertion signed with
+    /// --private-key [default: the client id].
+    #[arg(long, value_name = "ISS")]
+    pub(crate) assertion_issuer: Option<String>,
+
+    /// Whom a JWT bearer assertion signed with --private-key is about
+    /// (`sub`) [default: the client id].
+    #[arg(long, value_name = "SUB")]
+    pub(crate) assertion_subject: Option<String>,
+
+    /// The token to exchange (--grant token-exchange), read again before
+    /// every request.
+    #[arg(
+        long,
+        env = "TOKENKEEPER_SUBJECT_TOKEN_FILE",
+        value_name = "PATH",
+        hide_env_values = true
+    )]
+    pub(crate) subject_token_file: Option<PathBuf>,
+
+    /// Its type: a URI, or jwt, access_token, id_token, refresh_token.
+    #[arg(long, value_name = "TYPE")]
+    pub(crate) subject_token_type: Option<String>,
+
+    /// An actor token to present too (delegation), read again before every
+    /// request.
+    #[arg(long, value_name = "PATH", requires = "actor_token_type")]
+    pub(crate) actor_token_file: Option<PathBuf>,
+
+    /// The actor token's type.
+    #[arg(long, value_name = "TYPE", requires = "actor_token_file")]
+    pub(crate) actor_token_type: Option<String>,
+
+    /// The type of token to ask for (a URI, or a short name as above).
+    #[arg(long, value_name = "TYPE")]
+    pub(crate) requested_token_type: Option<String>,
 }
 
 /// Output formats of `token`.

@@ -14,6 +14,7 @@
 #![warn(missing_docs)]
 
 mod args;
+mod auth;
 #[cfg(feature = "demo")]
 mod demo;
 mod error;

@@ -71,6 +71,19 @@ pub(crate) struct Profile {
     client_key: Option<PathBuf>,
     pub(crate) min_valid: Option<u64>,
     pub(crate) timeout: Option<u64>,
+    /// Keys, assertions and token exchange ([`crate::auth`]).
+    pub(crate) private_key: Option<PathBuf>,
+    pub(crate) key_id: Option<String>,
+    pub(crate) key_alg: Option<String>,
+    pub(crate) client_assertion_file: Option<PathBuf>,
+    pub(crate) assertion_file: Option<PathBuf>,
+    pub(crate) assertion_issuer: Option<String>,
+    pub(crate) assertion_subject: Option<String>,
+    pub(crate) subject_token_file: Option<PathBuf>,
+    pub(crate) subject_token_type: Option<String>,
+    pub(crate) actor_token_file: Option<PathBuf>,
+    pub(crate) actor_token_type: Option<String>,
+    pub(crate) requested_token_type: Option<String>,
 }
 
 /// A profile value given as one path or a list of them.
@@ -103,6 +116,9 @@ pub(crate) enum CacheChoice {
 #[derive(Debug)]
 pub(crate) struct Resolved {
     pub(crate) client: OAuth2Client,
+    /// The client with its keys, assertions and exchanged tokens: what a
+    /// watcher is built from.
+    pub(crate) source: tokenkeeper_blocking::Source,
     pub(crate) refresh_token_file: Option<PathBuf>,
     pub(crate) cache: CacheChoice,
     /// Set when the default cache folder was wanted but does not exist.
@@ -191,6 +207,11 @@ fn load_profile(args: &SourceArgs) -> Result<Profile, CliError> {
     absolute(&mut profile.cache);
     absolute(&mut profile.client_cert);
     absolute(&mut profile.client_key);
+    absolute(&mut profile.private_key);
+    absolute(&mut profile.client_assertion_file);
+    absolute(&mut profile.assertion_file);
+    absolute(&mut profile.subject_token_file);
+    absolute(&mut profile.actor_token_file);
     if let Some(files) = profile.ca_file.take() {
         let mut files = files.into_vec();
         for file in &mut files {
@@ -286,6 +307,8 @@ pub(crate) fn resolve(args: &SourceArgs, need: NeedSecret) -> Result<Resolved, C
     let grant = match args.grant.or(profile.grant) {
         // A device login's refresh token comes from the cache it wrote.
         Some(GrantArg::RefreshToken | GrantArg::DeviceCode) => GrantType::RefreshToken,
+        Some(GrantArg::JwtBearer) => GrantType::JwtBearer,
+        Some(GrantArg::TokenExchange) => GrantType::TokenExchange,
         Some(GrantArg::ClientCredentials) | None => GrantType::ClientCredentials,
     };
     let insecure = args.allow_insecure_http || profile.allow_insecure_http;
@@ -312,6 +335,11 @@ pub(crate) fn resolve(args: &SourceArgs, need: NeedSecret) -> Result<Resolved, C
         None
     };
     let auth_method = match args.auth_method.or(profile.auth_method) {
+        None if crate::auth::implies_private_key_jwt(&args.auth, &profile) => {
+            AuthMethod::PrivateKeyJwt
+        }
+        Some(AuthMethodArg::PrivateKeyJwt) => AuthMethod::PrivateKeyJwt,
+        Some(AuthMethodArg::ClientSecretJwt) => AuthMethod::ClientSecretJwt,
         Some(AuthMethodArg::Post) => AuthMethod::ClientSecretPost,
         Some(AuthMethodArg::Basic) | None => AuthMethod::ClientSecretBasic,
         Some(AuthMethodArg::TlsClientAuth) => AuthMethod::TlsClientAuth,
@@ -326,8 +354,9 @@ pub(crate) fn resolve(args: &SourceArgs, need: NeedSecret) -> Result<Resolved, C
     }
     if need == NeedSecret::Yes
         && secret.is_none()
-        && grant == GrantType::ClientCredentials
+        && (grant == GrantType::ClientCredentials || auth_method == AuthMethod::ClientSecretJwt)
         && !auth_method.uses_client_certificate()
+        && auth_method != AuthMethod::PrivateKeyJwt
     {
         return Err(CliError::usage(format!(
             "no client secret: set {SECRET_ENV}, or give --client-secret-file PATH"
@@ -401,6 +430,8 @@ pub(crate) fn resolve(args: &SourceArgs, need: NeedSecret) -> Result<Resolved, C
             "the refresh_token grant needs --refresh-token-file PATH",
         ));
     }
+    let (client, source) =
+        crate::auth::complete(client, &args.auth, &profile, need == NeedSecret::Yes)?;
     let key = CacheKey::for_client(&client);
     let mut no_cache_dir = false;
     let cache = if args.no_cache || (profile.no_cache && args.cache.is_none()) {
@@ -432,6 +463,7 @@ pub(crate) fn resolve(args: &SourceArgs, need: NeedSecret) -> Result<Resolved, C
     };
     Ok(Resolved {
         client,
+        source,
         refresh_token_file,
         cache,
         no_cache_dir,

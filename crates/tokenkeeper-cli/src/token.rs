@@ -31,7 +31,7 @@ pub(crate) fn run(args: &TokenArgs) -> Result<(), CliError> {
     );
     let min_valid = Duration::from_secs(args.min_valid.or(resolved.profile.min_valid).unwrap_or(0));
     let options = OneShot::new().min_valid(min_valid).max_wait(timeout);
-    let mut config = TokenWatcher::builder(resolved.client.clone()).http(
+    let mut config = TokenWatcher::builder(resolved.source.clone()).http(
         resolved
             .http
             .clone()
@@ -134,6 +134,7 @@ fn render(token: &TokenRecord, output: TokenOutput, from: &str) -> Zeroizing<Str
                 "stale_at": token.stale.to_rfc3339(),
                 "status": token.state_at(now).as_str(),
                 "scope": token.scope,
+                "issued_token_type": token.issued_token_type(),
                 "source": from,
             });
             format!("{doc:#}\n")

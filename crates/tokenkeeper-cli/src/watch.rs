@@ -32,7 +32,7 @@ pub(crate) fn run(args: &WatchArgs) -> Result<(), CliError> {
     // refresh-token request allowed to finish may rotate the refresh token).
     let latest: Arc<Mutex<Option<Arc<TokenRecord>>>> = Arc::default();
     let seen = Arc::clone(&latest);
-    let mut builder = TokenWatcher::builder(resolved.client.clone())
+    let mut builder = TokenWatcher::builder(resolved.source.clone())
         .http(resolved.http.clone())
         .on_event(move |event| {
             if let Event::TokenChanged { token, .. } = event {

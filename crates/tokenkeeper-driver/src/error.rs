@@ -19,8 +19,11 @@ pub enum SpawnError {
         error: FetchError,
     },
     /// The token endpoint is misconfigured: its TLS certificate cannot be
-    /// verified ([`FetchError::Tls`]), or the URL is not a token endpoint
-    /// ([`FetchError::NotATokenEndpoint`]). The message says what to do.
+    /// verified ([`FetchError::Tls`]), the URL is not a token endpoint
+    /// ([`FetchError::NotATokenEndpoint`]), or, for a client made from an
+    /// issuer, its metadata cannot be used for good (it names another
+    /// issuer, is not served, has no usable token endpoint:
+    /// [`FetchError::Discovery`]). The message says what to do.
     #[error("the token endpoint is misconfigured: {error}")]
     Misconfigured {
         /// What is wrong.

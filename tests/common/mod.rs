@@ -183,6 +183,9 @@ impl<F: Flavor> Adapter for Conformance<F> {
         if let Some(assertion) = spec.grant_assertion {
             builder = builder.grant_assertion(assertion_of(assertion));
         }
+        if let Some(path) = spec.subject_token_file {
+            builder = builder.subject_token_file(path);
+        }
         F::block_on(builder.spawn())
             .map(ConfWatcher)
             .map_err(|e| SpawnFailure {

@@ -60,6 +60,9 @@ pub struct WatcherSpec {
     pub client_assertion: Option<AssertionSpec>,
     /// The JWT bearer grant's assertion (RFC 7523 §2.1), for a `jwt_bearer` client.
     pub grant_assertion: Option<AssertionSpec>,
+    /// The file a token exchange's subject token is read from before every request
+    /// (RFC 8693), for a `token_exchange` client.
+    pub subject_token_file: Option<PathBuf>,
 }
 
 /// Where a [`WatcherSpec`]'s assertion comes from. Adapters map it onto theirs (a signed
@@ -282,6 +285,7 @@ impl Fixture {
             tls: self.tls(),
             client_assertion: None,
             grant_assertion: None,
+            subject_token_file: None,
         }
     }
 
@@ -686,6 +690,7 @@ pub fn child_main<A: Adapter>() {
         tls: (!ca_file.is_empty()).then(|| TlsSpec::trusting_file(ca_file)),
         client_assertion: None,
         grant_assertion: None,
+        subject_token_file: None,
     };
     let w = spawn_ok::<A>(spec);
     println!("TOKEN={}", access(&w).unwrap_or_default());
@@ -1133,6 +1138,64 @@ pub fn jwt_bearer_grant<A: Adapter>() {
     }
 }
 
+/// Token exchange (RFC 8693) with the subject token read from a file before every request:
+/// the token is issued for the subject the authority knows the subject token by, with the
+/// issued token type in the record; the file replaced between refreshes is carried by the next
+/// request; the cache key names the file, never the token.
+pub fn token_exchange_grant<A: Adapter>() {
+    use tokenkeeper_core::oauth2::exchange::{
+        ACCESS_TOKEN_TYPE, JWT_TOKEN_TYPE, TOKEN_EXCHANGE_GRANT_TYPE, TokenExchange,
+    };
+    let fx = Fixture::new(Duration::from_secs(300));
+    let (one, two) = ("conformance-subject-one", "conformance-subject-two");
+    fx.authority
+        .accept_exchange_token(JWT_TOKEN_TYPE, one, "workload-one");
+    fx.authority
+        .accept_exchange_token(JWT_TOKEN_TYPE, two, "workload-two");
+    let path = fx.cache_path("subject-token");
+    replace_file(&path, one);
+    let mut spec = fx.spec();
+    spec.client = OAuth2Client::token_exchange(
+        fx.authority.token_url(),
+        ClientId::new(ASSERTION_CLIENT_ID),
+        TokenExchange::new(JWT_TOKEN_TYPE).requested_token_type(ACCESS_TOKEN_TYPE),
+    )
+    .expect("a loopback token URL")
+    .audience("https://api.conformance.example");
+    spec.subject_token_file = Some(path.clone());
+    let w = spawn_ok::<A>(spec);
+    let record = w.token().expect("a token");
+    assert_eq!(
+        record.issued_token_type(),
+        Some(ACCESS_TOKEN_TYPE),
+        "{}",
+        A::NAME
+    );
+    let last = fx.authority.last_issued().expect("an issued token");
+    assert_eq!(
+        (last.grant_type.as_str(), last.subject.as_str()),
+        (TOKEN_EXCHANGE_GRANT_TYPE, "workload-one")
+    );
+    replace_file(&path, two);
+    let first = Some(record.access_token.expose_secret().to_owned());
+    assert!(matches!(
+        w.refresh_now(),
+        RefreshNow::Started | RefreshNow::Joined
+    ));
+    assert!(replaced(&w, &first, Duration::from_secs(3)), "{}", A::NAME);
+    let log = token_requests(&fx.authority);
+    let subjects: Vec<&str> = log
+        .iter()
+        .filter_map(|r| r.subject_token.as_ref().map(|(t, _)| t.as_str()))
+        .collect();
+    assert_eq!(subjects, [one, two], "{}", A::NAME);
+    assert_eq!(
+        fx.authority.last_issued().expect("a second token").subject,
+        "workload-two"
+    );
+    w.shutdown();
+}
+
 /// Writes `text` to `path` as the kubelet does: a new file renamed over the old one.
 fn replace_file(path: &std::path::Path, text: &str) {
     let tmp = path.with_extension("tmp");
@@ -1280,6 +1343,7 @@ fn plain_spec(client: OAuth2Client) -> WatcherSpec {
         tls: None,
         client_assertion: None,
         grant_assertion: None,
+        subject_token_file: None,
     }
 }
 
@@ -1507,6 +1571,10 @@ macro_rules! conformance_tests {
             #[test]
             fn conformance_assertion_file_rotation() {
                 over($crate::conformance::assertion_file_rotation::<$adapter>);
+            }
+            #[test]
+            fn conformance_token_exchange_grant() {
+                over($crate::conformance::token_exchange_grant::<$adapter>);
             }
             #[test]
             #[ignore = "helper process of conformance_cross_process_single_flight"]

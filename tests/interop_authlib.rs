@@ -9,7 +9,13 @@
 //! - `private_key_jwt` client authentication (RFC 7523 §2.2) for
 //!   `client_credentials`: a fresh `jti` per request, the audience checked
 //!   (an assertion for another audience is refused), and an assertion made
-//!   elsewhere (by the server's "platform" route) refused when replayed.
+//!   elsewhere (by the server's "platform" route) refused when replayed;
+//! - a device login (RFC 8628) end to end, the person played through the
+//!   server's test routes: approval after pending polls, the token stored
+//!   with its refresh token and refreshed later without the person;
+//!   `slow_down` obeyed (Authlib, as server.py configures it, answers
+//!   `slow_down` again to a poll that comes too soon); a refusal and an expiry
+//!   end the login.
 //!
 //! `scripts/test-all.sh` installs Authlib in a virtualenv, starts the server
 //! and exports `TOKENKEEPER_TEST_AUTHLIB_TOKEN_URL`,
@@ -25,24 +31,29 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex, PoisonError, Weak, mpsc};
+use std::sync::{Arc, Mutex, Weak, mpsc};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::Flavor;
+use common::interop::{http_request, shared};
 use serde_json::{Value, json};
-use tokenkeeper_core::oauth2::OAuth2Client;
 use tokenkeeper_core::oauth2::assertion::{
     AssertionAudience, ClientAssertionSettings, GrantAssertion,
 };
-use tokenkeeper_core::{BackoffPolicy, ClientId, ErrorClass, Jitter, RefreshNow};
+use tokenkeeper_core::oauth2::{OAuth2Client, TokenUrl};
+use tokenkeeper_core::{BackoffPolicy, ClientId, ErrorClass, Jitter, Origin, RefreshNow};
 use tokenkeeper_driver::assertion::{Assertion, ClientKey};
-use tokenkeeper_driver::{SpawnError, TokenWatcher, TokenWatcherBuilder};
+use tokenkeeper_driver::device::{DeviceLogin, DeviceLoginError, DevicePrompt};
+use tokenkeeper_driver::{OneShot, SpawnError, TokenWatcher, TokenWatcherBuilder};
 use tokenkeeper_testkit::authority::assertion::sign_test_assertion;
 
 per_driver!(
+    a_device_login_is_approved_stored_and_refreshed_without_the_person,
+    slow_down_from_authlib_is_obeyed,
+    a_device_login_ends_when_the_person_refuses_or_the_code_expires,
     the_jwt_bearer_grant_with_assertions_the_library_signs,
     the_jwt_bearer_grant_with_an_assertion_file_replaced_between_requests,
     private_key_jwt_gets_client_credentials_with_a_fresh_jti_each_time,
@@ -59,8 +70,10 @@ const PYTHON_VAR: &str = "TOKENKEEPER_TEST_AUTHLIB_PYTHON";
 const ISSUER: &str = "authlib-issuer";
 const PKJWT_CLIENT: &str = "authlib-pkjwt-client";
 const WORKLOAD_CLIENT: &str = "authlib-workload";
+const DEVICE_CLIENT: &str = "authlib-device-client";
 
 const JWT_BEARER: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
+const DEVICE_CODE: &str = "urn:ietf:params:oauth:grant-type:device_code";
 
 // --- the server --------------------------------------------------------------------
 
@@ -75,7 +88,6 @@ impl Drop for Process {
 }
 
 /// The Authlib server: the one the environment names, or one of ours.
-#[allow(dead_code)] // the device URL is for the device tests
 struct Authlib {
     token_url: String,
     device_url: String,
@@ -105,14 +117,19 @@ impl Authlib {
             .with_key_id(kid)
     }
 
-    /// A test route: `POST /test/ROUTE` with a form; the status and the body.
-    fn post(&self, route: &str, form: &[(&str, &str)]) -> (u16, String) {
-        http(self.origin(), "POST", &format!("/test/{route}"), form)
+    /// A test route: `POST /test/ROUTE?PARAMETERS`; the status and the body.
+    fn post(&self, route: &str, parameters: &[(&str, &str)]) -> (u16, String) {
+        let query = parameters
+            .iter()
+            .map(|(name, value)| format!("{}={}", url_encode(name), url_encode(value)))
+            .collect::<Vec<_>>()
+            .join("&");
+        http_request("POST", &format!("{}/test/{route}?{query}", self.origin()))
     }
 
     /// The log's entries for the requests marked with `scope`.
     fn requests(&self, scope: &str) -> Vec<Value> {
-        let (status, body) = http(self.origin(), "GET", "/test/log", &[]);
+        let (status, body) = http_request("GET", &format!("{}/test/log", self.origin()));
         assert_eq!(
             status, 200,
             "{TOKEN_URL_VAR} must name interop/authlib/server.py"
@@ -133,13 +150,7 @@ impl Authlib {
 
 fn authlib() -> Arc<Authlib> {
     static SHARED: Mutex<Weak<Authlib>> = Mutex::new(Weak::new());
-    let mut shared = SHARED.lock().unwrap_or_else(PoisonError::into_inner);
-    if let Some(running) = shared.upgrade() {
-        return running;
-    }
-    let started = Arc::new(start_authlib());
-    *shared = Arc::downgrade(&started);
-    started
+    shared(&SHARED, start_authlib)
 }
 
 fn start_authlib() -> Authlib {
@@ -198,41 +209,7 @@ fn start_authlib() -> Authlib {
     }
 }
 
-/// One HTTP/1.1 request with an optional form to a plain `http://` origin:
-/// the status and the body.
-fn http(origin: &str, method: &str, path: &str, form: &[(&str, &str)]) -> (u16, String) {
-    let host = origin
-        .strip_prefix("http://")
-        .unwrap_or_else(|| panic!("not an http URL: {origin}"));
-    let body = form
-        .iter()
-        .map(|(name, value)| format!("{}={}", form_encode(name), form_encode(value)))
-        .collect::<Vec<_>>()
-        .join("&");
-    let mut stream = std::net::TcpStream::connect(host)
-        .unwrap_or_else(|e| panic!("cannot connect to {host}: {e}"));
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\
-         Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).unwrap();
-    let (head, body) = answer.split_once("\r\n\r\n").expect("an HTTP answer");
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no status in {head:?}"));
-    (status, body.to_owned())
-}
-
-fn form_encode(text: &str) -> String {
+fn url_encode(text: &str) -> String {
     text.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
@@ -521,4 +498,223 @@ fn a_replayed_client_assertion_is_refused<F: Flavor>() {
         "the same assertion both times"
     );
     assert_eq!(second[0]["error"], "invalid_client", "{second:?}");
+}
+
+// --- the device grant -------------------------------------------------------------------
+
+/// A device login of the public client, its requests marked with a scope of
+/// its own: the builder, the endpoint, the scope.
+fn device_client<F: Flavor>(
+    a: &Authlib,
+    dir: &Path,
+) -> (TokenWatcherBuilder<F::R>, TokenUrl, String) {
+    let scope = unique("device");
+    let client = OAuth2Client::refresh_token(&a.token_url, ClientId::new(DEVICE_CLIENT), None)
+        .unwrap()
+        .scope(scope.as_str());
+    let endpoint = TokenUrl::parse(&a.device_url, false).unwrap();
+    (
+        quick::<F>(client).file_cache(dir.join("cache.json")),
+        endpoint,
+        scope,
+    )
+}
+
+/// The device-code polls marked with `scope`: each one's error, or "ok".
+fn polls(a: &Authlib, scope: &str) -> Vec<String> {
+    a.requests(scope)
+        .iter()
+        .filter(|entry| entry["grant_type"] == DEVICE_CODE)
+        .map(|entry| entry["error"].as_str().unwrap_or("ok").to_owned())
+        .collect()
+}
+
+/// Plays the person: gets the user code from the prompt, waits until
+/// `answers` polls were answered (any answer), then posts to `route` (one of
+/// the server's /test/device/ routes) with it and `form`.
+fn person(
+    a: &Arc<Authlib>,
+    scope: &str,
+    answers: usize,
+    route: &'static str,
+    form: Vec<(&'static str, String)>,
+) -> (
+    impl FnOnce(&DevicePrompt) + Send + 'static,
+    std::thread::JoinHandle<DevicePrompt>,
+) {
+    let (tx, rx) = mpsc::channel::<DevicePrompt>();
+    let (a, scope) = (Arc::clone(a), scope.to_owned());
+    let thread = std::thread::spawn(move || {
+        let prompt = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the login showed its prompt");
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while polls(&a, &scope).len() < answers {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the login did not poll {answers} times"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let mut form: Vec<(&str, &str)> = form.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        form.push(("user_code", &prompt.user_code));
+        let (status, body) = a.post(&format!("device/{route}"), &form);
+        assert_eq!(status, 200, "{route}: {body}");
+        prompt
+    });
+    (
+        move |prompt: &DevicePrompt| {
+            let _ = tx.send(prompt.clone());
+        },
+        thread,
+    )
+}
+
+fn a_device_login_is_approved_stored_and_refreshed_without_the_person<F: Flavor>() {
+    let a = authlib();
+    let dir = tempfile::tempdir().unwrap();
+    let (builder, endpoint, scope) = device_client::<F>(&a, dir.path());
+    let user = unique("user");
+    let (present, person) = person(&a, &scope, 2, "approve", vec![("user", user.clone())]);
+    let login: DeviceLogin = F::block_on(builder.device_login(endpoint, present))
+        .unwrap_or_else(|e| panic!("{}: {e}", F::NAME));
+    let prompt = person.join().unwrap();
+
+    // The prompt shows what Authlib handed out.
+    let origin = a.origin();
+    assert_eq!(
+        prompt.verification_uri,
+        format!("{origin}/device"),
+        "{prompt:?}"
+    );
+    assert_eq!(
+        prompt.uri_to_show(),
+        format!("{origin}/device?user_code={}", prompt.user_code)
+    );
+    assert!(prompt.expires_in > Duration::from_secs(500), "{prompt:?}");
+    // Pending, pending, then the token; a poll a second (no slow_down).
+    let answers = polls(&a, &scope);
+    assert!(answers.len() >= 3, "{}: {answers:?}", F::NAME);
+    let (last, pending) = answers.split_last().unwrap();
+    assert_eq!(last, "ok", "{answers:?}");
+    assert!(
+        pending
+            .iter()
+            .all(|answer| answer == "authorization_pending"),
+        "{answers:?}"
+    );
+    assert_eq!(login.polls as usize, answers.len());
+    assert_eq!(login.interval, Duration::from_secs(1));
+    assert!(login.warnings.is_empty(), "{:?}", login.warnings);
+    let seen = a.introspect(login.token.access_token.expose_secret());
+    assert_eq!(seen["sub"], user.as_str(), "{seen}");
+    assert_eq!(seen["grant_type"], DEVICE_CODE, "{seen}");
+    assert!(login.token.refresh_token.is_some(), "{}", F::NAME);
+
+    // Later, with the same settings and no person: the stored token...
+    let client = OAuth2Client::refresh_token(&a.token_url, ClientId::new(DEVICE_CLIENT), None)
+        .unwrap()
+        .scope(scope.as_str());
+    let later = || quick::<F>(client.clone()).file_cache(dir.path().join("cache.json"));
+    let cached = F::block_on(later().get_token(OneShot::new())).unwrap();
+    assert!(
+        matches!(cached.origin, Origin::Cache { .. }),
+        "{:?}",
+        cached.origin
+    );
+    // ...and, when it is not good enough, refreshed with the stored refresh token.
+    let refreshed =
+        F::block_on(later().get_token(OneShot::new().min_valid(Duration::from_secs(7_200))))
+            .unwrap_or_else(|e| panic!("{}: {e}", F::NAME));
+    assert_ne!(refreshed.token.access_token, login.token.access_token);
+    let seen = a.introspect(refreshed.token.access_token.expose_secret());
+    assert_eq!(seen["sub"], user.as_str(), "{seen}");
+    assert_eq!(seen["grant_type"], "refresh_token", "{seen}");
+    let refreshes: Vec<Value> = a
+        .requests(&scope)
+        .into_iter()
+        .filter(|entry| entry["grant_type"] == "refresh_token")
+        .collect();
+    assert_eq!(refreshes.len(), 1, "{refreshes:?}");
+    assert_eq!(refreshes[0]["status"], 200, "{refreshes:?}");
+}
+
+fn slow_down_from_authlib_is_obeyed<F: Flavor>() {
+    let a = authlib();
+    let dir = tempfile::tempdir().unwrap();
+    let (builder, endpoint, scope) = device_client::<F>(&a, dir.path());
+    // After the first answer, the next poll is told to slow down; the person
+    // approves then, before the poll that follows (6 s later).
+    let user_code = Arc::new(Mutex::new(None::<String>));
+    let (present, first) = person(&a, &scope, 1, "slow-down", vec![("count", "1".into())]);
+    let shown = Arc::clone(&user_code);
+    let present = move |prompt: &DevicePrompt| {
+        *shown.lock().unwrap() = Some(prompt.user_code.clone());
+        present(prompt);
+    };
+    let approver = {
+        let (a, scope, user_code) = (Arc::clone(&a), scope.clone(), Arc::clone(&user_code));
+        std::thread::spawn(move || {
+            let deadline = std::time::Instant::now() + Duration::from_secs(60);
+            while polls(&a, &scope).len() < 2 {
+                assert!(std::time::Instant::now() < deadline, "no second poll");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let code = user_code.lock().unwrap().clone().expect("a user code");
+            let (status, body) = a.post("device/approve", &[("user_code", &code)]);
+            assert_eq!(status, 200, "{body}");
+        })
+    };
+    let login = F::block_on(builder.device_login(endpoint, present))
+        .unwrap_or_else(|e| panic!("{}: {e}", F::NAME));
+    first.join().unwrap();
+    approver.join().unwrap();
+    let answers = polls(&a, &scope);
+    // One slow_down only: Authlib would have answered slow_down again to a
+    // poll less than the grown interval (6 s) after the last.
+    assert_eq!(
+        answers
+            .iter()
+            .filter(|answer| *answer == "slow_down")
+            .count(),
+        1,
+        "{}: {answers:?}",
+        F::NAME
+    );
+    assert_eq!(
+        answers.last().map(String::as_str),
+        Some("ok"),
+        "{answers:?}"
+    );
+    assert_eq!(login.interval, Duration::from_secs(6), "{}", F::NAME);
+}
+
+fn a_device_login_ends_when_the_person_refuses_or_the_code_expires<F: Flavor>() {
+    let a = authlib();
+    for (route, expected, answer) in [
+        ("deny", DeviceLoginError::Denied, "access_denied"),
+        ("expire", DeviceLoginError::Expired, "expired_token"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let (builder, endpoint, scope) = device_client::<F>(&a, dir.path());
+        let (present, person) = person(&a, &scope, 1, route, Vec::new());
+        let error = F::block_on(builder.device_login(endpoint, present)).unwrap_err();
+        person.join().unwrap();
+        assert_eq!(error, expected, "{}: {route}", F::NAME);
+        // The answer ended the login: no poll after it.
+        let answers = polls(&a, &scope);
+        assert_eq!(
+            answers.last().map(String::as_str),
+            Some(answer),
+            "{answers:?}"
+        );
+        std::thread::sleep(Duration::from_millis(1_500));
+        assert_eq!(
+            polls(&a, &scope),
+            answers,
+            "{}: polled after {answer}",
+            F::NAME
+        );
+        assert!(!dir.path().join("cache.json").exists(), "nothing stored");
+    }
 }

@@ -31,12 +31,13 @@ mod common;
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::Flavor;
 use common::interop::{
     Node, base64url_decode, http_request, interop_dir, jwt_claims, sha256, shared, start_node,
+    tokenkeeper_binary,
 };
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
@@ -783,50 +784,6 @@ per_driver!(
 );
 
 // --- the command ---------------------------------------------------------------
-
-/// The `tokenkeeper` binary, built (or found fresh) by cargo once per test
-/// process, in this test's profile.
-///
-/// It is built in a target folder of its own, `interop-cli` inside this
-/// test's: built alone, the command gets its dependencies with its own
-/// features, which differ from those of a workspace-wide test build, and in
-/// the shared folder the two builds would replace each other's
-/// `target/debug/tokenkeeper` (the binary tokenkeeper-cli's own tests run),
-/// and rebuild it on every alternation.
-fn tokenkeeper_binary() -> &'static Path {
-    static BINARY: OnceLock<PathBuf> = OnceLock::new();
-    BINARY.get_or_init(|| {
-        // This test is TARGET/PROFILE/deps/interop-HASH.
-        let exe = std::env::current_exe().expect("the test's own path");
-        let target = exe
-            .ancestors()
-            .nth(3)
-            .expect("a test executable inside a cargo target folder");
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let mut cmd = Command::new(cargo);
-        cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
-            .args(["build", "--quiet", "--message-format=json"])
-            .args(["-p", "tokenkeeper-cli", "--bin", "tokenkeeper"])
-            .arg("--target-dir")
-            .arg(target.join("interop-cli"))
-            .stdin(Stdio::null());
-        if !cfg!(debug_assertions) {
-            cmd.arg("--release");
-        }
-        let out = cmd.output().expect("cargo runs");
-        assert!(
-            out.status.success(),
-            "cargo could not build the tokenkeeper command:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-            .filter(|message| message["target"]["name"] == "tokenkeeper")
-            .find_map(|message| message["executable"].as_str().map(PathBuf::from))
-            .expect("cargo names the tokenkeeper executable")
-    })
-}
 
 /// One finished run of the command.
 struct Run {

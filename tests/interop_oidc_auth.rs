@@ -33,12 +33,16 @@
 
 mod common;
 
-use std::path::PathBuf;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::Flavor;
-use common::interop::{Node, http_request, jwt_claims, sha256, shared, start_node};
+use common::interop::{
+    Node, http_request, jwt_claims, sha256, shared, start_node, tokenkeeper_binary,
+};
 use serde_json::Value;
 use tokenkeeper_core::oauth2::assertion::{AssertionAudience, ClientAssertionSettings};
 use tokenkeeper_core::oauth2::discovery::{DiscoveryError, Issuer, Metadata, WellKnown};
@@ -946,3 +950,211 @@ per_driver!(
     client_secret_jwt_gets_tokens,
     a_key_the_client_did_not_register_is_refused_for_good,
 );
+
+// --- the command -------------------------------------------------------------------------
+
+/// One finished run of the command.
+struct Run {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+/// The command with these arguments in a clean environment: a home folder
+/// of its own, and the client secret in TOKENKEEPER_CLIENT_SECRET when given.
+fn command(home: &Path, secret: Option<&str>, args: &[&str]) -> Command {
+    let mut cmd = Command::new(tokenkeeper_binary());
+    cmd.env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", home)
+        .env("XDG_CACHE_HOME", home.join("cache"))
+        .env("XDG_CONFIG_HOME", home.join("config"))
+        .args(args)
+        .stdin(Stdio::null());
+    if let Some(secret) = secret {
+        cmd.env("TOKENKEEPER_CLIENT_SECRET", secret);
+    }
+    cmd
+}
+
+fn run(home: &Path, secret: Option<&str>, args: &[&str]) -> Run {
+    let out = command(home, secret, args)
+        .output()
+        .expect("the command runs");
+    Run {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// A line of a PEM file's body: a piece of the key that must never show.
+fn piece_of_key(pem_file: &Path) -> String {
+    let pem = std::fs::read_to_string(pem_file).expect("the key file");
+    pem.lines().nth(3).expect("a PEM body").to_owned()
+}
+
+/// `tokenkeeper token --issuer ... --auth-method private_key_jwt`: the token
+/// endpoint from oidc-provider's document, an RS256 assertion for it, and
+/// neither the key nor the assertion in the output, even at -vv.
+#[test]
+fn command_signs_private_key_jwt_for_the_discovered_endpoint() {
+    let o = oidc_auth();
+    let since = epoch_millis();
+    let home = tempfile::tempdir().unwrap();
+    let key = o.rs256_key.to_str().expect("a UTF-8 path");
+    let args = [
+        "token",
+        "-vv",
+        "--issuer",
+        &o.issuer,
+        "--client-id",
+        &o.rs256_id,
+        "--auth-method",
+        "private_key_jwt",
+        "--private-key",
+        key,
+        "--key-id",
+        RS256_KID,
+        "--scope",
+        "read",
+    ];
+    let run = run(home.path(), None, &args);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let token = run.stdout.trim();
+    assert!(!token.is_empty() && !token.contains('\n'), "{}", run.stdout);
+    assert!(!run.stderr.contains(token), "the token is on stderr");
+    let piece = piece_of_key(&o.rs256_key);
+    assert!(!run.stdout.contains(&piece) && !run.stderr.contains(&piece));
+    assert!(
+        !run.stderr.contains("eyJ"),
+        "a JWT on stderr: {}",
+        run.stderr
+    );
+    let expected = ("private_key_jwt", "RS256", Some(RS256_KID), &*o.token_url());
+    assert_assertions_seen(&o, since, &o.rs256_id, expected, 1);
+}
+
+/// `tokenkeeper login --device` against oidc-provider, the person approving
+/// through the test route while the command polls; then `tokenkeeper token`
+/// with the same settings refreshes with the cached refresh token, without
+/// the person.
+#[test]
+fn command_device_login_then_token_without_the_person() {
+    let o = oidc_auth();
+    let since = epoch_millis();
+    let home = tempfile::tempdir().unwrap();
+    let device_url = o.device_endpoint().as_str().to_owned();
+    let settings = [
+        "--issuer",
+        &o.issuer,
+        "--client-id",
+        &o.device_id,
+        "--scope",
+        "read offline_access",
+    ];
+    let mut login_args = vec![
+        "login",
+        "--device",
+        "--device-authorization-url",
+        &device_url,
+    ];
+    login_args.extend(settings);
+    let mut login = command(home.path(), None, &login_args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the command starts");
+    // The person reads the code on the terminal (stderr).
+    let stderr = login.stderr.take().expect("piped stderr");
+    let (lines, shown) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut all = String::new();
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            let _ = lines.send(line.clone());
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    let end = Instant::now() + Duration::from_secs(30);
+    let user_code = loop {
+        let left = end.saturating_duration_since(Instant::now());
+        let line = shown
+            .recv_timeout(left)
+            .expect("the command shows a user code");
+        if let Some((_, rest)) = line.split_once("user_code=") {
+            break rest
+                .split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_owned();
+        }
+    };
+    std::thread::sleep(DEVICE_INTERVAL * 2);
+    o.person("approve", &user_code);
+    let status = login.wait().expect("the login ends");
+    let stderr = reader.join().unwrap();
+    assert!(status.success(), "{status}: {stderr}");
+
+    let mut token_args = vec![
+        "token",
+        "-vv",
+        "--grant",
+        "device_code",
+        "--min-valid",
+        "3600",
+    ];
+    token_args.extend(settings);
+    let run = run(home.path(), None, &token_args);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let token = run.stdout.trim();
+    assert!(!token.is_empty(), "{}", run.stderr);
+    assert!(!run.stderr.contains(token), "the token is on stderr");
+    let refreshes = o.requests_since(since, |entry| {
+        entry["client_id"] == o.device_id.as_str() && entry["grant_type"] == "refresh_token"
+    });
+    assert!(
+        refreshes.iter().any(|entry| entry["result"] == "ok"),
+        "{refreshes:?}"
+    );
+}
+
+/// `tokenkeeper token --grant token_exchange`: a platform token from a file
+/// exchanged for an audience; the subject token never shows.
+#[test]
+fn command_exchanges_a_platform_token() {
+    let o = oidc_auth();
+    let home = tempfile::tempdir().unwrap();
+    let pem = std::fs::read_to_string(&o.platform_key).unwrap();
+    let subject = format!("cli-{:x}", fastrand::u64(..));
+    let platform = platform_token(&o, &pem, &subject);
+    let file = home.path().join("subject-token");
+    std::fs::write(&file, &platform).unwrap();
+    let token_url = o.token_url();
+    let args = [
+        "token",
+        "-vv",
+        "--token-url",
+        &token_url,
+        "--client-id",
+        &o.exchange_id,
+        "--grant",
+        "token_exchange",
+        "--subject-token-file",
+        file.to_str().unwrap(),
+        "--subject-token-type",
+        JWT_TOKEN_TYPE,
+        "--audience",
+        "urn:tokenkeeper:cli",
+    ];
+    let run = run(home.path(), Some(&o.exchange_secret), &args);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let claims = jwt_claims(run.stdout.trim());
+    assert_eq!(claims["sub"], subject.as_str(), "{claims}");
+    assert_eq!(claims["aud"], "urn:tokenkeeper:cli", "{claims}");
+    for secret in [platform.as_str(), o.exchange_secret.as_str()] {
+        assert!(!run.stdout.contains(secret) && !run.stderr.contains(secret));
+    }
+}

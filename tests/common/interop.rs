@@ -1,13 +1,14 @@
 //! What the interop suites share: the authorities in `interop/` as `node`
 //! processes a test starts itself when the environment names none, shared by
 //! the tests that run at the same time; plain HTTP requests to their test
-//! routes and logs; reading the JWTs they issue.
+//! routes and logs; reading the JWTs they issue; the `tokenkeeper` command
+//! built for the tests that run it against them.
 
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex, PoisonError, Weak, mpsc};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak, mpsc};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -129,4 +130,48 @@ pub(crate) fn sha256(data: &[u8]) -> Vec<u8> {
         .tls13()
         .expect("a TLS 1.3 suite");
     suite.common.hash_provider.hash(data).as_ref().to_vec()
+}
+
+/// The `tokenkeeper` binary, built (or found fresh) by cargo once per test
+/// process, in this test's profile.
+///
+/// It is built in a target folder of its own, `interop-cli` inside this
+/// test's: built alone, the command gets its dependencies with its own
+/// features, which differ from those of a workspace-wide test build, and in
+/// the shared folder the two builds would replace each other's
+/// `target/debug/tokenkeeper` (the binary tokenkeeper-cli's own tests run),
+/// and rebuild it on every alternation.
+pub(crate) fn tokenkeeper_binary() -> &'static Path {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY.get_or_init(|| {
+        // This test is TARGET/PROFILE/deps/NAME-HASH.
+        let exe = std::env::current_exe().expect("the test's own path");
+        let target = exe
+            .ancestors()
+            .nth(3)
+            .expect("a test executable inside a cargo target folder");
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
+            .args(["build", "--quiet", "--message-format=json"])
+            .args(["-p", "tokenkeeper-cli", "--bin", "tokenkeeper"])
+            .arg("--target-dir")
+            .arg(target.join("interop-cli"))
+            .stdin(Stdio::null());
+        if !cfg!(debug_assertions) {
+            cmd.arg("--release");
+        }
+        let out = cmd.output().expect("cargo runs");
+        assert!(
+            out.status.success(),
+            "cargo could not build the tokenkeeper command:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+            .filter(|message| message["target"]["name"] == "tokenkeeper")
+            .find_map(|message| message["executable"].as_str().map(PathBuf::from))
+            .expect("cargo names the tokenkeeper executable")
+    })
 }

@@ -7,7 +7,8 @@
 //! refreshes first and the exchange is sent again with the new token; the
 //! issued token type is kept in the record; configurations that cannot work
 //! fail spawn before any request; cache keys tell exchanges apart and hold
-//! no token.
+//! no token; a `TokenPool` whose sources carry their subject tokens keeps an
+//! exchanged token per subject.
 
 mod common;
 
@@ -21,7 +22,8 @@ use tokenkeeper_core::oauth2::exchange::{
     ACCESS_TOKEN_TYPE, JWT_TOKEN_TYPE, TOKEN_EXCHANGE_GRANT_TYPE, TokenExchange,
 };
 use tokenkeeper_core::{ClientId, ClientSecret, ErrorClass, FetchError, RefreshNow};
-use tokenkeeper_driver::SpawnError;
+use tokenkeeper_driver::token_exchange::ExchangeToken;
+use tokenkeeper_driver::{Source, SpawnError, TokenPool, TokenPoolBuilder};
 use tokenkeeper_testkit::Authority;
 use tokenkeeper_testkit::authority::{Client, RequestRecord};
 
@@ -30,6 +32,7 @@ per_driver!(
     a_missing_subject_token_file_is_transient_and_the_watcher_recovers,
     a_chain_follows_the_upstream_and_refreshes_it_first_when_refused,
     configurations_that_cannot_work_fail_spawn_and_keys_hold_no_token,
+    a_pool_keeps_an_exchanged_token_per_subject,
 );
 
 /// Replaces the file as a kubelet does: a new file renamed over the old.
@@ -373,4 +376,51 @@ fn configurations_that_cannot_work_fail_spawn_and_keys_hold_no_token<F: Flavor>(
         }
     }
     assert!(keys[5].description().contains("file:/run/a"));
+}
+
+fn a_pool_keeps_an_exchanged_token_per_subject<F: Flavor>() {
+    let authority = Authority::start();
+    for user in ["alice", "bob"] {
+        authority.accept_exchange_token(JWT_TOKEN_TYPE, &format!("{user}-platform-token"), user);
+    }
+    let url = authority.token_url();
+    let pool: TokenPool<String, F::R> =
+        TokenPoolBuilder::new(F::runtime(), move |user: &String| {
+            let token = format!("{user}-platform-token");
+            OAuth2Client::token_exchange(
+                url.as_str(),
+                ClientId::new("gateway"),
+                TokenExchange::new(JWT_TOKEN_TYPE),
+            )
+            .map(|client| {
+                Source::oauth2(client)
+                    .subject_token(ExchangeToken::from_fn(format!("user:{user}"), move || {
+                        Ok(token.clone())
+                    }))
+            })
+        })
+        .first_token_timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let alice = F::block_on(pool.get(&"alice".to_owned())).unwrap();
+    let bob = F::block_on(pool.get(&"bob".to_owned())).unwrap();
+    assert_ne!(alice.access_token, bob.access_token);
+    let issued = authority.issued_tokens();
+    let subject = |token: &str| {
+        issued
+            .iter()
+            .find(|t| t.access_token == token)
+            .map(|t| t.subject.clone())
+    };
+    assert_eq!(
+        subject(alice.access_token.expose_secret()).as_deref(),
+        Some("alice")
+    );
+    assert_eq!(
+        subject(bob.access_token.expose_secret()).as_deref(),
+        Some("bob")
+    );
+    assert_eq!(alice.issued_token_type(), Some(ACCESS_TOKEN_TYPE));
+    assert_eq!(exchanges(&authority).len(), 2, "{}", F::NAME);
+    F::block_on(pool.shutdown());
 }

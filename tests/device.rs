@@ -15,10 +15,11 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use common::Flavor;
+use tokenkeeper_core::oauth2::discovery::Issuer;
 use tokenkeeper_core::oauth2::{OAuth2Client, TokenUrl};
 use tokenkeeper_core::{ClientId, ClientSecret, Origin};
 use tokenkeeper_driver::OneShot;
-use tokenkeeper_driver::device::{DeviceLogin, DeviceLoginError, DevicePrompt};
+use tokenkeeper_driver::device::{DeviceEndpoint, DeviceLogin, DeviceLoginError, DevicePrompt};
 use tokenkeeper_testkit::authority::{Outcome, RequestRecord};
 use tokenkeeper_testkit::{Authority, Client};
 use tracing_subscriber::util::SubscriberInitExt;
@@ -29,6 +30,7 @@ per_driver!(
     a_refusal_ends_the_login,
     expiry_ends_the_login_whoever_notices_it,
     a_client_that_is_not_a_refresh_token_client_is_refused_before_any_request,
+    an_issuer_client_takes_both_endpoints_from_the_metadata,
     the_device_code_never_shows,
 );
 
@@ -300,6 +302,72 @@ fn a_client_that_is_not_a_refresh_token_client_is_refused_before_any_request<F: 
     );
     assert!(error.to_string().contains("refresh_token"), "{error}");
     assert_eq!(authority.request_count(), 0);
+}
+
+fn an_issuer_client_takes_both_endpoints_from_the_metadata<F: Flavor>() {
+    let (authority, _, endpoint) = setup();
+    let authority = Arc::new(authority);
+    authority.move_token_endpoint("/tenant-1/oauth2/token");
+    let issuer = authority.discovery_issuer();
+    let client = OAuth2Client::refresh_token(
+        &issuer,
+        ClientId::new("tv"),
+        Some(ClientSecret::new("tv-secret-value")),
+    )
+    .unwrap()
+    .with_issuer(Issuer::parse(&issuer, false).unwrap())
+    .scope("offline_access");
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache.json");
+    let approver = person(&authority, 1, |a, code| assert!(a.approve_device(code)));
+    let (_, present) = recorder();
+    let login = F::block_on(
+        F::builder(client.clone())
+            .file_cache(&cache)
+            .device_login(DeviceEndpoint::FromMetadata, present),
+    )
+    .unwrap_or_else(|e| panic!("{}: {e}", F::NAME));
+    approver.join().unwrap();
+    assert!(login.token.refresh_token.is_some());
+    // One metadata request; the codes from the endpoint it names, the polls
+    // at the token endpoint it names.
+    assert_eq!(
+        authority.metadata_request_count(),
+        1,
+        "{:?}",
+        authority.requests()
+    );
+    let log = authority.requests();
+    assert!(
+        log.iter().any(|r| r.path == endpoint.as_url().path()),
+        "{log:?}"
+    );
+    for poll in polls(&authority) {
+        assert_eq!(poll.path, "/tenant-1/oauth2/token");
+    }
+    // A later run of the same client finds the login.
+    let later = F::block_on(
+        F::builder(client)
+            .file_cache(&cache)
+            .get_token(OneShot::new()),
+    )
+    .unwrap();
+    assert!(
+        matches!(later.origin, Origin::Cache { .. }),
+        "{:?}",
+        later.origin
+    );
+    assert_eq!(later.token.access_token, login.token.access_token);
+
+    // A client with a token URL has no metadata to take the endpoint from.
+    let (_, plain, _) = setup();
+    let (_, present) = recorder();
+    let error = F::block_on(F::builder(plain).device_login(DeviceEndpoint::FromMetadata, present))
+        .unwrap_err();
+    assert!(
+        matches!(error, DeviceLoginError::Unsupported(_)),
+        "{error:?}"
+    );
 }
 
 /// Everything the process-wide subscriber wrote.

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use tokenkeeper_blocking::device::{DeviceLoginError, DevicePrompt};
+use tokenkeeper_blocking::device::{DeviceEndpoint, DeviceLoginError, DevicePrompt};
 use tokenkeeper_blocking::{SpawnError, TokenWatcher};
 use tokenkeeper_core::CacheKey;
 use tokenkeeper_core::oauth2::TokenUrl;
@@ -42,18 +42,26 @@ pub(crate) fn run(args: &LoginArgs) -> Result<(), CliError> {
             "the profile's grant is not device_code: `tokenkeeper token` with it would not use this login; set grant = \"device_code\" in the profile",
         ));
     }
-    let url = args
+    let endpoint = match args
         .device_authorization_url
         .clone()
         .or_else(|| resolved.profile.device_authorization_url.clone())
-        .ok_or_else(|| {
-            CliError::usage(
-                "no device authorization endpoint: give --device-authorization-url URL (or TOKENKEEPER_DEVICE_AUTHORIZATION_URL, or device_authorization_url in the profile)",
+    {
+        Some(url) => {
+            let insecure = args.source.allow_insecure_http || resolved.profile.allow_insecure_http;
+            DeviceEndpoint::Url(
+                TokenUrl::parse(&url, insecure)
+                    .map_err(|e| CliError::usage(format!("bad device authorization URL: {e}")))?,
             )
-        })?;
-    let insecure = args.source.allow_insecure_http || resolved.profile.allow_insecure_http;
-    let endpoint = TokenUrl::parse(&url, insecure)
-        .map_err(|e| CliError::usage(format!("bad device authorization URL: {e}")))?;
+        }
+        // The issuer's metadata names it.
+        None if resolved.client.issuer().is_some() => DeviceEndpoint::FromMetadata,
+        None => {
+            return Err(CliError::usage(
+                "no device authorization endpoint: give --device-authorization-url URL (or TOKENKEEPER_DEVICE_AUTHORIZATION_URL, or device_authorization_url in the profile), or --issuer URL whose metadata names it",
+            ));
+        }
+    };
 
     let mut builder = TokenWatcher::builder(resolved.client.clone())
         .http(resolved.http.clone().request_timeout(REQUEST_TIMEOUT));

@@ -309,3 +309,38 @@ fn a_login_without_an_endpoint_or_with_another_grant_is_a_usage_error() {
     assert_eq!(wrong_grant.code, 2, "{}", wrong_grant.stderr);
     assert_eq!(fixture.authority.request_count(), 0);
 }
+
+#[test]
+fn a_login_with_an_issuer_takes_the_endpoints_from_its_metadata() {
+    let fixture = Fixture::new(Duration::from_secs(600));
+    let issuer = fixture.authority.discovery_issuer();
+    let settings = [
+        "--issuer",
+        issuer.as_str(),
+        "--client-id",
+        CLIENT_ID,
+        "--grant",
+        "device_code",
+        "--scope",
+        "offline_access",
+    ];
+    let login = fixture
+        .command(&[&["login", "--device"][..], &settings[..]].concat())
+        .spawn()
+        .unwrap();
+    let user_code = fixture.after_polls(1);
+    assert!(fixture.authority.approve_device(&user_code));
+    let login = finish(login);
+    assert_eq!(login.code, 0, "{}", login.stderr);
+    assert_eq!(fixture.authority.metadata_request_count(), 1);
+    let Outcome::Issued { access_token, .. } = fixture.polls().last().unwrap().outcome.clone()
+    else {
+        panic!("{:?}", fixture.polls());
+    };
+    // `token` with the same settings prints the cached login: no request.
+    let before = fixture.authority.request_count();
+    let token = run(&mut fixture.command(&[&["token"][..], &settings[..]].concat()));
+    assert_eq!(token.code, 0, "{}", token.stderr);
+    assert_eq!(token.stdout.trim(), access_token);
+    assert_eq!(fixture.authority.request_count(), before);
+}

@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use tokenkeeper_core::cache::encode_record;
 use tokenkeeper_core::oauth2::device::{DevicePoll, PollOutcome, PollStep};
+use tokenkeeper_core::oauth2::discovery::{Issuer, Lookup, LookupStep, Metadata};
 use tokenkeeper_core::oauth2::{GrantType, TokenRequest, TokenUrl};
 use tokenkeeper_core::{CacheProblem, FetchError, Timestamp, TokenRecord};
 use tracing::{Instrument, debug, info, info_span, warn};
@@ -30,6 +31,25 @@ use crate::http::{HttpAnswer, SharedExchange};
 use crate::oneshot::Warning;
 use crate::runtime::{Runtime, Waited, wait};
 use crate::shared::now;
+
+/// Where the device authorization endpoint is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DeviceEndpoint {
+    /// This URL.
+    Url(TokenUrl),
+    /// The `device_authorization_endpoint` of the issuer's metadata, for a
+    /// client made from an issuer
+    /// ([`OAuth2Client::from_issuer`](tokenkeeper_core::oauth2::OAuth2Client::from_issuer),
+    /// [`with_issuer`](tokenkeeper_core::oauth2::OAuth2Client::with_issuer)).
+    FromMetadata,
+}
+
+impl From<TokenUrl> for DeviceEndpoint {
+    fn from(url: TokenUrl) -> Self {
+        DeviceEndpoint::Url(url)
+    }
+}
 
 /// What the person must be shown to approve the login: the code, and where
 /// to enter it. Handed to the callback of
@@ -139,8 +159,12 @@ impl<R: Runtime> TokenWatcherBuilder<R> {
     /// authenticating with an assertion): the grant later runs use, and so
     /// the cache key they read. `endpoint` is the authority's device
     /// authorization endpoint (`device_authorization_endpoint` in its
-    /// metadata). The login:
+    /// metadata), or [`DeviceEndpoint::FromMetadata`] for a client made from
+    /// an issuer. The login:
     ///
+    /// 0. for a client made from an issuer, fetches the issuer's metadata
+    ///    (the token endpoint, and the device authorization endpoint when
+    ///    asked for), checked against the issuer as a watcher checks it;
     /// 1. asks `endpoint` for codes (with the client's scope, audience,
     ///    resources and extra parameters, authenticated as its token
     ///    requests are); a failure ends the login
@@ -178,10 +202,11 @@ impl<R: Runtime> TokenWatcherBuilder<R> {
     /// ```
     pub fn device_login(
         self,
-        endpoint: TokenUrl,
+        endpoint: impl Into<DeviceEndpoint>,
         present: impl FnOnce(&DevicePrompt) + Send + 'static,
     ) -> Waited<'static, R, Result<DeviceLogin, DeviceLoginError>> {
         let present: Present = Box::new(present);
+        let endpoint = endpoint.into();
         // Started when first polled, where the runtime can be bound.
         wait::<R, _>(async move {
             let parts = self.login_parts().map_err(DeviceLoginError::Start)?;
@@ -198,7 +223,7 @@ impl<R: Runtime> TokenWatcherBuilder<R> {
 /// The login, once the builder is taken apart.
 async fn login<R: Runtime>(
     parts: LoginParts<R>,
-    endpoint: TokenUrl,
+    endpoint: DeviceEndpoint,
     present: Present,
 ) -> Result<DeviceLogin, DeviceLoginError> {
     let LoginParts {
@@ -210,7 +235,7 @@ async fn login<R: Runtime>(
         dpop,
         name: _,
     } = parts;
-    let client = config.oauth2_client().cloned().ok_or_else(|| {
+    let mut client = config.oauth2_client().cloned().ok_or_else(|| {
         DeviceLoginError::Unsupported("the source is not an OAuth2 client".into())
     })?;
     if client.grant() != GrantType::RefreshToken {
@@ -224,13 +249,45 @@ async fn login<R: Runtime>(
             "DPoP-bound tokens are not supported by device login".into(),
         ));
     }
+    let exchange = runtime
+        .exchange(&http)
+        .map_err(|e| DeviceLoginError::Start(SpawnError::Http(e)))?;
+    let unauthenticated = Assertions::default();
+    // 0. The endpoints, for a client made from an issuer.
+    if let Some(issuer) = client.issuer().cloned()
+        && client.metadata().is_none()
+    {
+        let send = Sender {
+            runtime: &runtime,
+            exchange: &exchange,
+            assertions: &unauthenticated,
+            limit: client.body_limit(),
+        };
+        let metadata = discover(&send, &issuer)
+            .await
+            .map_err(DeviceLoginError::refused)?;
+        client = client
+            .with_metadata(metadata)
+            .map_err(|e| DeviceLoginError::Unsupported(e.to_string()))?;
+    }
+    let endpoint = match endpoint {
+        DeviceEndpoint::Url(url) => url,
+        DeviceEndpoint::FromMetadata => client
+            .metadata()
+            .and_then(|m| m.device_authorization_endpoint())
+            .cloned()
+            .ok_or_else(|| {
+                DeviceLoginError::Unsupported(if client.issuer().is_some() {
+                    "the issuer's metadata names no device_authorization_endpoint: give the endpoint's URL".to_owned()
+                } else {
+                    "DeviceEndpoint::FromMetadata needs a client made from an issuer: give the endpoint's URL".to_owned()
+                })
+            })?,
+    };
     let assertions = source
         .1
         .for_client(&client)
         .map_err(|e| DeviceLoginError::Start(SpawnError::Assertion { error: e.into() }))?;
-    let exchange = runtime
-        .exchange(&http)
-        .map_err(|e| DeviceLoginError::Start(SpawnError::Http(e)))?;
     let send = Sender {
         runtime: &runtime,
         exchange: &exchange,
@@ -356,6 +413,35 @@ async fn login<R: Runtime>(
         interval: poll.interval(),
         warnings,
     })
+}
+
+/// Fetches the issuer's metadata as the core's [`Lookup`] says (its
+/// locations, in its order, by the refresher's own rule).
+async fn discover<R: Runtime>(
+    send: &Sender<'_, R>,
+    issuer: &Issuer,
+) -> Result<Metadata, FetchError> {
+    let mut lookup = Lookup::new(issuer.clone());
+    loop {
+        let request = lookup.request()?;
+        debug!(url = %issuer.as_str(), "fetching the issuer's metadata");
+        let step = match send.send(request).await {
+            Ok(answer) => {
+                lookup.handle_response(answer.status, &answer.body, send.limit, now().wall)
+            }
+            Err(error) => lookup.handle_failure(error),
+        };
+        match step {
+            LookupStep::Found(metadata) => return Ok(metadata),
+            LookupStep::TryNext => continue,
+            LookupStep::Failed(error) => return Err(error),
+            _ => {
+                return Err(FetchError::Transport {
+                    message: "an unknown step of the metadata lookup".into(),
+                });
+            }
+        }
+    }
 }
 
 /// Sends the login's requests: assertions completed (off the async task),

@@ -15,7 +15,9 @@
 //!   with its refresh token and refreshed later without the person;
 //!   `slow_down` obeyed (Authlib, as server.py configures it, answers
 //!   `slow_down` again to a poll that comes too soon); a refusal and an expiry
-//!   end the login.
+//!   end the login;
+//! - the `tokenkeeper` command's JWT bearer grant (`--grant jwt-bearer`), with
+//!   a key file and with an assertion file, neither shown in its output.
 //!
 //! `scripts/test-all.sh` installs Authlib in a virtualenv, starts the server
 //! and exports `TOKENKEEPER_TEST_AUTHLIB_TOKEN_URL`,
@@ -38,7 +40,7 @@ use std::sync::{Arc, Mutex, Weak, mpsc};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::Flavor;
-use common::interop::{http_request, shared};
+use common::interop::{http_request, shared, tokenkeeper_binary};
 use serde_json::{Value, json};
 use tokenkeeper_core::oauth2::assertion::{
     AssertionAudience, ClientAssertionSettings, GrantAssertion,
@@ -716,5 +718,128 @@ fn a_device_login_ends_when_the_person_refuses_or_the_code_expires<F: Flavor>() 
             F::NAME
         );
         assert!(!dir.path().join("cache.json").exists(), "nothing stored");
+    }
+}
+
+// --- the command ----------------------------------------------------------------------
+
+/// `tokenkeeper token -vv ARGS...` in a clean environment with a home folder
+/// of its own: the exit code, stdout and stderr.
+fn tokenkeeper(home: &Path, args: &[&str]) -> (Option<i32>, String, String) {
+    let out = Command::new(tokenkeeper_binary())
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", home)
+        .env("XDG_CACHE_HOME", home.join("cache"))
+        .env("XDG_CONFIG_HOME", home.join("config"))
+        .args(["token", "-vv"])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("the command runs");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `tokenkeeper token --grant jwt-bearer` against Authlib: with
+/// `--private-key` (RS256, its kid) for a subject, then with
+/// `--assertion-file` holding an ES256 assertion made elsewhere; Authlib
+/// issues each token for the subject, and neither the key nor an assertion
+/// shows in the output, even at -vv.
+#[test]
+fn command_jwt_bearer_grant_with_a_key_file_and_an_assertion_file() {
+    let a = authlib();
+    let home = tempfile::tempdir().unwrap();
+    let key_file = a.key_dir.join("issuer-rs256.pem");
+    let key_file = key_file.to_str().expect("a UTF-8 path");
+    let (subject, scope) = (unique("user"), unique("cli-bearer"));
+    let (code, stdout, stderr) = tokenkeeper(
+        home.path(),
+        &[
+            "--grant",
+            "jwt-bearer",
+            "--token-url",
+            &a.token_url,
+            "--client-id",
+            ISSUER,
+            "--private-key",
+            key_file,
+            "--key-id",
+            "issuer-rs256",
+            "--assertion-subject",
+            &subject,
+            "--scope",
+            &scope,
+        ],
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    let token = stdout.trim();
+    let seen = a.introspect(token);
+    assert_eq!(seen["sub"], subject.as_str(), "{seen}");
+    assert_eq!(seen["grant_type"], JWT_BEARER, "{seen}");
+    let requests = a.requests(&scope);
+    assert_eq!(requests.len(), 1, "{requests:?}");
+    let assertion = &requests[0]["assertion"];
+    assert_eq!(
+        (&assertion["alg"], &assertion["kid"], &assertion["iss"]),
+        (&json!("RS256"), &json!("issuer-rs256"), &json!(ISSUER)),
+        "{assertion}"
+    );
+    let piece_of_key = a.key_pem("issuer-rs256").lines().nth(3).unwrap().to_owned();
+    for output in [&stdout, &stderr] {
+        assert!(
+            !output.contains(&piece_of_key),
+            "the key is shown: {output}"
+        );
+        assert!(!output.contains("eyJ"), "a JWT is shown: {output}");
+    }
+    assert!(!stderr.contains(token), "the token is on stderr");
+
+    // An assertion made elsewhere, in a file.
+    let (subject, scope, jti) = (unique("user"), unique("cli-bearer-file"), unique("jti"));
+    let now = now_seconds();
+    let assertion = sign_test_assertion(
+        &a.key_pem("issuer-es256"),
+        Some("issuer-es256"),
+        &json!({"iss": ISSUER, "sub": subject, "aud": a.token_url,
+                "iat": now, "exp": now + 600, "jti": jti}),
+    )
+    .unwrap();
+    let file = home.path().join("assertion.jwt");
+    std::fs::write(&file, &assertion).unwrap();
+    let (code, stdout, stderr) = tokenkeeper(
+        home.path(),
+        &[
+            "--grant",
+            "jwt-bearer",
+            "--token-url",
+            &a.token_url,
+            "--client-id",
+            ISSUER,
+            "--assertion-file",
+            file.to_str().unwrap(),
+            "--scope",
+            &scope,
+        ],
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    let seen = a.introspect(stdout.trim());
+    assert_eq!(seen["sub"], subject.as_str(), "{seen}");
+    let requests = a.requests(&scope);
+    assert_eq!(requests.len(), 1, "{requests:?}");
+    assert_eq!(
+        requests[0]["assertion"]["jti"],
+        jti.as_str(),
+        "{requests:?}"
+    );
+    let signature = assertion.rsplit('.').next().unwrap();
+    for output in [&stdout, &stderr] {
+        assert!(
+            !output.contains(signature),
+            "the assertion is shown: {output}"
+        );
     }
 }

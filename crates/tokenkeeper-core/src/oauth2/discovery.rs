@@ -21,7 +21,8 @@
 //! 2. `{scheme}://{host}/.well-known/oauth-authorization-server{path}`
 //!    (RFC 8414 §3.1: the well-known part inserted between the host and
 //!    the issuer's path), asked for only when the first answered with a
-//!    client error other than 408 and 429 (typically 404).
+//!    client error other than 408 and 429 (typically 404), or a redirect
+//!    (redirects are never followed).
 //!
 //! What is checked (RFC 8414 §3.3, OpenID Connect Discovery §4.3): the
 //! document's `issuer` is the configured issuer, character for character;
@@ -222,7 +223,8 @@ pub enum DiscoveryError {
         /// The last status.
         status: u16,
     },
-    /// An error status: transient for 408, 429 and 5xx, else permanent.
+    /// An error status: transient for 408, 429 and 5xx; permanent for other
+    /// client errors and for redirects (which are not followed).
     #[error("the metadata URL answered HTTP {status}")]
     Status {
         /// The status.
@@ -262,9 +264,11 @@ impl DiscoveryError {
             DiscoveryError::IssuerMismatch { .. }
             | DiscoveryError::NotServed { .. }
             | DiscoveryError::Invalid { .. } => ErrorClass::Permanent,
+            // A redirect is not followed (the document must come from the
+            // issuer's own URL): permanent, as other client errors.
             DiscoveryError::Status { status } => match status {
                 408 | 429 | 500..=599 => ErrorClass::Transient,
-                400..=499 => ErrorClass::Permanent,
+                300..=499 => ErrorClass::Permanent,
                 _ => ErrorClass::Transient,
             },
             DiscoveryError::Unparseable { .. } | DiscoveryError::TooLarge { .. } => {
@@ -275,11 +279,11 @@ impl DiscoveryError {
     }
 
     /// Whether the next well-known URL should be tried: the first answered
-    /// with a client error (other than 408 and 429), as a server that does
-    /// not publish that document does.
+    /// with a client error (other than 408 and 429) or a redirect, as a
+    /// server that does not publish that document does.
     pub fn try_next_location(&self) -> bool {
         matches!(self, DiscoveryError::Status { status }
-            if (400..500).contains(status) && *status != 408 && *status != 429)
+            if (300..500).contains(status) && *status != 408 && *status != 429)
     }
 }
 
@@ -771,6 +775,8 @@ mod tests {
         assert_eq!(status(429).class(), ErrorClass::Transient);
         assert_eq!(status(403).class(), ErrorClass::Permanent);
         assert!(status(404).try_next_location());
+        assert!(status(301).try_next_location());
+        assert_eq!(status(302).class(), ErrorClass::Permanent);
         assert!(!status(429).try_next_location());
         assert!(!status(500).try_next_location());
         // An http endpoint is fine for a loopback issuer's own loopback

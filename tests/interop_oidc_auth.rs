@@ -628,7 +628,6 @@ fn device_login_approved_by_the_person_then_refreshed_without_them<F: Flavor>() 
     let cache = dir.path().join("cache.json");
     let client = device_client(&o, &o.device_id);
     let builder = quick::<F>(client.clone()).file_cache(&cache);
-    let started = Instant::now();
     let (prompted, login) = device_login_in_background::<F>(builder, o.device_endpoint());
     let prompt = prompt_of(&prompted);
     assert_eq!(
@@ -647,9 +646,9 @@ fn device_login_approved_by_the_person_then_refreshed_without_them<F: Flavor>() 
         .join()
         .unwrap()
         .unwrap_or_else(|e| panic!("{}: {e}", F::NAME));
-    assert!(login.polls >= 3, "{}: {} polls", F::NAME, login.polls);
+    // At least one pending answer, then the token.
+    assert!(login.polls >= 2, "{}: {} polls", F::NAME, login.polls);
     assert_eq!(login.interval, DEVICE_INTERVAL, "{}: slowed down", F::NAME);
-    assert!(started.elapsed() >= DEVICE_INTERVAL * 2, "{}", F::NAME);
     assert!(login.token.refresh_token.is_some(), "{}", F::NAME);
     assert_eq!(login.token.lifetime(), Duration::from_secs(300));
     assert!(login.warnings.is_empty(), "{:?}", login.warnings);

@@ -367,8 +367,11 @@ pub(crate) fn resolve(args: &SourceArgs, need: NeedSecret) -> Result<Resolved, C
         OAuth2Client::new(url, ClientId::new(client_id), secret, grant).auth_method(auth_method);
     if let Some(issuer) = issuer {
         client = client.with_issuer(issuer);
-        // A method given by flag or profile is kept; else the metadata's.
-        if args.auth_method.or(profile.auth_method).is_some() {
+        // A method given by flag or profile (or implied by an assertion
+        // file) is kept; else the metadata's.
+        if args.auth_method.or(profile.auth_method).is_some()
+            || crate::auth::implies_private_key_jwt(&args.auth, &profile)
+        {
             client = client.auth_method(auth_method);
         }
     }

@@ -151,6 +151,33 @@ fn private_key_jwt_with_a_key_file_or_an_assertion_file_prints_a_token() {
         Some(token.as_str())
     );
 
+    // The same from an issuer's metadata: the implied method is kept.
+    let made = sign_test_assertion(
+        &pem,
+        Some("kid-7"),
+        &serde_json::json!({"iss": "pkj-cli", "sub": "pkj-cli", "aud": fx.authority.token_url(),
+                            "iat": now(), "exp": now() + 300, "jti": "cli-jti-2"}),
+    )
+    .unwrap();
+    fx.secrets.push(made.clone());
+    let file = fx.secret_file("client-assertion-2.jwt", &made);
+    let issuer = fx.authority.discovery_issuer();
+    let run = fx.run(&[
+        "token",
+        "-vv",
+        "--no-cache",
+        "--issuer",
+        &issuer,
+        "--client-id",
+        "pkj-cli",
+        "--client-assertion-file",
+        &file,
+    ]);
+    assert_eq!(
+        fx.authority.last_access_token().as_deref(),
+        Some(ok(&run).as_str())
+    );
+
     // No key at all; a key file that is not there: usage errors.
     let run = fx.token("pkj-cli", &["--auth-method", "private_key_jwt"]);
     assert_eq!(run.code, 2, "{run:?}");

@@ -161,6 +161,8 @@ fn mode(path: &Path) -> u32 {
 #[test]
 fn a_device_login_is_refreshed_later_without_the_person() {
     let fixture = Fixture::new(Duration::from_secs(2));
+    // The authority asks the command to slow down at its first poll.
+    fixture.authority.force_slow_down(1);
     let login = fixture.start_login();
     // The person opens the page and approves, while the command polls.
     let user_code = fixture.after_polls(2);
@@ -182,6 +184,16 @@ fn a_device_login_is_refreshed_later_without_the_person() {
     assert!(login.stderr.contains("signed in"), "{}", login.stderr);
     let polls = fixture.polls();
     assert!(polls.len() >= 3, "{polls:?}");
+    // slow_down obeyed: the next poll came 5 s later than the 1 s interval
+    // (the authority would have answered slow_down again to an early one).
+    let refused = |r: &RequestRecord| match &r.outcome {
+        Outcome::Rejected { error } => error.clone(),
+        other => format!("{other:?}"),
+    };
+    assert_eq!(refused(&polls[0]), "slow_down");
+    assert_eq!(refused(&polls[1]), "authorization_pending", "{polls:?}");
+    let gap = polls[1].at.duration_since(polls[0].at).unwrap();
+    assert!(gap >= Duration::from_millis(5_750), "{gap:?}");
     let Outcome::Issued {
         refresh_token: Some(refresh_token),
         ..
@@ -260,10 +272,12 @@ fn an_expired_login_exits_8() {
     // The authority says so...
     let login = fixture.start_login();
     let user_code = fixture.after_polls(1);
+    let device_code = fixture.authority.device_code_of(&user_code).unwrap();
     assert!(fixture.authority.expire_device(&user_code));
     let login = finish(login);
     assert_eq!(login.code, 8, "{}", login.stderr);
     assert!(login.stderr.contains("expired"), "{}", login.stderr);
+    assert_hidden(&login, &[&device_code, SECRET]);
     assert!(fixture.cache_files().is_empty());
     // ...or the code's lifetime runs out while the person is away.
     fixture

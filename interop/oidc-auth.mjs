@@ -36,7 +36,8 @@
 //   token. Its device codes live DEVICE_CODE_SECONDS; those of
 //   interop-device-expiring-client (the same otherwise) live 3 s.
 // - interop-exchange-client, client_secret_basic with EXCHANGE_SECRET,
-//   allowed client_credentials and token exchange.
+//   allowed client_credentials and token exchange; it may revoke its tokens
+//   (RFC 7009, ISSUER/token/revocation).
 //
 // Discovery: oidc-provider's own /.well-known/openid-configuration, with the
 // issuer above, token_endpoint ISSUER/token, device_authorization_endpoint
@@ -265,6 +266,9 @@ const provider = new Provider(issuer, {
     devInteractions: { enabled: false },
     clientCredentials: { enabled: true },
     deviceFlow: { enabled: true },
+    // POST ISSUER/token/revocation (RFC 7009): a test revokes the token a
+    // chain's exchange presents.
+    revocation: { enabled: true },
   },
 });
 

@@ -41,7 +41,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::Flavor;
 use common::interop::{
-    Node, http_request, jwt_claims, sha256, shared, start_node, tokenkeeper_binary,
+    Node, http_request, http_request_with, jwt_claims, sha256, shared, start_node,
+    tokenkeeper_binary,
 };
 use serde_json::Value;
 use tokenkeeper_core::oauth2::assertion::{AssertionAudience, ClientAssertionSettings};
@@ -51,7 +52,8 @@ use tokenkeeper_core::oauth2::exchange::{
 };
 use tokenkeeper_core::oauth2::{AuthMethod, OAuth2Client, TokenUrl};
 use tokenkeeper_core::{
-    BackoffPolicy, ClientId, ClientSecret, FetchError, Jitter, RefreshNow, Timestamp, TokenRecord,
+    BackoffPolicy, ClientId, ClientSecret, Event, FetchError, Jitter, RefreshNow, Timestamp,
+    TokenRecord,
 };
 use tokenkeeper_driver::assertion::{Assertion, ClientKey};
 use tokenkeeper_driver::device::{DeviceLogin, DeviceLoginError, DevicePrompt};
@@ -901,6 +903,82 @@ fn token_exchange_of_another_watchers_token<F: Flavor>() {
     F::block_on(upstream.shutdown());
 }
 
+/// A chain whose upstream token is revoked underneath (RFC 7009, while the
+/// upstream still holds it as good): oidc-provider refuses the exchange
+/// (`invalid_grant`), the upstream replaces exactly that token, and the
+/// exchange is sent again with the new one within the same refresh, with no
+/// failure reported.
+fn a_revoked_upstream_token_is_replaced_before_the_exchange_is_sent_again<F: Flavor>() {
+    use base64::Engine as _;
+    let o = oidc_auth();
+    let upstream_client = OAuth2Client::client_credentials(
+        o.token_url(),
+        ClientId::new(o.exchange_id.clone()),
+        ClientSecret::new(o.exchange_secret.clone()),
+    )
+    .unwrap()
+    .scope("read");
+    let upstream = spawn::<F>(quick::<F>(upstream_client));
+    let failures = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::clone(&failures);
+    let client = exchange_client(&o, TokenExchange::new(ACCESS_TOKEN_TYPE))
+        .audience("urn:tokenkeeper:chain");
+    let downstream = spawn::<F>(quick::<F>(client).subject_token_from(&upstream).on_event(
+        move |event| {
+            if let Event::FetchFailed { error, .. } = event {
+                seen.lock().unwrap().push(error.to_string());
+            }
+        },
+    ));
+    let revoked = upstream.token().unwrap().into_arc();
+    let first = downstream.token().unwrap().into_arc();
+
+    let credentials = base64::engine::general_purpose::STANDARD
+        .encode(format!("{}:{}", o.exchange_id, o.exchange_secret));
+    let (status, body) = http_request_with(
+        "POST",
+        &format!("{}/token/revocation", o.issuer),
+        &[
+            ("Authorization", &format!("Basic {credentials}")),
+            ("Content-Type", "application/x-www-form-urlencoded"),
+        ],
+        &format!("token={}", revoked.access_token.expose_secret()),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        upstream.token().unwrap().access_token,
+        revoked.access_token,
+        "{}: the upstream does not know yet",
+        F::NAME
+    );
+
+    assert!(F::block_on(downstream.refresh_now()).is_ok());
+    let end = Instant::now() + Duration::from_secs(20);
+    while downstream.token().unwrap().access_token == first.access_token {
+        assert!(
+            Instant::now() < end,
+            "{}: {:?}",
+            F::NAME,
+            downstream.status()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let replaced = upstream.token().unwrap().into_arc();
+    assert_ne!(replaced.access_token, revoked.access_token, "{}", F::NAME);
+    let results = |token: &TokenRecord| -> Vec<String> {
+        let digest = digest_of(token.access_token.expose_secret());
+        o.requests_since(0, |entry| entry["subject_digest"] == digest.as_str())
+            .iter()
+            .map(|entry| entry["result"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    };
+    assert_eq!(results(&revoked), ["ok", "invalid_grant"], "{}", F::NAME);
+    assert_eq!(results(&replaced), ["ok"], "{}", F::NAME);
+    assert!(failures.lock().unwrap().is_empty(), "{failures:?}");
+    F::block_on(downstream.shutdown());
+    F::block_on(upstream.shutdown());
+}
+
 /// A subject token signed by a key the authority does not trust is refused
 /// for good (`invalid_grant`), and so is an audience it does not serve
 /// (`invalid_target`).
@@ -943,6 +1021,7 @@ per_driver!(
     token_exchange_of_platform_tokens_from_files,
     token_exchange_of_another_watchers_token,
     token_exchange_refusals_are_permanent,
+    a_revoked_upstream_token_is_replaced_before_the_exchange_is_sent_again,
     an_assertion_file_is_read_before_every_request,
     private_key_jwt_rs256_gets_tokens,
     private_key_jwt_es256_for_the_issuer_gets_tokens,

@@ -81,6 +81,17 @@ pub(crate) fn shared<T>(slot: &Mutex<Weak<T>>, start: impl FnOnce() -> T) -> Arc
 /// One HTTP/1.1 request without a body to a plain `http://` server (a test
 /// route or log of an interop authority): the status and the body.
 pub(crate) fn http_request(method: &str, url: &str) -> (u16, String) {
+    http_request_with(method, url, &[], "")
+}
+
+/// One HTTP/1.1 request to a plain `http://` server with these extra
+/// headers and this body: the status and the body of the answer.
+pub(crate) fn http_request_with(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String) {
     let rest = url
         .strip_prefix("http://")
         .unwrap_or_else(|| panic!("not an http URL: {url}"));
@@ -91,11 +102,16 @@ pub(crate) fn http_request(method: &str, url: &str) -> (u16, String) {
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: {}\r\nConnection: close\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes()).unwrap();
+    stream.write_all(body.as_bytes()).unwrap();
     let mut answer = String::new();
     stream.read_to_string(&mut answer).unwrap();
     let (head, body) = answer.split_once("\r\n\r\n").expect("an HTTP answer");

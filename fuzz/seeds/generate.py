@@ -467,6 +467,48 @@ def seed_cli_config():
     c("deep-inline", "[profiles.default]\nresources = " + "[" * 100 + "]" * 100 + "\n")
 
 
+# --- discovery_metadata ------------------------------------------------------
+
+
+def seed_discovery_metadata():
+    clear("discovery_metadata")
+    # Flags: low two bits the issuer (see the target), the next two the status.
+    issuers = [
+        "https://idp.example",
+        "https://idp.example/tenants/t1",
+        "http://127.0.0.1:8080",
+        "https://idp.example/",
+    ]
+
+    def m(name, flags, body):
+        if not isinstance(body, str):
+            body = compact(body)
+        write("discovery_metadata", name, bytes([flags]) + body.encode("utf-8"))
+
+    for i, issuer in enumerate(issuers):
+        base = issuer.rstrip("/")
+        m("ok-%d" % i, i, {
+            "issuer": issuer,
+            "token_endpoint": base + "/oauth2/token",
+            "device_authorization_endpoint": base + "/device",
+            "token_endpoint_auth_methods_supported": ["client_secret_post", "private_key_jwt"],
+            "grant_types_supported": ["client_credentials"],
+        })
+        m("mismatch-%d" % i, i, {"issuer": PLANTED + issuer, "token_endpoint": base + "/t"})
+        m("not-found-%d" % i, i | 4, "")
+        m("down-%d" % i, i | 8, "<html>503</html>")
+    m("http-endpoint", 0, {"issuer": "https://idp.example", "token_endpoint": "http://idp.example/t"})
+    m("insecure-allowed", 3, {"issuer": "https://idp.example/", "token_endpoint": "http://idp.example/t"})
+    m("no-endpoint", 0, {"issuer": "https://idp.example"})
+    m("wrong-types", 0, '{"issuer":"https://idp.example","token_endpoint":["x"],"grant_types_supported":{}}')
+    m("endpoint-with-key", 0, '{"issuer":"https://idp.example","token_endpoint":"https://idp.example/t?key=%s"}' % PLANTED)
+    m("tiny-cap", 12, {"issuer": "https://idp.example", "token_endpoint": "https://idp.example/t"})
+    m("escapes", 0, '{"issuer":"https://idp.example\u001b[31m","token_endpoint":"https://idp.example/t"}')
+    m("truncated", 0, '{"issuer":"https://idp.example","token_endpoint":"https://idp')
+    m("array", 0, "[]")
+    m("nested", 0, "[" * 200 + "]" * 200)
+
+
 if __name__ == "__main__":
     seed_token_response()
     seed_oauth_error()
@@ -474,6 +516,7 @@ if __name__ == "__main__":
     seed_cache_record()
     seed_token_url()
     seed_cli_config()
+    seed_discovery_metadata()
     for target in sorted(os.listdir(HERE)):
         folder = os.path.join(HERE, target)
         if os.path.isdir(folder):

@@ -1113,16 +1113,15 @@ fn command_signs_private_key_jwt_for_the_discovered_endpoint() {
     assert_assertions_seen(&o, since, &o.rs256_id, expected, 1);
 }
 
-/// `tokenkeeper login --device` against oidc-provider, the person approving
-/// through the test route while the command polls; then `tokenkeeper token`
-/// with the same settings refreshes with the cached refresh token, without
-/// the person.
+/// `tokenkeeper login --device --issuer` against oidc-provider (both
+/// endpoints from its document), the person approving through the test route
+/// while the command polls; then `tokenkeeper token` with the same settings
+/// refreshes with the cached refresh token, without the person.
 #[test]
 fn command_device_login_then_token_without_the_person() {
     let o = oidc_auth();
     let since = epoch_millis();
     let home = tempfile::tempdir().unwrap();
-    let device_url = o.device_endpoint().as_str().to_owned();
     let settings = [
         "--issuer",
         &o.issuer,
@@ -1131,12 +1130,7 @@ fn command_device_login_then_token_without_the_person() {
         "--scope",
         "read offline_access",
     ];
-    let mut login_args = vec![
-        "login",
-        "--device",
-        "--device-authorization-url",
-        &device_url,
-    ];
+    let mut login_args = vec!["login", "--device"];
     login_args.extend(settings);
     let mut login = command(home.path(), None, &login_args)
         .stdout(Stdio::piped())

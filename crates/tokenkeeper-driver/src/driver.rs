@@ -745,6 +745,15 @@ impl<R: Runtime> Driver<R> {
             return;
         };
         let exchange = Arc::clone(exchange);
+        // Where it goes: the token endpoint, or, for a client made from an
+        // issuer, the issuer's metadata (a GET) or the endpoint it named.
+        let metadata = request.as_http().method() == http::Method::GET;
+        let target = tokenkeeper_core::oauth2::TokenUrl::parse(
+            &request.as_http().uri().to_string(),
+            true,
+        )
+        .map(|u| u.redacted())
+        .unwrap_or_else(|_| url.clone());
         // The core decided what the proof claims; the key signs it here,
         // with an id of its own (see `sign_with_fresh_id`).
         let proof = match (dpop, request.dpop_claims()) {
@@ -768,13 +777,17 @@ impl<R: Runtime> Driver<R> {
             %key,
             effect = %id,
             grant = *grant,
-            url = %url,
+            url = %target,
         );
         let task = runtime::spawn(
             &self.runtime,
             "fetch",
             async move {
-                debug!("requesting a token");
+                if metadata {
+                    debug!("requesting the issuer's metadata");
+                } else {
+                    debug!("requesting a token");
+                }
                 // A chain keeps the bare request, to send again once the
                 // upstream replaced a refused token.
                 let again = assertion
@@ -806,6 +819,7 @@ impl<R: Runtime> Driver<R> {
                             status = answer.status,
                             bytes = answer.body.len(),
                             elapsed_ms,
+                            metadata,
                             "the token endpoint answered"
                         );
                         Input::Response {

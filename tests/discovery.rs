@@ -6,7 +6,9 @@
 //! the failure and tokens flow from the new one; the metadata is cached with
 //! the token record, so a restart sharing the file cache asks for none; an
 //! issuer with a path is found at the RFC 8414 location (path inserted) when
-//! it publishes no OpenID Connect document.
+//! it publishes no OpenID Connect document; metadata older than the
+//! client's `discovery_max_age` is fetched again before the next token
+//! request.
 
 mod common;
 
@@ -26,6 +28,7 @@ per_driver!(
     a_moved_token_endpoint_is_looked_up_again_after_the_failure,
     a_restart_with_a_file_cache_asks_for_no_metadata,
     an_issuer_with_a_path_is_found_at_the_rfc_8414_location,
+    metadata_older_than_its_max_age_is_fetched_again,
 );
 
 const SECRET: &str = "discovery-secret-4f0a";
@@ -288,4 +291,45 @@ fn an_issuer_with_a_path_is_found_at_the_rfc_8414_location<F: Flavor>() {
     assert_eq!(authority.count_by_client("signer"), 1);
     F::block_on(watcher.shutdown());
     F::block_on(signed.shutdown());
+}
+
+fn metadata_older_than_its_max_age_is_fetched_again<F: Flavor>() {
+    let authority = authority();
+    let watcher = spawn::<F>(
+        quick::<F>(
+            client(&authority.discovery_issuer()).discovery_max_age(Duration::from_millis(300)),
+        )
+        .refresh_now_min_interval(Duration::from_millis(1)),
+    );
+    let first = watcher
+        .token()
+        .unwrap()
+        .access_token
+        .expose_secret()
+        .to_owned();
+    // Young metadata: a refresh asks for none.
+    assert_eq!(F::block_on(watcher.refresh_now()), Ok(RefreshNow::Started));
+    let second = next_token::<F>(&watcher, &first);
+    assert_eq!(authority.metadata_request_count(), 1, "{}", F::NAME);
+    // Old metadata, and an endpoint that moved meanwhile: asked for again
+    // before the token request, which goes to the new endpoint at once.
+    std::thread::sleep(Duration::from_millis(400));
+    authority.move_token_endpoint("/v3/token");
+    assert_eq!(F::block_on(watcher.refresh_now()), Ok(RefreshNow::Started));
+    next_token::<F>(&watcher, &second);
+    let log = requests(&authority);
+    assert_eq!(
+        log[log.len() - 2..],
+        [
+            (
+                "GET".to_owned(),
+                "/.well-known/openid-configuration".to_owned()
+            ),
+            ("POST".to_owned(), "/v3/token".to_owned()),
+        ],
+        "{}: {log:?}",
+        F::NAME
+    );
+    assert_eq!(authority.count_by_status(404), 0, "no failed request");
+    F::block_on(watcher.shutdown());
 }

@@ -120,6 +120,7 @@ mod tests {
             names,
             [
                 "token",
+                "login",
                 "inspect",
                 "watch",
                 "demo",
@@ -128,7 +129,11 @@ mod tests {
                 "man"
             ]
         );
-        let watch = &all[2].1;
+        let watch = &all
+            .iter()
+            .find(|(name, _)| name == "watch")
+            .expect("a watch subcommand")
+            .1;
         for flag in [
             "--sink",
             "--ca-file",

@@ -367,7 +367,7 @@ make_certificates() {
 
 # --- fuzzing ---------------------------------------------------------------------
 
-FUZZ_TARGETS=(token_response oauth_error retry_after cache_record token_url cli_config discovery_metadata)
+FUZZ_TARGETS=(token_response oauth_error retry_after cache_record token_url cli_config discovery_metadata device_flow)
 # Stable Rust: no sanitizer (the code is safe Rust; overflow checks and
 # debug assertions are on), and 16 codegen units for a faster build.
 FUZZ_FLAGS=(--debug-assertions --sanitizer none --codegen-units 16)

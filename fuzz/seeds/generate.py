@@ -509,6 +509,46 @@ def seed_discovery_metadata():
     m("nested", 0, "[" * 200 + "]" * 200)
 
 
+# --- device_flow -------------------------------------------------------------
+# status index (0 = 200, 3 = 400, 4 = 401, 8 = 500), limit byte, mode byte
+# (even: the device authorization answer; odd: a poll's answer), body.
+
+
+def seed_device_flow():
+    clear("device_flow")
+
+    def d(name, status_index, mode, body, limit_byte=0):
+        if not isinstance(body, str):
+            body = compact(body)
+        write("device_flow", name, bytes([status_index, limit_byte, mode]) + body.encode("utf-8"))
+
+    good = {
+        "device_code": "dc-" + PLANTED,
+        "user_code": "WDJB-MJHT",
+        "verification_uri": "https://auth.example/device",
+        "verification_uri_complete": "https://auth.example/device?user_code=WDJB-MJHT",
+        "expires_in": 1800,
+        "interval": 5,
+    }
+    d("codes", 0, 0, good)
+    d("codes-no-interval", 0, 0, {k: v for k, v in good.items() if k != "interval"})
+    d("codes-old-name", 0, 0, {"device_code": "d", "user_code": "U", "verification_url": "https://x.example/", "expires_in": "60"})
+    d("codes-control", 0, 0, dict(good, user_code="A\u001b[2JB"))
+    d("codes-bad-uri", 0, 0, dict(good, verification_uri="javascript:alert(1)"))
+    d("codes-zero", 0, 0, dict(good, expires_in=0, interval=0))
+    d("codes-huge", 0, 0, dict(good, expires_in=1e300, interval=1e300))
+    d("codes-error", 4, 0, {"error": "invalid_client", "error_description": "bad " + PLANTED})
+    d("codes-page", 8, 0, "<html>503</html>")
+    d("codes-tiny-cap", 0, 0, good, limit_byte=226)
+    for i, error in enumerate(["authorization_pending", "slow_down", "access_denied", "expired_token", "invalid_grant", "invalid_client"]):
+        for shape in (1, 3, 15):
+            d("poll-%s-%d" % (error, shape), 3, shape, {"error": error})
+    d("poll-quoted", 3, 1, {"error": "invalid_grant", "error_description": "device_code DEVCODEq7Zk2Lw9 unknown"})
+    d("poll-granted", 0, 1, {"access_token": "at-" + PLANTED, "token_type": "Bearer", "expires_in": 60, "refresh_token": "rt-" + PLANTED})
+    d("poll-down", 8, 5, "")
+    d("poll-rate", 7, 7, {"error": "slow_down"})
+
+
 if __name__ == "__main__":
     seed_token_response()
     seed_oauth_error()
@@ -517,6 +557,7 @@ if __name__ == "__main__":
     seed_token_url()
     seed_cli_config()
     seed_discovery_metadata()
+    seed_device_flow()
     for target in sorted(os.listdir(HERE)):
         folder = os.path.join(HERE, target)
         if os.path.isdir(folder):

@@ -56,7 +56,9 @@ use serde_json::{Value, json};
 use tokenkeeper_core::oauth2::assertion::{
     AssertionClaims, AssertionTemplate, add_client_assertion, add_grant_assertion,
 };
-use tokenkeeper_core::oauth2::exchange::{add_actor_token, add_subject_token};
+use tokenkeeper_core::oauth2::exchange::{
+    ID_TOKEN_TYPE, JWT_TOKEN_TYPE, add_actor_token, add_subject_token,
+};
 use tokenkeeper_core::oauth2::{AuthMethod, GrantType, OAuth2Client, TokenRequest};
 use tokenkeeper_core::{FetchError, Timestamp, TokenRecord};
 use zeroize::Zeroizing;
@@ -643,6 +645,16 @@ fn check_external(text: &str, now: Timestamp, what: &str) -> Result<(), Assertio
     let claims = jws::unverified_claims(text).map_err(|why| {
         AssertionError::new(AssertionProblem::Malformed, format!("{what}: {why}"))
     })?;
+    check_expiry(&claims, now, what)
+}
+
+/// Checks the `exp` of a JWT made elsewhere (read, not verified): past
+/// (beyond a few seconds of leeway) is [`AssertionProblem::Expired`].
+pub(crate) fn check_expiry(
+    claims: &serde_json::Map<String, Value>,
+    now: Timestamp,
+    what: &str,
+) -> Result<(), AssertionError> {
     if let Some(exp) = claims.get("exp") {
         let Some(exp) = exp.as_f64().filter(|e| e.is_finite()) else {
             return Err(AssertionError::new(
@@ -770,7 +782,7 @@ impl Assertions {
         &self,
         client: &OAuth2Client,
     ) -> Result<crate::token_exchange::ExchangeTokens, AssertionError> {
-        let ExchangeTokens { subject, actor } = &self.exchange;
+        let ExchangeTokens { subject, actor, .. } = &self.exchange;
         let Some(settings) = client.get_token_exchange() else {
             if subject.is_some() || actor.is_some() {
                 return Err(AssertionError::misconfigured(
@@ -802,7 +814,13 @@ impl Assertions {
             }
             _ => {}
         }
-        Ok(self.exchange.clone())
+        let jwt =
+            |token_type: Option<&str>| matches!(token_type, Some(JWT_TOKEN_TYPE | ID_TOKEN_TYPE));
+        Ok(ExchangeTokens {
+            subject_jwt: jwt(Some(settings.subject_token_type())),
+            actor_jwt: jwt(settings.actor_token_type()),
+            ..self.exchange.clone()
+        })
     }
 
     /// Takes a request out to send it, with what it still needs: the
@@ -826,12 +844,12 @@ impl Assertions {
                 .subject_token_needed()
                 .then(|| self.exchange.subject.clone())
                 .flatten()
-                .map(|source| Needed::new(source, "subject token")),
+                .map(|source| Needed::new(source, "subject token", self.exchange.subject_jwt)),
             actor: request
                 .actor_token_needed()
                 .then(|| self.exchange.actor.clone())
                 .flatten()
-                .map(|source| Needed::new(source, "actor token")),
+                .map(|source| Needed::new(source, "actor token", self.exchange.actor_jwt)),
             exchange_needed: request.subject_token_needed(),
             presented: Presented::default(),
         };
@@ -891,7 +909,7 @@ impl<R: Runtime> Pending<R> {
             };
             let take = |pending: Option<(Needed, Option<Arc<TokenRecord>>)>| {
                 pending
-                    .map(|(need, token)| make_blocking(&need, token))
+                    .map(|(need, token)| make_blocking(&need, token, now))
                     .transpose()
             };
             Ok::<_, AssertionError>((

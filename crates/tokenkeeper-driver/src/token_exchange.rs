@@ -7,7 +7,10 @@
 //! - [`ExchangeToken::file`]: a file read again before every request (a
 //!   platform's identity token that is replaced underneath, as a kubelet
 //!   does). A missing or empty file is transient; see
-//!   [`assertion`](crate::assertion) for how each failure is classed.
+//!   [`assertion`](crate::assertion) for how each failure is classed. A
+//!   token declared a JWT (`jwt`, `id_token`) whose `exp` is past is not
+//!   sent: [`Expired`](crate::assertion::AssertionProblem::Expired),
+//!   permanent, as for an assertion file.
 //! - [`ExchangeToken::from_fn`]: a callback asked before every request.
 //! - [`ExchangeToken::watcher`]: another watcher's current token, a chain
 //!   (a platform token exchanged for the API token).
@@ -56,10 +59,10 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use tokenkeeper_core::{CacheKey, TokenRecord};
+use tokenkeeper_core::{CacheKey, Timestamp, TokenRecord};
 use zeroize::Zeroizing;
 
-use crate::assertion::{AssertionError, read_secret_file};
+use crate::assertion::{AssertionError, check_expiry, read_secret_file};
 use crate::error::WatcherStopped;
 use crate::runtime::{BoxFuture, Runtime};
 use crate::watcher::TokenWatcher;
@@ -186,6 +189,11 @@ impl<R: Runtime> Upstream for TokenWatcher<R> {
 pub(crate) struct ExchangeTokens {
     pub(crate) subject: Option<ExchangeToken>,
     pub(crate) actor: Option<ExchangeToken>,
+    /// Whether the subject (actor) token is declared a JWT (`jwt`,
+    /// `id_token`): one read from a file or a callback is then refused
+    /// when its `exp` is past, as an assertion made elsewhere is.
+    pub(crate) subject_jwt: bool,
+    pub(crate) actor_jwt: bool,
 }
 
 /// A token an exchange request needs, from the source configured.
@@ -193,11 +201,12 @@ pub(crate) struct ExchangeTokens {
 pub(crate) struct Needed {
     source: ExchangeToken,
     what: &'static str,
+    jwt: bool,
 }
 
 impl Needed {
-    pub(crate) fn new(source: ExchangeToken, what: &'static str) -> Self {
-        Needed { source, what }
+    pub(crate) fn new(source: ExchangeToken, what: &'static str, jwt: bool) -> Self {
+        Needed { source, what, jwt }
     }
 
     pub(crate) fn is_watcher(&self) -> bool {
@@ -250,12 +259,19 @@ pub(crate) async fn take_upstream<R: Runtime>(
 
 /// Makes a file's or a callback's token (blocking work: run it off async
 /// tasks); `upstream` is the watcher's token taken before, for that kind.
+/// A token declared a JWT whose `exp` is before `now` is refused
+/// ([`AssertionProblem::Expired`](crate::assertion::AssertionProblem::Expired),
+/// permanent): whatever issues it is not renewing it.
 pub(crate) fn make_blocking(
     need: &Needed,
     upstream: Option<Arc<TokenRecord>>,
+    now: Timestamp,
 ) -> Result<Zeroizing<String>, AssertionError> {
-    match (&need.source.0, upstream) {
-        (Kind::File(path), _) => read_secret_file(path, need.what),
+    let made = match (&need.source.0, upstream) {
+        (Kind::File(path), _) => {
+            let text = read_secret_file(path, need.what)?;
+            (text, format!("the {} in {}", need.what, path.display()))
+        }
         (Kind::Callback { label, callback }, _) => {
             let text = Zeroizing::new(callback()?.trim().to_owned());
             if text.is_empty() {
@@ -264,16 +280,28 @@ pub(crate) fn make_blocking(
                     need.what
                 )));
             }
-            Ok(text)
+            (text, format!("the {} from callback {label:?}", need.what))
         }
-        (Kind::Watcher(_), Some(token)) => Ok(Zeroizing::new(
-            token.access_token.expose_secret().to_owned(),
-        )),
-        (Kind::Watcher(upstream), None) => Err(AssertionError::unavailable(format!(
-            "no token was taken from watcher {}",
-            upstream.key().id()
-        ))),
+        (Kind::Watcher(_), Some(token)) => {
+            return Ok(Zeroizing::new(
+                token.access_token.expose_secret().to_owned(),
+            ));
+        }
+        (Kind::Watcher(upstream), None) => {
+            return Err(AssertionError::unavailable(format!(
+                "no token was taken from watcher {}",
+                upstream.key().id()
+            )));
+        }
+    };
+    let (text, what) = made;
+    // Only a token that reads as a JWT is checked: the authority judges the rest.
+    if need.jwt
+        && let Ok(claims) = crate::jws::unverified_claims(&text)
+    {
+        check_expiry(&claims, now, &what)?;
     }
+    Ok(text)
 }
 
 /// After the authority refused an exchange that presented `presented`
@@ -331,15 +359,61 @@ mod tests {
             shown.contains("platform:ci") && !shown.contains("tok-secret"),
             "{shown}"
         );
-        let need = Needed::new(callback, "subject token");
-        assert_eq!(&*make_blocking(&need, None).unwrap(), "tok-secret-value");
+        let need = Needed::new(callback, "subject token", true);
+        let now = Timestamp::from_secs(1_700_000_000);
+        assert_eq!(
+            &*make_blocking(&need, None, now).unwrap(),
+            "tok-secret-value",
+            "not a JWT: passed on as it is"
+        );
         let empty = Needed::new(
             ExchangeToken::from_fn("x", || Ok("  ".into())),
             "subject token",
+            false,
         );
         assert_eq!(
-            make_blocking(&empty, None).unwrap_err().problem(),
+            make_blocking(&empty, None, now).unwrap_err().problem(),
             crate::assertion::AssertionProblem::Unavailable
+        );
+    }
+
+    #[test]
+    fn a_jwt_subject_token_past_its_exp_is_refused_as_expired() {
+        use base64::Engine as _;
+        let jwt = |exp: u64| {
+            let b64 = |v: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v);
+            format!(
+                "{}.{}.c2ln",
+                b64(r#"{"alg":"RS256"}"#),
+                b64(&format!(r#"{{"sub":"workload","exp":{exp}}}"#))
+            )
+        };
+        let now = Timestamp::from_secs(1_700_000_000);
+        let (old, fresh) = (jwt(1_699_990_000), jwt(1_700_000_600));
+        let source = |token: String| ExchangeToken::from_fn("platform", move || Ok(token.clone()));
+        let expired = make_blocking(
+            &Needed::new(source(old.clone()), "subject token", true),
+            None,
+            now,
+        )
+        .unwrap_err();
+        assert_eq!(
+            expired.problem(),
+            crate::assertion::AssertionProblem::Expired
+        );
+        assert!(expired.message().contains("subject token"), "{expired}");
+        assert!(!expired.message().contains(&old), "{expired}");
+        assert!(
+            make_blocking(
+                &Needed::new(source(fresh), "subject token", true),
+                None,
+                now
+            )
+            .is_ok()
+        );
+        // Declared an access token: not read, the authority judges it.
+        assert!(
+            make_blocking(&Needed::new(source(old), "subject token", false), None, now).is_ok()
         );
     }
 

@@ -8,11 +8,13 @@
 # packages, the interop authorities' npm packages), makes throw-away TLS
 # certificates in its scratch folder (interop/certificates.sh: a test CA, a
 # server certificate for localhost and 127.0.0.1, a client CA and client
-# certificates), and starts on free loopback ports a private Redis and four
+# certificates), and starts on free loopback ports a private Redis and six
 # third-party OAuth2 authorities from interop/: oauth2-mock-server over HTTP
 # and again over HTTPS (authority.mjs), oidc-provider over HTTPS with
-# RFC 8705 mTLS client authentication (oidc-mtls.mjs), and oidc-provider over
-# HTTP with RFC 9449 DPoP and required nonces (oidc-dpop.mjs). It exports
+# RFC 8705 mTLS client authentication (oidc-mtls.mjs), oidc-provider over
+# HTTP with RFC 9449 DPoP and required nonces (oidc-dpop.mjs), oidc-provider
+# over HTTP with client assertions, the device grant, discovery and token
+# exchange (oidc-auth.mjs), and an Authlib server (interop/authlib/). It exports
 #
 #   TOKENKEEPER_TEST_REDIS_URL                  redis://127.0.0.1:PORT/
 #   TOKENKEEPER_TEST_INTEROP_TOKEN_URL          http://127.0.0.1:PORT/token

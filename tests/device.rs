@@ -302,6 +302,17 @@ fn a_client_that_is_not_a_refresh_token_client_is_refused_before_any_request<F: 
     );
     assert!(error.to_string().contains("refresh_token"), "{error}");
     assert_eq!(authority.request_count(), 0);
+    // A device authorization URL that is no such endpoint says so.
+    let (_, client, _) = setup();
+    let nowhere = TokenUrl::parse(&format!("{}/nowhere", authority.base_url()), false).unwrap();
+    let (_, present) = recorder();
+    let error = F::block_on(F::builder(client).device_login(nowhere, present)).unwrap_err();
+    assert!(
+        matches!(error, DeviceLoginError::NotADeviceEndpoint(_)),
+        "{}: {error:?}",
+        F::NAME
+    );
+    assert!(error.to_string().contains("HTTP 404"), "{error}");
 }
 
 fn an_issuer_client_takes_both_endpoints_from_the_metadata<F: Flavor>() {

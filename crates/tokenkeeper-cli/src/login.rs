@@ -127,6 +127,7 @@ fn prompt_text(prompt: &DevicePrompt) -> String {
 }
 
 fn login_error(error: DeviceLoginError) -> CliError {
+    let message = error.to_string();
     match error {
         DeviceLoginError::Denied => CliError::new(
             Exit::Denied,
@@ -139,11 +140,12 @@ fn login_error(error: DeviceLoginError) -> CliError {
         DeviceLoginError::Rejected(e) | DeviceLoginError::Misconfigured(e) => {
             CliError::from_fetch(&e)
         }
-        DeviceLoginError::Unavailable(e) => CliError::new(
-            Exit::Unavailable,
-            format!("no sign-in code from the device authorization endpoint: {e}"),
-        )
-        .detail(format!("kind: {e:?}")),
+        DeviceLoginError::Unavailable(e) => {
+            CliError::new(Exit::Unavailable, message).detail(format!("kind: {e:?}"))
+        }
+        DeviceLoginError::NotADeviceEndpoint(e) => {
+            CliError::new(Exit::NotATokenEndpoint, message).detail(format!("kind: {e:?}"))
+        }
         DeviceLoginError::Unsupported(why) => CliError::usage(why),
         DeviceLoginError::Start(SpawnError::NoCacheDir) => {
             CliError::usage("no cache folder: give --cache PATH")

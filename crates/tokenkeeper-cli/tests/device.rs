@@ -322,6 +322,25 @@ fn a_login_without_an_endpoint_or_with_another_grant_is_a_usage_error() {
     ]));
     assert_eq!(wrong_grant.code, 2, "{}", wrong_grant.stderr);
     assert_eq!(fixture.authority.request_count(), 0);
+    // A URL that is no device authorization endpoint: exit 6, as for a
+    // token URL that is no token endpoint.
+    let nowhere = format!("{}/nowhere", fixture.authority.base_url());
+    let wrong_url = run(&mut fixture.command(&[
+        "login",
+        "--device",
+        "--profile",
+        "me",
+        "--device-authorization-url",
+        &nowhere,
+    ]));
+    assert_eq!(wrong_url.code, 6, "{}", wrong_url.stderr);
+    assert!(
+        wrong_url
+            .stderr
+            .contains("is not a device authorization endpoint: it answered HTTP 404"),
+        "{}",
+        wrong_url.stderr
+    );
 }
 
 #[test]

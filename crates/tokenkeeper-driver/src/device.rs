@@ -119,8 +119,15 @@ pub enum DeviceLoginError {
     Misconfigured(FetchError),
     /// The device authorization endpoint could not be reached, or its
     /// answer was unusable.
-    #[error("no sign-in code from the device authorization endpoint: {0}")]
+    #[error("no sign-in code from the device authorization endpoint: {}", endpoint_problem(.0))]
     Unavailable(FetchError),
+    /// The device authorization URL answered as no such endpoint does
+    /// (`404`, `405`, a redirect, a web page): the URL is wrong.
+    #[error(
+        "the device authorization URL is not a device authorization endpoint: it answered {}; check the URL (device_authorization_endpoint in the issuer's metadata)",
+        not_an_endpoint(.0)
+    )]
+    NotADeviceEndpoint(FetchError),
     /// The builder cannot log in this way: its source is not a refresh-token
     /// OAuth2 client (the grant later runs refresh with), or it asks for
     /// DPoP-bound tokens, which device login does not support.
@@ -132,7 +139,37 @@ pub enum DeviceLoginError {
     Start(SpawnError),
 }
 
+/// What went wrong at the device authorization endpoint, in its own terms
+/// (the core's texts name the token endpoint, whose reader they share).
+fn endpoint_problem(error: &FetchError) -> String {
+    match error {
+        FetchError::InvalidBody { status, reason } => {
+            format!("an unusable answer (HTTP {status}): {reason}")
+        }
+        FetchError::BodyTooLarge { limit } => format!("its answer exceeded {limit} bytes"),
+        other => other.to_string(),
+    }
+}
+
+fn not_an_endpoint(error: &FetchError) -> String {
+    match error {
+        FetchError::NotATokenEndpoint { reason, .. } => reason.clone(),
+        other => other.to_string(),
+    }
+}
+
 impl DeviceLoginError {
+    /// A failure of the device authorization request.
+    fn at_endpoint(error: FetchError) -> Self {
+        match error {
+            FetchError::NotATokenEndpoint { .. } => DeviceLoginError::NotADeviceEndpoint(error),
+            FetchError::InvalidBody { .. } | FetchError::BodyTooLarge { .. } => {
+                DeviceLoginError::Unavailable(error)
+            }
+            other => DeviceLoginError::refused(other),
+        }
+    }
+
     /// A refusal, classed as the refresher classes it.
     fn refused(error: FetchError) -> Self {
         if error.is_misconfiguration() {
@@ -303,10 +340,10 @@ async fn login<R: Runtime>(
     let answer = send
         .send(request)
         .await
-        .map_err(DeviceLoginError::refused)?;
+        .map_err(DeviceLoginError::at_endpoint)?;
     let authorization = client
         .read_device_authorization(answer.status, &answer.headers, &answer.body, now().wall)
-        .map_err(DeviceLoginError::refused)?;
+        .map_err(DeviceLoginError::at_endpoint)?;
     let prompt = DevicePrompt {
         user_code: authorization.user_code.clone(),
         verification_uri: authorization.verification_uri.clone(),

@@ -111,7 +111,12 @@ fn the_token_endpoint_comes_from_the_issuer_and_is_cached_with_the_token() {
     // file remembers.
     let second = ok(&fx.token(&["--min-valid", "600"]));
     assert_ne!(second, first);
-    assert_eq!(fx.authority.metadata_request_count(), 1, "{:?}", fx.requests());
+    assert_eq!(
+        fx.authority.metadata_request_count(),
+        1,
+        "{:?}",
+        fx.requests()
+    );
     assert_eq!(fx.authority.request_count(), 3);
 
     // `inspect` with the same source finds the same cache file.
@@ -160,7 +165,8 @@ fn the_issuer_profile_key_and_a_mismatching_document() {
 
     // The document names another issuer: exit 6, both named, no token asked
     // for (a fresh cache folder, so that nothing is served from the cache).
-    fx.authority.set_metadata_issuer(Some("https://impostor.example"));
+    fx.authority
+        .set_metadata_issuer(Some("https://impostor.example"));
     let before = fx.authority.count_by_grant("client_credentials");
     let run = fx.token(&["--no-cache"]);
     assert_eq!(run.code, 6, "{run:?}");

@@ -748,12 +748,10 @@ impl<R: Runtime> Driver<R> {
         // Where it goes: the token endpoint, or, for a client made from an
         // issuer, the issuer's metadata (a GET) or the endpoint it named.
         let metadata = request.as_http().method() == http::Method::GET;
-        let target = tokenkeeper_core::oauth2::TokenUrl::parse(
-            &request.as_http().uri().to_string(),
-            true,
-        )
-        .map(|u| u.redacted())
-        .unwrap_or_else(|_| url.clone());
+        let target =
+            tokenkeeper_core::oauth2::TokenUrl::parse(&request.as_http().uri().to_string(), true)
+                .map(|u| u.redacted())
+                .unwrap_or_else(|_| url.clone());
         // The core decided what the proof claims; the key signs it here,
         // with an id of its own (see `sign_with_fresh_id`).
         let proof = match (dpop, request.dpop_claims()) {

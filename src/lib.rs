@@ -17,7 +17,7 @@
 //! | `native-roots`| —                        | trust the system's certificate store too, in every driver   |
 //! | `metrics`     | `tokenkeeper::driver::metrics` | counters, gauges and a histogram through the `metrics` facade |
 //!
-//! Every driver is the same watcher ([`driver::TokenWatcher`](tokenkeeper_driver::TokenWatcher)):
+//! Every driver is the same watcher (`driver::TokenWatcher`):
 //! the same builder, `token()` (one atomic load), errors, status and events.
 //! Switching runtime changes an import and the `.await`s.
 //!

@@ -192,7 +192,7 @@ impl<R: Runtime> TokenWatcherBuilder<R> {
     /// same way finds it and refreshes it without the person.
     ///
     /// The builder's source must be an
-    /// [`OAuth2Client::refresh_token`] client (public, or with a secret, or
+    /// [`OAuth2Client::refresh_token`](tokenkeeper_core::oauth2::OAuth2Client::refresh_token) client (public, or with a secret, or
     /// authenticating with an assertion): the grant later runs use, and so
     /// the cache key they read. `endpoint` is the authority's device
     /// authorization endpoint (`device_authorization_endpoint` in its

@@ -3,7 +3,7 @@
 //! --config FILE` does, without reading any secret file).
 //!
 //! The command is a binary crate with no library, so this target compiles its
-//! `args`, `error` and `settings` modules from their sources (`#[path]`),
+//! `args`, `auth`, `error` and `settings` modules from their sources (`#[path]`),
 //! leaving the command itself unchanged.
 //!
 //! Invariants beyond "no panic":
@@ -17,6 +17,8 @@
 
 #[path = "../../crates/tokenkeeper-cli/src/args.rs"]
 mod args;
+#[path = "../../crates/tokenkeeper-cli/src/auth.rs"]
+mod auth;
 #[path = "../../crates/tokenkeeper-cli/src/error.rs"]
 mod error;
 #[path = "../../crates/tokenkeeper-cli/src/settings.rs"]

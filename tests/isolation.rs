@@ -1397,3 +1397,60 @@ fn one_shot_ending_during_a_rotation_keeps_the_rotated_token<F: Flavor>() {
         "{name}: {requests:?}"
     );
 }
+
+/// `spawn` drives the watcher in the caller's task until the first token;
+/// a caller that gives up that wait (its own timeout drops the future) must
+/// not take the driver down with it: a refresh-token grant in flight still
+/// finishes in a task of its own, and the rotated token is stored, not lost.
+#[test]
+fn tokio_a_spawn_given_up_during_its_first_rotation_keeps_the_rotated_token() {
+    let authority = Authority::start();
+    authority.register_client(
+        Client::new(ROTATING_CLIENT, ROTATING_SECRET).token_lifetime(Duration::from_secs(300)),
+    );
+    let initial = authority.issue_refresh_token(ROTATING_CLIENT);
+    let client = OAuth2Client::refresh_token(
+        authority.token_url(),
+        ClientId::new(ROTATING_CLIENT),
+        Some(ClientSecret::new(ROTATING_SECRET)),
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rotation.json");
+    let builder = common::Tokio::builder(client)
+        .initial_refresh_token(RefreshToken::new(initial.clone()))
+        .file_cache(&path)
+        .http(HttpSettings::new().request_timeout(Duration::from_secs(10)))
+        .first_token_timeout(Duration::from_secs(20));
+    let key = builder.cache_key().clone();
+
+    // The first answer is held back for a second; the caller gives up after
+    // 300 ms, while the grant that spends `initial` is in flight.
+    authority.push_fault(Fault::Delay(Duration::from_secs(1)));
+    let runtime = common::Tokio::runtime();
+    let given_up = common::tokio_runtime().block_on(futures_lite::future::or(
+        async { Some(builder.spawn().await) },
+        async {
+            runtime.sleep(Duration::from_millis(300)).await;
+            None
+        },
+    ));
+    assert!(
+        given_up.is_none(),
+        "the spawn was expected to be still waiting"
+    );
+
+    // The driver, now in a task of its own with no handle left, lets the
+    // grant finish (its shutdown grace) and stores the rotated token.
+    assert!(
+        eventually(Duration::from_secs(8), || {
+            let live = authority.live_refresh_tokens(ROTATING_CLIENT);
+            live.len() == 1
+                && live.first() != Some(&initial)
+                && cached_refresh_token(&path, &key).as_ref() == live.first()
+        }),
+        "the rotated refresh token was lost: live {:?}",
+        authority.live_refresh_tokens(ROTATING_CLIENT).len()
+    );
+    assert_eq!(authority.request_count(), 1);
+}

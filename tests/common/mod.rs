@@ -35,7 +35,7 @@ pub(crate) trait Flavor: Send + Sync + 'static {
     }
 }
 
-fn tokio_runtime() -> &'static tokio::runtime::Runtime {
+pub(crate) fn tokio_runtime() -> &'static tokio::runtime::Runtime {
     static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
     RT.get_or_init(|| {
         tokio::runtime::Builder::new_multi_thread()

@@ -148,6 +148,12 @@ impl Runtime for AsyncIoRuntime {
         }
     }
 
+    fn polls_fetches_inline(&self) -> bool {
+        // async-io's reactor and timers are global: a future may be polled
+        // on any thread.
+        true
+    }
+
     fn spawn(&self, task: BoxFuture<'static, ()>) {
         match &self.executor {
             // Dropping an async-std handle detaches the task.

@@ -77,10 +77,11 @@ impl Jitter {
     /// token (its access token and issue time): the same token always gets the
     /// same instant, different tokens independent ones.
     pub fn refresh_at_for(&self, token: &TokenRecord) -> Timestamp {
-        let mut key = token.access_token.expose_secret().as_bytes().to_vec();
-        key.extend_from_slice(&token.issued.as_millis().to_le_bytes());
-        let seed = crate::hash::fnv1a_64(&key);
-        zeroize::Zeroize::zeroize(&mut key);
+        // Hashed in place: no copy of the token to allocate and wipe.
+        let seed = crate::hash::fnv1a_64_more(
+            crate::hash::fnv1a_64(token.access_token.expose_secret().as_bytes()),
+            &token.issued.as_millis().to_le_bytes(),
+        );
         self.refresh_at(token, &mut fastrand::Rng::with_seed(seed))
     }
 

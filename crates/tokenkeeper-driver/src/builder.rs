@@ -2,9 +2,14 @@
 //! every adapter.
 
 use std::fmt;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
+
+use futures_lite::FutureExt;
 
 use tokenkeeper_core::pool::{KeyId, PoolConfig, RefresherPool};
 use tokenkeeper_core::{
@@ -329,18 +334,36 @@ impl<R: Runtime> TokenWatcherBuilder<R> {
         // Started when first polled, as an `async fn` would be: the runtime
         // is bound where the future runs (tokio: `rt.block_on(b.spawn())`).
         wait::<R, _>(async move {
-            let (watcher, first, runtime) = self.launch()?;
-            let error = match timeout(&runtime, waited, first.recv()).await {
-                Some(Ok(Ok(()))) => return Ok(watcher),
-                Some(Ok(Err(error))) => SpawnError::permanent(error),
-                Some(Err(_)) => SpawnError::Stopped,
+            let (watcher, first, runtime, driver) = self.launch()?;
+            // The driver runs right here, in the caller's task, until the
+            // first token: a token a cache or a quick source has at once
+            // costs no hand-off between threads. It gets a task of its own
+            // afterwards, or as soon as this wait is dropped.
+            let mut driver = InlineDriver::new(runtime.clone(), driver);
+            let outcome = timeout(&runtime, waited, async {
+                let told = async { Some(first.recv().await) };
+                let ended = async {
+                    driver.drive().await;
+                    None
+                };
+                told.or(ended).await
+            })
+            .await;
+            let error = match outcome {
+                Some(Some(Ok(Ok(())))) => return Ok(watcher),
+                Some(Some(Ok(Err(error)))) => SpawnError::permanent(error),
+                Some(Some(Err(_)) | None) => SpawnError::Stopped,
                 None => SpawnError::TimedOut {
                     waited,
                     last_error: watcher.status().last_error,
                 },
             };
             tracing::warn!(name = %watcher.name(), %error, "the token watcher did not start");
-            stop(&watcher).await;
+            // Told to stop before it moves to a task of its own, so that it
+            // starts nothing more there (a retry that fell due meanwhile).
+            watcher.ask_to_stop().await;
+            drop(driver);
+            watcher.stopped().await;
             Err(error)
         })
     }
@@ -353,7 +376,11 @@ impl<R: Runtime> TokenWatcherBuilder<R> {
     /// Fails with [`SpawnError::NoRuntime`] when the runtime cannot start a
     /// driver from here (tokio: outside a tokio runtime).
     pub fn start(self) -> Result<TokenWatcher<R>, SpawnError> {
-        self.launch().map(|(watcher, _, _)| watcher)
+        let (watcher, _, runtime, driver) = self.launch()?;
+        // The driver's own task is never aborted: it ends by itself once
+        // stopped, or with its runtime.
+        runtime::spawn_detached(&runtime, "watcher", driver.run());
+        Ok(watcher)
     }
 
     #[allow(clippy::type_complexity)]
@@ -364,6 +391,7 @@ impl<R: Runtime> TokenWatcherBuilder<R> {
             TokenWatcher<R>,
             async_channel::Receiver<Result<(), FetchError>>,
             R,
+            Driver<R>,
         ),
         SpawnError,
     > {
@@ -436,13 +464,11 @@ impl<R: Runtime> TokenWatcherBuilder<R> {
             publisher,
             forget: None,
         });
-        // The driver's own task is never aborted: it ends by itself once
-        // stopped, or with its runtime.
-        runtime::spawn_detached(&runtime, "watcher", driver.run());
         Ok((
             TokenWatcher::new(shared, Commands::new(requests_tx, id), runtime.clone()),
             first_rx,
             runtime,
+            driver,
         ))
     }
 
@@ -690,8 +716,44 @@ pub(crate) fn prepare_key(
     Ok((config, fetch))
 }
 
-async fn stop<R: Runtime>(watcher: &TokenWatcher<R>) {
-    watcher.stop_async().await;
+/// A watcher's driver polled by `spawn` itself until the first token, then
+/// handed to a task of its own when dropped (unless it has ended): a wait
+/// that is given up never takes the driver down with it, so a refresh-token
+/// grant in flight still finishes and its rotated token is kept.
+struct InlineDriver<R: Runtime> {
+    runtime: R,
+    run: Option<Pin<Box<dyn Future<Output = ()> + Send + 'static>>>,
+}
+
+impl<R: Runtime> InlineDriver<R> {
+    fn new(runtime: R, driver: Driver<R>) -> Self {
+        InlineDriver {
+            runtime,
+            run: Some(Box::pin(driver.run())),
+        }
+    }
+
+    /// Drives the driver until it ends (a panic, caught and logged as a
+    /// driver task's would be, ends it too); at once if it has ended.
+    async fn drive(&mut self) {
+        if let Some(run) = &mut self.run {
+            if AssertUnwindSafe(run.as_mut()).catch_unwind().await.is_err() {
+                tracing::error!(task = "watcher", "a tokenkeeper task panicked");
+            }
+            // Ended: never polled again, never spawned.
+            self.run = None;
+        }
+    }
+}
+
+impl<R: Runtime> Drop for InlineDriver<R> {
+    fn drop(&mut self) {
+        if let Some(run) = self.run.take() {
+            // Its own task from now on; never aborted: it ends by itself
+            // once stopped, or with its runtime.
+            runtime::spawn_detached(&self.runtime, "watcher", run);
+        }
+    }
 }
 
 #[cfg(test)]

@@ -3,8 +3,10 @@
 //! [`TokenPool`](crate::TokenPool)): a watcher is a pool of one.
 //!
 //! It drives the core's [`RefresherPool`] (one refresher per key, one timer
-//! heap, the cap on fetches in flight), drains its effects (each fetch a task of its own; each
-//! cache layer's reads, writes and leases in order, in the layer's own task)
+//! heap, the cap on fetches in flight), drains its effects (each fetch polled
+//! by the driver itself, or a task of its own where the runtime's fetches may
+//! block; each cache layer's reads, writes and leases in order, in the
+//! layer's own task)
 //! and events (handed to the [`Publisher`]), then waits for the earliest of a
 //! command from the handles, a finished effect, a change announced by a
 //! cache layer, and the refresher's deadline (capped by the wake interval,
@@ -14,11 +16,15 @@
 //! runtime only spawns, sleeps and carries out HTTP.
 
 use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
+use futures_lite::Stream;
 use futures_lite::{FutureExt, StreamExt};
+use futures_util::stream::FuturesUnordered;
 use std::collections::HashMap;
 
 use tokenkeeper_core::Health;
@@ -34,7 +40,7 @@ use crate::cache::AnyLayer;
 use crate::dpop::DpopKey;
 use crate::http::SharedExchange;
 use crate::publish::Publisher;
-use crate::runtime::{self, Runtime, Sleeper, Task, timeout, unblock};
+use crate::runtime::{self, BoxFuture, Runtime, Sleeper, Task, timeout, unblock};
 use crate::shared::{Command, now};
 use crate::source::SourceKind;
 
@@ -218,7 +224,10 @@ pub(crate) struct Driver<R: Runtime> {
     answers_tx: AnswerSender,
     answers_rx: futures_channel::mpsc::UnboundedReceiver<Answer>,
     requests: Option<RequestReceiver>,
+    /// Fetches in tasks of their own (runtimes whose fetches may block).
     fetches: Vec<Task>,
+    /// Fetches the driver polls itself (see `Runtime::polls_fetches_inline`).
+    inline: FuturesUnordered<BoxFuture<'static, ()>>,
     wake_interval: Duration,
     ends_when_empty: bool,
     /// Every key was told to stop: the driver ends once they have left.
@@ -258,6 +267,7 @@ impl<R: Runtime> Driver<R> {
             answers_rx,
             requests: Some(parts.requests),
             fetches: Vec::new(),
+            inline: FuturesUnordered::new(),
             wake_interval: parts.wake_interval,
             ends_when_empty: parts.ends_when_empty,
             closing: false,
@@ -303,15 +313,21 @@ impl<R: Runtime> Driver<R> {
         }
     }
 
-    /// The driver's task. Not an `async fn`: the span is made here, and the
-    /// driver moves into the loop's future once (an `async fn` would hold
-    /// it twice, and a watcher is one such task).
-    pub(crate) fn run(self) -> impl Future<Output = ()> + Send + 'static {
+    /// The driver's task. Not an `async fn`, and the loop borrows the
+    /// driver rather than taking it: an `async fn` keeps its argument and
+    /// the local it moves into as two copies of the driver (rust-lang/rust
+    /// #62958), and a watcher is one such task. The span is made here.
+    pub(crate) fn run(mut self) -> impl Future<Output = ()> + Send + 'static {
         let span = self.span.clone();
-        self.run_loop().instrument(span)
+        async move {
+            self.run_loop().await;
+            // Boxed: only a stopping driver needs its (large) state.
+            Box::pin(self.finish()).await;
+        }
+        .instrument(span)
     }
 
-    async fn run_loop(mut self) {
+    async fn run_loop(&mut self) {
         info!(keys = self.keys.len(), "started");
         loop {
             self.drain();
@@ -342,19 +358,25 @@ impl<R: Runtime> Driver<R> {
                 }
             }
         }
-        // Boxed: only a stopping driver needs its (large) state.
-        Box::pin(self.finish()).await;
     }
 
     /// The first of: a command (first, so a shutdown is never starved), a
-    /// finished effect or change, the deadline.
+    /// finished effect or change, the deadline; the fetches the driver polls
+    /// itself make progress meanwhile (their answers come as finished effects).
     async fn wait(&mut self, sleep_for: Duration) -> Wake {
         let Driver {
             requests,
             answers_rx,
             runtime,
+            inline,
             ..
         } = self;
+        // Drives the fetches the driver polls itself; they answer through
+        // the answers channel, so this never completes.
+        let fetching = std::future::poll_fn(|cx| {
+            while let Poll::Ready(Some(())) = Pin::new(&mut *inline).poll_next(cx) {}
+            Poll::Pending
+        });
         let command = async {
             match requests {
                 Some(requests) => Wake::Request(requests.next().await),
@@ -372,7 +394,7 @@ impl<R: Runtime> Driver<R> {
             runtime.sleep(sleep_for).await;
             Wake::Timeout
         };
-        command.or(answer).or(deadline).await
+        fetching.or(command).or(answer).or(deadline).await
     }
 
     /// Takes in the requests and answers already queued, up to a bound, so
@@ -564,6 +586,7 @@ impl<R: Runtime> Driver<R> {
             self.let_go(key, Removal::ShutDown);
         }
         // Nothing still running is needed any more: every refresher has finished.
+        self.inline.clear();
         for task in self.fetches.iter().chain(&self.feeds) {
             task.abort();
         }
@@ -777,9 +800,7 @@ impl<R: Runtime> Driver<R> {
             grant = *grant,
             url = %target,
         );
-        let task = runtime::spawn(
-            &self.runtime,
-            "fetch",
+        self.start_fetch(
             async move {
                 if metadata {
                     debug!("requesting the issuer's metadata");
@@ -836,7 +857,22 @@ impl<R: Runtime> Driver<R> {
             }
             .instrument(span),
         );
-        self.fetches.push(task);
+    }
+
+    /// Starts a fetch: polled by the driver itself where the runtime allows
+    /// it (no task to spawn, no hand-off between threads), else in a task of
+    /// its own. A panic is caught either way; its `Reply` then answers.
+    fn start_fetch(&mut self, fetch: impl Future<Output = ()> + Send + 'static) {
+        if self.runtime.polls_fetches_inline() {
+            self.inline.push(Box::pin(async move {
+                if AssertUnwindSafe(fetch).catch_unwind().await.is_err() {
+                    error!(task = "fetch", "a tokenkeeper task panicked");
+                }
+            }));
+        } else {
+            self.fetches
+                .push(runtime::spawn(&self.runtime, "fetch", fetch));
+        }
     }
 
     fn fetch_from_source(&mut self, key: KeyId, id: EffectId, refresh_token: Option<RefreshToken>) {
@@ -868,9 +904,7 @@ impl<R: Runtime> Driver<R> {
             source = "custom",
             refresh_token = ?refresh_token.as_ref().map(|t| t.fingerprint()),
         );
-        let task = runtime::spawn(
-            &self.runtime,
-            "fetch",
+        self.start_fetch(
             async move {
                 debug!("asking the token source");
                 let started = Instant::now();
@@ -901,7 +935,6 @@ impl<R: Runtime> Driver<R> {
             }
             .instrument(span),
         );
-        self.fetches.push(task);
     }
 }
 

@@ -56,6 +56,18 @@ pub trait Runtime: Clone + Send + Sync + 'static {
     /// A future that completes after `duration`.
     fn sleep(&self, duration: Duration) -> BoxFuture<'static, ()>;
 
+    /// Whether the driver may poll its fetches (token requests, calls to an
+    /// async source) itself, from the calling thread, instead of giving each
+    /// a task of its own: true only when futures of this runtime's exchange
+    /// never block the thread that polls them and may be polled here (tokio:
+    /// the calling thread runs the watcher's runtime, whose reactor its
+    /// sockets need). It saves a task and two hand-offs between threads per
+    /// fetch, and lets `spawn` get a first token without any. The default,
+    /// `false`, gives every fetch a task.
+    fn polls_fetches_inline(&self) -> bool {
+        false
+    }
+
     /// The HTTP exchange for token requests, set up with `settings`.
     fn exchange(&self, settings: &HttpSettings) -> Result<SharedExchange, HttpSetupError>;
 }

@@ -326,8 +326,18 @@ impl<R: Runtime> TokenWatcher<R> {
     /// [`shutdown`](Self::shutdown) as a future, for this crate's own
     /// futures whatever the runtime's wait style.
     pub(crate) async fn stop_async(&self) {
+        self.ask_to_stop().await;
+        self.stopped().await;
+    }
+
+    /// Tells the driver to stop, without waiting for it.
+    pub(crate) async fn ask_to_stop(&self) {
         // A closed channel means the driver is ending already.
         let _ = self.commands.send(Command::Shutdown).await;
+    }
+
+    /// Waits until the driver has stopped.
+    pub(crate) async fn stopped(&self) {
         self.shared.wait(|state| state.closed.then_some(())).await;
     }
 }

@@ -40,6 +40,10 @@ use tokio_rustls::client::TlsStream;
 #[derive(Clone, Default)]
 pub struct TokioRuntime {
     handle: Option<Handle>,
+    /// Bound to the runtime of the thread that started the watcher, rather
+    /// than one named by a handle: futures polled on such a thread may open
+    /// sockets, which belong to the reactor of the runtime they are polled in.
+    ambient: bool,
 }
 
 impl fmt::Debug for TokioRuntime {
@@ -58,6 +62,7 @@ impl TokioRuntime {
     pub fn from_handle(handle: Handle) -> Self {
         TokioRuntime {
             handle: Some(handle),
+            ambient: false,
         }
     }
 
@@ -80,7 +85,19 @@ impl Runtime for TokioRuntime {
     }
 
     fn bind(&self) -> Option<Self> {
-        self.handle().map(Self::from_handle)
+        match &self.handle {
+            Some(handle) => Some(Self::from_handle(handle.clone())),
+            None => Handle::try_current().ok().map(|handle| TokioRuntime {
+                handle: Some(handle),
+                ambient: true,
+            }),
+        }
+    }
+
+    fn polls_fetches_inline(&self) -> bool {
+        // A named runtime may not be the calling thread's, and tokio cannot
+        // tell two runtimes apart: only the ambient one polls fetches inline.
+        self.ambient && Handle::try_current().is_ok()
     }
 
     fn spawn(&self, task: BoxFuture<'static, ()>) {

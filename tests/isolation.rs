@@ -841,8 +841,9 @@ fn cached_refresh_token(path: &Path, key: &CacheKey) -> Option<String> {
     record.refresh_token.map(|t| t.expose_secret().to_owned())
 }
 
-fn stop_during_a_rotation<F: Flavor>(stop: Stop) {
-    let name = F::NAME;
+/// An authority whose client rotates refresh tokens, the first refresh
+/// token it issued, and an OAuth2 client that spends it.
+fn rotating_client() -> (Authority, String, OAuth2Client) {
     let authority = Authority::start();
     authority.register_client(
         Client::new(ROTATING_CLIENT, ROTATING_SECRET).token_lifetime(Duration::from_secs(300)),
@@ -854,6 +855,12 @@ fn stop_during_a_rotation<F: Flavor>(stop: Stop) {
         Some(ClientSecret::new(ROTATING_SECRET)),
     )
     .unwrap();
+    (authority, initial, client)
+}
+
+fn stop_during_a_rotation<F: Flavor>(stop: Stop) {
+    let name = F::NAME;
+    let (authority, initial, client) = rotating_client();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("rotation.json");
     // Every watcher is configured with the first refresh token; the cached
@@ -1308,17 +1315,7 @@ fn one_shot_an_authority_that_never_answers_times_out<F: Flavor>() {
 /// it.
 fn one_shot_ending_during_a_rotation_keeps_the_rotated_token<F: Flavor>() {
     let name = F::NAME;
-    let authority = Authority::start();
-    authority.register_client(
-        Client::new(ROTATING_CLIENT, ROTATING_SECRET).token_lifetime(Duration::from_secs(300)),
-    );
-    let initial = authority.issue_refresh_token(ROTATING_CLIENT);
-    let client = OAuth2Client::refresh_token(
-        authority.token_url(),
-        ClientId::new(ROTATING_CLIENT),
-        Some(ClientSecret::new(ROTATING_SECRET)),
-    )
-    .unwrap();
+    let (authority, initial, client) = rotating_client();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("rotation.json");
     let builder = || {
@@ -1404,17 +1401,7 @@ fn one_shot_ending_during_a_rotation_keeps_the_rotated_token<F: Flavor>() {
 /// finishes in a task of its own, and the rotated token is stored, not lost.
 #[test]
 fn tokio_a_spawn_given_up_during_its_first_rotation_keeps_the_rotated_token() {
-    let authority = Authority::start();
-    authority.register_client(
-        Client::new(ROTATING_CLIENT, ROTATING_SECRET).token_lifetime(Duration::from_secs(300)),
-    );
-    let initial = authority.issue_refresh_token(ROTATING_CLIENT);
-    let client = OAuth2Client::refresh_token(
-        authority.token_url(),
-        ClientId::new(ROTATING_CLIENT),
-        Some(ClientSecret::new(ROTATING_SECRET)),
-    )
-    .unwrap();
+    let (authority, initial, client) = rotating_client();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("rotation.json");
     let builder = common::Tokio::builder(client)

@@ -20,6 +20,11 @@ use crate::boxed::BoxFuture;
 /// right [`ErrorClass`](tokenkeeper_core::ErrorClass): a transient error is
 /// retried with backoff, a permanent one only at the backoff cap.
 ///
+/// On tokio and async-std/smol the watcher's driver polls the future itself
+/// (see [`Runtime::polls_fetches_inline`](crate::Runtime::polls_fetches_inline)):
+/// it must not block. A source whose calls block is a
+/// [`BlockingTokenSource`] ([`Source::from_blocking_fn`]).
+///
 /// The trait is object-safe. Implement it by boxing an `async` block:
 ///
 /// ```

@@ -18,7 +18,7 @@ cargo build --release -p tokenkeeper-bench --example many_tokens >&2
 bin="$CARGO_TARGET_DIR/release/examples/many_tokens"
 
 results=()
-for scenario in floor pool watchers aliri; do
+for scenario in floor pool pool-up-front watchers aliri; do
     line="$("$bin" "$scenario" "$keys" "$idle")"
     echo "$line"
     results+=("$line")

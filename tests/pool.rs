@@ -20,6 +20,7 @@ per_driver!(
     a_refused_key_is_broken_alone,
     a_bad_key_is_an_error_not_a_panic,
     refresh_now_refreshes_one_key,
+    insert_all_holds_every_key_and_stops_at_a_refused_one,
 );
 
 /// One pool test at a time: each starts an authority and a pool's driver,
@@ -254,6 +255,62 @@ fn a_bad_key_is_an_error_not_a_panic<F: Flavor>() {
     assert!(!pool.contains(&tenant(1)));
     assert_eq!(pool.token(&tenant(1)).err(), Some(TokenError::Stopped));
     assert_eq!(authority.request_count(), 0);
+    F::block_on(pool.shutdown());
+}
+
+/// Keys known up front, handed over in batches: every one is held and gets
+/// its own token with one request; a key the factory refuses stops the
+/// call with its error, after the keys before it and before any after it.
+fn insert_all_holds_every_key_and_stops_at_a_refused_one<F: Flavor>() {
+    let _serial = one_at_a_time();
+    let authority = Authority::start();
+    // More than one batch of the driver's.
+    let keys: Vec<String> = (0..600).map(tenant).collect();
+    register(&authority, keys.clone());
+    let url = authority.token_url();
+    let pool: Pool<F> = TokenPoolBuilder::new(F::runtime(), move |tenant: &String| {
+        if tenant == "refused" {
+            return Err("not a tenant".to_owned());
+        }
+        OAuth2Client::client_credentials(
+            url.as_str(),
+            ClientId::new(tenant.clone()),
+            ClientSecret::new(format!("secret-of-{tenant}")),
+        )
+        .map_err(|e| e.to_string())
+    })
+    .first_token_timeout(Duration::from_secs(60))
+    .build()
+    .unwrap();
+    // One key held already: left as it is.
+    F::block_on(pool.get(&keys[0])).expect("a first token");
+    pool.insert_all(keys.iter().cloned()).unwrap();
+    assert_eq!(pool.len(), 600, "{}", F::NAME);
+    let mut tokens = HashSet::new();
+    for key in &keys {
+        let token = F::block_on(pool.get(key)).expect("every key gets its token");
+        tokens.insert(token.access_token.expose_secret().to_owned());
+    }
+    assert_eq!(tokens.len(), 600, "{}: a token of its own per key", F::NAME);
+    assert_eq!(authority.count_by_status(200), 600, "{}", F::NAME);
+
+    let more = ["tenant-600", "refused", "tenant-601"].map(String::from);
+    register(&authority, [more[0].clone(), more[2].clone()]);
+    let error = pool
+        .insert_all(more.iter().cloned())
+        .expect_err("a refused key");
+    assert!(matches!(error, SpawnError::InvalidKey { .. }), "{error}");
+    assert!(
+        pool.contains(&more[0]),
+        "{}: the key before it is held",
+        F::NAME
+    );
+    assert!(
+        !pool.contains(&more[1]) && !pool.contains(&more[2]),
+        "{}",
+        F::NAME
+    );
+    F::block_on(pool.get(&more[0])).expect("its token");
     F::block_on(pool.shutdown());
 }
 

@@ -14,6 +14,8 @@
 //! - `pool`: one `TokenPool` with N keys (creation measured without the
 //!   fetch: `insert`, then every first token awaited), whose source makes
 //!   each token when asked, as an OAuth2 source does;
+//! - `pool-up-front`: the same with the keys created together
+//!   (`insert_all`);
 //! - `watchers`: N `TokenWatcher`s of this project (`spawn`, which waits
 //!   for the first token), whose source keeps a copy of its token;
 //! - `aliri`: N aliri_tokens 0.3.2 watchers (`spawn_from_token_source`,
@@ -142,7 +144,7 @@ fn main() {
                 _held: Box::new(map),
             }
         }
-        "pool" => runtime.block_on(async {
+        "pool" | "pool-up-front" => runtime.block_on(async {
             let pool = TokenPool::builder(|tenant: &String| {
                 let n: usize = tenant["tenant-".len()..]
                     .parse()
@@ -152,8 +154,12 @@ fn main() {
             .build()
             .expect("a pool");
             let started = Instant::now();
-            for key in &keys {
-                pool.insert(key.clone()).expect("a key");
+            if scenario == "pool" {
+                for key in &keys {
+                    pool.insert(key.clone()).expect("a key");
+                }
+            } else {
+                pool.insert_all(keys.iter().cloned()).expect("the keys");
             }
             let create = started.elapsed();
             for key in &keys {
@@ -200,7 +206,7 @@ fn main() {
                 _held: Box::new(watchers),
             }
         }),
-        other => panic!("unknown scenario {other}: floor, pool, watchers or aliri"),
+        other => panic!("unknown scenario {other}: floor, pool, pool-up-front, watchers or aliri"),
     };
     // Let anything started settle before reading.
     runtime.block_on(async { tokio::time::sleep(Duration::from_secs(1)).await });

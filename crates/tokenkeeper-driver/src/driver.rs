@@ -150,6 +150,8 @@ pub(crate) enum Request {
     Key(KeyId, Command),
     /// A key to hold from now on.
     Add(Box<KeyParts>),
+    /// Keys to hold from now on, taken in together (`TokenPool::insert_all`).
+    AddAll(Vec<KeyParts>),
     /// Stop every key, then end.
     ShutdownAll,
     /// How many keys are ready, degraded and broken.
@@ -526,6 +528,14 @@ impl<R: Runtime> Driver<R> {
                     return;
                 }
                 self.add(*parts);
+            }
+            Some(Request::AddAll(all)) => {
+                if self.closing {
+                    return;
+                }
+                for parts in all {
+                    self.add(parts);
+                }
             }
             Some(Request::Health(reply)) => {
                 let at = now();

@@ -270,6 +270,19 @@ where
     }
 }
 
+/// How many new keys `insert_all` hands the driver at once: enough that a
+/// wake-up is paid per batch, few enough that the driver's turn stays short
+/// (it answers commands between batches).
+const INSERT_BATCH: usize = 256;
+
+/// What [`TokenPool::create`] found or made.
+enum Created {
+    /// The pool holds the key: its entry.
+    Held(Arc<Shared>),
+    /// A new entry, in the map, and what the driver needs for it.
+    New(Arc<Shared>, Box<KeyParts>),
+}
+
 struct Inner<K, R> {
     map: papaya::HashMap<K, Arc<Shared>>,
     next_id: AtomicU64,
@@ -394,6 +407,39 @@ where
         self.entry(&key).map(drop)
     }
 
+    /// Starts holding every key of `keys` now, without waiting: for many
+    /// keys known up front. The driver takes them in by the hundred, so the
+    /// lot costs it a wake-up per batch rather than one per key. Keys the
+    /// pool holds already are left as they are. Stops at the first key the
+    /// factory refuses, with its error; the keys before it are held.
+    pub fn insert_all(&self, keys: impl IntoIterator<Item = K>) -> Result<(), SpawnError> {
+        let mut keys_sent = Vec::with_capacity(INSERT_BATCH);
+        let mut parts = Vec::with_capacity(INSERT_BATCH);
+        let mut refused = Ok(());
+        for key in keys {
+            match self.create(&key) {
+                Ok(Created::Held(_)) => {}
+                Ok(Created::New(_, new)) => {
+                    keys_sent.push(key);
+                    parts.push(*new);
+                    if parts.len() == INSERT_BATCH {
+                        let batch = std::mem::replace(&mut parts, Vec::with_capacity(INSERT_BATCH));
+                        self.hand_over(Request::AddAll(batch), &keys_sent)?;
+                        keys_sent.clear();
+                    }
+                }
+                Err(error) => {
+                    refused = Err(error);
+                    break;
+                }
+            }
+        }
+        if !parts.is_empty() {
+            self.hand_over(Request::AddAll(parts), &keys_sent)?;
+        }
+        refused
+    }
+
     /// Whether the pool holds `key`.
     pub fn contains(&self, key: &K) -> bool {
         self.inner.map.pin().contains_key(key)
@@ -508,29 +554,43 @@ where
     /// The key's entry, created (and handed to the driver) if new. Only
     /// one caller creates it; the others find it.
     fn entry(&self, key: &K) -> Result<Arc<Shared>, SpawnError> {
+        match self.create(key)? {
+            Created::Held(entry) => Ok(entry),
+            Created::New(entry, parts) => {
+                self.hand_over(Request::Add(parts), std::slice::from_ref(key))?;
+                Ok(entry)
+            }
+        }
+    }
+
+    /// The key's entry if the pool holds it; else a new one, in the map
+    /// already, with what the driver needs to start holding it.
+    fn create(&self, key: &K) -> Result<Created, SpawnError> {
         let map = self.inner.map.pin();
         if let Some(shared) = map.get(key) {
-            return Ok(Arc::clone(shared));
+            return Ok(Created::Held(Arc::clone(shared)));
         }
         let source =
             (self.inner.factory)(key).map_err(|reason| SpawnError::InvalidKey { reason })?;
         let (parts, entry) = self.parts(key, source)?;
         match map.try_insert(key.clone(), Arc::clone(&entry)) {
-            Ok(_) => {
-                if self
-                    .inner
-                    .requests
-                    .unbounded_send(Request::Add(Box::new(parts)))
-                    .is_err()
-                {
-                    map.remove(key);
-                    return Err(SpawnError::Stopped);
-                }
-                Ok(entry)
-            }
+            Ok(_) => Ok(Created::New(entry, Box::new(parts))),
             // Another caller got there first: its entry is the key's.
-            Err(occupied) => Ok(Arc::clone(occupied.current)),
+            Err(occupied) => Ok(Created::Held(Arc::clone(occupied.current))),
         }
+    }
+
+    /// Sends new keys to the driver; when it has ended, takes them out of
+    /// the map again.
+    fn hand_over(&self, request: Request, keys: &[K]) -> Result<(), SpawnError> {
+        if self.inner.requests.unbounded_send(request).is_err() {
+            let map = self.inner.map.pin();
+            for key in keys {
+                map.remove(key);
+            }
+            return Err(SpawnError::Stopped);
+        }
+        Ok(())
     }
 
     /// Everything the driver needs for a new key.

@@ -49,8 +49,9 @@ use crate::source::SourceKind;
 /// them behind.
 const GRACE: Duration = Duration::from_secs(5);
 
-/// The most queued requests, and answers, taken in one turn of the loop.
-const BATCH: usize = 256;
+/// The most queued requests, and answers, taken in one turn of the loop;
+/// also the most keys one request hands over (`TokenPool::insert_all`).
+pub(crate) const BATCH: usize = 256;
 
 /// How the refresher's fetches are carried out.
 // One per watcher, never moved on a hot path: its size does not matter.
@@ -148,10 +149,9 @@ impl Drop for Reply {
 pub(crate) enum Request {
     /// A command from the handles of one key.
     Key(KeyId, Command),
-    /// A key to hold from now on.
-    Add(Box<KeyParts>),
-    /// Keys to hold from now on, taken in together (`TokenPool::insert_all`).
-    AddAll(Vec<KeyParts>),
+    /// Keys to hold from now on: one (a key asked for), or up to [`BATCH`]
+    /// taken in together (`TokenPool::insert_all`).
+    Add(Vec<KeyParts>),
     /// Stop every key, then end.
     ShutdownAll,
     /// How many keys are ready, degraded and broken.
@@ -522,15 +522,9 @@ impl<R: Runtime> Driver<R> {
     fn request(&mut self, request: Option<Request>) {
         match request {
             Some(Request::Key(key, command)) => self.command(key, command),
-            Some(Request::Add(parts)) => {
+            Some(Request::Add(all)) => {
                 if self.closing {
-                    // Dropping the parts marks the key stopped.
-                    return;
-                }
-                self.add(*parts);
-            }
-            Some(Request::AddAll(all)) => {
-                if self.closing {
+                    // Dropping the parts marks the keys stopped.
                     return;
                 }
                 for parts in all {

@@ -22,7 +22,7 @@ use tokenkeeper_core::{
 
 use crate::builder::{KeySettings, MIN_WAKE_INTERVAL, bind_key, fetch_deadline, prepare_key};
 use crate::cache::AnyLayer;
-use crate::driver::{Driver, DriverParts, KeyParts, Request};
+use crate::driver::{BATCH, Driver, DriverParts, KeyParts, Request};
 use crate::error::{SpawnError, TokenError, WatcherStopped};
 use crate::http::{HttpSettings, SharedExchange};
 use crate::publish::Publisher;
@@ -270,17 +270,15 @@ where
     }
 }
 
-/// How many new keys `insert_all` hands the driver at once: enough that a
-/// wake-up is paid per batch, few enough that the driver's turn stays short
-/// (it answers commands between batches).
-const INSERT_BATCH: usize = 256;
-
 /// What [`TokenPool::create`] found or made.
+// A return value moved once into a batch: boxing the large variant would
+// cost an allocation per new key.
+#[allow(clippy::large_enum_variant)]
 enum Created {
     /// The pool holds the key: its entry.
     Held(Arc<Shared>),
     /// A new entry, in the map, and what the driver needs for it.
-    New(Arc<Shared>, Box<KeyParts>),
+    New(Arc<Shared>, KeyParts),
 }
 
 struct Inner<K, R> {
@@ -413,18 +411,19 @@ where
     /// pool holds already are left as they are. Stops at the first key the
     /// factory refuses, with its error; the keys before it are held.
     pub fn insert_all(&self, keys: impl IntoIterator<Item = K>) -> Result<(), SpawnError> {
-        let mut keys_sent = Vec::with_capacity(INSERT_BATCH);
-        let mut parts = Vec::with_capacity(INSERT_BATCH);
+        // A batch is what the driver takes in one turn: a wake-up is paid
+        // per batch, and the driver answers commands between batches.
+        let mut keys_sent = Vec::with_capacity(BATCH);
+        let mut batch = Vec::with_capacity(BATCH);
         let mut refused = Ok(());
         for key in keys {
             match self.create(&key) {
                 Ok(Created::Held(_)) => {}
-                Ok(Created::New(_, new)) => {
+                Ok(Created::New(_, parts)) => {
                     keys_sent.push(key);
-                    parts.push(*new);
-                    if parts.len() == INSERT_BATCH {
-                        let batch = std::mem::replace(&mut parts, Vec::with_capacity(INSERT_BATCH));
-                        self.hand_over(Request::AddAll(batch), &keys_sent)?;
+                    batch.push(parts);
+                    if batch.len() == BATCH {
+                        self.hand_over(std::mem::take(&mut batch), &keys_sent)?;
                         keys_sent.clear();
                     }
                 }
@@ -434,8 +433,8 @@ where
                 }
             }
         }
-        if !parts.is_empty() {
-            self.hand_over(Request::AddAll(parts), &keys_sent)?;
+        if !batch.is_empty() {
+            self.hand_over(batch, &keys_sent)?;
         }
         refused
     }
@@ -557,7 +556,7 @@ where
         match self.create(key)? {
             Created::Held(entry) => Ok(entry),
             Created::New(entry, parts) => {
-                self.hand_over(Request::Add(parts), std::slice::from_ref(key))?;
+                self.hand_over(vec![parts], std::slice::from_ref(key))?;
                 Ok(entry)
             }
         }
@@ -574,7 +573,7 @@ where
             (self.inner.factory)(key).map_err(|reason| SpawnError::InvalidKey { reason })?;
         let (parts, entry) = self.parts(key, source)?;
         match map.try_insert(key.clone(), Arc::clone(&entry)) {
-            Ok(_) => Ok(Created::New(entry, Box::new(parts))),
+            Ok(_) => Ok(Created::New(entry, parts)),
             // Another caller got there first: its entry is the key's.
             Err(occupied) => Ok(Created::Held(Arc::clone(occupied.current))),
         }
@@ -582,8 +581,13 @@ where
 
     /// Sends new keys to the driver; when it has ended, takes them out of
     /// the map again.
-    fn hand_over(&self, request: Request, keys: &[K]) -> Result<(), SpawnError> {
-        if self.inner.requests.unbounded_send(request).is_err() {
+    fn hand_over(&self, parts: Vec<KeyParts>, keys: &[K]) -> Result<(), SpawnError> {
+        if self
+            .inner
+            .requests
+            .unbounded_send(Request::Add(parts))
+            .is_err()
+        {
             let map = self.inner.map.pin();
             for key in keys {
                 map.remove(key);

@@ -242,3 +242,38 @@ impl hyper::rt::Write for Connection {
         Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    /// Fetches are polled inline only where their sockets would belong to
+    /// the watcher's own runtime: the ambient one, seen from within it.
+    #[test]
+    fn only_the_ambient_runtime_polls_fetches_inline() {
+        let rt = runtime();
+        // Outside any runtime there is nothing to bind to.
+        assert!(TokioRuntime::default().bind().is_none());
+        let ambient = rt.block_on(async { TokioRuntime::default().bind().unwrap() });
+        assert!(rt.block_on(async { ambient.polls_fetches_inline() }));
+        // Seen from a thread outside any runtime: not inline.
+        assert!(!ambient.polls_fetches_inline());
+        // A runtime named by a handle may not be the calling thread's, even
+        // when called from within it.
+        let named = TokioRuntime::from_handle(rt.handle().clone())
+            .bind()
+            .unwrap();
+        assert!(!rt.block_on(async { named.polls_fetches_inline() }));
+        let other = runtime();
+        let named_elsewhere = TokioRuntime::from_handle(other.handle().clone());
+        assert!(!rt.block_on(async { named_elsewhere.bind().unwrap().polls_fetches_inline() }));
+    }
+}

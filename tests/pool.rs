@@ -9,8 +9,10 @@ use std::time::{Duration, Instant};
 
 use common::Flavor;
 use tokenkeeper_core::oauth2::OAuth2Client;
-use tokenkeeper_core::{ClientId, ClientSecret, Health, HealthReason, RefreshNow};
-use tokenkeeper_driver::{SpawnError, TokenError, TokenPool, TokenPoolBuilder};
+use tokenkeeper_core::{
+    AccessToken, CacheKey, ClientId, ClientSecret, Health, HealthReason, RefreshNow, TokenGrant,
+};
+use tokenkeeper_driver::{Source, SpawnError, TokenError, TokenPool, TokenPoolBuilder};
 use tokenkeeper_testkit::{Authority, Client, Fault};
 
 per_driver!(
@@ -21,6 +23,7 @@ per_driver!(
     a_bad_key_is_an_error_not_a_panic,
     refresh_now_refreshes_one_key,
     insert_all_holds_every_key_and_stops_at_a_refused_one,
+    what_is_asked_after_an_insert_finds_the_key,
 );
 
 /// One pool test at a time: each starts an authority and a pool's driver,
@@ -338,4 +341,70 @@ fn refresh_now_refreshes_one_key<F: Flavor>() {
     assert_eq!(authority.count_by_client(&keys[0]), 1);
     F::block_on(pool.shutdown());
     assert_eq!(pool.token(&keys[0]).err(), Some(TokenError::Stopped));
+}
+
+/// New keys reach the driver through an inbox it takes in a few hundred at
+/// a time, while commands come through its request queue: whatever is
+/// asked after an insert must still find the key added (a status, a
+/// removal that stops it), and a pool shut down takes no more keys.
+fn what_is_asked_after_an_insert_finds_the_key<F: Flavor>() {
+    let _serial = one_at_a_time();
+    let fetches = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = std::sync::Arc::clone(&fetches);
+    let pool: Pool<F> = TokenPoolBuilder::new(F::runtime(), move |tenant: &String| {
+        let counted = std::sync::Arc::clone(&counted);
+        let token = format!("token-of-{tenant}");
+        Ok::<_, String>(Source::from_blocking_fn(
+            CacheKey::custom("inbox", &[tenant]),
+            move |_| {
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                Ok(TokenGrant::bearer(
+                    AccessToken::new(token.clone()),
+                    Some(Duration::from_secs(3600)),
+                ))
+            },
+        ))
+    })
+    .build()
+    .unwrap();
+    // Far more keys than the driver takes in one turn, then at once a
+    // question about the last one and the removal of another.
+    let keys: Vec<String> = (0..3000).map(tenant).collect();
+    for key in &keys {
+        pool.insert(key.clone()).unwrap();
+    }
+    let last = F::block_on(pool.status(&keys[2999]));
+    assert!(last.is_some(), "{}: the driver holds the last key", F::NAME);
+    pool.remove(&keys[2998]);
+    for key in keys.iter().take(2998) {
+        let token = F::block_on(pool.get(key)).expect("every key gets its token");
+        assert_eq!(
+            token.access_token.expose_secret(),
+            format!("token-of-{key}")
+        );
+    }
+    F::block_on(pool.get(&keys[2999])).expect("the last key's token");
+    assert!(!pool.contains(&keys[2998]), "{}", F::NAME);
+    assert_eq!(pool.len(), 2999, "{}", F::NAME);
+    // The driver stopped the removed key: a health summary counts the
+    // others alone, each ready.
+    let health = F::block_on(pool.health_summary());
+    assert_eq!(health.ready, 2999, "{}: {health:?}", F::NAME);
+    assert_eq!(
+        health.degraded + health.broken,
+        0,
+        "{}: {health:?}",
+        F::NAME
+    );
+    assert!(fetches.load(std::sync::atomic::Ordering::SeqCst) <= 3000);
+
+    F::block_on(pool.shutdown());
+    let late = tenant(5000);
+    assert!(
+        matches!(pool.insert(late.clone()), Err(SpawnError::Stopped)),
+        "{}: a pool shut down takes no keys",
+        F::NAME
+    );
+    assert!(!pool.contains(&late), "{}", F::NAME);
+    assert_eq!(pool.token(&late).err(), Some(TokenError::Stopped));
 }

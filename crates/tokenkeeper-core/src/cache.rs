@@ -165,7 +165,11 @@ impl CacheKey {
 
     /// A key for a custom token source: a namespace and any distinguishing parts.
     pub fn custom(namespace: &str, parts: &[&str]) -> Self {
-        Self::from_description(serde_json::json!(["custom", namespace, parts]).to_string())
+        // Serialized as it stands, with no JSON tree built first: a pool may
+        // make a key per tenant. The text is what `json!` would make.
+        let description = serde_json::to_string(&("custom", namespace, parts))
+            .unwrap_or_else(|_| serde_json::json!(["custom", namespace, parts]).to_string());
+        Self::from_description(description)
     }
 
     fn from_description(description: String) -> Self {
@@ -198,10 +202,10 @@ impl CacheKey {
 
 /// The 32-character hex id of a full key description.
 fn hash_id(full: &str) -> [u8; 32] {
-    let mut id = [0u8; 32];
-    let hex = format!("{:032x}", fnv1a_128(full.as_bytes()));
-    id.copy_from_slice(&hex.as_bytes()[..32]);
-    id
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let hash = fnv1a_128(full.as_bytes());
+    // Most significant nibble first, as `{:032x}` writes it.
+    std::array::from_fn(|i| DIGITS[((hash >> (4 * (31 - i))) & 0xf) as usize])
 }
 
 /// A stored description as it may be shown: the values of extra parameters
@@ -540,6 +544,26 @@ mod tests {
             .with_refresh_token(RefreshToken::new("rt-1"));
         grant.extra.insert("x".into(), Value::from(1));
         LifetimePolicy::default().record(grant, Timestamp::from_secs(5), None)
+    }
+
+    #[test]
+    fn custom_keys_are_what_earlier_versions_derived() {
+        // Files and Redis entries written by earlier versions stay this
+        // key's: the text is `json!`'s, the id the 128-bit FNV-1a of it in
+        // 32 lowercase hex digits, most significant first.
+        let parts = ["tenant \"7\"", "ü", ""];
+        let key = CacheKey::custom("billing", &parts);
+        let earlier = serde_json::json!(["custom", "billing", parts]).to_string();
+        assert_eq!(key.description(), earlier);
+        let hash = crate::hash::fnv1a_128(earlier.as_bytes());
+        assert_eq!(key.id(), format!("{hash:032x}"));
+        let small = CacheKey::custom("", &[]);
+        assert_eq!(small.description(), r#"["custom","",[]]"#);
+        assert_eq!(small.id().len(), 32);
+        assert_eq!(
+            small.id(),
+            format!("{:032x}", crate::hash::fnv1a_128(br#"["custom","",[]]"#))
+        );
     }
 
     #[test]

@@ -20,7 +20,7 @@ use tokenkeeper_fs::{FileCache, FileLayer};
 
 use crate::cache::{AnyLayer, BlockingCacheLayer, CacheLayer};
 use crate::dpop::DpopKey;
-use crate::driver::{Driver, DriverParts, FetchWith, KeyParts};
+use crate::driver::{Driver, DriverParts, FetchWith, KeyParts, NewRefresher};
 use crate::error::SpawnError;
 use crate::http::{HttpSettings, HttpSetupError};
 use crate::publish::{EventHook, Publisher};
@@ -452,13 +452,14 @@ impl<R: Runtime> TokenWatcherBuilder<R> {
             runtime: runtime.clone(),
             pool: RefresherPool::new(PoolConfig::default()),
             requests: requests_rx,
+            inbox: None,
             wake_interval,
             ends_when_empty: true,
             name,
         });
         driver.add(KeyParts {
             id,
-            refresher: Box::new(refresher),
+            refresher: NewRefresher::Built(Box::new(refresher)),
             fetch,
             layers,
             publisher,
@@ -706,7 +707,8 @@ pub(crate) fn prepare_key(
             assertions: source
                 .1
                 .for_client(client)
-                .map_err(|e| SpawnError::Assertion { error: e.into() })?,
+                .map_err(|e| SpawnError::Assertion { error: e.into() })?
+                .boxed(),
         },
         other => FetchWith::Source {
             source: other.clone(),

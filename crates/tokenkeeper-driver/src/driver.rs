@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use futures_lite::Stream;
 use futures_lite::{FutureExt, StreamExt};
 use futures_util::stream::FuturesUnordered;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
 use tokenkeeper_core::Health;
 use tokenkeeper_core::oauth2::TokenRequest;
@@ -49,8 +49,8 @@ use crate::source::SourceKind;
 /// them behind.
 const GRACE: Duration = Duration::from_secs(5);
 
-/// The most queued requests, and answers, taken in one turn of the loop;
-/// also the most keys one request hands over (`TokenPool::insert_all`).
+/// The most queued requests, answers, and new keys taken in one turn of the
+/// loop.
 pub(crate) const BATCH: usize = 256;
 
 /// How the refresher's fetches are carried out.
@@ -65,8 +65,9 @@ pub(crate) enum FetchWith {
         grant: &'static str,
         /// The token URL as logs show it (no query).
         url: String,
-        /// The assertions requests need (RFC 7523), made in the fetch task.
-        assertions: crate::assertion::Assertions,
+        /// The assertions requests need (RFC 7523), made in the fetch task;
+        /// none for most clients.
+        assertions: Option<Box<crate::assertion::Assertions>>,
     },
     /// A custom source, bounded by a timeout.
     Source {
@@ -144,14 +145,13 @@ impl Drop for Reply {
     }
 }
 
-/// A message for a driver: a command for one of its keys, a new key, or
+/// A message for a driver: a command for one of its keys, new keys, or
 /// the end of them all.
 pub(crate) enum Request {
     /// A command from the handles of one key.
     Key(KeyId, Command),
-    /// Keys to hold from now on: one (a key asked for), or up to [`BATCH`]
-    /// taken in together (`TokenPool::insert_all`).
-    Add(Vec<KeyParts>),
+    /// New keys wait in the [`Inbox`], which was empty until now.
+    Added,
     /// Stop every key, then end.
     ShutdownAll,
     /// How many keys are ready, degraded and broken.
@@ -161,12 +161,25 @@ pub(crate) enum Request {
 /// Everything one key is made of; built by the builders.
 pub(crate) struct KeyParts {
     pub(crate) id: KeyId,
-    pub(crate) refresher: Box<Refresher>,
+    pub(crate) refresher: NewRefresher,
     pub(crate) fetch: FetchWith,
     pub(crate) layers: Vec<AnyLayer>,
     pub(crate) publisher: Publisher,
     /// Run once the key has left the driver (a pool forgets it).
     pub(crate) forget: Option<Box<dyn FnOnce() + Send + Sync>>,
+}
+
+/// A new key's refresher, or what the driver builds it from.
+pub(crate) enum NewRefresher {
+    /// A watcher's, built first for its first status.
+    Built(Box<Refresher>),
+    /// A pool's key's, built in the driver: its allocations are made (and
+    /// later freed) on the driver's thread, not the caller's, whose
+    /// allocator arena the driver would otherwise contend for.
+    ToBuild {
+        config: tokenkeeper_core::RefresherConfig,
+        seed: u64,
+    },
 }
 
 /// What the driver keeps of a key beside its refresher.
@@ -199,11 +212,87 @@ struct Leaving {
     worker_tasks: Vec<Task>,
 }
 
+/// A pool's new keys on their way to its driver.
+///
+/// Keys are created on the callers' threads, often many at once: through
+/// the request queue each would cost a message (a node allocated by the
+/// caller and freed by the driver, which contends for the caller's
+/// allocator arena) and a wake-up. Here a key is one push under a lock the
+/// driver takes once per turn; only the push that finds the inbox empty
+/// sends [`Request::Added`], and the buffer is reused, never freed on the
+/// other thread.
+///
+/// Order is kept: the inbox holds keys only while an `Added` not yet acted
+/// on is queued (or while the driver is part-way through them), and the
+/// driver takes every waiting key in before it acts on any other request,
+/// so a command for a key always finds it added.
+pub(crate) struct Inbox {
+    /// `None` once the driver stopped taking keys.
+    keys: std::sync::Mutex<Option<VecDeque<KeyParts>>>,
+}
+
+/// The driver no longer takes keys.
+pub(crate) struct Closed;
+
+impl Inbox {
+    pub(crate) fn new() -> Self {
+        Inbox {
+            keys: std::sync::Mutex::new(Some(VecDeque::new())),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<VecDeque<KeyParts>>> {
+        self.keys
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Hands `keys` to the driver, waking it if it has none waiting.
+    pub(crate) fn push(
+        &self,
+        keys: impl IntoIterator<Item = KeyParts>,
+        requests: &RequestSender,
+    ) -> Result<(), Closed> {
+        let mut inbox = self.lock();
+        let Some(waiting) = inbox.as_mut() else {
+            return Err(Closed);
+        };
+        let was_empty = waiting.is_empty();
+        waiting.extend(keys);
+        if was_empty && !waiting.is_empty() && requests.unbounded_send(Request::Added).is_err() {
+            // The driver has ended: these keys will never be taken.
+            *inbox = None;
+            return Err(Closed);
+        }
+        Ok(())
+    }
+
+    /// Up to `n` waiting keys, into `into`; whether more are left.
+    fn take(&self, n: usize, into: &mut Vec<KeyParts>) -> bool {
+        let mut inbox = self.lock();
+        let Some(waiting) = inbox.as_mut() else {
+            return false;
+        };
+        let n = n.min(waiting.len());
+        into.extend(waiting.drain(..n));
+        !waiting.is_empty()
+    }
+
+    /// Takes no more keys; those waiting are dropped (which marks them
+    /// stopped).
+    fn close(&self) {
+        let waiting = self.lock().take();
+        drop(waiting);
+    }
+}
+
 /// Everything a driver is made of; built by the builders.
 pub(crate) struct DriverParts<R> {
     pub(crate) runtime: R,
     pub(crate) pool: RefresherPool,
     pub(crate) requests: RequestReceiver,
+    /// A pool's new keys (a watcher's one key is added directly).
+    pub(crate) inbox: Option<Arc<Inbox>>,
     pub(crate) wake_interval: Duration,
     /// A watcher's driver ends once its one key has left; a pool's keeps
     /// going until its handles are gone.
@@ -226,6 +315,11 @@ pub(crate) struct Driver<R: Runtime> {
     answers_tx: AnswerSender,
     answers_rx: futures_channel::mpsc::UnboundedReceiver<Answer>,
     requests: Option<RequestReceiver>,
+    inbox: Option<Arc<Inbox>>,
+    /// The inbox holds keys the driver has not taken yet.
+    keys_waiting: bool,
+    /// Keys taken from the inbox, being added (a buffer kept between turns).
+    taken: Vec<KeyParts>,
     /// Fetches in tasks of their own (runtimes whose fetches may block).
     fetches: Vec<Task>,
     /// Fetches the driver polls itself (see `Runtime::polls_fetches_inline`).
@@ -268,6 +362,9 @@ impl<R: Runtime> Driver<R> {
             answers_tx,
             answers_rx,
             requests: Some(parts.requests),
+            inbox: parts.inbox,
+            keys_waiting: false,
+            taken: Vec::new(),
             fetches: Vec::new(),
             inline: FuturesUnordered::new(),
             wake_interval: parts.wake_interval,
@@ -310,7 +407,12 @@ impl<R: Runtime> Driver<R> {
             layers,
         });
         self.keys.insert(id, state);
-        if self.pool.insert(now(), id, refresher).is_err() {
+        let at = now();
+        let refresher = match refresher {
+            NewRefresher::Built(refresher) => refresher,
+            NewRefresher::ToBuild { config, seed } => Box::new(Refresher::new(config, seed, at)),
+        };
+        if self.pool.insert(at, id, refresher).is_err() {
             error!(%id, "driver bug: a key id used twice");
         }
     }
@@ -332,16 +434,23 @@ impl<R: Runtime> Driver<R> {
     async fn run_loop(&mut self) {
         info!(keys = self.keys.len(), "started");
         loop {
+            if self.keys_waiting {
+                self.take_added(false);
+            }
             self.drain();
             if self.pool.is_empty() && (self.closing || self.ends_when_empty) {
                 break;
             }
             // Measured on the monotonic clock: a wall clock that steps
-            // cannot stretch or shrink it. One sleep for every key.
-            let sleep_for = self
-                .pool
-                .poll_sleep(now())
-                .map_or(self.wake_interval, |sleep| sleep.min(self.wake_interval));
+            // cannot stretch or shrink it. One sleep for every key; none
+            // while new keys wait (only what is ready already is taken in).
+            let sleep_for = if self.keys_waiting {
+                Duration::ZERO
+            } else {
+                self.pool
+                    .poll_sleep(now())
+                    .map_or(self.wake_interval, |sleep| sleep.min(self.wake_interval))
+            };
             match self.wait(sleep_for).await {
                 Wake::Request(request) => {
                     self.request(request);
@@ -519,18 +628,33 @@ impl<R: Runtime> Driver<R> {
         });
     }
 
+    /// Adds keys waiting in the inbox: up to [`BATCH`] (a turn of the
+    /// loop), or `all` of them.
+    fn take_added(&mut self, all: bool) {
+        let Some(inbox) = self.inbox.clone() else {
+            return;
+        };
+        let mut taken = std::mem::take(&mut self.taken);
+        loop {
+            self.keys_waiting = inbox.take(BATCH, &mut taken);
+            for parts in taken.drain(..) {
+                self.add(parts);
+            }
+            if !(all && self.keys_waiting) {
+                break;
+            }
+        }
+        self.taken = taken;
+    }
+
     fn request(&mut self, request: Option<Request>) {
+        if self.keys_waiting && !matches!(request, Some(Request::Added)) {
+            // Whatever was asked after a key was pushed finds it added.
+            self.take_added(true);
+        }
         match request {
             Some(Request::Key(key, command)) => self.command(key, command),
-            Some(Request::Add(all)) => {
-                if self.closing {
-                    // Dropping the parts marks the keys stopped.
-                    return;
-                }
-                for parts in all {
-                    self.add(parts);
-                }
-            }
+            Some(Request::Added) => self.keys_waiting = true,
             Some(Request::Health(reply)) => {
                 let at = now();
                 let mut summary = crate::PoolHealth::default();
@@ -582,6 +706,12 @@ impl<R: Runtime> Driver<R> {
     /// a refresh-token request in flight finish (within its grace).
     fn stop_all(&mut self) {
         self.closing = true;
+        // Keys asked for from now on are refused; those not taken yet are
+        // dropped, which marks them stopped.
+        if let Some(inbox) = &self.inbox {
+            inbox.close();
+        }
+        self.keys_waiting = false;
         self.pool.shutdown(now());
     }
 
@@ -793,7 +923,10 @@ impl<R: Runtime> Driver<R> {
         };
         // Likewise its assertions (RFC 7523), made in the task below:
         // files and callbacks may block.
-        let (mut request, assertion) = assertions.take(request, &self.runtime);
+        let (mut request, assertion) = match assertions {
+            Some(assertions) => assertions.take(request, &self.runtime),
+            None => crate::assertion::Assertions::default().take(request, &self.runtime),
+        };
         if let Some(proof) = proof {
             request.headers_mut().insert("dpop", proof);
         }

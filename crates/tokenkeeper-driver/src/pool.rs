@@ -16,13 +16,12 @@ use std::time::Duration;
 
 use tokenkeeper_core::pool::{KeyId, PoolConfig, RefresherPool};
 use tokenkeeper_core::{
-    BackoffPolicy, CacheKey, Health, Jitter, LifetimePolicy, RefreshNow, Refresher,
-    RefresherConfig, Status,
+    BackoffPolicy, CacheKey, Health, Jitter, LifetimePolicy, RefreshNow, RefresherConfig, Status,
 };
 
 use crate::builder::{KeySettings, MIN_WAKE_INTERVAL, bind_key, fetch_deadline, prepare_key};
 use crate::cache::AnyLayer;
-use crate::driver::{BATCH, Driver, DriverParts, KeyParts, Request};
+use crate::driver::{BATCH, Driver, DriverParts, Inbox, KeyParts, NewRefresher, Request};
 use crate::error::{SpawnError, TokenError, WatcherStopped};
 use crate::http::{HttpSettings, SharedExchange};
 use crate::publish::Publisher;
@@ -236,10 +235,12 @@ where
         }
         let (requests_tx, requests_rx) = crate::driver::requests();
         let (done_tx, done_rx) = async_channel::bounded::<()>(1);
+        let inbox = Arc::new(Inbox::new());
         let driver = Driver::new(DriverParts {
             runtime: runtime.clone(),
             pool: RefresherPool::new(self.pool),
             requests: requests_rx,
+            inbox: Some(Arc::clone(&inbox)),
             wake_interval: self.wake_interval,
             ends_when_empty: false,
             name: self.name.clone(),
@@ -254,6 +255,7 @@ where
                 map: papaya::HashMap::new(),
                 next_id: AtomicU64::new(0),
                 requests: requests_tx,
+                inbox,
                 done: done_rx,
                 factory: self.factory,
                 layers: self.layers,
@@ -285,6 +287,8 @@ struct Inner<K, R> {
     map: papaya::HashMap<K, Arc<Shared>>,
     next_id: AtomicU64,
     requests: crate::driver::RequestSender,
+    /// New keys, on their way to the driver.
+    inbox: Arc<Inbox>,
     /// Closed when the driver has ended.
     done: async_channel::Receiver<()>,
     factory: Factory<K>,
@@ -406,13 +410,12 @@ where
     }
 
     /// Starts holding every key of `keys` now, without waiting: for many
-    /// keys known up front. The driver takes them in by the hundred, so the
-    /// lot costs it a wake-up per batch rather than one per key. Keys the
-    /// pool holds already are left as they are. Stops at the first key the
-    /// factory refuses, with its error; the keys before it are held.
+    /// keys known up front. They are handed to the driver by the hundred
+    /// (one lock each hundred rather than one a key). Keys the pool holds
+    /// already are left as they are. Stops at the first key the factory
+    /// refuses, with its error; the keys before it are held.
     pub fn insert_all(&self, keys: impl IntoIterator<Item = K>) -> Result<(), SpawnError> {
-        // A batch is what the driver takes in one turn: a wake-up is paid
-        // per batch, and the driver answers commands between batches.
+        // A batch is what the driver takes in one turn.
         let mut keys_sent = Vec::with_capacity(BATCH);
         let mut batch = Vec::with_capacity(BATCH);
         let mut refused = Ok(());
@@ -423,7 +426,7 @@ where
                     keys_sent.push(key);
                     batch.push(parts);
                     if batch.len() == BATCH {
-                        self.hand_over(std::mem::take(&mut batch), &keys_sent)?;
+                        self.hand_over(batch.drain(..), &keys_sent)?;
                         keys_sent.clear();
                     }
                 }
@@ -556,7 +559,7 @@ where
         match self.create(key)? {
             Created::Held(entry) => Ok(entry),
             Created::New(entry, parts) => {
-                self.hand_over(vec![parts], std::slice::from_ref(key))?;
+                self.hand_over([parts], std::slice::from_ref(key))?;
                 Ok(entry)
             }
         }
@@ -579,15 +582,14 @@ where
         }
     }
 
-    /// Sends new keys to the driver; when it has ended, takes them out of
-    /// the map again.
-    fn hand_over(&self, parts: Vec<KeyParts>, keys: &[K]) -> Result<(), SpawnError> {
-        if self
-            .inner
-            .requests
-            .unbounded_send(Request::Add(parts))
-            .is_err()
-        {
+    /// Hands new keys to the driver; when it has stopped taking keys, takes
+    /// them out of the map again.
+    fn hand_over(
+        &self,
+        parts: impl IntoIterator<Item = KeyParts>,
+        keys: &[K],
+    ) -> Result<(), SpawnError> {
+        if self.inner.inbox.push(parts, &self.inner.requests).is_err() {
             let map = self.inner.map.pin();
             for key in keys {
                 map.remove(key);
@@ -623,12 +625,10 @@ where
         })?;
         let n = inner.next_id.fetch_add(1, Ordering::Relaxed);
         let id = KeyId::new(n);
-        let start = now();
         let seed = match inner.seed {
             Some(seed) => seed ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15),
             None => fastrand::u64(..),
         };
-        let refresher = Refresher::new(config, seed, start);
         let layer_names = layers.iter().map(|l| l.layer().name().to_owned()).collect();
         let shared = Arc::new(Shared::new(
             id,
@@ -654,7 +654,7 @@ where
         });
         let parts = KeyParts {
             id,
-            refresher: Box::new(refresher),
+            refresher: NewRefresher::ToBuild { config, seed },
             fetch,
             layers,
             publisher: Publisher::new(Arc::clone(&shared), None, None),

@@ -166,15 +166,33 @@ pub enum Removal {
     ShutDown,
 }
 
+/// An optional instant on the schedule axis (milliseconds) in eight bytes
+/// rather than sixteen: a pool holds a slot per key. `u64::MAX` is none,
+/// which [`millis`] never gives.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Ms(u64);
+
+impl Ms {
+    const NONE: Ms = Ms(u64::MAX);
+
+    fn new(ms: Option<u64>) -> Self {
+        ms.map_or(Ms::NONE, Ms)
+    }
+
+    fn get(self) -> Option<u64> {
+        (self != Ms::NONE).then_some(self.0)
+    }
+}
+
 struct Slot {
     /// Boxed: the table stays small however large a refresher is, and a
     /// driver that built the refresher boxed hands it over without a copy.
     refresher: Box<Refresher>,
     /// The deadline this slot is filed under in the heap, on the schedule
     /// axis (milliseconds); entries with another value are stale.
-    filed: Option<u64>,
+    filed: Ms,
     /// When to ask whether the key was used (milliseconds, schedule axis).
-    idle_check: Option<u64>,
+    idle_check: Ms,
     /// The removal asked for, once the refresher has been told to stop.
     leaving: Option<Removal>,
 }
@@ -211,8 +229,12 @@ impl fmt::Debug for RefresherPool {
     }
 }
 
+/// At most `u64::MAX - 1`, so that it fits an [`Ms`] (a deadline that far
+/// off is never reached either way).
 fn millis(t: Timestamp) -> u64 {
-    u64::try_from(t.duration_since(Timestamp::EPOCH).as_millis()).unwrap_or(u64::MAX)
+    u64::try_from(t.duration_since(Timestamp::EPOCH).as_millis())
+        .unwrap_or(u64::MAX)
+        .min(u64::MAX - 1)
 }
 
 fn is_fetch(effect: &Effect) -> Option<EffectId> {
@@ -274,8 +296,8 @@ impl RefresherPool {
             id,
             Slot {
                 refresher: refresher.into(),
-                filed: None,
-                idle_check,
+                filed: Ms::NONE,
+                idle_check: Ms::new(idle_check),
                 leaving: None,
             },
         );
@@ -368,21 +390,22 @@ impl RefresherPool {
             let Some(slot) = self.slots.get_mut(&id) else {
                 continue;
             };
-            if slot.filed != Some(deadline) {
+            if slot.filed.get() != Some(deadline) {
                 continue;
             }
-            slot.filed = None;
-            if let Some(check) = slot.idle_check
+            slot.filed = Ms::NONE;
+            if let Some(check) = slot.idle_check.get()
                 && check <= at
                 && slot.leaving.is_none()
             {
                 if was_used(id) {
-                    slot.idle_check = self
-                        .config
-                        .evict_idle_after
-                        .map(|idle| millis(now.sched().saturating_add(idle)));
+                    slot.idle_check = Ms::new(
+                        self.config
+                            .evict_idle_after
+                            .map(|idle| millis(now.sched().saturating_add(idle))),
+                    );
                 } else {
-                    slot.idle_check = None;
+                    slot.idle_check = Ms::NONE;
                     slot.leaving = Some(Removal::Evicted);
                     slot.refresher.shutdown(now);
                 }
@@ -484,7 +507,7 @@ impl RefresherPool {
             if self
                 .slots
                 .get(&id)
-                .is_some_and(|s| s.filed == Some(deadline))
+                .is_some_and(|s| s.filed.get() == Some(deadline))
             {
                 return Some(Duration::from_millis(deadline.saturating_sub(at)));
             }
@@ -551,10 +574,10 @@ impl RefresherPool {
             .next_wake()
             .map(millis)
             .into_iter()
-            .chain(slot.idle_check)
+            .chain(slot.idle_check.get())
             .min();
-        if due != slot.filed {
-            slot.filed = due;
+        if due != slot.filed.get() {
+            slot.filed = Ms::new(due);
             if let Some(due) = due {
                 self.timers.push(Reverse((due, id)));
             }
@@ -592,7 +615,9 @@ impl RefresherPool {
         }
         let slots = &self.slots;
         self.timers.retain(|Reverse((deadline, id))| {
-            slots.get(id).is_some_and(|s| s.filed == Some(*deadline))
+            slots
+                .get(id)
+                .is_some_and(|s| s.filed.get() == Some(*deadline))
         });
         self.timers.shrink_to(self.timers.len() * 3 / 2 + 64);
     }

@@ -357,7 +357,7 @@ mod tests {
             tokenkeeper_core::pool::KeyId::new(0),
             key,
             name,
-            vec![],
+            Box::default(),
             Some(refresher.status(T0)),
             None,
         ))

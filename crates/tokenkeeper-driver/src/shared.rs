@@ -129,7 +129,8 @@ pub(crate) struct Shared {
     key: CacheKey,
     /// Shared by every key of a pool.
     name: Arc<str>,
-    layer_names: Vec<String>,
+    /// A slice, not a `Vec`: fixed once made, and eight bytes less a key.
+    layer_names: Box<[String]>,
     dpop: Option<DpopKey>,
     /// `token()` calls, counted for the metrics.
     #[cfg(feature = "metrics")]
@@ -141,7 +142,7 @@ impl Shared {
         id: KeyId,
         key: CacheKey,
         name: impl Into<Arc<str>>,
-        layer_names: Vec<String>,
+        layer_names: Box<[String]>,
         status: Option<Status>,
         dpop: Option<DpopKey>,
     ) -> Self {
@@ -374,7 +375,7 @@ mod tests {
             KeyId::new(0),
             CacheKey::custom("t", &[]),
             "t",
-            vec![],
+            Box::default(),
             Some(refresher.status(Timestamp::from_secs(1))),
             None,
         ))

@@ -228,8 +228,9 @@ pub struct Refresher {
     effects: VecDeque<Effect>,
     events: VecDeque<Event>,
     pending: Outstandings,
-    /// The latest effects that timed out, oldest first.
-    timed_out: VecDeque<(EffectId, Pending)>,
+    /// The latest effects that timed out, oldest first (a few: a `Vec`,
+    /// smaller than a `VecDeque` in each of a pool's many refreshers).
+    timed_out: Vec<(EffectId, Pending)>,
     next_id: u64,
     current: Option<Arc<TokenRecord>>,
     /// When the current token goes stale and expires, on the schedule axis.
@@ -243,7 +244,7 @@ pub struct Refresher {
     /// The refresh tokens this refresher has sent (the latest few): a
     /// cached record holding one of them is never trusted for its refresh
     /// token, whatever its timestamps say.
-    spent: VecDeque<RefreshToken>,
+    spent: Vec<RefreshToken>,
     /// Jittered instant at which the current token is refreshed.
     refresh_at: Option<Timestamp>,
     /// Planned retry after a failure.
@@ -258,14 +259,14 @@ pub struct Refresher {
     last_success_at: Option<Timestamp>,
     last_fetch_started: Option<Timestamp>,
     /// Expiry of the record each layer held in this read pass (`None`: miss).
-    seen: Vec<Option<Timestamp>>,
+    seen: Box<[Option<Timestamp>]>,
     /// Leases held, with the instant each expires by itself.
     leases_held: Vec<(usize, Timestamp)>,
     /// After a failed fetch the leases are kept until they expire (a retry
     /// that comes first reuses them), so that a fleet backs off together
     /// instead of each member taking its turn at a failing authority.
     linger_until: Option<Timestamp>,
-    lease_layers: Vec<usize>,
+    lease_layers: Box<[usize]>,
     /// The writes under way store a record just fetched that holds a refresh
     /// token: a shutdown waits for them.
     writing_fetched_refresh_token: bool,
@@ -311,14 +312,14 @@ impl Refresher {
             effects: VecDeque::new(),
             events: VecDeque::new(),
             pending: Outstandings::default(),
-            timed_out: VecDeque::new(),
+            timed_out: Vec::new(),
             next_id: 0,
             current: None,
             clocked: None,
             expiry_announced: false,
             refresh_token,
             refresh_token_issued: None,
-            spent: VecDeque::new(),
+            spent: Vec::new(),
             refresh_at: None,
             retry_at: None,
             forced_over: None,
@@ -328,7 +329,7 @@ impl Refresher {
             last_error: None,
             last_success_at: None,
             last_fetch_started: None,
-            seen: vec![None; layers],
+            seen: vec![None; layers].into_boxed_slice(),
             leases_held: Vec::new(),
             linger_until: None,
             lease_layers,
@@ -1008,9 +1009,9 @@ impl Refresher {
         {
             self.pending.remove(&id);
             if self.timed_out.len() >= TIMED_OUT_MEMORY {
-                self.timed_out.pop_front();
+                self.timed_out.remove(0);
             }
-            self.timed_out.push_back((id, kind));
+            self.timed_out.push((id, kind));
             let unanswered = || {
                 CacheError::new(
                     CacheErrorKind::Timeout,
@@ -1253,9 +1254,9 @@ impl Refresher {
         let Some(rt) = rt else { return };
         if !self.spent.contains(&rt) {
             if self.spent.len() >= SPENT_REMEMBERED {
-                self.spent.pop_front();
+                self.spent.remove(0);
             }
-            self.spent.push_back(rt);
+            self.spent.push(rt);
         }
     }
 

@@ -167,8 +167,10 @@ impl CacheKey {
     pub fn custom(namespace: &str, parts: &[&str]) -> Self {
         // Serialized as it stands, with no JSON tree built first: a pool may
         // make a key per tenant. The text is what `json!` would make.
-        let description = serde_json::to_string(&("custom", namespace, parts))
+        let mut description = serde_json::to_string(&("custom", namespace, parts))
             .unwrap_or_else(|_| serde_json::json!(["custom", namespace, parts]).to_string());
+        // The writer starts at 128 bytes; a key keeps its text for life.
+        description.shrink_to_fit();
         Self::from_description(description)
     }
 

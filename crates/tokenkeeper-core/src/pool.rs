@@ -606,11 +606,13 @@ impl RefresherPool {
         }
     }
 
-    /// Drops stale heap entries once they outnumber live ones (amortized:
-    /// at most once per as many changes as there are keys), and gives
-    /// back the room they took.
+    /// Drops stale heap entries once they are half as many as live ones
+    /// (amortized: at most once per half as many changes as there are
+    /// keys), and gives back the room they took: at 16 bytes an entry, the
+    /// heap is a pool's largest table after the keys'.
     fn compact(&mut self) {
-        if self.timers.len() <= 2 * self.slots.len() + 64 {
+        let live = self.slots.len();
+        if self.timers.len() <= live + live / 2 + 64 {
             return;
         }
         let slots = &self.slots;

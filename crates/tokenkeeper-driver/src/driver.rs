@@ -275,6 +275,10 @@ impl Inbox {
         };
         let n = n.min(waiting.len());
         into.extend(waiting.drain(..n));
+        if waiting.is_empty() && waiting.capacity() > 4 * BATCH {
+            // A burst is over: its room is not kept for the pool's life.
+            *waiting = VecDeque::new();
+        }
         !waiting.is_empty()
     }
 

@@ -158,24 +158,27 @@ impl CacheKey {
                 }
             }
         }
-        let id = hash_id(&full.to_string());
-        let description = description.to_string();
-        CacheKey(std::sync::Arc::new(KeyText { description, id }))
+        CacheKey::with_id(description.to_string(), hash_id(&full.to_string()))
     }
 
     /// A key for a custom token source: a namespace and any distinguishing parts.
     pub fn custom(namespace: &str, parts: &[&str]) -> Self {
         // Serialized as it stands, with no JSON tree built first: a pool may
         // make a key per tenant. The text is what `json!` would make.
-        let mut description = serde_json::to_string(&("custom", namespace, parts))
+        let description = serde_json::to_string(&("custom", namespace, parts))
             .unwrap_or_else(|_| serde_json::json!(["custom", namespace, parts]).to_string());
-        // The writer starts at 128 bytes; a key keeps its text for life.
-        description.shrink_to_fit();
         Self::from_description(description)
     }
 
     fn from_description(description: String) -> Self {
         let id = hash_id(&description);
+        Self::with_id(description, id)
+    }
+
+    fn with_id(mut description: String, id: [u8; 32]) -> Self {
+        // Writers leave room to grow (serde_json's starts at 128 bytes); a
+        // key keeps its text for life, and a pool holds many keys.
+        description.shrink_to_fit();
         CacheKey(std::sync::Arc::new(KeyText { description, id }))
     }
 

@@ -92,8 +92,10 @@ pub(crate) fn requests() -> (RequestSender, RequestReceiver) {
 
 /// Something that happened outside the loop, on its way back to it.
 enum Answer {
-    /// An answer for a key's refresher.
-    Input(KeyId, Input),
+    /// An answer for a key's refresher. Boxed: the queue keeps its last
+    /// node for good, and a node sized for an `Input` (about 200 bytes)
+    /// would be kept by every watcher's driver.
+    Input(KeyId, Box<Input>),
     /// A cache layer of a key announced a change.
     Changed(KeyId, usize),
 }
@@ -132,7 +134,7 @@ impl Reply {
 
     fn send(mut self, input: Input) {
         if let Some(answers) = self.answers.take() {
-            let _ = answers.unbounded_send(Answer::Input(self.key, input));
+            let _ = answers.unbounded_send(Answer::Input(self.key, Box::new(input)));
         }
     }
 }
@@ -140,7 +142,7 @@ impl Reply {
 impl Drop for Reply {
     fn drop(&mut self) {
         if let (Some(answers), Some(input)) = (self.answers.take(), self.otherwise.take()) {
-            let _ = answers.unbounded_send(Answer::Input(self.key, input));
+            let _ = answers.unbounded_send(Answer::Input(self.key, Box::new(input)));
         }
     }
 }
@@ -257,6 +259,12 @@ impl Inbox {
         let Some(waiting) = inbox.as_mut() else {
             return Err(Closed);
         };
+        if requests.is_closed() {
+            // The driver has ended without closing the inbox (it panicked):
+            // keys pushed now would wait for it for ever.
+            *inbox = None;
+            return Err(Closed);
+        }
         let was_empty = waiting.is_empty();
         waiting.extend(keys);
         if was_empty && !waiting.is_empty() && requests.unbounded_send(Request::Added).is_err() {
@@ -326,8 +334,10 @@ pub(crate) struct Driver<R: Runtime> {
     taken: Vec<KeyParts>,
     /// Fetches in tasks of their own (runtimes whose fetches may block).
     fetches: Vec<Task>,
-    /// Fetches the driver polls itself (see `Runtime::polls_fetches_inline`).
-    inline: FuturesUnordered<BoxFuture<'static, ()>>,
+    /// Fetches the driver polls itself (see `Runtime::polls_fetches_inline`);
+    /// made for the first and dropped when the last has ended (its queue
+    /// keeps a node of its own: a watcher between refreshes holds none).
+    inline: Option<FuturesUnordered<BoxFuture<'static, ()>>>,
     wake_interval: Duration,
     ends_when_empty: bool,
     /// Every key was told to stop: the driver ends once they have left.
@@ -370,7 +380,7 @@ impl<R: Runtime> Driver<R> {
             keys_waiting: false,
             taken: Vec::new(),
             fetches: Vec::new(),
-            inline: FuturesUnordered::new(),
+            inline: None,
             wake_interval: parts.wake_interval,
             ends_when_empty: parts.ends_when_empty,
             closing: false,
@@ -489,7 +499,18 @@ impl<R: Runtime> Driver<R> {
         // Drives the fetches the driver polls itself; they answer through
         // the answers channel, so this never completes.
         let fetching = std::future::poll_fn(|cx| {
-            while let Poll::Ready(Some(())) = Pin::new(&mut *inline).poll_next(cx) {}
+            let all_ended = inline.as_mut().is_some_and(|running| {
+                loop {
+                    match Pin::new(&mut *running).poll_next(cx) {
+                        Poll::Ready(Some(())) => continue,
+                        Poll::Ready(None) => break true,
+                        Poll::Pending => break false,
+                    }
+                }
+            });
+            if all_ended {
+                *inline = None;
+            }
             Poll::Pending
         });
         let command = async {
@@ -533,7 +554,7 @@ impl<R: Runtime> Driver<R> {
 
     fn answer(&mut self, answer: Answer) {
         match answer {
-            Answer::Input(key, input) => self.feed(key, input),
+            Answer::Input(key, input) => self.feed(key, *input),
             Answer::Changed(key, layer) => {
                 trace!(%key, layer, "a cache layer announced a change");
                 self.feed(key, Input::CacheChanged { layer });
@@ -724,7 +745,7 @@ impl<R: Runtime> Driver<R> {
             self.let_go(key, Removal::ShutDown);
         }
         // Nothing still running is needed any more: every refresher has finished.
-        self.inline.clear();
+        self.inline = None;
         for task in self.fetches.iter().chain(&self.feeds) {
             task.abort();
         }
@@ -1005,7 +1026,8 @@ impl<R: Runtime> Driver<R> {
     /// its own. A panic is caught either way; its `Reply` then answers.
     fn start_fetch(&mut self, fetch: impl Future<Output = ()> + Send + 'static) {
         if self.runtime.polls_fetches_inline() {
-            self.inline.push(Box::pin(async move {
+            let inline = self.inline.get_or_insert_with(FuturesUnordered::new);
+            inline.push(Box::pin(async move {
                 if AssertUnwindSafe(fetch).catch_unwind().await.is_err() {
                     error!(task = "fetch", "a tokenkeeper task panicked");
                 }
@@ -1172,7 +1194,7 @@ async fn serve_layer<R: Runtime>(
                 continue;
             }
         };
-        let _ = answers.unbounded_send(Answer::Input(key, input));
+        let _ = answers.unbounded_send(Answer::Input(key, Box::new(input)));
     }
     // A lease granted while the watcher was stopping is never known to the
     // refresher; give it back here.

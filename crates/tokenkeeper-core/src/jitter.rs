@@ -79,7 +79,7 @@ impl Jitter {
     pub fn refresh_at_for(&self, token: &TokenRecord) -> Timestamp {
         // Hashed in place: no copy of the token to allocate and wipe.
         let seed = crate::hash::fnv1a_64_more(
-            crate::hash::fnv1a_64(token.access_token.expose_secret().as_bytes()),
+            crate::hash::words_64(token.access_token.expose_secret().as_bytes()),
             &token.issued.as_millis().to_le_bytes(),
         );
         self.refresh_at(token, &mut fastrand::Rng::with_seed(seed))

@@ -645,6 +645,18 @@ pub(crate) fn fetch_deadline(request_timeout: Duration) -> Duration {
     request_timeout.saturating_add(FETCH_DEADLINE_MARGIN)
 }
 
+/// The tuning of a key built with every default: one copy for all such
+/// watchers of the process, rather than one each (a pool's keys share their
+/// pool's).
+fn default_tuning() -> &'static RefresherConfig {
+    static DEFAULT: std::sync::OnceLock<RefresherConfig> = std::sync::OnceLock::new();
+    DEFAULT.get_or_init(|| {
+        RefresherConfig::custom(CacheKey::custom("tokenkeeper-default-tuning", &[])).fetch_timeout(
+            fetch_deadline(HttpSettings::default().get_request_timeout()),
+        )
+    })
+}
+
 /// What every key of a watcher or pool shares, for [`prepare_key`].
 pub(crate) struct KeySettings<'a> {
     /// The client certificate's thumbprint, when there is one.
@@ -697,7 +709,9 @@ pub(crate) fn prepare_key(
         config = config.layer(layer.layer());
     }
     let request_timeout = settings.request_timeout;
-    config = config.fetch_timeout(fetch_deadline(request_timeout));
+    config = config
+        .fetch_timeout(fetch_deadline(request_timeout))
+        .share_tuning_with(default_tuning());
     let fetch = match &source.0 {
         SourceKind::OAuth2(client) => FetchWith::Http {
             exchange: exchange()?,

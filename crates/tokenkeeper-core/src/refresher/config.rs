@@ -278,6 +278,16 @@ impl RefresherConfig {
         self
     }
 
+    /// Takes `template`'s tuning if it is the same as this one's, shared
+    /// rather than copied: watchers built alike then hold one copy between
+    /// them instead of one each. A different tuning is kept as it is.
+    pub fn share_tuning_with(mut self, template: &RefresherConfig) -> Self {
+        if *self.tuning == *template.tuning {
+            self.tuning = std::sync::Arc::clone(&template.tuning);
+        }
+        self
+    }
+
     /// Changes the tuning; a change that changes nothing keeps it shared.
     fn tune(mut self, change: impl FnOnce(&mut Tuning)) -> Self {
         let mut tuning = (*self.tuning).clone();
@@ -311,5 +321,26 @@ impl RefresherConfig {
     /// The backoff policy.
     pub fn backoff_policy(&self) -> &BackoffPolicy {
         &self.tuning.backoff
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn alike_tunings_are_shared_and_others_kept() {
+        let template = RefresherConfig::custom(CacheKey::custom("template", &[]))
+            .fetch_timeout(Duration::from_secs(35));
+        let alike = RefresherConfig::custom(CacheKey::custom("a", &[]))
+            .fetch_timeout(Duration::from_secs(35))
+            .share_tuning_with(&template);
+        assert!(std::sync::Arc::ptr_eq(&alike.tuning, &template.tuning));
+        assert_eq!(alike.cache_key(), &CacheKey::custom("a", &[]));
+        let other = RefresherConfig::custom(CacheKey::custom("b", &[]))
+            .fetch_timeout(Duration::from_secs(36))
+            .share_tuning_with(&template);
+        assert!(!std::sync::Arc::ptr_eq(&other.tuning, &template.tuning));
+        assert_eq!(other.get_fetch_timeout(), Duration::from_secs(36));
     }
 }

@@ -24,12 +24,17 @@ for scenario in floor pool pool-up-front watchers aliri; do
     results+=("$line")
 done
 
-printf '%s\n' "${results[@]}" | python3 -c '
+# The table (the JSON lines through a file: a heredoc keeps the script's
+# quotes out of Python's way).
+table="$(mktemp)"
+trap 'rm -f "$table"' EXIT
+printf '%s\n' "${results[@]}" > "$table"
+python3 - "$table" <<'PY'
 import json, sys
-rows = [json.loads(line) for line in sys.stdin if line.strip()]
+rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
 print()
 print("| scenario | keys | resident bytes/key | beyond the 900-byte token | create, us/key | until held, us/key | idle wake-ups/s |")
 print("|---|---|---|---|---|---|---|")
 for r in rows:
-    print(f"| {r[\"scenario\"]} | {r[\"keys\"]:,} | {r[\"resident_bytes_per_key\"]:,} | {r[\"beyond_token_bytes_per_key\"]:,} | {r[\"create_us_per_key\"]:.2f} | {r[\"held_us_per_key\"]:.2f} | {r[\"idle_wakeups_per_second\"]:.2f} |")
-'
+    print(f"| {r['scenario']} | {r['keys']:,} | {r['resident_bytes_per_key']:,} | {r['beyond_token_bytes_per_key']:,} | {r['create_us_per_key']:.2f} | {r['held_us_per_key']:.2f} | {r['idle_wakeups_per_second']:.2f} |")
+PY

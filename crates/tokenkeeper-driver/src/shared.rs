@@ -116,11 +116,6 @@ struct Cold {
 }
 
 /// State shared by the handles and the driver.
-///
-/// In declaration order (`repr(C)`): what a read touches (the token slot,
-/// the used flag) comes first, on one cache line, so that reading a key of a
-/// large pool costs one miss here rather than two.
-#[repr(C)]
 pub(crate) struct Shared {
     slot: Slot,
     /// Read since the driver last asked (a pool evicts keys nobody reads).

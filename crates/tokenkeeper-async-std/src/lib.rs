@@ -96,10 +96,12 @@
 //!   permanent refusal (`invalid_client`, ...) fails it at once, a source that
 //!   keeps failing fails it after a configurable wait.
 //! - The last valid token is served until it expires, whatever fails.
-//! - The background task sleeps until the engine's next deadline, and at most
-//!   a minute (configurable), so a suspended machine or a clock step is noticed.
-//! - Dropping the last handle, or [`TokenWatcher::shutdown`], ends the task
-//!   with no further request.
+//! - One background task keeps every watcher of an executor fresh (smol: of
+//!   its global executor; an executor of yours gives each watcher a task): it
+//!   sleeps until the next deadline of any of them, and at most a minute
+//!   (configurable), so a suspended machine or a clock step is noticed.
+//! - Dropping the last handle, or [`TokenWatcher::shutdown`], stops the
+//!   watcher with no further request.
 //! - Secrets never appear in `Debug`, `Display`, errors or the `tracing`
 //!   output (only fingerprints such as `fp:3a9c1e07`).
 //!

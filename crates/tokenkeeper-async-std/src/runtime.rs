@@ -148,6 +148,20 @@ impl Runtime for AsyncIoRuntime {
         }
     }
 
+    fn driver_key(&self) -> Option<u64> {
+        // The global executors are one each; an executor of the caller's
+        // runs only while the caller runs it, so its watchers keep a driver
+        // each, as a task of theirs would be.
+        match &self.executor {
+            #[cfg(feature = "async-std")]
+            Executor::AsyncStd => Some(1),
+            #[cfg(feature = "smol")]
+            Executor::SmolGlobal => Some(2),
+            #[cfg(feature = "smol")]
+            Executor::Smol(_) => None,
+        }
+    }
+
     fn polls_fetches_inline(&self) -> bool {
         // async-io's reactor and timers are global: a future may be polled
         // on any thread.

@@ -2,7 +2,8 @@
 //!
 //! Two ways to get a token:
 //!
-//! - [`TokenWatcher`]: a background thread keeps a token fresh;
+//! - [`TokenWatcher`]: a background thread, which all watchers share, keeps
+//!   a token fresh;
 //!   [`TokenWatcher::token`] returns it without waiting or locking (one
 //!   atomic load, as in every adapter).
 //! - [`TokenWatcherBuilder::get_token`]: a one-shot call for programs that

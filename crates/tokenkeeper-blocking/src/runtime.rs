@@ -23,6 +23,11 @@ impl Runtime for ThreadRuntime {
         "threads"
     }
 
+    fn driver_key(&self) -> Option<u64> {
+        // One thread keeps every watcher's tokens fresh.
+        Some(0)
+    }
+
     fn spawn(&self, task: BoxFuture<'static, ()>) {
         let started = std::thread::Builder::new()
             .name("tokenkeeper".to_owned())

@@ -2,16 +2,10 @@
 //! every adapter.
 
 use std::fmt;
-use std::future::Future;
-use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_lite::FutureExt;
-
-use tokenkeeper_core::pool::{KeyId, PoolConfig, RefresherPool};
 use tokenkeeper_core::{
     BackoffPolicy, CacheKey, Event, FetchError, Jitter, LifetimePolicy, RefreshToken, Refresher,
     RefresherConfig,
@@ -20,11 +14,11 @@ use tokenkeeper_fs::{FileCache, FileLayer};
 
 use crate::cache::{AnyLayer, BlockingCacheLayer, CacheLayer};
 use crate::dpop::DpopKey;
-use crate::driver::{Driver, DriverParts, FetchWith, KeyParts, NewRefresher};
+use crate::driver::{FetchWith, KeyParts, NewRefresher};
 use crate::error::SpawnError;
 use crate::http::{HttpSettings, HttpSetupError};
 use crate::publish::{EventHook, Publisher};
-use crate::runtime::{self, Runtime, Waited, timeout, wait};
+use crate::runtime::{Runtime, Waited, timeout, wait};
 use crate::shared::{Commands, Shared, now};
 use crate::source::{Source, SourceKind};
 use crate::watcher::TokenWatcher;
@@ -334,36 +328,19 @@ impl<R: Runtime> TokenWatcherBuilder<R> {
         // Started when first polled, as an `async fn` would be: the runtime
         // is bound where the future runs (tokio: `rt.block_on(b.spawn())`).
         wait::<R, _>(async move {
-            let (watcher, first, runtime, driver) = self.launch()?;
-            // The driver runs right here, in the caller's task, until the
-            // first token: a token a cache or a quick source has at once
-            // costs no hand-off between threads. It gets a task of its own
-            // afterwards, or as soon as this wait is dropped.
-            let mut driver = InlineDriver::new(runtime.clone(), driver);
-            let outcome = timeout(&runtime, waited, async {
-                let told = async { Some(first.recv().await) };
-                let ended = async {
-                    driver.drive().await;
-                    None
-                };
-                told.or(ended).await
-            })
-            .await;
+            let (watcher, first) = self.launch()?;
+            let outcome = timeout(watcher.runtime(), waited, first.recv()).await;
             let error = match outcome {
-                Some(Some(Ok(Ok(())))) => return Ok(watcher),
-                Some(Some(Ok(Err(error)))) => SpawnError::permanent(error),
-                Some(Some(Err(_)) | None) => SpawnError::Stopped,
+                Some(Ok(Ok(()))) => return Ok(watcher),
+                Some(Ok(Err(error))) => SpawnError::permanent(error),
+                Some(Err(_)) => SpawnError::Stopped,
                 None => SpawnError::TimedOut {
                     waited,
                     last_error: watcher.status().last_error,
                 },
             };
             tracing::warn!(name = %watcher.name(), %error, "the token watcher did not start");
-            // Told to stop before it moves to a task of its own, so that it
-            // starts nothing more there (a retry that fell due meanwhile).
-            watcher.ask_to_stop().await;
-            drop(driver);
-            watcher.stopped().await;
+            watcher.stop_async().await;
             Err(error)
         })
     }
@@ -376,13 +353,12 @@ impl<R: Runtime> TokenWatcherBuilder<R> {
     /// Fails with [`SpawnError::NoRuntime`] when the runtime cannot start a
     /// driver from here (tokio: outside a tokio runtime).
     pub fn start(self) -> Result<TokenWatcher<R>, SpawnError> {
-        let (watcher, _, runtime, driver) = self.launch()?;
-        // The driver's own task is never aborted: it ends by itself once
-        // stopped, or with its runtime.
-        runtime::spawn_detached(&runtime, "watcher", driver.run());
-        Ok(watcher)
+        self.launch().map(|(watcher, _)| watcher)
     }
 
+    /// Hands the watcher's key to its runtime's watchers' driver
+    /// ([`hub`](crate::hub)); returns its handle and where the outcome of its
+    /// first fetch is told.
     #[allow(clippy::type_complexity)]
     fn launch(
         self,
@@ -390,8 +366,6 @@ impl<R: Runtime> TokenWatcherBuilder<R> {
         (
             TokenWatcher<R>,
             async_channel::Receiver<Result<(), FetchError>>,
-            R,
-            Driver<R>,
         ),
         SpawnError,
     > {
@@ -435,42 +409,23 @@ impl<R: Runtime> TokenWatcherBuilder<R> {
 
         let start = now();
         let refresher = Refresher::new(config, seed.unwrap_or_else(|| fastrand::u64(..)), start);
-        let (requests_tx, requests_rx) = crate::driver::requests();
         let (first_tx, first_rx) = async_channel::bounded(1);
-        // A watcher is a pool of one key.
-        let id = KeyId::new(0);
-        let shared = Arc::new(Shared::new(
-            id,
-            key,
-            name.clone(),
-            layer_names,
-            Some(refresher.status(start)),
-            dpop,
-        ));
-        let publisher = Publisher::new(Arc::clone(&shared), Some(first_tx), on_event);
-        let mut driver = Driver::new(DriverParts {
-            runtime: runtime.clone(),
-            pool: RefresherPool::new(PoolConfig::default()),
-            requests: requests_rx,
-            inbox: None,
-            wake_interval,
-            ends_when_empty: true,
-            name,
+        let status = refresher.status(start);
+        let (requests, shared) = crate::hub::join(&runtime, wake_interval, |id| {
+            let shared = Arc::new(Shared::new(id, key, name, layer_names, Some(status), dpop));
+            let publisher = Publisher::new(Arc::clone(&shared), Some(first_tx), on_event);
+            let parts = KeyParts {
+                id,
+                refresher: NewRefresher::Built(Box::new(refresher)),
+                fetch,
+                layers,
+                publisher,
+                forget: None,
+            };
+            (parts, shared)
         });
-        driver.add(KeyParts {
-            id,
-            refresher: NewRefresher::Built(Box::new(refresher)),
-            fetch,
-            layers,
-            publisher,
-            forget: None,
-        });
-        Ok((
-            TokenWatcher::new(shared, Commands::new(requests_tx, id), runtime.clone()),
-            first_rx,
-            runtime,
-            driver,
-        ))
+        let commands = Commands::new(requests, shared.id());
+        Ok((TokenWatcher::new(shared, commands, runtime), first_rx))
     }
 
     /// Authenticates the client with this JWT assertion (RFC 7523 §2.2):
@@ -730,46 +685,6 @@ pub(crate) fn prepare_key(
         },
     };
     Ok((config, fetch))
-}
-
-/// A watcher's driver polled by `spawn` itself until the first token, then
-/// handed to a task of its own when dropped (unless it has ended): a wait
-/// that is given up never takes the driver down with it, so a refresh-token
-/// grant in flight still finishes and its rotated token is kept.
-struct InlineDriver<R: Runtime> {
-    runtime: R,
-    run: Option<Pin<Box<dyn Future<Output = ()> + Send + 'static>>>,
-}
-
-impl<R: Runtime> InlineDriver<R> {
-    fn new(runtime: R, driver: Driver<R>) -> Self {
-        InlineDriver {
-            runtime,
-            run: Some(Box::pin(driver.run())),
-        }
-    }
-
-    /// Drives the driver until it ends (a panic, caught and logged as a
-    /// driver task's would be, ends it too); at once if it has ended.
-    async fn drive(&mut self) {
-        if let Some(run) = &mut self.run {
-            if AssertUnwindSafe(run.as_mut()).catch_unwind().await.is_err() {
-                tracing::error!(task = "watcher", "a tokenkeeper task panicked");
-            }
-            // Ended: never polled again, never spawned.
-            self.run = None;
-        }
-    }
-}
-
-impl<R: Runtime> Drop for InlineDriver<R> {
-    fn drop(&mut self) {
-        if let Some(run) = self.run.take() {
-            // Its own task from now on; never aborted: it ends by itself
-            // once stopped, or with its runtime.
-            runtime::spawn_detached(&self.runtime, "watcher", run);
-        }
-    }
 }
 
 #[cfg(test)]

@@ -41,7 +41,7 @@ use crate::dpop::DpopKey;
 use crate::http::SharedExchange;
 use crate::publish::Publisher;
 use crate::runtime::{self, BoxFuture, Runtime, Sleeper, Task, timeout, unblock};
-use crate::shared::{Command, now};
+use crate::shared::{Command, Shared, now};
 use crate::source::SourceKind;
 
 /// How long a stopping watcher waits for its cache layers to finish (lease
@@ -290,6 +290,39 @@ impl Inbox {
         !waiting.is_empty()
     }
 
+    /// Hands `parts` to the driver, or gives them back when it no longer
+    /// takes keys.
+    pub(crate) fn push_one(
+        &self,
+        parts: KeyParts,
+        requests: &RequestSender,
+    ) -> Result<(), Box<KeyParts>> {
+        let mut inbox = self.lock();
+        let Some(waiting) = inbox.as_mut() else {
+            return Err(Box::new(parts));
+        };
+        if requests.is_closed() {
+            *inbox = None;
+            return Err(Box::new(parts));
+        }
+        if waiting.is_empty() && requests.unbounded_send(Request::Added).is_err() {
+            *inbox = None;
+            return Err(Box::new(parts));
+        }
+        waiting.push_back(parts);
+        Ok(())
+    }
+
+    /// Closes the inbox if no key waits in it; whether it did.
+    fn close_if_empty(&self) -> bool {
+        let mut inbox = self.lock();
+        if inbox.as_ref().is_some_and(|waiting| !waiting.is_empty()) {
+            return false;
+        }
+        *inbox = None;
+        true
+    }
+
     /// Takes no more keys; those waiting are dropped (which marks them
     /// stopped).
     fn close(&self) {
@@ -303,11 +336,11 @@ pub(crate) struct DriverParts<R> {
     pub(crate) runtime: R,
     pub(crate) pool: RefresherPool,
     pub(crate) requests: RequestReceiver,
-    /// A pool's new keys (a watcher's one key is added directly).
+    /// New keys (the first of a watchers' driver is added directly).
     pub(crate) inbox: Option<Arc<Inbox>>,
     pub(crate) wake_interval: Duration,
-    /// A watcher's driver ends once its one key has left; a pool's keeps
-    /// going until its handles are gone.
+    /// Watchers' driver: it ends once its last key has left (closing its
+    /// inbox); a pool's keeps going until its handles are gone.
     pub(crate) ends_when_empty: bool,
     /// For logs: the watcher's or pool's name.
     pub(crate) name: String,
@@ -352,13 +385,9 @@ impl<R: Runtime> Driver<R> {
     pub(crate) fn new(parts: DriverParts<R>) -> Self {
         let (answers_tx, answers_rx) = futures_channel::mpsc::unbounded();
         let span = if parts.ends_when_empty {
-            // A watcher: its one key names it (recorded when added).
-            info_span!(
-                "tokenkeeper.watcher",
-                name = %parts.name,
-                key = tracing::field::Empty,
-                runtime = parts.runtime.name(),
-            )
+            // Watchers, which share their runtime's driver: each key's
+            // spans name its watcher.
+            info_span!("tokenkeeper.watchers", runtime = parts.runtime.name())
         } else {
             info_span!(
                 "tokenkeeper.pool",
@@ -406,12 +435,8 @@ impl<R: Runtime> Driver<R> {
                 stopping: Arc::new(AtomicBool::new(false)),
             })
         });
-        if self.ends_when_empty {
-            self.span
-                .record("key", tracing::field::display(publisher.shared().key()));
-        }
         if let Some(layers) = &mut layers {
-            let span = self.span.clone();
+            let span = self.span_of(publisher.shared());
             span.in_scope(|| self.start_layers(id, layers));
         }
         let state = Box::new(KeyState {
@@ -453,7 +478,16 @@ impl<R: Runtime> Driver<R> {
             }
             self.drain();
             if self.pool.is_empty() && (self.closing || self.ends_when_empty) {
-                break;
+                // Watchers' driver: it ends once its last key has left,
+                // unless a new one was pushed meanwhile (a watcher that
+                // finds the inbox closed starts a driver of its own).
+                match &self.inbox {
+                    Some(inbox) if !self.closing && !inbox.close_if_empty() => {
+                        self.keys_waiting = true;
+                        continue;
+                    }
+                    _ => break,
+                }
             }
             // Measured on the monotonic clock: a wall clock that steps
             // cannot stretch or shrink it. One sleep for every key; none
@@ -605,8 +639,9 @@ impl<R: Runtime> Driver<R> {
             removed.push((gone.key, gone.why));
         }
         for (key, event) in events {
+            let span = self.key_span(key);
             if let Some(state) = self.keys.get_mut(&key) {
-                state.publisher.event(event);
+                span.in_scope(|| state.publisher.event(event));
             }
         }
         for (key, why) in removed {
@@ -622,6 +657,8 @@ impl<R: Runtime> Driver<R> {
     /// A key has left the pool: its workers finish what they were given and
     /// end, its handles see it stopped, and a pool forgets it.
     fn let_go(&mut self, key: KeyId, why: Removal) {
+        let span = self.key_span(key);
+        let _entered = span.enter();
         let Some(state) = self.keys.remove(&key) else {
             return;
         };
@@ -706,6 +743,8 @@ impl<R: Runtime> Driver<R> {
     }
 
     fn command(&mut self, key: KeyId, command: Command) {
+        let span = self.key_span(key);
+        let _entered = span.enter();
         match command {
             Command::RefreshNow(reply) => {
                 let outcome = self.pool.refresh_now(now(), key);
@@ -852,7 +891,29 @@ impl<R: Runtime> Driver<R> {
         }
     }
 
+    /// The span a key's work logs in: for a watcher, one naming it (its
+    /// name and cache key) inside the driver's; a pool's keys log in the
+    /// pool's. Made when needed, a few times a refresh, and not kept: a
+    /// span per key would cost memory for every key.
+    fn span_of(&self, shared: &Shared) -> Span {
+        if self.ends_when_empty {
+            info_span!(parent: &self.span, "tokenkeeper.watcher", name = %shared.name(), key = %shared.key())
+        } else {
+            Span::none()
+        }
+    }
+
+    /// [`span_of`](Self::span_of) a key held.
+    fn key_span(&self, key: KeyId) -> Span {
+        match self.keys.get(&key) {
+            Some(state) => self.span_of(state.publisher.shared()),
+            None => Span::none(),
+        }
+    }
+
     fn dispatch(&mut self, key: KeyId, effect: Effect) {
+        let span = self.key_span(key);
+        let _entered = span.enter();
         match effect {
             Effect::ReadCache { id, layer } => self.send_to_layer(key, layer, LayerOp::Read(id)),
             Effect::WriteCache { id, layer, record } => {

@@ -42,8 +42,13 @@
 //!   permanent refusal (`invalid_client`, ...) fails it at once, a source that
 //!   keeps failing fails it after a configurable wait.
 //! - The last valid token is served until it expires, whatever fails.
+//! - The watchers of one runtime share one driver (see
+//!   [`Runtime::driver_key`]): a watcher costs what a key of a
+//!   [`TokenPool`] does, and idle wake-ups do not grow with their number.
+//!   A token source must not block its thread, or it holds up the others
+//!   (use a blocking source for work that blocks).
 //! - Dropping the last handle, or [`TokenWatcher::shutdown`], stops the
-//!   driver with no new request; a request that spends a refresh token is
+//!   watcher with no new request; a request that spends a refresh token is
 //!   let finish within the shutdown grace and its rotated token stored.
 //!   Handles of a stopped watcher answer [`TokenError::Stopped`] or
 //!   [`WatcherStopped`].
@@ -64,7 +69,8 @@
 //!
 //! # Tracing
 //!
-//! The driver runs in a `tokenkeeper.watcher` span; each fetch, cache read,
+//! The watchers of a runtime share one driver, which runs in a
+//! `tokenkeeper.watchers` span; each fetch (naming its watcher), cache read,
 //! write and lease has a span of its own (`tokenkeeper.fetch`,
 //! `tokenkeeper.cache.read`, ...), with events for outcomes. Filter with
 //! `RUST_LOG=tokenkeeper_driver=debug`.
@@ -81,6 +87,7 @@ pub mod dpop;
 mod driver;
 mod error;
 mod http;
+mod hub;
 mod jws;
 #[cfg(feature = "metrics")]
 pub mod metrics;

@@ -68,6 +68,16 @@ pub trait Runtime: Clone + Send + Sync + 'static {
         false
     }
 
+    /// Which driver a new watcher joins: watchers on runtimes that answer
+    /// the same number (and of the same type) share one driver, a task or
+    /// thread that keeps all their tokens fresh; `None`, the default, gives
+    /// each watcher a driver of its own. Answer the same number only for
+    /// runtimes that are interchangeable: the shared driver runs where the
+    /// first watcher started it, and ends with that runtime.
+    fn driver_key(&self) -> Option<u64> {
+        None
+    }
+
     /// The HTTP exchange for token requests, set up with `settings`.
     fn exchange(&self, settings: &HttpSettings) -> Result<SharedExchange, HttpSetupError>;
 }
@@ -292,6 +302,10 @@ pub(crate) mod testing {
 
         fn name(&self) -> &'static str {
             "threads"
+        }
+
+        fn driver_key(&self) -> Option<u64> {
+            Some(0)
         }
 
         fn spawn(&self, task: BoxFuture<'static, ()>) {

@@ -3,7 +3,7 @@
 //! waiters listen to, the status snapshot, whether the watcher stopped, and
 //! the commands handles send the driver.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -57,6 +57,11 @@ impl Commands {
 
     /// Sends `command` for this key; `Err` once the driver has ended.
     pub(crate) async fn send(&self, command: Command) -> Result<(), WatcherStopped> {
+        self.send_now(command)
+    }
+
+    /// [`send`](Self::send), from where nothing can wait (a `Drop`).
+    pub(crate) fn send_now(&self, command: Command) -> Result<(), WatcherStopped> {
         self.requests
             .unbounded_send(Request::Key(self.key, command))
             .map_err(|_| WatcherStopped)
@@ -120,6 +125,9 @@ pub(crate) struct Shared {
     slot: Slot,
     /// Read since the driver last asked (a pool evicts keys nobody reads).
     used: AtomicBool,
+    /// A watcher's handles: the last one dropped stops the key (a pool's
+    /// keys have none).
+    handles: AtomicUsize,
     stopped: AtomicBool,
     cold: Mutex<Cold>,
     changes: Mutex<ChangeState>,
@@ -156,6 +164,7 @@ impl Shared {
             changed: Event::new(),
             stopped: AtomicBool::new(false),
             used: AtomicBool::new(true),
+            handles: AtomicUsize::new(0),
             id,
             key,
             name: name.into(),
@@ -244,6 +253,16 @@ impl Shared {
         if !self.used.load(Ordering::Relaxed) {
             self.used.store(true, Ordering::Relaxed);
         }
+    }
+
+    /// One more handle of a watcher.
+    pub(crate) fn hold(&self) {
+        self.handles.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// One handle fewer; whether it was the last.
+    pub(crate) fn release(&self) -> bool {
+        self.handles.fetch_sub(1, Ordering::AcqRel) == 1
     }
 
     /// Whether it was read since the last call.

@@ -19,7 +19,7 @@ use crate::shared::{Command, Commands, Shared};
 /// Build one with [`TokenWatcher::builder`] (or
 /// [`TokenWatcherBuilder::new`](crate::TokenWatcherBuilder::new) for a
 /// runtime of your own). Handles are
-/// cheap to clone and share one driver; the driver ends when
+/// cheap to clone; the watcher stops when
 /// [`TokenWatcher::shutdown`] is called or the last handle is dropped, and
 /// makes no request after that (except letting a refresh-token request in
 /// flight finish, so that a rotated refresh token is never lost).
@@ -39,10 +39,22 @@ pub struct TokenWatcher<R> {
 
 impl<R: Clone> Clone for TokenWatcher<R> {
     fn clone(&self) -> Self {
+        self.shared.hold();
         TokenWatcher {
             shared: Arc::clone(&self.shared),
             commands: self.commands.clone(),
             runtime: self.runtime.clone(),
+        }
+    }
+}
+
+impl<R> Drop for TokenWatcher<R> {
+    fn drop(&mut self) {
+        if self.shared.release() {
+            // The last handle: the key stops, as `shutdown` would stop it.
+            // Its driver may be every watcher's, so the key is told, not
+            // the driver.
+            let _ = self.commands.send_now(Command::Shutdown);
         }
     }
 }
@@ -64,6 +76,7 @@ impl<R> fmt::Debug for TokenWatcher<R> {
 
 impl<R> TokenWatcher<R> {
     pub(crate) fn new(shared: Arc<Shared>, commands: Commands, runtime: R) -> Self {
+        shared.hold();
         TokenWatcher {
             shared,
             commands,

@@ -69,10 +69,12 @@
 //!   permanent refusal (`invalid_client`, ...) fails it at once, a source that
 //!   keeps failing fails it after a configurable wait.
 //! - The last valid token is served until it expires, whatever fails.
-//! - The background task sleeps until the engine's next deadline, and at most
-//!   a minute (configurable), so a suspended machine or a clock step is noticed.
-//! - Dropping the last handle, or [`TokenWatcher::shutdown`], ends the task
-//!   with no further request; a handle of a stopped watcher says so with
+//! - One background task keeps every watcher of a runtime fresh: it sleeps
+//!   until the next deadline of any of them, and at most a minute
+//!   (configurable), so a suspended machine or a clock step is noticed. It
+//!   ends after the last watcher.
+//! - Dropping the last handle, or [`TokenWatcher::shutdown`], stops the
+//!   watcher with no further request; a handle of a stopped watcher says so with
 //!   [`TokenError::Stopped`] or [`WatcherStopped`].
 //! - Secrets never appear in `Debug`, `Display`, errors or the `tracing`
 //!   output (only fingerprints such as `fp:3a9c1e07`).
@@ -88,7 +90,8 @@
 //!
 //! # Tracing
 //!
-//! The task runs in a `tokenkeeper.watcher` span; each fetch, cache read,
+//! The task runs in a `tokenkeeper.watchers` span; each fetch (naming its
+//! watcher), cache read,
 //! write and lease has a span of its own (`tokenkeeper.fetch`,
 //! `tokenkeeper.cache.read`, ...), with events for outcomes. The events come
 //! from the shared crate's modules: filter with `tokenkeeper=debug` (every

@@ -94,6 +94,14 @@ impl Runtime for TokioRuntime {
         }
     }
 
+    fn driver_key(&self) -> Option<u64> {
+        // One driver per runtime, and apart for watchers bound to it by a
+        // handle, whose fetches are not polled inline. tokio shows a
+        // runtime's id only as a number to print.
+        let id: u64 = self.handle.as_ref()?.id().to_string().parse().ok()?;
+        Some(id << 1 | u64::from(self.ambient))
+    }
+
     fn polls_fetches_inline(&self) -> bool {
         // A named runtime may not be the calling thread's, and tokio cannot
         // tell two runtimes apart: only the ambient one polls fetches inline.

@@ -1,0 +1,244 @@
+//! Watchers on one runtime share one driver (issue 14: a watcher costs
+//! what a key of a pool costs): one task or thread keeps all their tokens
+//! fresh, each watcher still stops alone when its last handle is dropped,
+//! and a driver that ended is replaced by the next watcher. Run against
+//! every driver (tokio, async-std, smol, threads).
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use common::Flavor;
+use tokenkeeper_core::{AccessToken, CacheKey, Jitter, LifetimePolicy, TokenGrant};
+use tokenkeeper_driver::{
+    BoxFuture, HttpSettings, HttpSetupError, Runtime, SharedExchange, Source, TokenWatcher,
+    TokenWatcherBuilder,
+};
+
+/// A flavor's runtime that counts the tasks it is asked to spawn.
+#[derive(Clone)]
+struct Counting<R> {
+    inner: R,
+    spawned: Arc<AtomicUsize>,
+}
+
+impl<R: Runtime> Runtime for Counting<R> {
+    type Wait = R::Wait;
+
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+
+    fn bind(&self) -> Option<Self> {
+        Some(Counting {
+            inner: self.inner.bind()?,
+            spawned: Arc::clone(&self.spawned),
+        })
+    }
+
+    fn driver_key(&self) -> Option<u64> {
+        self.inner.driver_key()
+    }
+
+    fn spawn(&self, task: BoxFuture<'static, ()>) {
+        self.spawned.fetch_add(1, Ordering::SeqCst);
+        self.inner.spawn(task);
+    }
+
+    fn spawn_blocking(&self, work: Box<dyn FnOnce() + Send + 'static>) {
+        self.inner.spawn_blocking(work);
+    }
+
+    fn sleep(&self, duration: Duration) -> BoxFuture<'static, ()> {
+        self.inner.sleep(duration)
+    }
+
+    fn polls_fetches_inline(&self) -> bool {
+        self.inner.polls_fetches_inline()
+    }
+
+    fn exchange(&self, settings: &HttpSettings) -> Result<SharedExchange, HttpSetupError> {
+        self.inner.exchange(settings)
+    }
+}
+
+/// A source of tokens named after `n`, lasting `lifetime`, counting its
+/// calls in `calls`.
+fn numbered(n: usize, lifetime: Duration, calls: Arc<AtomicUsize>) -> Source {
+    Source::from_fn(
+        CacheKey::custom("shared-driver", &[&n.to_string()]),
+        move |_| {
+            let call = calls.fetch_add(1, Ordering::SeqCst);
+            async move {
+                Ok(TokenGrant::bearer(
+                    AccessToken::new(format!("token-{n}-{call}")),
+                    Some(lifetime),
+                ))
+            }
+        },
+    )
+}
+
+fn eventually(limit: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if condition() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    condition()
+}
+
+const WATCHERS: usize = 40;
+
+fn watchers_share_one_driver_and_stop_alone<F: Flavor>() {
+    let spawned = Arc::new(AtomicUsize::new(0));
+    let runtime = Counting {
+        inner: F::runtime(),
+        spawned: Arc::clone(&spawned),
+    };
+    let calls: Vec<Arc<AtomicUsize>> = (0..WATCHERS).map(|_| Arc::default()).collect();
+    // Refreshed at half their lifetime: every 0.4 s.
+    let lifetime = Duration::from_millis(800);
+    let watchers: Vec<TokenWatcher<Counting<F::R>>> = (0..WATCHERS)
+        .map(|n| {
+            let builder =
+                TokenWatcherBuilder::new(runtime.clone(), numbered(n, lifetime, calls[n].clone()))
+                    .lifetime_policy(
+                        LifetimePolicy::builder()
+                            .stale_fraction(0.5)
+                            .min_stale_window(Duration::from_millis(100))
+                            .build()
+                            .unwrap(),
+                    )
+                    .jitter(Jitter::none());
+            F::block_on(builder.spawn())
+                .unwrap_or_else(|e| panic!("{}: spawn failed: {e:?}", F::NAME))
+        })
+        .collect();
+    for (n, watcher) in watchers.iter().enumerate() {
+        let token = watcher.token().expect("a first token");
+        assert!(
+            token
+                .access_token
+                .expose_secret()
+                .starts_with(&format!("token-{n}-")),
+            "{}: watcher {n} holds another's token",
+            F::NAME
+        );
+    }
+
+    // One driver for them all: the only tasks are it and, on runtimes whose
+    // driver does not poll fetches itself, one per fetch. A driver each
+    // would be WATCHERS more.
+    let fetch_tasks = if F::runtime()
+        .bind()
+        .is_some_and(|r| r.polls_fetches_inline())
+    {
+        0
+    } else {
+        WATCHERS
+    };
+    let drivers = spawned.load(Ordering::SeqCst).saturating_sub(fetch_tasks);
+    if F::runtime().driver_key().is_some() {
+        assert_eq!(drivers, 1, "{}: tasks spawned beyond fetches", F::NAME);
+    } else {
+        assert_eq!(drivers, WATCHERS, "{}: a driver each", F::NAME);
+    }
+
+    // The first half's last handles are dropped: those watchers stop and
+    // make no more requests, while the others keep refreshing.
+    let mut watchers = watchers;
+    let kept = watchers.split_off(WATCHERS / 2);
+    drop(watchers);
+    let dropped_at: Vec<usize> = calls[..WATCHERS / 2]
+        .iter()
+        .map(|c| c.load(Ordering::SeqCst))
+        .collect();
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            calls[WATCHERS / 2..]
+                .iter()
+                .all(|c| c.load(Ordering::SeqCst) >= 3)
+        }),
+        "{}: the kept watchers refreshed: {:?}",
+        F::NAME,
+        calls
+            .iter()
+            .map(|c| c.load(Ordering::SeqCst))
+            .collect::<Vec<_>>()
+    );
+    for (n, at) in dropped_at.iter().enumerate() {
+        // A refresh already under way when the handle went may finish.
+        assert!(
+            calls[n].load(Ordering::SeqCst) <= at + 1,
+            "{}: dropped watcher {n} kept refreshing",
+            F::NAME
+        );
+    }
+    for (n, watcher) in kept.iter().enumerate() {
+        assert!(!watcher.is_stopped(), "{}: watcher {n} stopped", F::NAME);
+        assert!(watcher.token().is_ok());
+    }
+
+    // Every watcher gone: the driver ends; the next watcher starts another.
+    drop(kept);
+    std::thread::sleep(Duration::from_millis(200));
+    let again = F::block_on(
+        TokenWatcherBuilder::new(
+            runtime.clone(),
+            numbered(0, Duration::from_secs(3600), Arc::default()),
+        )
+        .spawn(),
+    )
+    .unwrap_or_else(|e| panic!("{}: spawn after the driver ended: {e:?}", F::NAME));
+    assert!(again.token().is_ok());
+    F::block_on(again.shutdown());
+    assert!(again.is_stopped());
+}
+
+per_driver!(watchers_share_one_driver_and_stop_alone);
+
+/// tokio: each runtime has its own driver, and watchers on a runtime that is
+/// dropped stop, without touching those of another.
+#[test]
+fn tokio_runtimes_keep_their_own_drivers() {
+    let first = ::tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let second = ::tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let hour = Duration::from_secs(3600);
+    let on_first = first
+        .block_on(
+            tokenkeeper_tokio::TokenWatcher::builder(numbered(1, hour, Arc::default())).spawn(),
+        )
+        .unwrap();
+    let second_calls = Arc::new(AtomicUsize::new(0));
+    let on_second = second
+        .block_on(
+            tokenkeeper_tokio::TokenWatcher::builder(numbered(2, hour, Arc::clone(&second_calls)))
+                .spawn(),
+        )
+        .unwrap();
+    drop(first);
+    assert!(
+        eventually(Duration::from_secs(5), || on_first.is_stopped()),
+        "the watcher of a dropped runtime says it stopped"
+    );
+    assert!(!on_second.is_stopped());
+    let seen = on_second.token().unwrap().into_arc();
+    let outcome = second.block_on(on_second.refresh_now()).unwrap();
+    assert_eq!(outcome, tokenkeeper_core::RefreshNow::Started);
+    let next = second.block_on(on_second.changed_from(&seen)).unwrap();
+    assert!(next.access_token.expose_secret().starts_with("token-2-1"));
+    assert_eq!(second_calls.load(Ordering::SeqCst), 2);
+    second.block_on(on_second.shutdown());
+}

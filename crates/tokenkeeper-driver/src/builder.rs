@@ -22,6 +22,7 @@ use crate::runtime::{Runtime, Waited, timeout, wait};
 use crate::shared::{Commands, Shared, now};
 use crate::source::{Source, SourceKind};
 use crate::watcher::TokenWatcher;
+use futures_lite::FutureExt;
 
 /// The shortest wake interval accepted: the loop never polls faster.
 pub const MIN_WAKE_INTERVAL: Duration = Duration::from_millis(10);
@@ -328,8 +329,16 @@ impl<R: Runtime> TokenWatcherBuilder<R> {
         // Started when first polled, as an `async fn` would be: the runtime
         // is bound where the future runs (tokio: `rt.block_on(b.spawn())`).
         wait::<R, _>(async move {
-            let (watcher, first) = self.launch()?;
-            let outcome = timeout(watcher.runtime(), waited, first.recv()).await;
+            let (watcher, first, running) = self.launch()?;
+            // The caller drives the driver too while it waits (see
+            // `hub::Running`); the driver's own task goes on when it stops.
+            let drive = async {
+                if let Some(running) = running {
+                    running.await;
+                }
+                std::future::pending().await
+            };
+            let outcome = timeout(watcher.runtime(), waited, first.recv().or(drive)).await;
             let error = match outcome {
                 Some(Ok(Ok(()))) => return Ok(watcher),
                 Some(Ok(Err(error))) => SpawnError::permanent(error),
@@ -353,12 +362,12 @@ impl<R: Runtime> TokenWatcherBuilder<R> {
     /// Fails with [`SpawnError::NoRuntime`] when the runtime cannot start a
     /// driver from here (tokio: outside a tokio runtime).
     pub fn start(self) -> Result<TokenWatcher<R>, SpawnError> {
-        self.launch().map(|(watcher, _)| watcher)
+        self.launch().map(|(watcher, _, _)| watcher)
     }
 
     /// Hands the watcher's key to its runtime's watchers' driver
-    /// ([`hub`](crate::hub)); returns its handle and where the outcome of its
-    /// first fetch is told.
+    /// ([`hub`](crate::hub)); returns its handle, where the outcome of its
+    /// first fetch is told, and the driver.
     #[allow(clippy::type_complexity)]
     fn launch(
         self,
@@ -366,6 +375,7 @@ impl<R: Runtime> TokenWatcherBuilder<R> {
         (
             TokenWatcher<R>,
             async_channel::Receiver<Result<(), FetchError>>,
+            Option<crate::hub::Running>,
         ),
         SpawnError,
     > {
@@ -411,7 +421,7 @@ impl<R: Runtime> TokenWatcherBuilder<R> {
         let refresher = Refresher::new(config, seed.unwrap_or_else(|| fastrand::u64(..)), start);
         let (first_tx, first_rx) = async_channel::bounded(1);
         let status = refresher.status(start);
-        let (requests, shared) = crate::hub::join(&runtime, wake_interval, |id| {
+        let (joined, shared) = crate::hub::join(&runtime, wake_interval, |id| {
             let shared = Arc::new(Shared::new(id, key, name, layer_names, Some(status), dpop));
             let publisher = Publisher::new(Arc::clone(&shared), Some(first_tx), on_event);
             let parts = KeyParts {
@@ -424,8 +434,12 @@ impl<R: Runtime> TokenWatcherBuilder<R> {
             };
             (parts, shared)
         });
-        let commands = Commands::new(requests, shared.id());
-        Ok((TokenWatcher::new(shared, commands, runtime), first_rx))
+        let commands = Commands::new(joined.requests, shared.id());
+        Ok((
+            TokenWatcher::new(shared, commands, runtime),
+            first_rx,
+            joined.running,
+        ))
     }
 
     /// Authenticates the client with this JWT assertion (RFC 7523 §2.2):

@@ -16,16 +16,34 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use futures_util::FutureExt;
+use futures_util::future::{Shared, WeakShared};
 use tokenkeeper_core::pool::{KeyId, PoolConfig, RefresherPool};
 
 use crate::driver::{Driver, DriverParts, Inbox, KeyParts, RequestSender};
-use crate::runtime::{self, Runtime};
+use crate::runtime::{self, BoxFuture, Runtime};
 
-/// A running watchers' driver: its queue, its inbox, its next key number.
+/// A watchers' driver, as a future its task and a `spawn` waiting for a
+/// first token can both poll: whoever waits drives it, so a token a cache
+/// or a quick source has at once costs no hand-off between threads.
+pub(crate) type Running = Shared<BoxFuture<'static, ()>>;
+
+/// A running watchers' driver: its queue, its inbox, its next key number,
+/// and the driver itself (weakly: it ends with its runtime's task).
 struct Hub {
     requests: RequestSender,
     inbox: Arc<Inbox>,
     next_id: AtomicU64,
+    running: Option<WeakShared<BoxFuture<'static, ()>>>,
+}
+
+/// What a watcher gets from [`join`].
+pub(crate) struct Joined {
+    /// The driver's queue.
+    pub(crate) requests: RequestSender,
+    /// The driver, to poll while waiting for the first token; `None` if it
+    /// has ended already.
+    pub(crate) running: Option<Running>,
 }
 
 /// Which watchers may share a hub.
@@ -41,16 +59,16 @@ struct HubKey {
 static HUBS: Mutex<Vec<(HubKey, Arc<Hub>)>> = Mutex::new(Vec::new());
 
 /// Hands the key `parts(id)` makes to the driver of `runtime`'s watchers,
-/// starting one if none runs; returns the key's number and the driver's
-/// queue. `parts` is called once, with the key's number in that driver.
+/// starting one if none runs. `parts` is called once, with the key's number
+/// in that driver.
 pub(crate) fn join<R: Runtime, T>(
     runtime: &R,
     wake_interval: Duration,
     parts: impl FnOnce(KeyId) -> (KeyParts, T),
-) -> (RequestSender, T) {
+) -> (Joined, T) {
     let Some(driver) = runtime.driver_key() else {
         let (parts, extra) = parts(KeyId::new(0));
-        return (start(runtime, wake_interval, parts).requests.clone(), extra);
+        return (start(runtime, wake_interval, parts).joined(), extra);
     };
     let key = HubKey {
         runtime: TypeId::of::<R>(),
@@ -67,7 +85,7 @@ pub(crate) fn join<R: Runtime, T>(
             let id = KeyId::new(hub.next_id.fetch_add(1, Ordering::Relaxed));
             let (parts, extra) = parts(id);
             match hub.inbox.push_one(parts, &hub.requests) {
-                Ok(()) => return (hub.requests.clone(), extra),
+                Ok(()) => return (hub.joined(), extra),
                 // Ended meanwhile: the key starts a driver of its own, under
                 // the number it has.
                 Err(parts) => {
@@ -79,9 +97,18 @@ pub(crate) fn join<R: Runtime, T>(
         None => parts(KeyId::new(0)),
     };
     let hub = start(runtime, wake_interval, parts);
-    let requests = hub.requests.clone();
+    let joined = hub.joined();
     hubs.push((key, hub));
-    (requests, extra)
+    (joined, extra)
+}
+
+impl Hub {
+    fn joined(&self) -> Joined {
+        Joined {
+            requests: self.requests.clone(),
+            running: self.running.as_ref().and_then(WeakShared::upgrade),
+        }
+    }
 }
 
 /// Starts a watchers' driver holding `first`.
@@ -101,10 +128,24 @@ fn start<R: Runtime>(runtime: &R, wake_interval: Duration, first: KeyParts) -> A
     });
     // Added before the driver runs, so that it does not end at once, empty.
     driver.add(first);
-    runtime::spawn_detached(runtime, "watchers", driver.run());
+    // A panic is caught inside what is shared, so that it ends the driver
+    // (logged) rather than reaching whoever happens to poll it.
+    let run: BoxFuture<'static, ()> = Box::pin(
+        std::panic::AssertUnwindSafe(driver.run())
+            .catch_unwind()
+            .map(|ended| {
+                if ended.is_err() {
+                    tracing::error!(task = "watchers", "a tokenkeeper task panicked");
+                }
+            }),
+    );
+    let running = run.shared();
+    let weak = running.downgrade();
+    runtime::spawn_detached(runtime, "watchers", running);
     Arc::new(Hub {
         requests: requests_tx,
         inbox,
         next_id: AtomicU64::new(next_id),
+        running: weak,
     })
 }

@@ -8,9 +8,9 @@ mod common;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::Flavor;
+use common::{Flavor, eventually};
 use tokenkeeper_core::{AccessToken, CacheKey, Jitter, LifetimePolicy, TokenGrant};
 use tokenkeeper_driver::{
     BoxFuture, HttpSettings, HttpSetupError, Runtime, SharedExchange, Source, TokenWatcher,
@@ -79,17 +79,6 @@ fn numbered(n: usize, lifetime: Duration, calls: Arc<AtomicUsize>) -> Source {
             }
         },
     )
-}
-
-fn eventually(limit: Duration, mut condition: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if condition() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    condition()
 }
 
 const WATCHERS: usize = 40;

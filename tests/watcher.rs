@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant, SystemTime};
 
-use common::Flavor;
+use common::{Flavor, eventually};
 use tokenkeeper_core::oauth2::{AuthMethod, OAuth2Client};
 use tokenkeeper_core::{
     AccessToken, BackoffPolicy, CacheKey, ClientId, ClientSecret, ErrorClass, Event, FetchError,
@@ -65,18 +65,6 @@ fn spawn<F: Flavor>(builder: TokenWatcherBuilder<F::R>) -> TokenWatcher<F::R> {
 
 fn gap(a: SystemTime, b: SystemTime) -> Duration {
     b.duration_since(a).unwrap_or_default()
-}
-
-/// Polls `condition` every 10 ms for up to `limit`.
-fn eventually(limit: Duration, mut condition: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if condition() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    condition()
 }
 
 /// Runs `work` on a thread of its own and fails the test if it takes longer

@@ -7,7 +7,7 @@ pub(crate) mod interop;
 
 use std::marker::PhantomData;
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokenkeeper_core::{
     BackoffPolicy, CacheError, EncodedRecord, Layer, RefreshNow, Status, TokenRecord,
@@ -17,6 +17,18 @@ use tokenkeeper_driver::{Runtime, Source, TokenWatcher, TokenWatcherBuilder, Wai
 use tokenkeeper_testkit::conformance::{
     Adapter, ConformanceWatcher, SpawnFailure, TlsSpec, WatcherSpec,
 };
+
+/// Polls `condition` every 10 ms for up to `limit`.
+pub(crate) fn eventually(limit: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if condition() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    condition()
+}
 
 /// One driver under test: a runtime, and how a test on a plain thread waits
 /// for what the runtime's handles return.

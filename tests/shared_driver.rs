@@ -17,11 +17,33 @@ use tokenkeeper_driver::{
     TokenWatcherBuilder,
 };
 
-/// A flavor's runtime that counts the tasks it is asked to spawn.
+/// A flavor's runtime that counts the tasks it is asked to spawn, and may
+/// have its driver poll fetches itself, or its tasks wait `lag` (blocking
+/// their thread) before each poll.
 #[derive(Clone)]
 struct Counting<R> {
     inner: R,
     spawned: Arc<AtomicUsize>,
+    inline: Option<bool>,
+    lag: Option<Duration>,
+}
+
+/// A task whose every poll comes `lag` late.
+struct Lagging {
+    task: BoxFuture<'static, ()>,
+    lag: Duration,
+}
+
+impl std::future::Future for Lagging {
+    type Output = ();
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        std::thread::sleep(self.lag);
+        self.task.as_mut().poll(cx)
+    }
 }
 
 impl<R: Runtime> Runtime for Counting<R> {
@@ -35,6 +57,8 @@ impl<R: Runtime> Runtime for Counting<R> {
         Some(Counting {
             inner: self.inner.bind()?,
             spawned: Arc::clone(&self.spawned),
+            inline: self.inline,
+            lag: self.lag,
         })
     }
 
@@ -44,7 +68,10 @@ impl<R: Runtime> Runtime for Counting<R> {
 
     fn spawn(&self, task: BoxFuture<'static, ()>) {
         self.spawned.fetch_add(1, Ordering::SeqCst);
-        self.inner.spawn(task);
+        match self.lag {
+            Some(lag) => self.inner.spawn(Box::pin(Lagging { task, lag })),
+            None => self.inner.spawn(task),
+        }
     }
 
     fn spawn_blocking(&self, work: Box<dyn FnOnce() + Send + 'static>) {
@@ -56,7 +83,8 @@ impl<R: Runtime> Runtime for Counting<R> {
     }
 
     fn polls_fetches_inline(&self) -> bool {
-        self.inner.polls_fetches_inline()
+        self.inline
+            .unwrap_or_else(|| self.inner.polls_fetches_inline())
     }
 
     fn exchange(&self, settings: &HttpSettings) -> Result<SharedExchange, HttpSetupError> {
@@ -88,6 +116,8 @@ fn watchers_share_one_driver_and_stop_alone<F: Flavor>() {
     let runtime = Counting {
         inner: F::runtime(),
         spawned: Arc::clone(&spawned),
+        inline: None,
+        lag: None,
     };
     let calls: Vec<Arc<AtomicUsize>> = (0..WATCHERS).map(|_| Arc::default()).collect();
     // Refreshed at half their lifetime: every 0.4 s.
@@ -230,4 +260,68 @@ fn tokio_runtimes_keep_their_own_drivers() {
     assert!(next.access_token.expose_secret().starts_with("token-2-1"));
     assert_eq!(second_calls.load(Ordering::SeqCst), 2);
     second.block_on(on_second.shutdown());
+}
+
+/// Threads: a `spawn` that drove the shared driver (its first token
+/// published in the caller's `block_on`, while the driver's own thread found
+/// it busy) hands it back. The thread adapter's timers belong to the thread that polls
+/// them, so without that the driver's thread never heard of the refresh
+/// deadline set in the caller, and the watcher made no second request.
+#[test]
+fn threads_a_spawn_that_drove_the_driver_hands_it_back() {
+    let runtime = Counting {
+        inner: tokenkeeper_blocking::ThreadRuntime,
+        spawned: Arc::default(),
+        // Fetches polled by whoever polls the driver: the caller, here.
+        inline: Some(true),
+        // The driver's own thread is always second to poll it.
+        lag: Some(Duration::from_millis(50)),
+    };
+    // A first watcher starts the driver, which then idles on its thread.
+    // (A wake interval of its own keeps it apart from the other tests'.)
+    let apart = Duration::from_secs(59);
+    let first = TokenWatcherBuilder::new(
+        runtime.clone(),
+        numbered(100, Duration::from_secs(3600), Arc::default()),
+    )
+    .wake_interval(apart)
+    .spawn()
+    .expect("a first watcher");
+    // Held again after its spawn (every poll of the driver's thread comes
+    // 50 ms late): the driver idles on its own thread.
+    std::thread::sleep(Duration::from_millis(300));
+    // The second's first token is published in the caller's poll, and the
+    // hook holds that poll for 300 ms: the driver's own thread, woken by
+    // the fetch's answer, polls meanwhile and finds the driver busy.
+    let calls = Arc::new(AtomicUsize::new(0));
+    let slow = numbered(101, Duration::from_millis(1000), Arc::clone(&calls));
+    let held = Arc::new(AtomicUsize::new(0));
+    let second = TokenWatcherBuilder::new(runtime, slow)
+        .wake_interval(apart)
+        .lifetime_policy(
+            LifetimePolicy::builder()
+                .stale_fraction(0.5)
+                .min_stale_window(Duration::from_millis(100))
+                .build()
+                .unwrap(),
+        )
+        .jitter(Jitter::none())
+        .on_event(move |event| {
+            if matches!(event, tokenkeeper_core::Event::TokenChanged { .. })
+                && held.fetch_add(1, Ordering::SeqCst) == 0
+            {
+                std::thread::sleep(Duration::from_millis(300));
+            }
+        })
+        .spawn()
+        .expect("a second watcher");
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    // Stale after 0.5 s: refreshed by the driver's own thread.
+    assert!(
+        eventually(Duration::from_secs(3), || calls.load(Ordering::SeqCst) >= 2),
+        "no refresh after spawn: {} calls",
+        calls.load(Ordering::SeqCst)
+    );
+    second.shutdown();
+    first.shutdown();
 }

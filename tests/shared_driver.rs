@@ -109,6 +109,15 @@ fn numbered(n: usize, lifetime: Duration, calls: Arc<AtomicUsize>) -> Source {
     )
 }
 
+/// Tokens go stale at half their (short) lifetime.
+fn stale_at_half_life() -> LifetimePolicy {
+    LifetimePolicy::builder()
+        .stale_fraction(0.5)
+        .min_stale_window(Duration::from_millis(100))
+        .build()
+        .unwrap()
+}
+
 const WATCHERS: usize = 40;
 
 fn watchers_share_one_driver_and_stop_alone<F: Flavor>() {
@@ -126,13 +135,7 @@ fn watchers_share_one_driver_and_stop_alone<F: Flavor>() {
         .map(|n| {
             let builder =
                 TokenWatcherBuilder::new(runtime.clone(), numbered(n, lifetime, calls[n].clone()))
-                    .lifetime_policy(
-                        LifetimePolicy::builder()
-                            .stale_fraction(0.5)
-                            .min_stale_window(Duration::from_millis(100))
-                            .build()
-                            .unwrap(),
-                    )
+                    .lifetime_policy(stale_at_half_life())
                     .jitter(Jitter::none());
             F::block_on(builder.spawn())
                 .unwrap_or_else(|e| panic!("{}: spawn failed: {e:?}", F::NAME))
@@ -298,13 +301,7 @@ fn threads_a_spawn_that_drove_the_driver_hands_it_back() {
     let held = Arc::new(AtomicUsize::new(0));
     let second = TokenWatcherBuilder::new(runtime, slow)
         .wake_interval(apart)
-        .lifetime_policy(
-            LifetimePolicy::builder()
-                .stale_fraction(0.5)
-                .min_stale_window(Duration::from_millis(100))
-                .build()
-                .unwrap(),
-        )
+        .lifetime_policy(stale_at_half_life())
         .jitter(Jitter::none())
         .on_event(move |event| {
             if matches!(event, tokenkeeper_core::Event::TokenChanged { .. })

@@ -485,7 +485,7 @@ impl<R: Runtime> Driver<R> {
             if self.pool.is_empty() && (self.closing || self.ends_when_empty) {
                 // Watchers' driver: it ends once its last key has left,
                 // unless a new one was pushed meanwhile (a watcher that
-                // finds the inbox closed starts a driver of its own).
+                // finds the inbox closed starts a new driver).
                 match &self.inbox {
                     Some(inbox) if !self.closing && !inbox.close_if_empty() => {
                         self.keys_waiting = true;

@@ -267,9 +267,10 @@ fn tokio_runtimes_keep_their_own_drivers() {
 
 /// Threads: a `spawn` that drove the shared driver (its first token
 /// published in the caller's `block_on`, while the driver's own thread found
-/// it busy) hands it back. The thread adapter's timers belong to the thread that polls
-/// them, so without that the driver's thread never heard of the refresh
-/// deadline set in the caller, and the watcher made no second request.
+/// it busy) hands it back. The thread adapter's timers belong to the
+/// `block_on` that polls them, so unless the caller's `block_on` wakes the
+/// driver as it returns, the driver's thread never hears of the refresh
+/// deadline set in the caller, and the watcher makes no second request.
 #[test]
 fn threads_a_spawn_that_drove_the_driver_hands_it_back() {
     let runtime = Counting {

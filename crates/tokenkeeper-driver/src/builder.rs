@@ -339,8 +339,6 @@ impl<R: Runtime> TokenWatcherBuilder<R> {
                 std::future::pending().await
             };
             let outcome = timeout(watcher.runtime(), waited, first.recv().or(drive)).await;
-            // No longer polled from here: the driver's task takes over.
-            watcher.take_turn();
             let error = match outcome {
                 Some(Ok(Ok(()))) => return Ok(watcher),
                 Some(Ok(Err(error))) => SpawnError::permanent(error),

@@ -154,11 +154,6 @@ pub(crate) enum Request {
     Key(KeyId, Command),
     /// New keys wait in the [`Inbox`], which was empty until now.
     Added,
-    /// Nothing to do: a turn of the loop, polled by the driver's own task.
-    /// Sent when a `spawn` that drove the driver stops: a runtime whose
-    /// timers belong to the thread that polls them (the thread adapter's)
-    /// would otherwise not hear of the deadlines set in that `spawn`.
-    Turn,
     /// Stop every key, then end.
     ShutdownAll,
     /// How many keys are ready, degraded and broken.
@@ -722,7 +717,6 @@ impl<R: Runtime> Driver<R> {
         match request {
             Some(Request::Key(key, command)) => self.command(key, command),
             Some(Request::Added) => self.keys_waiting = true,
-            Some(Request::Turn) => {}
             Some(Request::Health(reply)) => {
                 let at = now();
                 let mut summary = crate::PoolHealth::default();

@@ -25,7 +25,12 @@ use crate::runtime::{self, BoxFuture, Runtime};
 
 /// A watchers' driver, as a future its task and a `spawn` waiting for a
 /// first token can both poll: whoever waits drives it, so a token a cache
-/// or a quick source has at once costs no hand-off between threads.
+/// or a quick source has at once costs no hand-off between threads. Timers
+/// it sets while a caller polls it are the runtime's to keep: tokio's and
+/// async-io's follow the waker; the thread adapter's [`block_on`] hands
+/// them back as the caller's wait returns.
+///
+/// [`block_on`]: crate::park::block_on
 pub(crate) type Running = Shared<BoxFuture<'static, ()>>;
 
 /// A running watchers' driver: its queue, its inbox, its next key number,

@@ -60,11 +60,6 @@ impl Commands {
         self.send_now(command)
     }
 
-    /// Makes the driver take a turn (see [`Request::Turn`]).
-    pub(crate) fn turn(&self) {
-        let _ = self.requests.unbounded_send(Request::Turn);
-    }
-
     /// [`send`](Self::send), from where nothing can wait (a `Drop`).
     pub(crate) fn send_now(&self, command: Command) -> Result<(), WatcherStopped> {
         self.requests

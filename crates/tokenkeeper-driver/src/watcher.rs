@@ -150,12 +150,6 @@ impl<R> TokenWatcher<R> {
         self.shared.name()
     }
 
-    /// Makes the driver take a turn in its own task (see
-    /// [`Request::Turn`](crate::driver::Request::Turn)).
-    pub(crate) fn take_turn(&self) {
-        self.commands.turn();
-    }
-
     /// The runtime the driver runs on.
     pub(crate) fn runtime(&self) -> &R {
         &self.runtime

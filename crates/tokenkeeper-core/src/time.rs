@@ -5,6 +5,7 @@
 //! reasons in wall-clock time. It never reads a clock: every call takes `now`.
 
 use std::fmt;
+use std::num::NonZeroU64;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -12,24 +13,27 @@ use serde::{Deserialize, Serialize};
 /// An instant, in milliseconds since 1970-01-01T00:00:00Z.
 ///
 /// Arithmetic saturates: an instant never wraps around.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct Timestamp(u64);
+///
+/// An `Option<Timestamp>` takes 8 bytes, not 16: the milliseconds are kept
+/// plus one, so that zero is free to mean `None`. A refresher holds a dozen
+/// of them, and a process may hold a refresher per key for 100,000 keys.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Timestamp(NonZeroU64);
 
 impl Timestamp {
     /// The Unix epoch.
-    pub const EPOCH: Timestamp = Timestamp(0);
-    /// The latest representable instant.
-    pub const MAX: Timestamp = Timestamp(u64::MAX);
+    pub const EPOCH: Timestamp = Timestamp::from_millis(0);
+    /// The latest representable instant (`u64::MAX - 1` milliseconds).
+    pub const MAX: Timestamp = Timestamp(NonZeroU64::MAX);
 
-    /// An instant `ms` milliseconds after the epoch.
+    /// An instant `ms` milliseconds after the epoch (at most [`Timestamp::MAX`]).
     pub const fn from_millis(ms: u64) -> Self {
-        Timestamp(ms)
+        Timestamp(NonZeroU64::MIN.saturating_add(ms))
     }
 
     /// An instant `secs` seconds after the epoch.
     pub const fn from_secs(secs: u64) -> Self {
-        Timestamp(secs.saturating_mul(1000))
+        Timestamp::from_millis(secs.saturating_mul(1000))
     }
 
     /// Converts a [`std::time::SystemTime`]; instants before the epoch become the epoch.
@@ -37,7 +41,7 @@ impl Timestamp {
     /// This does not read the clock; adapters call it on a value they sampled.
     pub fn from_system_time(t: std::time::SystemTime) -> Self {
         match t.duration_since(std::time::UNIX_EPOCH) {
-            Ok(d) => Timestamp(u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            Ok(d) => Timestamp::from_millis(u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
             Err(_) => Timestamp::EPOCH,
         }
     }
@@ -46,11 +50,11 @@ impl Timestamp {
     /// instant the platform can represent when it cannot represent this one.
     pub fn to_system_time(self) -> std::time::SystemTime {
         let epoch = std::time::UNIX_EPOCH;
-        if let Some(t) = epoch.checked_add(Duration::from_millis(self.0)) {
+        if let Some(t) = epoch.checked_add(Duration::from_millis(self.as_millis())) {
             return t;
         }
         // Saturate: the largest whole millisecond the platform accepts.
-        let (mut lo, mut hi) = (0u64, self.0);
+        let (mut lo, mut hi) = (0u64, self.as_millis());
         while lo < hi {
             let mid = lo + (hi - lo).div_ceil(2);
             if epoch.checked_add(Duration::from_millis(mid)).is_some() {
@@ -64,29 +68,29 @@ impl Timestamp {
 
     /// Milliseconds since the epoch.
     pub const fn as_millis(self) -> u64 {
-        self.0
+        self.0.get() - 1
     }
 
     /// `self + d`, saturating at [`Timestamp::MAX`].
     pub fn saturating_add(self, d: Duration) -> Self {
-        Timestamp(self.0.saturating_add(duration_millis(d)))
+        Timestamp::from_millis(self.as_millis().saturating_add(duration_millis(d)))
     }
 
     /// `self - d`, saturating at the epoch.
     pub fn saturating_sub(self, d: Duration) -> Self {
-        Timestamp(self.0.saturating_sub(duration_millis(d)))
+        Timestamp::from_millis(self.as_millis().saturating_sub(duration_millis(d)))
     }
 
     /// The time from `earlier` to `self`, or zero when `earlier` is later.
     pub fn duration_since(self, earlier: Timestamp) -> Duration {
-        Duration::from_millis(self.0.saturating_sub(earlier.0))
+        Duration::from_millis(self.as_millis().saturating_sub(earlier.as_millis()))
     }
 
     /// Formats the instant as RFC 3339 in UTC with millisecond precision,
     /// e.g. `2026-11-30T08:20:50.123Z`.
     pub fn to_rfc3339(self) -> String {
-        let secs = self.0 / 1000;
-        let ms = self.0 % 1000;
+        let secs = self.as_millis() / 1000;
+        let ms = self.as_millis() % 1000;
         let (y, mo, d) = civil_from_days((secs / 86_400) as i64);
         let sod = secs % 86_400;
         format!(
@@ -95,6 +99,26 @@ impl Timestamp {
             (sod / 60) % 60,
             sod % 60
         )
+    }
+}
+
+impl Default for Timestamp {
+    /// The epoch.
+    fn default() -> Self {
+        Timestamp::EPOCH
+    }
+}
+
+/// Milliseconds since the epoch, as a number, in caches and on the wire.
+impl Serialize for Timestamp {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_u64(self.as_millis())
+    }
+}
+
+impl<'de> Deserialize<'de> for Timestamp {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        u64::deserialize(deserializer).map(Timestamp::from_millis)
     }
 }
 
@@ -166,6 +190,35 @@ pub(crate) fn civil_from_days(z: i64) -> (i64, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_optional_instant_takes_eight_bytes_and_every_millisecond_survives() {
+        assert_eq!(std::mem::size_of::<Option<Timestamp>>(), 8);
+        for ms in [0, 1, 999, 1_764_000_000_123, u64::MAX - 2, u64::MAX - 1] {
+            let t = Timestamp::from_millis(ms);
+            assert_eq!(t.as_millis(), ms);
+            let json = serde_json::to_string(&t).unwrap();
+            assert_eq!(json, ms.to_string());
+            assert_eq!(serde_json::from_str::<Timestamp>(&json).unwrap(), t);
+        }
+        assert_eq!(Timestamp::EPOCH.as_millis(), 0);
+        assert_eq!(Timestamp::default(), Timestamp::EPOCH);
+        // The one value beyond the range saturates, as arithmetic does.
+        assert_eq!(Timestamp::from_millis(u64::MAX), Timestamp::MAX);
+        assert_eq!(
+            serde_json::from_str::<Timestamp>(&u64::MAX.to_string()).unwrap(),
+            Timestamp::MAX
+        );
+        assert_eq!(
+            Timestamp::MAX.saturating_add(Duration::from_secs(1)),
+            Timestamp::MAX
+        );
+        assert!(Timestamp::from_millis(1) > Timestamp::EPOCH);
+        assert!(Timestamp::MAX > Timestamp::from_millis(u64::MAX - 2));
+        // Not a number of milliseconds: a typed error, as before.
+        assert!(serde_json::from_str::<Timestamp>("-1").is_err());
+        assert!(serde_json::from_str::<Timestamp>("\"soon\"").is_err());
+    }
 
     #[test]
     fn rfc3339_formats_known_instants() {

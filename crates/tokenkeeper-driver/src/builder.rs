@@ -3,7 +3,7 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use tokenkeeper_core::{
@@ -411,10 +411,15 @@ impl<R: Runtime> TokenWatcherBuilder<R> {
         let (config, fetch) = prepare_key(&source, config, &settings, &layers, || {
             runtime.exchange(&http)
         })?;
-        let name = name.unwrap_or_else(|| match source.oauth2_client() {
-            Some(client) => client.client_id().to_string(),
-            None => "custom".to_owned(),
-        });
+        let name: Arc<str> = match (name, source.oauth2_client()) {
+            (Some(name), _) => name.into(),
+            (None, Some(client)) => client.client_id().to_string().into(),
+            // One copy for every unnamed custom source's watcher.
+            (None, None) => {
+                static CUSTOM: OnceLock<Arc<str>> = OnceLock::new();
+                Arc::clone(CUSTOM.get_or_init(|| "custom".into()))
+            }
+        };
         let layer_names = layers.iter().map(|l| l.layer().name().to_owned()).collect();
 
         let start = now();

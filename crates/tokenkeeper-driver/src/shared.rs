@@ -116,8 +116,89 @@ struct Cold {
     /// Kept for a watcher, whose `status()` reads it without waiting; not
     /// for a key of a pool, whose status the driver computes when asked
     /// (a pool holds many keys, and asks rarely).
-    status: Option<Box<Status>>,
+    status: Option<Box<Snapshot>>,
     expired_at: Option<Timestamp>,
+}
+
+/// What a watcher keeps of its refresher's status between changes: all but
+/// the token's own state and expiry, which `status()` reads from the token
+/// it finds then. A quarter of a `Status` (48 bytes, not 152), and the last
+/// error boxed, since most watchers never have one.
+struct Snapshot {
+    last_error: Option<Box<(FetchError, Option<Timestamp>)>>,
+    issued: Option<Timestamp>,
+    stale: Option<Timestamp>,
+    last_success_at: Option<Timestamp>,
+    next_attempt: Option<Timestamp>,
+    consecutive_failures: u32,
+    fetch_in_flight: bool,
+    shut_down: bool,
+}
+
+impl Snapshot {
+    fn new(status: Status) -> Self {
+        let mut snapshot = Snapshot {
+            last_error: None,
+            issued: None,
+            stale: None,
+            last_success_at: None,
+            next_attempt: None,
+            consecutive_failures: 0,
+            fetch_in_flight: false,
+            shut_down: false,
+        };
+        snapshot.update(status);
+        snapshot
+    }
+
+    fn update(&mut self, status: Status) {
+        let Status {
+            token_state: _,
+            issued,
+            stale,
+            expiry: _,
+            last_error,
+            last_error_at,
+            consecutive_failures,
+            last_success_at,
+            next_attempt,
+            fetch_in_flight,
+            shut_down,
+            ..
+        } = status;
+        self.last_error = match (last_error, self.last_error.take()) {
+            (None, _) => None,
+            (Some(error), Some(mut kept)) => {
+                *kept = (error, last_error_at);
+                Some(kept)
+            }
+            (Some(error), None) => Some(Box::new((error, last_error_at))),
+        };
+        self.issued = issued;
+        self.stale = stale;
+        self.last_success_at = last_success_at;
+        self.next_attempt = next_attempt;
+        self.consecutive_failures = consecutive_failures;
+        self.fetch_in_flight = fetch_in_flight;
+        self.shut_down = shut_down;
+    }
+
+    /// The status it was made of, but for the token's state and expiry.
+    fn status(&self) -> Status {
+        let mut status = Status::stopped();
+        status.issued = self.issued;
+        status.stale = self.stale;
+        if let Some(error) = &self.last_error {
+            status.last_error = Some(error.0.clone());
+            status.last_error_at = error.1;
+        }
+        status.consecutive_failures = self.consecutive_failures;
+        status.last_success_at = self.last_success_at;
+        status.next_attempt = self.next_attempt;
+        status.fetch_in_flight = self.fetch_in_flight;
+        status.shut_down = self.shut_down;
+        status
+    }
 }
 
 /// State shared by the handles and the driver.
@@ -157,7 +238,7 @@ impl Shared {
         Shared {
             slot: Slot::empty(),
             cold: Mutex::new(Cold {
-                status: status.map(Box::new),
+                status: status.map(|status| Box::new(Snapshot::new(status))),
                 expired_at: None,
             }),
             changes: Mutex::new(ChangeState::default()),
@@ -219,9 +300,10 @@ impl Shared {
         self.cold().expired_at
     }
 
-    /// The status snapshot, for a watcher's key (`None` for a pool's).
+    /// The status snapshot, for a watcher's key (`None` for a pool's),
+    /// without the token's state and expiry (see [`status_now`](Self::status_now)).
     pub(crate) fn status(&self) -> Option<Status> {
-        self.cold().status.as_deref().cloned()
+        self.cold().status.as_deref().map(Snapshot::status)
     }
 
     /// The key's number in its driver.
@@ -356,7 +438,7 @@ impl Shared {
 
     pub(crate) fn set_status(&self, status: Status) {
         if let Some(kept) = &mut self.cold().status {
-            **kept = status;
+            kept.update(status);
         }
     }
 

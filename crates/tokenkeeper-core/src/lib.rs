@@ -137,6 +137,7 @@ mod error;
 mod hash;
 mod health;
 pub mod jitter;
+mod lazy_vec;
 pub mod oauth2;
 pub mod policy;
 pub mod pool;

@@ -63,7 +63,6 @@ pub use io::{
     Status, Wait,
 };
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -73,6 +72,7 @@ use zeroize::Zeroize;
 use crate::cache::{decode_metadata, decode_record, encode_record_with};
 use crate::clock::Now;
 use crate::error::{CacheError, CacheErrorKind, ErrorClass, FetchError};
+use crate::lazy_vec::LazyVec;
 use crate::oauth2::OAuth2Client;
 use crate::oauth2::discovery::{self, DiscoveryError, Metadata};
 use crate::oauth2::dpop::{self, DpopClaims};
@@ -156,7 +156,7 @@ struct Outstanding {
 /// The effects awaiting answers: a handful at most, so a vector (no table
 /// kept allocated between refreshes, in each of a pool's refreshers).
 #[derive(Debug, Default)]
-struct Outstandings(Vec<(EffectId, Outstanding)>);
+struct Outstandings(LazyVec<(EffectId, Outstanding)>);
 
 impl Outstandings {
     fn get(&self, id: &EffectId) -> Option<&Outstanding> {
@@ -174,7 +174,7 @@ impl Outstandings {
         let at = self.0.iter().position(|(e, _)| e == id)?;
         let (_, removed) = self.0.swap_remove(at);
         if self.0.is_empty() {
-            self.0 = Vec::new();
+            self.0 = LazyVec::new();
         }
         Some(removed)
     }
@@ -214,7 +214,7 @@ pub struct Refresher {
     config: RefresherConfig,
     rng: fastrand::Rng,
     /// The token endpoint's latest DPoP nonce (RFC 9449 §8).
-    dpop_nonce: Option<String>,
+    dpop_nonce: Option<Box<str>>,
     /// Whether the current attempt was already repeated with a new nonce.
     dpop_nonce_retried: bool,
     /// Whether the current attempt fetched the issuer's metadata (or tried
@@ -225,12 +225,13 @@ pub struct Refresher {
     /// metadata names the same endpoint, or cannot be had.
     moved_error: Option<Box<FetchError>>,
     phase: Phase,
-    effects: VecDeque<Effect>,
-    events: VecDeque<Event>,
+    effects: LazyVec<Effect>,
+    events: LazyVec<Event>,
     pending: Outstandings,
-    /// The latest effects that timed out, oldest first (a few: a `Vec`,
-    /// smaller than a `VecDeque` in each of a pool's many refreshers).
-    timed_out: Vec<(EffectId, Pending)>,
+    /// The latest effects that timed out, oldest first (a few). The lists a
+    /// refresher keeps are `LazyVec`s: 8 bytes each, nothing allocated while
+    /// empty (most are, for most keys).
+    timed_out: LazyVec<(EffectId, Pending)>,
     next_id: u64,
     current: Option<Arc<TokenRecord>>,
     /// When the current token goes stale and expires, on the schedule axis.
@@ -244,7 +245,7 @@ pub struct Refresher {
     /// The refresh tokens this refresher has sent (the latest few): a
     /// cached record holding one of them is never trusted for its refresh
     /// token, whatever its timestamps say.
-    spent: Vec<RefreshToken>,
+    spent: LazyVec<RefreshToken>,
     /// Jittered instant at which the current token is refreshed.
     refresh_at: Option<Timestamp>,
     /// Planned retry after a failure.
@@ -259,14 +260,14 @@ pub struct Refresher {
     last_success_at: Option<Timestamp>,
     last_fetch_started: Option<Timestamp>,
     /// Expiry of the record each layer held in this read pass (`None`: miss).
-    seen: Box<[Option<Timestamp>]>,
+    seen: LazyVec<Option<Timestamp>>,
     /// Leases held, with the instant each expires by itself.
-    leases_held: Vec<(usize, Timestamp)>,
+    leases_held: LazyVec<(usize, Timestamp)>,
     /// After a failed fetch the leases are kept until they expire (a retry
     /// that comes first reuses them), so that a fleet backs off together
     /// instead of each member taking its turn at a failing authority.
     linger_until: Option<Timestamp>,
-    lease_layers: Box<[usize]>,
+    lease_layers: LazyVec<usize>,
     /// The writes under way store a record just fetched that holds a refresh
     /// token: a shutdown waits for them.
     writing_fetched_refresh_token: bool,
@@ -309,17 +310,17 @@ impl Refresher {
             discovered_this_attempt: false,
             moved_error: None,
             phase: Phase::Idle,
-            effects: VecDeque::new(),
-            events: VecDeque::new(),
+            effects: LazyVec::new(),
+            events: LazyVec::new(),
             pending: Outstandings::default(),
-            timed_out: Vec::new(),
+            timed_out: LazyVec::new(),
             next_id: 0,
             current: None,
             clocked: None,
             expiry_announced: false,
             refresh_token,
             refresh_token_issued: None,
-            spent: Vec::new(),
+            spent: LazyVec::new(),
             refresh_at: None,
             retry_at: None,
             forced_over: None,
@@ -329,8 +330,8 @@ impl Refresher {
             last_error: None,
             last_success_at: None,
             last_fetch_started: None,
-            seen: vec![None; layers].into_boxed_slice(),
-            leases_held: Vec::new(),
+            seen: std::iter::repeat_n(None, layers).collect(),
+            leases_held: LazyVec::new(),
             linger_until: None,
             lease_layers,
             writing_fetched_refresh_token: false,
@@ -359,23 +360,13 @@ impl Refresher {
     /// The next effect to carry out.
     #[must_use]
     pub fn poll_effect(&mut self) -> Option<Effect> {
-        let effect = self.effects.pop_front();
-        if effect.is_none() && self.effects.capacity() > 0 {
-            // Effects come a few per refresh: a pool of many refreshers
-            // should not keep a buffer each between refreshes.
-            self.effects = VecDeque::new();
-        }
-        effect
+        self.effects.pop_front()
     }
 
     /// The next event to report.
     #[must_use]
     pub fn poll_event(&mut self) -> Option<Event> {
-        let event = self.events.pop_front();
-        if event.is_none() && self.events.capacity() > 0 {
-            self.events = VecDeque::new();
-        }
-        event
+        self.events.pop_front()
     }
 
     /// What to wait for before the next call to [`Refresher::handle`]: an
@@ -800,7 +791,7 @@ impl Refresher {
                             .values()
                             .any(|o| o.kind == Pending::Lease { layer }));
                 if !ours {
-                    self.effects.push_back(Effect::ReleaseLease { layer });
+                    self.effects.push(Effect::ReleaseLease { layer });
                 }
             }
             _ => {}
@@ -852,7 +843,7 @@ impl Refresher {
                 &result,
                 Err(FetchError::OAuth { error, .. }) if error.error == "use_dpop_nonce"
             );
-            self.dpop_nonce = Some(nonce);
+            self.dpop_nonce = Some(nonce.into());
             if wants_nonce
                 && !self.dpop_nonce_retried
                 && self.phase == Phase::Fetching
@@ -1107,7 +1098,7 @@ impl Refresher {
                 layer: layer + 1,
             };
             let id = self.new_id(now, Pending::Read);
-            self.effects.push_back(Effect::ReadCache {
+            self.effects.push(Effect::ReadCache {
                 id,
                 layer: layer + 1,
             });
@@ -1138,7 +1129,7 @@ impl Refresher {
         let Phase::Leasing { next } = self.phase else {
             // A lease granted after we stopped wanting it goes straight back.
             if outcome == LeaseOutcome::Acquired {
-                self.effects.push_back(Effect::ReleaseLease { layer });
+                self.effects.push(Effect::ReleaseLease { layer });
             }
             return;
         };
@@ -1167,7 +1158,7 @@ impl Refresher {
                     .sched()
                     .saturating_add(wait.max(self.config.tuning.backoff.floor()));
                 self.phase = Phase::WaitingForLease { until };
-                self.events.push_back(Event::LeaseBusy {
+                self.events.push(Event::LeaseBusy {
                     layer,
                     retry_at: now.to_wall(until),
                 });
@@ -1187,8 +1178,7 @@ impl Refresher {
     }
 
     fn cache_problem(&mut self, layer: usize, problem: CacheProblem) {
-        self.events
-            .push_back(Event::CacheProblem { layer, problem });
+        self.events.push(Event::CacheProblem { layer, problem });
     }
 
     /// When the next cycle is due, once idle.
@@ -1276,14 +1266,14 @@ impl Refresher {
         let token = Arc::new(record);
         self.current = Some(token.clone());
         self.expiry_announced = false;
-        self.events.push_back(Event::TokenChanged { token, origin });
+        self.events.push(Event::TokenChanged { token, origin });
     }
 
     fn start_reads(&mut self, now: Now, pass: ReadPass) {
         self.seen.iter_mut().for_each(|s| *s = None);
         self.phase = Phase::Reading { pass, layer: 0 };
         let id = self.new_id(now, Pending::Read);
-        self.effects.push_back(Effect::ReadCache { id, layer: 0 });
+        self.effects.push(Effect::ReadCache { id, layer: 0 });
     }
 
     fn finish_reads(&mut self, now: Now, pass: ReadPass, last_read: usize) {
@@ -1331,7 +1321,7 @@ impl Refresher {
         let encoded = encode_record_with(&self.config.key, record, metadata);
         for layer in layers {
             let id = self.new_id(now, Pending::Write { layer });
-            self.effects.push_back(Effect::WriteCache {
+            self.effects.push(Effect::WriteCache {
                 id,
                 layer,
                 record: encoded.clone(),
@@ -1348,8 +1338,8 @@ impl Refresher {
 
     fn release_leases(&mut self) {
         self.linger_until = None;
-        for (layer, _) in self.leases_held.drain(..) {
-            self.effects.push_back(Effect::ReleaseLease { layer });
+        for (layer, _) in self.leases_held.take_all() {
+            self.effects.push(Effect::ReleaseLease { layer });
         }
     }
 
@@ -1379,8 +1369,7 @@ impl Refresher {
                 .map_or(Duration::from_secs(30), |l| l.ttl);
             self.phase = Phase::Leasing { next };
             let id = self.new_id(now, Pending::Lease { layer });
-            self.effects
-                .push_back(Effect::AcquireLease { id, layer, ttl });
+            self.effects.push(Effect::AcquireLease { id, layer, ttl });
         } else {
             self.start_reads(now, ReadPass::UnderLease);
         }
@@ -1430,7 +1419,7 @@ impl Refresher {
         match discovery::metadata_request(&url) {
             Ok(request) => {
                 let id = self.new_id(now, Pending::Discover { location });
-                self.effects.push_back(Effect::SendRequest {
+                self.effects.push(Effect::SendRequest {
                     id,
                     request: Box::new(request),
                     max_body,
@@ -1543,7 +1532,7 @@ impl Refresher {
                             client.token_url().as_url(),
                             now.wall.as_millis() / 1000,
                             dpop::jti(&mut self.rng),
-                            self.dpop_nonce.clone(),
+                            self.dpop_nonce.as_deref().map(str::to_owned),
                         );
                         request = request.with_dpop(claims);
                     }
@@ -1582,7 +1571,7 @@ impl Refresher {
                 Effect::Fetch { id, refresh_token }
             }
         };
-        self.effects.push_back(effect);
+        self.effects.push(effect);
     }
 
     fn on_fetched(&mut self, now: Now, result: Result<TokenGrant, FetchError>) {
@@ -1626,7 +1615,7 @@ impl Refresher {
                 );
                 self.retry_at = Some(retry_at);
                 self.last_error = Some(Box::new((error.clone(), now.wall)));
-                self.events.push_back(Event::FetchFailed {
+                self.events.push(Event::FetchFailed {
                     error,
                     class,
                     consecutive_failures: self.consecutive_failures,
@@ -1634,9 +1623,10 @@ impl Refresher {
                 });
                 self.phase = Phase::Idle;
                 let layers = &self.config.layers;
-                let (hold, release): (Vec<_>, Vec<_>) = self
+                let (hold, release): (LazyVec<_>, LazyVec<_>) = self
                     .leases_held
-                    .drain(..)
+                    .take_all()
+                    .into_iter()
                     .partition(|&(l, _)| layers[l].lease().is_some_and(|s| s.hold_through_backoff));
                 self.leases_held = release;
                 self.release_leases();
@@ -1666,7 +1656,7 @@ impl Refresher {
         self.release_leases();
         self.draining_until = None;
         self.phase = Phase::Finished;
-        self.events.push_back(Event::Stopped);
+        self.events.push(Event::Stopped);
     }
 
     /// Everything time-driven: effects past their deadline, expiry, the end
@@ -1681,8 +1671,7 @@ impl Refresher {
             && now.sched() >= clocked.expiry
         {
             self.expiry_announced = true;
-            self.events
-                .push_back(Event::TokenExpired { expiry: t.expiry });
+            self.events.push(Event::TokenExpired { expiry: t.expiry });
         }
         if let Some(until) = self.draining_until {
             if now.sched() >= until || !matches!(self.phase, Phase::Fetching | Phase::Writing) {

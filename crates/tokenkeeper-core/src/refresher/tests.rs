@@ -10,6 +10,7 @@ use crate::oauth2::OAuth2Client;
 use crate::oauth2::dpop::DpopClaims;
 use crate::policy::LifetimePolicy;
 use crate::secret::{AccessToken, ClientId, ClientSecret};
+use std::collections::VecDeque;
 
 const T0: Timestamp = Timestamp::from_secs(1_700_000_000);
 

@@ -329,12 +329,12 @@ impl<R: Runtime> TokenWatcherBuilder<R> {
         // Started when first polled, as an `async fn` would be: the runtime
         // is bound where the future runs (tokio: `rt.block_on(b.spawn())`).
         wait::<R, _>(async move {
-            let (watcher, first, running) = self.launch()?;
+            let (watcher, first, driving) = self.launch()?;
             // The caller drives the driver too while it waits (see
             // `hub::Running`); the driver's own task goes on when it stops.
             let drive = async {
-                if let Some(running) = running {
-                    running.await;
+                if let Some(driving) = driving {
+                    driving.await;
                 }
                 std::future::pending().await
             };
@@ -375,7 +375,7 @@ impl<R: Runtime> TokenWatcherBuilder<R> {
         (
             TokenWatcher<R>,
             async_channel::Receiver<Result<(), FetchError>>,
-            Option<crate::hub::Running>,
+            Option<crate::hub::Driving>,
         ),
         SpawnError,
     > {
@@ -443,7 +443,7 @@ impl<R: Runtime> TokenWatcherBuilder<R> {
         Ok((
             TokenWatcher::new(shared, commands, runtime),
             first_rx,
-            joined.running,
+            joined.driving,
         ))
     }
 
@@ -691,7 +691,7 @@ pub(crate) fn prepare_key(
             exchange: exchange()?,
             dpop: settings.dpop.cloned(),
             grant: client.grant().as_str(),
-            url: client.token_url().redacted(),
+            url: client.token_url().redacted().into(),
             assertions: source
                 .1
                 .for_client(client)

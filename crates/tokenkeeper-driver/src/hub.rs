@@ -12,26 +12,233 @@
 //! that does not say gives each watcher a driver of its own, as before.
 
 use std::any::TypeId;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use futures_util::FutureExt;
-use futures_util::future::{Shared, WeakShared};
 use tokenkeeper_core::pool::{KeyId, PoolConfig, RefresherPool};
 
 use crate::driver::{Driver, DriverParts, Inbox, KeyParts, RequestSender};
 use crate::runtime::{self, BoxFuture, Runtime};
 
-/// A watchers' driver, as a future its task and a `spawn` waiting for a
-/// first token can both poll: whoever waits drives it, so a token a cache
-/// or a quick source has at once costs no hand-off between threads. Timers
-/// it sets while a caller polls it are the runtime's to keep: tokio's and
-/// async-io's follow the waker; the thread adapter's [`block_on`] hands
-/// them back as the caller's wait returns.
+/// A watchers' driver that its task and a `spawn` waiting for a first token
+/// can both poll: whoever waits drives it, so a token a cache or a quick
+/// source has at once costs no hand-off between threads.
+///
+/// Unlike a `futures` `Shared`, which wakes every poller whenever the driver
+/// is woken, this one wakes only the callers driving it while there are any
+/// (on their own threads), and its task only once they have stopped: a
+/// `spawn` on tokio then costs no wake-up of a worker thread. Timers the
+/// driver sets while a caller polls it wake it through the same waker, so
+/// they reach its task once the callers are gone; the thread adapter's
+/// [`block_on`] hands its timers back as the caller's wait returns.
 ///
 /// [`block_on`]: crate::park::block_on
-pub(crate) type Running = Shared<BoxFuture<'static, ()>>;
+#[derive(Clone)]
+pub(crate) struct Running(Arc<Driven>);
+
+/// The driver's future, and where its wake-ups go. The wakers hold only
+/// the latter: they outlive the future in the queues it listens to (which
+/// its own handles keep), and must not keep it alive once its task is gone.
+struct Driven {
+    /// `None` while being polled, and once finished.
+    future: Mutex<Option<BoxFuture<'static, ()>>>,
+    baton: Arc<Baton>,
+}
+
+struct Baton {
+    state: Mutex<BatonState>,
+}
+
+#[derive(Default)]
+struct BatonState {
+    polling: bool,
+    finished: bool,
+    /// Woken while being polled: the poller polls again.
+    woken: bool,
+    /// Woken on behalf of callers that may stop before polling: handed to
+    /// the task if they do.
+    unheard: bool,
+    task: Option<Waker>,
+    /// The callers driving it, with their wakers once they have polled.
+    callers: Vec<(u64, Option<Waker>)>,
+    next_caller: u64,
+}
+
+impl Baton {
+    fn state(&self) -> MutexGuard<'_, BatonState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Wake for Baton {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        // Woken outside the lock (a waker may come back here), and with no
+        // allocation for the one caller there usually is.
+        let (first, rest): (Option<Waker>, Vec<Waker>) = {
+            let mut state = self.state();
+            if state.polling {
+                state.woken = true;
+                return;
+            }
+            if state.callers.is_empty() {
+                (state.task.clone(), Vec::new())
+            } else {
+                state.unheard = true;
+                let mut wakers = state.callers.iter().filter_map(|(_, w)| w.clone());
+                (wakers.next(), wakers.collect())
+            }
+        };
+        first.into_iter().chain(rest).for_each(Waker::wake);
+    }
+}
+
+impl Running {
+    fn new(future: BoxFuture<'static, ()>) -> Self {
+        Running(Arc::new(Driven {
+            future: Mutex::new(Some(future)),
+            baton: Arc::new(Baton {
+                state: Mutex::new(BatonState::default()),
+            }),
+        }))
+    }
+
+    /// Drives the driver from a `spawn` until it ends (it is meant to be
+    /// raced against the first token, and dropped then). The caller counts
+    /// as driving from now on, before it first polls: made before its key
+    /// is handed over, the hand-over wakes no other thread.
+    pub(crate) fn drive(&self) -> Driving {
+        let mut state = self.0.baton.state();
+        let id = state.next_caller;
+        state.next_caller += 1;
+        state.callers.push((id, None));
+        Driving {
+            driven: Arc::clone(&self.0),
+            id,
+        }
+    }
+
+    /// Polls the driver once, unless someone else is polling it (who is
+    /// told to poll again if it is woken meanwhile). `poller` is whoever
+    /// polls: woken at once when the driver was woken during its poll, so
+    /// that its executor, not a loop here, polls it again.
+    fn poll_driver(driven: &Driven, poller: &Waker) -> Poll<()> {
+        let baton = &driven.baton;
+        let mut future = {
+            let mut state = baton.state();
+            if state.finished {
+                return Poll::Ready(());
+            }
+            if state.polling {
+                return Poll::Pending;
+            }
+            let Some(future) = driven.lock_future().take() else {
+                return Poll::Pending;
+            };
+            state.polling = true;
+            state.unheard = false;
+            future
+        };
+        let waker = Waker::from(Arc::clone(baton));
+        let polled = future.as_mut().poll(&mut Context::from_waker(&waker));
+        let mut state = baton.state();
+        state.polling = false;
+        if polled.is_ready() {
+            state.finished = true;
+            let task = state.task.take();
+            let wake: Vec<Waker> = state
+                .callers
+                .iter()
+                .filter_map(|(_, w)| w.clone())
+                .chain(task)
+                .collect();
+            drop(state);
+            wake.into_iter().for_each(Waker::wake);
+            return Poll::Ready(());
+        }
+        *driven.lock_future() = Some(future);
+        if std::mem::take(&mut state.woken) {
+            drop(state);
+            poller.wake_by_ref();
+        }
+        Poll::Pending
+    }
+}
+
+impl Driven {
+    fn lock_future(&self) -> MutexGuard<'_, Option<BoxFuture<'static, ()>>> {
+        self.future.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The driver's own task's side of a [`Running`].
+struct TaskSide(Arc<Driven>);
+
+impl Future for TaskSide {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        {
+            let mut state = self.0.baton.state();
+            if !state.task.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                state.task = Some(cx.waker().clone());
+            }
+        }
+        Running::poll_driver(&self.0, cx.waker())
+    }
+}
+
+/// A caller driving a [`Running`]; dropping it hands the driver back to its
+/// task.
+pub(crate) struct Driving {
+    driven: Arc<Driven>,
+    id: u64,
+}
+
+impl Future for Driving {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        {
+            let mut state = self.driven.baton.state();
+            let id = self.id;
+            match state.callers.iter_mut().find(|(i, _)| *i == id) {
+                Some((_, Some(waker))) => waker.clone_from(cx.waker()),
+                Some((_, waker)) => *waker = Some(cx.waker().clone()),
+                None => state.callers.push((id, Some(cx.waker().clone()))),
+            }
+        }
+        Running::poll_driver(&self.driven, cx.waker())
+    }
+}
+
+impl Drop for Driving {
+    fn drop(&mut self) {
+        let task = {
+            let mut state = self.driven.baton.state();
+            let id = self.id;
+            state.callers.retain(|(i, _)| *i != id);
+            // A wake-up meant for the callers that none of them acted on
+            // is the task's now.
+            if state.callers.is_empty() && std::mem::take(&mut state.unheard) {
+                state.task.clone()
+            } else {
+                None
+            }
+        };
+        if let Some(task) = task {
+            task.wake();
+        }
+    }
+}
 
 /// A running watchers' driver: its queue, its inbox, its next key number,
 /// and the driver itself (weakly: it ends with its runtime's task).
@@ -39,16 +246,17 @@ struct Hub {
     requests: RequestSender,
     inbox: Arc<Inbox>,
     next_id: AtomicU64,
-    running: Option<WeakShared<BoxFuture<'static, ()>>>,
+    running: Weak<Driven>,
 }
 
 /// What a watcher gets from [`join`].
 pub(crate) struct Joined {
     /// The driver's queue.
     pub(crate) requests: RequestSender,
-    /// The driver, to poll while waiting for the first token; `None` if it
-    /// has ended already.
-    pub(crate) running: Option<Running>,
+    /// The driver, to poll while waiting for the first token (see
+    /// [`Running`]); `None` if it has ended already. Dropping it hands the
+    /// driver back to its task.
+    pub(crate) driving: Option<Driving>,
 }
 
 /// Which watchers may share a hub.
@@ -73,7 +281,8 @@ pub(crate) fn join<R: Runtime, T>(
 ) -> (Joined, T) {
     let Some(driver) = runtime.driver_key() else {
         let (parts, extra) = parts(KeyId::new(0));
-        return (start(runtime, wake_interval, parts).joined(), extra);
+        let (hub, driving) = start(runtime, wake_interval, parts);
+        return (hub.joined(driving), extra);
     };
     let key = HubKey {
         runtime: TypeId::of::<R>(),
@@ -89,8 +298,9 @@ pub(crate) fn join<R: Runtime, T>(
             let hub = &hubs[found].1;
             let id = KeyId::new(hub.next_id.fetch_add(1, Ordering::Relaxed));
             let (parts, extra) = parts(id);
+            let driving = hub.running.upgrade().map(|driven| Running(driven).drive());
             match hub.inbox.push_one(parts, &hub.requests) {
-                Ok(()) => return (hub.joined(), extra),
+                Ok(()) => return (hub.joined(driving), extra),
                 // Ended meanwhile: the key starts a driver of its own, under
                 // the number it has.
                 Err(parts) => {
@@ -101,23 +311,28 @@ pub(crate) fn join<R: Runtime, T>(
         }
         None => parts(KeyId::new(0)),
     };
-    let hub = start(runtime, wake_interval, parts);
-    let joined = hub.joined();
+    let (hub, driving) = start(runtime, wake_interval, parts);
+    let joined = hub.joined(driving);
     hubs.push((key, hub));
     (joined, extra)
 }
 
 impl Hub {
-    fn joined(&self) -> Joined {
+    fn joined(&self, driving: Option<Driving>) -> Joined {
         Joined {
             requests: self.requests.clone(),
-            running: self.running.as_ref().and_then(WeakShared::upgrade),
+            driving,
         }
     }
 }
 
-/// Starts a watchers' driver holding `first`.
-fn start<R: Runtime>(runtime: &R, wake_interval: Duration, first: KeyParts) -> Arc<Hub> {
+/// Starts a watchers' driver holding `first`, driven by the caller until it
+/// drops the [`Driving`].
+fn start<R: Runtime>(
+    runtime: &R,
+    wake_interval: Duration,
+    first: KeyParts,
+) -> (Arc<Hub>, Option<Driving>) {
     let (requests_tx, requests_rx) = crate::driver::requests();
     let inbox = Arc::new(Inbox::new());
     let next_id = first.id.get() + 1;
@@ -144,13 +359,15 @@ fn start<R: Runtime>(runtime: &R, wake_interval: Duration, first: KeyParts) -> A
                 }
             }),
     );
-    let running = run.shared();
-    let weak = running.downgrade();
-    runtime::spawn_detached(runtime, "watchers", running);
-    Arc::new(Hub {
+    let running = Running::new(run);
+    let weak = Arc::downgrade(&running.0);
+    let driving = running.drive();
+    runtime::spawn_detached(runtime, "watchers", TaskSide(running.0));
+    let hub = Arc::new(Hub {
         requests: requests_tx,
         inbox,
         next_id: AtomicU64::new(next_id),
         running: weak,
-    })
+    });
+    (hub, Some(driving))
 }

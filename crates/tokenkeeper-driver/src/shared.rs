@@ -3,7 +3,7 @@
 //! waiters listen to, the status snapshot, whether the watcher stopped, and
 //! the commands handles send the driver.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -99,8 +99,11 @@ impl Slot {
     }
 }
 
-/// Each new token, for the handles that wait for one: a version counter, the
-/// latest token, and whether the driver has ended.
+/// What a key's handles read under its lock (`token()` never takes it):
+/// each new token, for the handles that wait for one (a version counter, the
+/// latest token, whether the driver has ended), and the rarely touched rest
+/// (the status snapshot, why there is no token). One lock, not two: a
+/// mutex and its padding are 16 bytes, in every key.
 #[derive(Default)]
 pub(crate) struct ChangeState {
     pub(crate) version: u64,
@@ -109,10 +112,6 @@ pub(crate) struct ChangeState {
     /// Refused for good before any token came (`invalid_client`, ...): a
     /// wait for a first token ends with it.
     pub(crate) refused: Option<Box<FetchError>>,
-}
-
-/// Rarely touched state: the status snapshot and why there is no token.
-struct Cold {
     /// Kept for a watcher, whose `status()` reads it without waiting; not
     /// for a key of a pool, whose status the driver computes when asked
     /// (a pool holds many keys, and asks rarely).
@@ -207,10 +206,10 @@ pub(crate) struct Shared {
     /// Read since the driver last asked (a pool evicts keys nobody reads).
     used: AtomicBool,
     /// A watcher's handles: the last one dropped stops the key (a pool's
-    /// keys have none).
-    handles: AtomicUsize,
+    /// keys have none). 32 bits, packed with the flags: four billion live
+    /// handles would take a hundred gigabytes first.
+    handles: AtomicU32,
     stopped: AtomicBool,
-    cold: Mutex<Cold>,
     changes: Mutex<ChangeState>,
     changed: Event,
     /// The key's number in its driver.
@@ -237,15 +236,14 @@ impl Shared {
     ) -> Self {
         Shared {
             slot: Slot::empty(),
-            cold: Mutex::new(Cold {
+            changes: Mutex::new(ChangeState {
                 status: status.map(|status| Box::new(Snapshot::new(status))),
-                expired_at: None,
+                ..ChangeState::default()
             }),
-            changes: Mutex::new(ChangeState::default()),
             changed: Event::new(),
             stopped: AtomicBool::new(false),
             used: AtomicBool::new(true),
-            handles: AtomicUsize::new(0),
+            handles: AtomicU32::new(0),
             id,
             key,
             name: name.into(),
@@ -266,10 +264,6 @@ impl Shared {
     /// The DPoP key, for DPoP-bound tokens.
     pub(crate) fn dpop(&self) -> Option<&DpopKey> {
         self.dpop.as_ref()
-    }
-
-    fn cold(&self) -> MutexGuard<'_, Cold> {
-        self.cold.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn change_state(&self) -> MutexGuard<'_, ChangeState> {
@@ -297,13 +291,13 @@ impl Shared {
     }
 
     pub(crate) fn expired_at(&self) -> Option<Timestamp> {
-        self.cold().expired_at
+        self.change_state().expired_at
     }
 
     /// The status snapshot, for a watcher's key (`None` for a pool's),
     /// without the token's state and expiry (see [`status_now`](Self::status_now)).
     pub(crate) fn status(&self) -> Option<Status> {
-        self.cold().status.as_deref().map(Snapshot::status)
+        self.change_state().status.as_deref().map(Snapshot::status)
     }
 
     /// The key's number in its driver.
@@ -433,11 +427,11 @@ impl Shared {
     /// The token expired unreplaced: readers get none.
     pub(crate) fn withdraw(&self, expired_at: Timestamp) {
         self.slot.current.store(Arc::clone(placeholder()));
-        self.cold().expired_at = Some(expired_at);
+        self.change_state().expired_at = Some(expired_at);
     }
 
     pub(crate) fn set_status(&self, status: Status) {
-        if let Some(kept) = &mut self.cold().status {
+        if let Some(kept) = &mut self.change_state().status {
             kept.update(status);
         }
     }
@@ -446,7 +440,7 @@ impl Shared {
     /// and waiters wake, for good.
     pub(crate) fn close(&self) {
         self.slot.current.store(Arc::clone(placeholder()));
-        if let Some(kept) = &mut self.cold().status {
+        if let Some(kept) = &mut self.change_state().status {
             kept.shut_down = true;
         }
         self.stopped.store(true, Ordering::Release);
@@ -465,6 +459,24 @@ impl Shared {
 mod tests {
     use super::*;
     use crate::park::block_on;
+
+    /// What a key costs is mostly these sizes, each just inside a malloc
+    /// size class (glibc: 16-byte steps, 8 bytes of header; `Shared` sits
+    /// behind an `Arc`'s 16): a field more costs every watcher and every
+    /// key of a pool 16 bytes.
+    #[test]
+    #[cfg(all(target_pointer_width = "64", not(feature = "metrics")))]
+    fn a_keys_state_stays_within_its_size_classes() {
+        use std::mem::size_of;
+        assert!(size_of::<Shared>() <= 136, "{}", size_of::<Shared>());
+        assert!(
+            size_of::<tokenkeeper_core::Refresher>() <= 360,
+            "{}",
+            size_of::<tokenkeeper_core::Refresher>()
+        );
+        assert!(size_of::<Snapshot>() <= 56, "{}", size_of::<Snapshot>());
+        assert_eq!(size_of::<Option<Timestamp>>(), 8);
+    }
 
     fn shared() -> Arc<Shared> {
         let refresher = tokenkeeper_core::Refresher::new(

@@ -323,3 +323,46 @@ fn threads_a_spawn_that_drove_the_driver_hands_it_back() {
     second.shutdown();
     first.shutdown();
 }
+
+/// Tokio: a `spawn` future polled once and then kept unpolled (its first
+/// token has not come) holds up no other watcher of its runtime. Wake-ups
+/// meant for the driver go to a caller driving it only while that caller is
+/// about to poll; once it has polled, the driver's task hears them too.
+#[test]
+fn tokio_a_spawn_kept_unpolled_holds_up_no_other_watcher() {
+    let rt = ::tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    // Refreshed at half its lifetime: every 0.4 s.
+    let refreshing = rt
+        .block_on(
+            tokenkeeper_tokio::TokenWatcher::builder(numbered(
+                77,
+                Duration::from_millis(800),
+                Arc::clone(&calls),
+            ))
+            .lifetime_policy(stale_at_half_life())
+            .jitter(Jitter::none())
+            .spawn(),
+        )
+        .unwrap();
+    // A watcher whose source never answers: its `spawn` waits, polled once.
+    let never = Source::from_fn(CacheKey::custom("shared-driver", &["never"]), |_| {
+        std::future::pending::<Result<TokenGrant, tokenkeeper_core::FetchError>>()
+    });
+    let mut waiting = Box::pin(tokenkeeper_tokio::TokenWatcher::builder(never).spawn());
+    let polled = rt.block_on(futures_lite::future::poll_once(waiting.as_mut()));
+    assert!(polled.is_none(), "no token could have come");
+    let before = calls.load(Ordering::SeqCst);
+    std::thread::sleep(Duration::from_millis(1500));
+    let after = calls.load(Ordering::SeqCst);
+    assert!(
+        after >= before + 2,
+        "the other watcher stopped refreshing while a spawn was kept unpolled: {before} then {after} calls"
+    );
+    drop(waiting);
+    rt.block_on(refreshing.shutdown());
+}

@@ -327,9 +327,7 @@ impl<R: Runtime> TokenWatcherBuilder<R> {
     ///
     /// While it waits, the future drives the driver its runtime's watchers
     /// share, on the caller's thread, so a token that comes at once costs
-    /// no hand-off between threads. Await it, or drop it: a `spawn` future
-    /// polled once and then kept without being polled holds up the other
-    /// watchers of its runtime until it is polled or dropped.
+    /// no hand-off between threads.
     pub fn spawn(self) -> Waited<'static, R, Result<TokenWatcher<R>, SpawnError>> {
         let waited = self.first_token_timeout;
         // Started when first polled, as an `async fn` would be: the runtime

@@ -30,9 +30,10 @@ use crate::runtime::{self, BoxFuture, Runtime};
 /// source has at once costs no hand-off between threads.
 ///
 /// Unlike a `futures` `Shared`, which wakes every poller whenever the driver
-/// is woken, this one wakes only the callers driving it while there are any
-/// (on their own threads), and its task only once they have stopped: a
-/// `spawn` on tokio then costs no wake-up of a worker thread. Timers the
+/// is woken, this one wakes only the caller driving it while it is about to
+/// poll (its key just handed over), and its task only once the callers have
+/// stopped or polled: a `spawn` whose token comes at once costs no wake-up
+/// of another thread, and a `spawn` future kept unpolled holds up no one. Timers the
 /// driver sets while a caller polls it wake it through the same waker, so
 /// they reach its task once the callers are gone; the thread adapter's
 /// [`block_on`] hands its timers back as the caller's wait returns.
@@ -93,7 +94,16 @@ impl Wake for Baton {
                 (state.task.clone(), Vec::new())
             } else {
                 state.unheard = true;
-                let mut wakers = state.callers.iter().filter_map(|(_, w)| w.clone());
+                // A caller about to poll (its key just handed over) will
+                // hear it. Callers that have polled already might be kept
+                // unpolled for a while: the task hears it too.
+                let about_to_poll = state.callers.iter().any(|(_, w)| w.is_none());
+                let task = state.task.clone().filter(|_| !about_to_poll);
+                let mut wakers = state
+                    .callers
+                    .iter()
+                    .filter_map(|(_, w)| w.clone())
+                    .chain(task);
                 (wakers.next(), wakers.collect())
             }
         };

@@ -30,12 +30,12 @@ use crate::runtime::{self, BoxFuture, Runtime};
 /// source has at once costs no hand-off between threads.
 ///
 /// Unlike a `futures` `Shared`, which wakes every poller whenever the driver
-/// is woken, this one wakes only the caller driving it while it is about to
-/// poll (its key just handed over), and its task only once the callers have
-/// stopped or polled: a `spawn` whose token comes at once costs no wake-up
-/// of another thread, and a `spawn` future kept unpolled holds up no one. Timers the
-/// driver sets while a caller polls it wake it through the same waker, so
-/// they reach its task once the callers are gone; the thread adapter's
+/// is woken, this one wakes only the caller driving it while that caller is
+/// about to poll (its key just handed over), and its task as well once the
+/// callers have polled or stopped: a `spawn` whose token comes at once
+/// costs no wake-up of another thread, and a `spawn` future kept unpolled
+/// holds up no one. Timers the driver sets while a caller polls it wake it
+/// through the same waker, so they reach its task; the thread adapter's
 /// [`block_on`] hands its timers back as the caller's wait returns.
 ///
 /// [`block_on`]: crate::park::block_on

@@ -121,7 +121,7 @@ pub(crate) struct ChangeState {
 
 /// What a watcher keeps of its refresher's status between changes: all but
 /// the token's own state and expiry, which `status()` reads from the token
-/// it finds then. A quarter of a `Status` (48 bytes, not 152), and the last
+/// it finds then. A third of a `Status` (48 bytes, not 144), and the last
 /// error boxed, since most watchers never have one.
 struct Snapshot {
     last_error: Option<Box<(FetchError, Option<Timestamp>)>>,
@@ -464,6 +464,46 @@ mod tests {
     /// size class (glibc: 16-byte steps, 8 bytes of header; `Shared` sits
     /// behind an `Arc`'s 16): a field more costs every watcher and every
     /// key of a pool 16 bytes.
+    #[test]
+    fn the_status_snapshot_gives_back_all_but_the_tokens_own_state() {
+        let mut status = Status::stopped();
+        status.token_state = Some(tokenkeeper_core::TokenState::Fresh);
+        status.issued = Some(Timestamp::from_secs(10));
+        status.stale = Some(Timestamp::from_secs(40));
+        status.expiry = Some(Timestamp::from_secs(60));
+        status.last_error = Some(FetchError::Transport {
+            message: "refused".into(),
+        });
+        status.last_error_at = Some(Timestamp::from_secs(9));
+        status.consecutive_failures = 3;
+        status.last_success_at = Some(Timestamp::from_secs(10));
+        status.next_attempt = Some(Timestamp::from_secs(40));
+        status.fetch_in_flight = true;
+        status.shut_down = false;
+        let mut snapshot = Snapshot::new(status.clone());
+        let mut expected = status.clone();
+        // `status_now` reads these from the token it finds.
+        expected.token_state = None;
+        expected.expiry = None;
+        assert_eq!(snapshot.status(), expected);
+        // A later status without an error clears it; one with an error
+        // reuses the box.
+        status.last_error = None;
+        status.last_error_at = None;
+        snapshot.update(status.clone());
+        assert!(snapshot.status().last_error.is_none() && snapshot.last_error.is_none());
+        status.last_error = Some(FetchError::Transport {
+            message: "again".into(),
+        });
+        status.last_error_at = Some(Timestamp::from_secs(70));
+        snapshot.update(status.clone());
+        assert_eq!(snapshot.status().last_error, status.last_error);
+        assert_eq!(
+            snapshot.status().last_error_at,
+            Some(Timestamp::from_secs(70))
+        );
+    }
+
     #[test]
     #[cfg(all(target_pointer_width = "64", not(feature = "metrics")))]
     fn a_keys_state_stays_within_its_size_classes() {

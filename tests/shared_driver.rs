@@ -222,8 +222,6 @@ fn watchers_share_one_driver_and_stop_alone<F: Flavor>() {
     assert!(again.is_stopped());
 }
 
-per_driver!(watchers_share_one_driver_and_stop_alone);
-
 /// tokio: each runtime has its own driver, and watchers on a runtime that is
 /// dropped stop, without touching those of another.
 #[test]
@@ -366,3 +364,69 @@ fn tokio_a_spawn_kept_unpolled_holds_up_no_other_watcher() {
     drop(waiting);
     rt.block_on(refreshing.shutdown());
 }
+
+/// Sets its flag when dropped: shows when a fetch's future is let go.
+struct DropFlag(Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for DropFlag {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+/// A watcher that stops while its request is in flight drops that request
+/// as it leaves, though the driver it shared runs on for other watchers: its
+/// source's future is dropped (a hung request is not kept until its timeout)
+/// by the time `shutdown` returns, on every driver.
+fn a_stopped_watchers_request_in_flight_is_dropped<F: Flavor>() {
+    // Keeps the shared driver running after the other watcher leaves.
+    let keeper =
+        F::block_on(F::builder(numbered(0, Duration::from_secs(3600), Arc::default())).spawn())
+            .unwrap_or_else(|e| panic!("{}: spawn failed: {e:?}", F::NAME));
+    let calls = Arc::new(AtomicUsize::new(0));
+    let dropped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (counter, flag) = (Arc::clone(&calls), Arc::clone(&dropped));
+    let hung = Source::from_fn(CacheKey::custom("shared-driver", &["hung"]), move |_| {
+        counter.fetch_add(1, Ordering::SeqCst);
+        let guard = DropFlag(Arc::clone(&flag));
+        async move {
+            std::future::pending::<()>().await;
+            drop(guard);
+            Ok(TokenGrant::bearer(AccessToken::new("never"), None))
+        }
+    });
+    let watcher = F::builder(hung)
+        .http(HttpSettings::new().request_timeout(Duration::from_secs(120)))
+        .start()
+        .unwrap_or_else(|e| panic!("{}: start failed: {e:?}", F::NAME));
+    assert!(
+        eventually(Duration::from_secs(10), || calls.load(Ordering::SeqCst)
+            == 1),
+        "{}: the source was not called",
+        F::NAME
+    );
+    assert!(
+        !dropped.load(Ordering::SeqCst),
+        "{}: dropped early",
+        F::NAME
+    );
+    F::block_on(watcher.shutdown());
+    // A task of its own (threads) drops it at its next wake-up, which the
+    // abort gives it at once; the limit is far below the request timeout.
+    assert!(
+        eventually(Duration::from_secs(5), || dropped.load(Ordering::SeqCst)),
+        "{}: the stopped watcher's request is still held",
+        F::NAME
+    );
+    assert!(
+        keeper.token().is_ok() && !keeper.is_stopped(),
+        "{}",
+        F::NAME
+    );
+    F::block_on(keeper.shutdown());
+}
+
+per_driver!(
+    watchers_share_one_driver_and_stop_alone,
+    a_stopped_watchers_request_in_flight_is_dropped,
+);

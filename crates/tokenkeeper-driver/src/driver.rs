@@ -215,6 +215,20 @@ struct Leaving {
     worker_tasks: Vec<Task>,
 }
 
+/// A fetch the driver polls itself, with the key it is for.
+struct KeyedFetch {
+    key: KeyId,
+    future: BoxFuture<'static, ()>,
+}
+
+impl Future for KeyedFetch {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<()> {
+        self.future.as_mut().poll(cx)
+    }
+}
+
 /// A pool's new keys on their way to its driver.
 ///
 /// Keys are created on the callers' threads, often many at once: through
@@ -366,12 +380,13 @@ pub(crate) struct Driver<R: Runtime> {
     keys_waiting: bool,
     /// Keys taken from the inbox, being added (a buffer kept between turns).
     taken: Vec<KeyParts>,
-    /// Fetches in tasks of their own (runtimes whose fetches may block).
-    fetches: Vec<Task>,
+    /// Fetches in tasks of their own (runtimes whose fetches may block),
+    /// with the key each is for: aborted when their key leaves.
+    fetches: Vec<(KeyId, Task)>,
     /// Fetches the driver polls itself (see `Runtime::polls_fetches_inline`);
     /// made for the first and dropped when the last has ended (its queue
     /// keeps a node of its own: a watcher between refreshes holds none).
-    inline: Option<FuturesUnordered<BoxFuture<'static, ()>>>,
+    inline: Option<FuturesUnordered<KeyedFetch>>,
     wake_interval: Duration,
     ends_when_empty: bool,
     /// Every key was told to stop: the driver ends once they have left.
@@ -644,7 +659,7 @@ impl<R: Runtime> Driver<R> {
         for (key, why) in removed {
             self.let_go(key, why);
         }
-        self.fetches.retain(|task| !task.is_finished());
+        self.fetches.retain(|(_, task)| !task.is_finished());
         self.feeds.retain(|task| !task.is_finished());
         // Dropping a publisher marks its key's handles stopped.
         self.leaving
@@ -660,6 +675,8 @@ impl<R: Runtime> Driver<R> {
             return;
         };
         debug!(%key, ?why, "a key has left");
+        // Its refresher has finished: no answer still to come is wanted.
+        self.drop_fetches(key);
         let KeyState {
             publisher,
             forget,
@@ -782,7 +799,7 @@ impl<R: Runtime> Driver<R> {
         }
         // Nothing still running is needed any more: every refresher has finished.
         self.inline = None;
-        for task in self.fetches.iter().chain(&self.feeds) {
+        for task in self.fetches.iter().map(|(_, task)| task).chain(&self.feeds) {
             task.abort();
         }
         drop(std::mem::take(
@@ -793,7 +810,7 @@ impl<R: Runtime> Driver<R> {
         let fetches = std::mem::take(&mut self.fetches);
         let feeds = std::mem::take(&mut self.feeds);
         let ended = timeout(&self.runtime, GRACE, async {
-            for task in fetches.iter().chain(&feeds) {
+            for task in fetches.iter().map(|(_, task)| task).chain(&feeds) {
                 task.join().await;
             }
         })
@@ -1033,6 +1050,7 @@ impl<R: Runtime> Driver<R> {
             url = %target,
         );
         self.start_fetch(
+            key,
             async move {
                 if metadata {
                     debug!("requesting the issuer's metadata");
@@ -1094,17 +1112,43 @@ impl<R: Runtime> Driver<R> {
     /// Starts a fetch: polled by the driver itself where the runtime allows
     /// it (no task to spawn, no hand-off between threads), else in a task of
     /// its own. A panic is caught either way; its `Reply` then answers.
-    fn start_fetch(&mut self, fetch: impl Future<Output = ()> + Send + 'static) {
+    fn start_fetch(&mut self, key: KeyId, fetch: impl Future<Output = ()> + Send + 'static) {
         if self.runtime.polls_fetches_inline() {
             let inline = self.inline.get_or_insert_with(FuturesUnordered::new);
-            inline.push(Box::pin(async move {
-                if AssertUnwindSafe(fetch).catch_unwind().await.is_err() {
-                    error!(task = "fetch", "a tokenkeeper task panicked");
-                }
-            }));
+            inline.push(KeyedFetch {
+                key,
+                future: Box::pin(async move {
+                    if AssertUnwindSafe(fetch).catch_unwind().await.is_err() {
+                        error!(task = "fetch", "a tokenkeeper task panicked");
+                    }
+                }),
+            });
         } else {
             self.fetches
-                .push(runtime::spawn(&self.runtime, "fetch", fetch));
+                .push((key, runtime::spawn(&self.runtime, "fetch", fetch)));
+        }
+    }
+
+    /// Drops the fetches still running for `key`, which has left: a hung
+    /// request is not kept until its timeout, and a blocking call not begun
+    /// yet never begins (see [`unblock`]).
+    fn drop_fetches(&mut self, key: KeyId) {
+        self.fetches.retain(|(owner, task)| {
+            if *owner == key {
+                task.abort();
+            }
+            *owner != key
+        });
+        // A queue of futures cannot give one back: it is rebuilt without
+        // them, which is rare (a key leaving mid-request) and small (the cap
+        // on fetches in flight).
+        if let Some(inline) = self
+            .inline
+            .take_if(|inline| inline.iter().any(|f| f.key == key))
+        {
+            let kept: FuturesUnordered<KeyedFetch> =
+                inline.into_iter().filter(|f| f.key != key).collect();
+            self.inline = (!kept.is_empty()).then_some(kept);
         }
     }
 
@@ -1138,6 +1182,7 @@ impl<R: Runtime> Driver<R> {
             refresh_token = ?refresh_token.as_ref().map(|t| t.fingerprint()),
         );
         self.start_fetch(
+            key,
             async move {
                 debug!("asking the token source");
                 let started = Instant::now();

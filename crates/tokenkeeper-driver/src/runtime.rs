@@ -231,7 +231,8 @@ pub(crate) fn spawn<R: Runtime>(
             // Closed by `Task::abort`.
             let _ = cancelled.recv().await;
         };
-        run.or(stop).await;
+        // The stop first: a task aborted before its first poll never runs.
+        stop.or(run).await;
     }));
     Task { cancel, done }
 }
@@ -256,12 +257,21 @@ pub struct NotCompleted;
 
 /// Runs blocking `work` on the runtime's blocking pool and waits for its
 /// result.
+///
+/// Work whose future was dropped before the pool began it is skipped: a
+/// stopped watcher's call to its source, queued behind busy threads, is not
+/// made after the stop. Work already begun runs to its end (a thread cannot
+/// be interrupted).
 pub async fn unblock<R: Runtime, T: Send + 'static>(
     runtime: &R,
     work: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, NotCompleted> {
     let (tx, rx) = async_channel::bounded(1);
     runtime.spawn_blocking(Box::new(move || {
+        // The only receiver is gone: nobody waits for this any more.
+        if tx.is_closed() {
+            return;
+        }
         if let Ok(value) = std::panic::catch_unwind(AssertUnwindSafe(work)) {
             let _ = tx.try_send(value);
         }
@@ -379,5 +389,84 @@ mod tests {
         let started = Instant::now();
         block_on(sleeper.sleep(Duration::from_millis(20)));
         assert!(started.elapsed() >= Duration::from_millis(20));
+    }
+
+    type BlockingWork = Box<dyn FnOnce() + Send>;
+
+    /// Threads, but the work it is given waits in a queue until the test
+    /// runs it: the moment between a task's spawn and its start, held open.
+    #[derive(Clone, Default)]
+    struct Queued {
+        tasks: Arc<std::sync::Mutex<Vec<BoxFuture<'static, ()>>>>,
+        work: Arc<std::sync::Mutex<Vec<BlockingWork>>>,
+    }
+
+    impl Queued {
+        fn run_queued(&self) {
+            for task in std::mem::take(&mut *self.tasks.lock().unwrap()) {
+                Threads.spawn(task);
+            }
+            for work in std::mem::take(&mut *self.work.lock().unwrap()) {
+                work();
+            }
+        }
+    }
+
+    impl Runtime for Queued {
+        type Wait = crate::runtime::Blocking;
+
+        fn name(&self) -> &'static str {
+            "queued"
+        }
+
+        fn spawn(&self, task: BoxFuture<'static, ()>) {
+            self.tasks.lock().unwrap().push(task);
+        }
+
+        fn spawn_blocking(&self, work: Box<dyn FnOnce() + Send + 'static>) {
+            self.work.lock().unwrap().push(work);
+        }
+
+        fn sleep(&self, duration: Duration) -> BoxFuture<'static, ()> {
+            Threads.sleep(duration)
+        }
+
+        fn exchange(&self, settings: &HttpSettings) -> Result<SharedExchange, HttpSetupError> {
+            Threads.exchange(settings)
+        }
+    }
+
+    #[test]
+    fn work_given_up_before_it_began_never_runs() {
+        let rt = Queued::default();
+        let ran = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+
+        // Blocking work queued behind busy threads, its waiter dropped.
+        let counter = Arc::clone(&ran);
+        let mut waiting = Box::pin(unblock(&rt, move || {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }));
+        assert!(block_on(futures_lite::future::poll_once(waiting.as_mut())).is_none());
+        drop(waiting);
+        // A task aborted before its first poll.
+        let counter = Arc::clone(&ran);
+        let aborted = spawn(&rt, "test", async move {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        });
+        aborted.abort();
+        rt.run_queued();
+        block_on(aborted.join());
+        assert_eq!(ran.load(std::sync::atomic::Ordering::SeqCst), 0);
+
+        // Work still waited for runs.
+        let counter = Arc::clone(&ran);
+        let mut waiting = Box::pin(unblock(&rt, move || {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            5
+        }));
+        assert!(block_on(futures_lite::future::poll_once(waiting.as_mut())).is_none());
+        rt.run_queued();
+        assert_eq!(block_on(waiting), Ok(5));
+        assert_eq!(ran.load(std::sync::atomic::Ordering::SeqCst), 1);
     }
 }

@@ -18,14 +18,17 @@ use tokenkeeper_driver::{
 };
 
 /// A flavor's runtime that counts the tasks it is asked to spawn, and may
-/// have its driver poll fetches itself, or its tasks wait `lag` (blocking
-/// their thread) before each poll.
+/// have its driver poll fetches itself, its tasks wait `lag` (blocking
+/// their thread) before each poll, or poll each task once, `eager`ly, in
+/// `spawn` itself before handing it on (as an executor may run a task at
+/// once on the spawning thread).
 #[derive(Clone)]
 struct Counting<R> {
     inner: R,
     spawned: Arc<AtomicUsize>,
     inline: Option<bool>,
     lag: Option<Duration>,
+    eager: bool,
 }
 
 /// A task whose every poll comes `lag` late.
@@ -59,6 +62,7 @@ impl<R: Runtime> Runtime for Counting<R> {
             spawned: Arc::clone(&self.spawned),
             inline: self.inline,
             lag: self.lag,
+            eager: self.eager,
         })
     }
 
@@ -66,8 +70,14 @@ impl<R: Runtime> Runtime for Counting<R> {
         self.inner.driver_key()
     }
 
-    fn spawn(&self, task: BoxFuture<'static, ()>) {
+    fn spawn(&self, mut task: BoxFuture<'static, ()>) {
         self.spawned.fetch_add(1, Ordering::SeqCst);
+        if self.eager {
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            if task.as_mut().poll(&mut cx).is_ready() {
+                return;
+            }
+        }
         match self.lag {
             Some(lag) => self.inner.spawn(Box::pin(Lagging { task, lag })),
             None => self.inner.spawn(task),
@@ -127,6 +137,7 @@ fn watchers_share_one_driver_and_stop_alone<F: Flavor>() {
         spawned: Arc::clone(&spawned),
         inline: None,
         lag: None,
+        eager: false,
     };
     let calls: Vec<Arc<AtomicUsize>> = (0..WATCHERS).map(|_| Arc::default()).collect();
     // Refreshed at half their lifetime: every 0.4 s.
@@ -278,6 +289,7 @@ fn threads_a_spawn_that_drove_the_driver_hands_it_back() {
         inline: Some(true),
         // The driver's own thread is always second to poll it.
         lag: Some(Duration::from_millis(50)),
+        eager: false,
     };
     // A first watcher starts the driver, which then idles on its thread.
     // (A wake interval of its own keeps it apart from the other tests'.)
@@ -426,7 +438,76 @@ fn a_stopped_watchers_request_in_flight_is_dropped<F: Flavor>() {
     F::block_on(keeper.shutdown());
 }
 
+/// Whoever sees a request go out sees the status that sent it: the driver
+/// publishes a key's status before it carries out the key's effects. Here
+/// the fetch task runs inside `spawn`, before the driver's turn ends, and
+/// the source reads its own watcher's status.
+fn the_status_is_published_before_the_request_goes_out<F: Flavor>() {
+    let runtime = Counting {
+        inner: F::runtime(),
+        spawned: Arc::default(),
+        // Fetches in tasks of their own, run at once by `spawn`.
+        inline: Some(false),
+        lag: None,
+        eager: true,
+    };
+    type Holder<R> = Arc<std::sync::Mutex<Option<TokenWatcher<Counting<R>>>>>;
+    let holder: Holder<F::R> = Arc::default();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let calls = Arc::new(AtomicUsize::new(0));
+    let (own, seen_by_source, counter) =
+        (Arc::clone(&holder), Arc::clone(&seen), Arc::clone(&calls));
+    let source = Source::from_fn(CacheKey::custom("shared-driver", &["status"]), move |_| {
+        let call = counter.fetch_add(1, Ordering::SeqCst);
+        if let Some(watcher) = own.lock().unwrap().as_ref() {
+            let status = watcher.status();
+            seen_by_source
+                .lock()
+                .unwrap()
+                .push((status.fetch_in_flight, status.consecutive_failures));
+        }
+        async move {
+            if call == 1 {
+                return Err(tokenkeeper_core::FetchError::Transport {
+                    message: "a failure to show in the next status".into(),
+                });
+            }
+            Ok(TokenGrant::bearer(
+                AccessToken::new(format!("status-{call}")),
+                Some(Duration::from_secs(3600)),
+            ))
+        }
+    });
+    // A wake interval of its own keeps it off the other tests' drivers.
+    let watcher = F::block_on(
+        TokenWatcherBuilder::new(runtime, source)
+            .wake_interval(Duration::from_secs(58))
+            .spawn(),
+    )
+    .unwrap_or_else(|e| panic!("{}: spawn failed: {e:?}", F::NAME));
+    *holder.lock().unwrap() = Some(watcher.clone());
+    // Call 1 fails; call 2, forced too, must see that failure counted.
+    let _ = F::block_on(watcher.refresh_now());
+    let _ = F::block_on(watcher.refresh_now());
+    assert!(
+        eventually(Duration::from_secs(10), || calls.load(Ordering::SeqCst)
+            >= 3),
+        "{}: {} calls",
+        F::NAME,
+        calls.load(Ordering::SeqCst)
+    );
+    holder.lock().unwrap().take();
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [(true, 0), (true, 1)],
+        "{}: the statuses the source saw (in flight, failures)",
+        F::NAME
+    );
+    F::block_on(watcher.shutdown());
+}
+
 per_driver!(
+    the_status_is_published_before_the_request_goes_out,
     watchers_share_one_driver_and_stop_alone,
     a_stopped_watchers_request_in_flight_is_dropped,
 );

@@ -197,6 +197,9 @@ struct Slot {
     leaving: Option<Removal>,
 }
 
+/// The most entries the list of touched keys keeps between turns.
+const TOUCHED_KEPT: usize = 64;
+
 /// Many refreshers with one timer heap, one fetch queue and eviction. See
 /// the [module documentation](self).
 pub struct RefresherPool {
@@ -490,7 +493,9 @@ impl RefresherPool {
     #[must_use]
     pub fn poll_touched(&mut self) -> Option<KeyId> {
         let key = self.touched.pop();
-        if key.is_none() && self.touched.capacity() > 0 {
+        // One list per pool: a small one is kept for the next turn (drivers
+        // drain it every turn); one a burst grew is given back.
+        if key.is_none() && self.touched.capacity() > TOUCHED_KEPT {
             self.touched = Vec::new();
         }
         key

@@ -39,7 +39,6 @@ use crate::runtime::{self, BoxFuture, Runtime};
 /// [`block_on`] hands its timers back as the caller's wait returns.
 ///
 /// [`block_on`]: crate::park::block_on
-#[derive(Clone)]
 pub(crate) struct Running(Arc<Driven>);
 
 /// The driver's future, and where its wake-ups go. The wakers hold only

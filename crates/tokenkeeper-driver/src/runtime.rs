@@ -238,11 +238,22 @@ pub(crate) fn spawn<R: Runtime>(
 }
 
 /// Runs `future` for at most `limit`; `None` when the time ran out first.
+///
+/// The clock starts only if the first poll leaves the work pending: most
+/// work guarded here ends at once (a first token from an in-memory source,
+/// a token already held), and a timer costs an allocation and a
+/// registration with the runtime's timers. `limit` counts from the end of
+/// that poll, which a future that does not block (as a future must not)
+/// makes short: no clock is read for it.
 pub async fn timeout<R: Runtime, T>(
     runtime: &R,
     limit: Duration,
     future: impl Future<Output = T>,
 ) -> Option<T> {
+    let mut future = std::pin::pin!(future);
+    if let Some(value) = futures_lite::future::poll_once(future.as_mut()).await {
+        return Some(value);
+    }
     let work = async { Some(future.await) };
     let clock = async {
         runtime.sleep(limit).await;
@@ -395,10 +406,12 @@ mod tests {
 
     /// Threads, but the work it is given waits in a queue until the test
     /// runs it: the moment between a task's spawn and its start, held open.
+    /// It counts the timers it makes.
     #[derive(Clone, Default)]
     struct Queued {
         tasks: Arc<std::sync::Mutex<Vec<BoxFuture<'static, ()>>>>,
         work: Arc<std::sync::Mutex<Vec<BlockingWork>>>,
+        sleeps: Arc<std::sync::atomic::AtomicUsize>,
     }
 
     impl Queued {
@@ -428,6 +441,8 @@ mod tests {
         }
 
         fn sleep(&self, duration: Duration) -> BoxFuture<'static, ()> {
+            self.sleeps
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             Threads.sleep(duration)
         }
 
@@ -468,5 +483,34 @@ mod tests {
         rt.run_queued();
         assert_eq!(block_on(waiting), Ok(5));
         assert_eq!(ran.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn a_timeout_makes_no_timer_for_work_done_at_once() {
+        let rt = Queued::default();
+        let sleeps = || rt.sleeps.load(std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(
+            block_on(timeout(&rt, Duration::from_secs(5), async { 3 })),
+            Some(3)
+        );
+        assert_eq!(sleeps(), 0);
+        // Pending at first: the clock starts, and still ends the wait.
+        let (tx, rx) = async_channel::bounded::<u8>(1);
+        let answered = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            tx.try_send(4)
+        });
+        assert_eq!(
+            block_on(timeout(&rt, Duration::from_secs(5), rx.recv())),
+            Some(Ok(4))
+        );
+        assert_eq!(sleeps(), 1);
+        assert!(answered.join().unwrap().is_ok());
+        let never = futures_lite::future::pending::<()>();
+        assert_eq!(
+            block_on(timeout(&rt, Duration::from_millis(10), never)),
+            None
+        );
+        assert_eq!(sleeps(), 2);
     }
 }

@@ -88,6 +88,39 @@ impl fmt::Display for KeyId {
     }
 }
 
+/// Hashes a [`KeyId`] with one multiplication (one per `u64`, for keys
+/// made of several), for maps keyed by them.
+///
+/// Key ids are a driver's counter, not input an attacker chooses, so
+/// SipHash's defence against chosen keys buys nothing here, and it costs
+/// about a hundred instructions a lookup on the path of every answer and
+/// status. The multiplication by an odd constant (2^64 over the golden
+/// ratio) spreads a counter's values over the high bits hash tables probe
+/// with, and keeps the low bits a permutation.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct KeyIdHasher(u64);
+
+impl std::hash::Hasher for KeyIdHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        // Not reached for a `KeyId` (it hashes one `u64`); any other input
+        // is folded in byte by byte.
+        for &byte in bytes {
+            self.write_u64(u64::from(byte));
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// A map keyed by [`KeyId`], hashed with [`KeyIdHasher`].
+pub type KeyIdMap<V> = HashMap<KeyId, V, std::hash::BuildHasherDefault<KeyIdHasher>>;
+
 /// What a pool decides beyond its refreshers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PoolConfig {
@@ -204,12 +237,12 @@ const TOUCHED_KEPT: usize = 64;
 /// the [module documentation](self).
 pub struct RefresherPool {
     config: PoolConfig,
-    slots: HashMap<KeyId, Slot>,
+    slots: KeyIdMap<Slot>,
     /// (deadline in ms on the schedule axis, key): a min-heap with lazy
     /// deletion (an entry counts only while it equals its slot's `filed`).
     timers: BinaryHeap<Reverse<(u64, KeyId)>>,
     /// Fetches handed out and not yet answered, removed keys' included.
-    in_flight: HashSet<(KeyId, EffectId)>,
+    in_flight: HashSet<(KeyId, EffectId), std::hash::BuildHasherDefault<KeyIdHasher>>,
     /// Fetches waiting for room, first come first served.
     queued: VecDeque<(KeyId, Effect)>,
     effects: VecDeque<(KeyId, Effect)>,
@@ -261,9 +294,9 @@ impl RefresherPool {
     pub fn new(config: PoolConfig) -> Self {
         RefresherPool {
             config,
-            slots: HashMap::new(),
+            slots: KeyIdMap::default(),
             timers: BinaryHeap::new(),
-            in_flight: HashSet::new(),
+            in_flight: HashSet::default(),
             queued: VecDeque::new(),
             effects: VecDeque::new(),
             events: VecDeque::new(),
@@ -535,7 +568,7 @@ impl RefresherPool {
         self.in_flight.remove(&(id, effect));
         if self.in_flight.is_empty() && self.in_flight.capacity() > 0 {
             // A pool of one (a watcher) keeps no table between refreshes.
-            self.in_flight = HashSet::new();
+            self.in_flight = HashSet::default();
         }
     }
 

@@ -25,11 +25,11 @@ use std::time::{Duration, Instant};
 use futures_lite::Stream;
 use futures_lite::{FutureExt, StreamExt};
 use futures_util::stream::FuturesUnordered;
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 
 use tokenkeeper_core::Health;
 use tokenkeeper_core::oauth2::TokenRequest;
-use tokenkeeper_core::pool::{KeyId, RefresherPool, Removal};
+use tokenkeeper_core::pool::{KeyId, KeyIdMap, RefresherPool, Removal};
 use tokenkeeper_core::{
     CacheError, CacheErrorKind, Effect, EffectId, EncodedRecord, ErrorClass, FetchError, Input,
     LeaseOutcome, RefreshToken, Refresher, TokenGrant,
@@ -365,7 +365,7 @@ pub(crate) struct DriverParts<R> {
 pub(crate) struct Driver<R: Runtime> {
     runtime: R,
     pool: RefresherPool,
-    keys: HashMap<KeyId, Box<KeyState>>,
+    keys: KeyIdMap<Box<KeyState>>,
     /// Keys that have left, waiting for their workers.
     leaving: Vec<Leaving>,
     /// Change feeds of cache layers, all keys'.
@@ -415,7 +415,7 @@ impl<R: Runtime> Driver<R> {
         Driver {
             runtime: parts.runtime,
             pool: parts.pool,
-            keys: HashMap::new(),
+            keys: KeyIdMap::default(),
             leaving: Vec::new(),
             feeds: Vec::new(),
             subscriptions: std::sync::Mutex::new(Vec::new()),

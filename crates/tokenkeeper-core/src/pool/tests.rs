@@ -286,3 +286,28 @@ fn a_refresher_stays_small() {
     assert!(size_of::<Slot>() <= 64);
     assert_eq!(size_of::<crate::refresher::Source>(), 8);
 }
+
+#[test]
+fn key_ids_hash_apart_and_spread_over_the_high_bits() {
+    use std::hash::{BuildHasher, BuildHasherDefault};
+    let build = BuildHasherDefault::<KeyIdHasher>::default();
+    // A counter's ids: no two alike, and the top seven bits (the tag a
+    // hash table compares first) take every value over a short run.
+    let hashes: Vec<u64> = (0..4_096).map(|n| build.hash_one(KeyId::new(n))).collect();
+    let distinct: HashSet<u64> = hashes.iter().copied().collect();
+    assert_eq!(distinct.len(), hashes.len());
+    let tags: HashSet<u64> = hashes.iter().map(|h| h >> 57).collect();
+    assert_eq!(tags.len(), 128);
+    // Keys of several parts depend on every part, and on their order.
+    let pair = |a, b| build.hash_one((KeyId::new(a), KeyId::new(b)));
+    assert_ne!(pair(1, 2), pair(2, 1));
+    assert_ne!(pair(1, 2), pair(1, 3));
+    assert_ne!(pair(1, 2), build.hash_one(KeyId::new(2)));
+    // A map keyed by them works as a map.
+    let mut map: KeyIdMap<u64> = KeyIdMap::default();
+    for n in 0..1_000 {
+        map.insert(KeyId::new(n), n * 2);
+    }
+    assert!((0..1_000).all(|n| map.get(&KeyId::new(n)) == Some(&(n * 2))));
+    assert_eq!(map.get(&KeyId::new(1_000)), None);
+}

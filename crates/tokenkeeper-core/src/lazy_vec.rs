@@ -3,15 +3,48 @@
 //! which are empty for most keys most of the time. A pool holds a refresher
 //! per key, so each `Vec` (24 bytes) or `VecDeque` (32) counted.
 
+use std::fmt;
 use std::ops::{Deref, DerefMut};
 
-/// A `Vec` behind an optional box: 8 bytes, nothing allocated while empty,
-/// and its memory given back whenever it empties.
-#[derive(Debug, Clone, PartialEq, Eq)]
-// The box is the point: 8 bytes in place of 24, and one allocation more
-// only while the list holds anything.
-#[allow(clippy::box_collection)]
-pub(crate) struct LazyVec<T>(Option<Box<Vec<T>>>);
+/// A list behind an optional box: 8 bytes, nothing allocated while empty,
+/// one allocation while it holds one item, and its memory given back
+/// whenever it empties.
+// The box is the point: 8 bytes in place of 24. Most of these lists hold
+// one item at a time (the next effect, the new token's event): that item
+// lives in the box itself, so the list costs one allocation, not a box
+// and a buffer.
+pub(crate) struct LazyVec<T>(Option<Box<Items<T>>>);
+
+#[derive(Clone)]
+enum Items<T> {
+    One(T),
+    /// Two or more, or none left after removals (freed by the next
+    /// `pop_front` that finds it empty, or at once by `remove`).
+    Many(Vec<T>),
+}
+
+impl<T> Items<T> {
+    fn as_slice(&self) -> &[T] {
+        match self {
+            Items::One(item) => std::slice::from_ref(item),
+            Items::Many(items) => items,
+        }
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [T] {
+        match self {
+            Items::One(item) => std::slice::from_mut(item),
+            Items::Many(items) => items,
+        }
+    }
+
+    fn into_vec(self) -> Vec<T> {
+        match self {
+            Items::One(item) => vec![item],
+            Items::Many(items) => items,
+        }
+    }
+}
 
 impl<T> LazyVec<T> {
     pub(crate) const fn new() -> Self {
@@ -19,33 +52,59 @@ impl<T> LazyVec<T> {
     }
 
     pub(crate) fn push(&mut self, item: T) {
-        self.0.get_or_insert_with(Box::default).push(item);
+        let Some(items) = self.0.as_deref_mut() else {
+            self.0 = Some(Box::new(Items::One(item)));
+            return;
+        };
+        match items {
+            Items::Many(many) => many.push(item),
+            Items::One(_) => {
+                let mut many = Vec::with_capacity(4);
+                many.extend(std::mem::replace(items, Items::Many(Vec::new())).into_vec());
+                many.push(item);
+                *items = Items::Many(many);
+            }
+        }
     }
 
-    /// Removes and returns the item at `at`, keeping the order.
-    ///
-    /// Panics if `at` is out of bounds, as `Vec::remove` does.
+    /// The item at `at`, taken out. Panics when there is none (a caller's
+    /// bug, as for `Vec::remove`).
     pub(crate) fn remove(&mut self, at: usize) -> T {
-        let items = self.0.as_mut().expect("an item at a valid index");
-        let item = items.remove(at);
-        self.free_if_empty();
-        item
+        self.take_at(at, Vec::remove)
     }
 
-    /// Removes and returns the item at `at`, moving the last one there.
+    /// The item at `at`, taken out, the last taking its place.
     pub(crate) fn swap_remove(&mut self, at: usize) -> T {
-        let items = self.0.as_mut().expect("an item at a valid index");
-        let item = items.swap_remove(at);
-        self.free_if_empty();
+        self.take_at(at, Vec::swap_remove)
+    }
+
+    fn take_at(&mut self, at: usize, take: fn(&mut Vec<T>, usize) -> T) -> T {
+        let items = self.0.as_deref_mut().expect("an item at a valid index");
+        let item = match items {
+            Items::Many(many) => take(many, at),
+            Items::One(_) => {
+                assert_eq!(at, 0, "an item at a valid index");
+                let Some(Items::One(item)) = self.0.take().map(|items| *items) else {
+                    unreachable!("matched as one item just above")
+                };
+                return item;
+            }
+        };
+        if self.is_empty() {
+            self.0 = None;
+        }
         item
     }
 
-    /// The first item, removed. A queue's buffer is kept while it is being
-    /// drained and given back when it is found empty, so a burst of pushes
-    /// and pops allocates once.
+    /// The first item. A list of several keeps its buffer until it is
+    /// found empty, so that a burst of pushes allocates once.
     pub(crate) fn pop_front(&mut self) -> Option<T> {
-        match self.0.as_mut() {
-            Some(items) if !items.is_empty() => Some(items.remove(0)),
+        match self.0.as_deref_mut() {
+            Some(Items::Many(many)) if !many.is_empty() => Some(many.remove(0)),
+            Some(Items::One(_)) => match self.0.take().map(|items| *items) {
+                Some(Items::One(item)) => Some(item),
+                _ => None,
+            },
             _ => {
                 self.0 = None;
                 None
@@ -53,17 +112,34 @@ impl<T> LazyVec<T> {
         }
     }
 
-    /// Every item, leaving it empty.
     pub(crate) fn take_all(&mut self) -> Vec<T> {
-        self.0.take().map(|items| *items).unwrap_or_default()
-    }
-
-    fn free_if_empty(&mut self) {
-        if self.0.as_ref().is_some_and(|items| items.is_empty()) {
-            self.0 = None;
-        }
+        self.0
+            .take()
+            .map(|items| items.into_vec())
+            .unwrap_or_default()
     }
 }
+
+impl<T: Clone> Clone for LazyVec<T> {
+    fn clone(&self) -> Self {
+        LazyVec(self.0.clone())
+    }
+}
+
+impl<T: fmt::Debug> fmt::Debug for LazyVec<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
+
+/// Equal when the items are, however they are held.
+impl<T: PartialEq> PartialEq for LazyVec<T> {
+    fn eq(&self, other: &Self) -> bool {
+        **self == **other
+    }
+}
+
+impl<T: Eq> Eq for LazyVec<T> {}
 
 impl<T> Default for LazyVec<T> {
     fn default() -> Self {
@@ -75,7 +151,7 @@ impl<T> Deref for LazyVec<T> {
     type Target = [T];
 
     fn deref(&self) -> &[T] {
-        self.0.as_deref().map_or(&[], Vec::as_slice)
+        self.0.as_deref().map_or(&[], Items::as_slice)
     }
 }
 
@@ -90,12 +166,9 @@ impl<T> DerefMut for LazyVec<T> {
 
 impl<T> FromIterator<T> for LazyVec<T> {
     fn from_iter<I: IntoIterator<Item = T>>(items: I) -> Self {
-        let items: Vec<T> = items.into_iter().collect();
-        if items.is_empty() {
-            LazyVec(None)
-        } else {
-            LazyVec(Some(Box::new(items)))
-        }
+        let mut list = LazyVec::new();
+        list.extend(items);
+        list
     }
 }
 
@@ -143,5 +216,36 @@ mod tests {
         assert_eq!(&*evens, &[0, 2, 4]);
         let none: LazyVec<i32> = std::iter::empty().collect();
         assert!(none.0.is_none());
+    }
+
+    #[test]
+    fn one_item_lives_in_the_box_and_lists_compare_by_their_items() {
+        let mut list = LazyVec::new();
+        list.push("a");
+        assert!(matches!(list.0.as_deref(), Some(Items::One("a"))));
+        assert_eq!(list.pop_front(), Some("a"));
+        // Taking the only item frees the box at once.
+        assert!(list.0.is_none());
+        list.push("b");
+        assert_eq!(list.remove(0), "b");
+        assert!(list.0.is_none());
+        list.push("c");
+        list[0] = "d";
+        assert_eq!(list.swap_remove(0), "d");
+        assert!(list.0.is_none());
+        // A second item moves both into a buffer, in order.
+        list.push("e");
+        list.push("f");
+        assert_eq!(&*list, &["e", "f"]);
+        let mut other: LazyVec<&str> = ["e", "f"].into_iter().collect();
+        assert_eq!(list, other);
+        assert_eq!(other.pop_front(), Some("e"));
+        assert_ne!(list, other);
+        assert_eq!(format!("{other:?}"), r#"["f"]"#);
+        assert_eq!(list.clone().take_all(), vec!["e", "f"]);
+        let mut single: LazyVec<&str> = LazyVec::new();
+        single.push("f");
+        assert_eq!(single, other);
+        assert_eq!(single.take_all(), vec!["f"]);
     }
 }

@@ -216,6 +216,20 @@ struct Leaving {
     worker_tasks: Vec<Task>,
 }
 
+/// How much earlier than asked a kept timer may fire: a turn that asks for
+/// a deadline this close after the kept timer's keeps it (and may wake
+/// this much early, to find nothing due and sleep the rest).
+const TIMER_SLACK: Duration = Duration::from_millis(5);
+
+/// The driver's timer and when it fires. Most turns ask for the deadline
+/// the last one asked for (the wake interval, or the same refresh), a few
+/// microseconds later: keeping the timer spares the runtime a timer made,
+/// registered and cancelled per turn (a `spawn` runs a turn or two).
+struct Timer {
+    fires_at: Instant,
+    sleep: BoxFuture<'static, ()>,
+}
+
 /// A fetch the driver polls itself, with the key it is for.
 struct KeyedFetch {
     key: KeyId,
@@ -388,6 +402,8 @@ pub(crate) struct Driver<R: Runtime> {
     /// made for the first and dropped when the last has ended (its queue
     /// keeps a node of its own: a watcher between refreshes holds none).
     inline: Option<FuturesUnordered<KeyedFetch>>,
+    /// The deadline's timer, kept between turns (see [`Timer`]).
+    timer: Option<Timer>,
     wake_interval: Duration,
     ends_when_empty: bool,
     /// Every key was told to stop: the driver ends once they have left.
@@ -427,6 +443,7 @@ impl<R: Runtime> Driver<R> {
             taken: Vec::new(),
             fetches: Vec::new(),
             inline: None,
+            timer: None,
             wake_interval: parts.wake_interval,
             ends_when_empty: parts.ends_when_empty,
             closing: false,
@@ -545,6 +562,7 @@ impl<R: Runtime> Driver<R> {
             answers_rx,
             runtime,
             inline,
+            timer,
             ..
         } = self;
         // Drives the fetches the driver polls itself; they answer through
@@ -577,10 +595,32 @@ impl<R: Runtime> Driver<R> {
                 None => std::future::pending().await,
             }
         };
-        let deadline = async {
-            runtime.sleep(sleep_for).await;
-            Wake::Timeout
-        };
+        // Made (unless the kept one will do) only once everything else is
+        // pending; dropped once it has fired.
+        let fires_at = Instant::now().checked_add(sleep_for);
+        let deadline = std::future::poll_fn(|cx| {
+            let keep = matches!((&*timer, fires_at), (Some(kept), Some(at))
+                if kept.fires_at <= at && at - kept.fires_at <= TIMER_SLACK);
+            let sleep = match (keep, fires_at) {
+                (true, _) => timer.as_mut().map(|kept| &mut kept.sleep),
+                (false, Some(fires_at)) => {
+                    let sleep = runtime.sleep(sleep_for);
+                    Some(&mut timer.insert(Timer { fires_at, sleep }).sleep)
+                }
+                // Beyond what an `Instant` can hold: a timer not kept.
+                (false, None) => {
+                    *timer = None;
+                    None
+                }
+            };
+            match sleep {
+                Some(sleep) => sleep.as_mut().poll(cx).map(|()| {
+                    *timer = None;
+                    Wake::Timeout
+                }),
+                None => Poll::Pending,
+            }
+        });
         fetching.or(command).or(answer).or(deadline).await
     }
 

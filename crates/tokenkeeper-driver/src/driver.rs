@@ -968,11 +968,18 @@ impl<R: Runtime> Driver<R> {
 
     /// Refreshes the status snapshots of the keys whose refreshers changed.
     fn publish_statuses(&mut self) {
-        let at = now();
+        // The clock is read for the first key that needs it: most calls
+        // find no key touched (the drain calls this every turn of its loop).
+        let mut at = None;
         while let Some(key) = self.pool.poll_touched() {
-            if let (Some(state), Some(status)) =
-                (self.keys.get_mut(&key), self.pool.status(key, at))
-            {
+            let Some(state) = self.keys.get_mut(&key) else {
+                continue;
+            };
+            // A pool's keys keep no snapshot: no status is worked out for them.
+            if !state.publisher.wants_status() {
+                continue;
+            }
+            if let Some(status) = self.pool.status(key, *at.get_or_insert_with(now)) {
                 state.publisher.status(status);
             }
         }

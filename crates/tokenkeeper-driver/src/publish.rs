@@ -50,6 +50,13 @@ impl Publisher {
         self.shared.layer_name(layer)
     }
 
+    /// Whether [`status`](Self::status) has a use: a watcher's key keeps a
+    /// status snapshot, a pool's does not (but its metrics, when on, count
+    /// from every status).
+    pub(crate) fn wants_status(&self) -> bool {
+        cfg!(feature = "metrics") || self.shared.keeps_status()
+    }
+
     pub(crate) fn status(&mut self, status: Status) {
         #[cfg(feature = "metrics")]
         self.metrics.status(&self.shared, &status);

@@ -430,6 +430,11 @@ impl Shared {
         self.change_state().expired_at = Some(expired_at);
     }
 
+    /// Whether it keeps a status snapshot (a watcher's key does).
+    pub(crate) fn keeps_status(&self) -> bool {
+        self.change_state().status.is_some()
+    }
+
     pub(crate) fn set_status(&self, status: Status) {
         if let Some(kept) = &mut self.change_state().status {
             kept.update(status);

@@ -227,12 +227,17 @@ pub(crate) fn spawn<R: Runtime>(
                 tracing::error!(task = what, "a tokenkeeper task panicked");
             }
         };
+        // Aborted before its first poll: it never runs.
+        if cancelled.is_closed() {
+            return;
+        }
         let stop = async move {
             // Closed by `Task::abort`.
             let _ = cancelled.recv().await;
         };
-        // The stop first: a task aborted before its first poll never runs.
-        stop.or(run).await;
+        // The work first: a task that ends in its first poll never waits
+        // on the stop signal (no listener made for it).
+        run.or(stop).await;
     }));
     Task { cancel, done }
 }

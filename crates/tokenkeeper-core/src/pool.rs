@@ -233,6 +233,12 @@ struct Slot {
 /// The most entries the list of touched keys keeps between turns.
 const TOUCHED_KEPT: usize = 64;
 
+/// The most entries a queue of effects or events, or the set of fetches in
+/// flight, keeps between turns: the first allocation each, so that a turn
+/// of the driver that takes in a watcher allocates none of them again,
+/// while what a burst grew is given back (effects are a few hundred bytes).
+const BUFFER_KEPT: usize = 4;
+
 /// Many refreshers with one timer heap, one fetch queue and eviction. See
 /// the [module documentation](self).
 pub struct RefresherPool {
@@ -496,9 +502,7 @@ impl RefresherPool {
     #[must_use]
     pub fn poll_effect(&mut self) -> Option<(KeyId, Effect)> {
         let effect = self.effects.pop_front();
-        if effect.is_none() && self.effects.capacity() > 0 {
-            // A pool of one (a watcher) should not keep a buffer between
-            // refreshes; effects are a few hundred bytes each.
+        if effect.is_none() && self.effects.capacity() > BUFFER_KEPT {
             self.effects = VecDeque::new();
         }
         effect
@@ -508,7 +512,7 @@ impl RefresherPool {
     #[must_use]
     pub fn poll_event(&mut self) -> Option<(KeyId, Event)> {
         let event = self.events.pop_front();
-        if event.is_none() && self.events.capacity() > 0 {
+        if event.is_none() && self.events.capacity() > BUFFER_KEPT {
             self.events = VecDeque::new();
         }
         event
@@ -566,8 +570,7 @@ impl RefresherPool {
 
     fn fetch_ended(&mut self, id: KeyId, effect: EffectId) {
         self.in_flight.remove(&(id, effect));
-        if self.in_flight.is_empty() && self.in_flight.capacity() > 0 {
-            // A pool of one (a watcher) keeps no table between refreshes.
+        if self.in_flight.is_empty() && self.in_flight.capacity() > BUFFER_KEPT {
             self.in_flight = HashSet::default();
         }
     }

@@ -7,7 +7,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use tokenkeeper_core::{
-    BackoffPolicy, CacheKey, Event, FetchError, Jitter, LifetimePolicy, RefreshToken, Refresher,
+    BackoffPolicy, CacheKey, Event, Jitter, LifetimePolicy, RefreshToken, Refresher,
     RefresherConfig,
 };
 use tokenkeeper_fs::{FileCache, FileLayer};
@@ -19,7 +19,7 @@ use crate::error::SpawnError;
 use crate::http::{HttpSettings, HttpSetupError};
 use crate::publish::{EventHook, Publisher};
 use crate::runtime::{Runtime, Waited, timeout, wait};
-use crate::shared::{Commands, Shared, now};
+use crate::shared::{Commands, First, Shared, now};
 use crate::source::{Source, SourceKind};
 use crate::watcher::TokenWatcher;
 use futures_lite::FutureExt;
@@ -333,20 +333,23 @@ impl<R: Runtime> TokenWatcherBuilder<R> {
         // Started when first polled, as an `async fn` would be: the runtime
         // is bound where the future runs (tokio: `rt.block_on(b.spawn())`).
         wait::<R, _>(async move {
-            let (watcher, first, driving) = self.launch()?;
+            let (watcher, driving) = self.launch()?;
             // The caller drives the driver too while it waits (see
             // `hub::Running`); the driver's own task goes on when it stops.
+            // Driven first: a token that comes in the caller's own turn is
+            // then there at the first look, with no listener made for it.
             let drive = async {
                 if let Some(driving) = driving {
                     driving.await;
                 }
                 std::future::pending().await
             };
-            let outcome = timeout(watcher.runtime(), waited, first.recv().or(drive)).await;
+            let first = watcher.shared().first_token();
+            let outcome = timeout(watcher.runtime(), waited, drive.or(first)).await;
             let error = match outcome {
-                Some(Ok(Ok(()))) => return Ok(watcher),
-                Some(Ok(Err(error))) => SpawnError::permanent(error),
-                Some(Err(_)) => SpawnError::Stopped,
+                Some(First::Token) => return Ok(watcher),
+                Some(First::Refused(error)) => SpawnError::permanent(error),
+                Some(First::Stopped) => SpawnError::Stopped,
                 None => SpawnError::TimedOut {
                     waited,
                     last_error: watcher.status().last_error,
@@ -366,23 +369,12 @@ impl<R: Runtime> TokenWatcherBuilder<R> {
     /// Fails with [`SpawnError::NoRuntime`] when the runtime cannot start a
     /// driver from here (tokio: outside a tokio runtime).
     pub fn start(self) -> Result<TokenWatcher<R>, SpawnError> {
-        self.launch().map(|(watcher, _, _)| watcher)
+        self.launch().map(|(watcher, _)| watcher)
     }
 
     /// Hands the watcher's key to its runtime's watchers' driver
-    /// ([`hub`](crate::hub)); returns its handle, where the outcome of its
-    /// first fetch is told, and the driver.
-    #[allow(clippy::type_complexity)]
-    fn launch(
-        self,
-    ) -> Result<
-        (
-            TokenWatcher<R>,
-            async_channel::Receiver<Result<(), FetchError>>,
-            Option<crate::hub::Driving>,
-        ),
-        SpawnError,
-    > {
+    /// ([`hub`](crate::hub)); returns its handle and the driver.
+    fn launch(self) -> Result<(TokenWatcher<R>, Option<crate::hub::Driving>), SpawnError> {
         let TokenWatcherBuilder {
             runtime,
             source,
@@ -428,11 +420,10 @@ impl<R: Runtime> TokenWatcherBuilder<R> {
 
         let start = now();
         let refresher = Refresher::new(config, seed.unwrap_or_else(|| fastrand::u64(..)), start);
-        let (first_tx, first_rx) = async_channel::bounded(1);
         let status = refresher.status(start);
         let (joined, shared) = crate::hub::join(&runtime, wake_interval, |id| {
             let shared = Arc::new(Shared::new(id, key, name, layer_names, Some(status), dpop));
-            let publisher = Publisher::new(Arc::clone(&shared), Some(first_tx), on_event);
+            let publisher = Publisher::new(Arc::clone(&shared), on_event);
             let parts = KeyParts {
                 id,
                 refresher: NewRefresher::Built(Box::new(refresher)),
@@ -444,11 +435,7 @@ impl<R: Runtime> TokenWatcherBuilder<R> {
             (parts, shared)
         });
         let commands = Commands::new(joined.requests, shared.id());
-        Ok((
-            TokenWatcher::new(shared, commands, runtime),
-            first_rx,
-            joined.driving,
-        ))
+        Ok((TokenWatcher::new(shared, commands, runtime), joined.driving))
     }
 
     /// Authenticates the client with this JWT assertion (RFC 7523 §2.2):

@@ -32,7 +32,7 @@ use tokenkeeper_core::oauth2::TokenRequest;
 use tokenkeeper_core::pool::{KeyId, KeyIdMap, RefresherPool, Removal};
 use tokenkeeper_core::{
     CacheError, CacheErrorKind, Effect, EffectId, EncodedRecord, ErrorClass, FetchError, Input,
-    LeaseOutcome, RefreshToken, Refresher, TokenGrant,
+    LeaseOutcome, Now, RefreshToken, Refresher, TokenGrant,
 };
 use tracing::{Instrument, Span, debug, error, info, info_span, trace, warn};
 
@@ -399,11 +399,15 @@ pub(crate) struct Driver<R: Runtime> {
     /// with the key each is for: aborted when their key leaves.
     fetches: Vec<(KeyId, Task)>,
     /// Fetches the driver polls itself (see `Runtime::polls_fetches_inline`);
-    /// made for the first and dropped when the last has ended (its queue
-    /// keeps a node of its own: a watcher between refreshes holds none).
+    /// made for the first and kept (a node of its own, once per driver,
+    /// rather than made again for each watcher's first fetch).
     inline: Option<FuturesUnordered<KeyedFetch>>,
     /// The deadline's timer, kept between turns (see [`Timer`]).
     timer: Option<Timer>,
+    /// The time of this turn: read when first needed after the driver last
+    /// waited, and forgotten when it waits again. A turn takes microseconds;
+    /// reading both clocks at every step of it cost more than the steps.
+    clock: Option<Now>,
     wake_interval: Duration,
     ends_when_empty: bool,
     /// Every key was told to stop: the driver ends once they have left.
@@ -444,6 +448,7 @@ impl<R: Runtime> Driver<R> {
             fetches: Vec::new(),
             inline: None,
             timer: None,
+            clock: None,
             wake_interval: parts.wake_interval,
             ends_when_empty: parts.ends_when_empty,
             closing: false,
@@ -480,7 +485,7 @@ impl<R: Runtime> Driver<R> {
             layers,
         });
         self.keys.insert(id, state);
-        let at = now();
+        let at = self.now();
         let refresher = match refresher {
             NewRefresher::Built(refresher) => refresher,
             NewRefresher::ToBuild { config, seed } => Box::new(Refresher::new(config, seed, at)),
@@ -529,11 +534,14 @@ impl<R: Runtime> Driver<R> {
             let sleep_for = if self.keys_waiting {
                 Duration::ZERO
             } else {
+                let at = self.now();
                 self.pool
-                    .poll_sleep(now())
+                    .poll_sleep(at)
                     .map_or(self.wake_interval, |sleep| sleep.min(self.wake_interval))
             };
-            match self.wait(sleep_for).await {
+            let woke = self.wait(sleep_for).await;
+            self.clock = None;
+            match woke {
                 Wake::Request(request) => {
                     self.request(request);
                     self.take_queued();
@@ -543,8 +551,9 @@ impl<R: Runtime> Driver<R> {
                     self.take_queued();
                 }
                 Wake::Timeout => {
+                    let at = self.now();
                     let keys = &self.keys;
-                    self.pool.handle_timeout(now(), |key| {
+                    self.pool.handle_timeout(at, |key| {
                         keys.get(&key)
                             .is_some_and(|k| k.publisher.shared().take_used())
                     });
@@ -568,17 +577,9 @@ impl<R: Runtime> Driver<R> {
         // Drives the fetches the driver polls itself; they answer through
         // the answers channel, so this never completes.
         let fetching = std::future::poll_fn(|cx| {
-            let all_ended = inline.as_mut().is_some_and(|running| {
-                loop {
-                    match Pin::new(&mut *running).poll_next(cx) {
-                        Poll::Ready(Some(())) => continue,
-                        Poll::Ready(None) => break true,
-                        Poll::Pending => break false,
-                    }
-                }
-            });
-            if all_ended {
-                *inline = None;
+            if let Some(running) = inline.as_mut() {
+                // Until all have ended (`None`) or none is ready.
+                while let Poll::Ready(Some(())) = Pin::new(&mut *running).poll_next(cx) {}
             }
             Poll::Pending
         });
@@ -654,7 +655,8 @@ impl<R: Runtime> Driver<R> {
     }
 
     fn feed(&mut self, key: KeyId, input: Input) {
-        if let Err(e) = self.pool.handle(now(), key, input) {
+        let at = self.now();
+        if let Err(e) = self.pool.handle(at, key, input) {
             error!(%key, error = %e, "driver bug: the refresher refused an answer");
         }
     }
@@ -773,7 +775,7 @@ impl<R: Runtime> Driver<R> {
             Some(Request::Key(key, command)) => self.command(key, command),
             Some(Request::Added) => self.keys_waiting = true,
             Some(Request::Health(reply)) => {
-                let at = now();
+                let at = self.now();
                 let mut summary = crate::PoolHealth::default();
                 for key in self.pool.keys() {
                     match self.pool.status(key, at).map(|status| status.health(at)) {
@@ -800,23 +802,24 @@ impl<R: Runtime> Driver<R> {
     fn command(&mut self, key: KeyId, command: Command) {
         let span = self.key_span(key);
         let _entered = span.enter();
+        let now = self.now();
         match command {
             Command::RefreshNow(reply) => {
-                let outcome = self.pool.refresh_now(now(), key);
+                let outcome = self.pool.refresh_now(now, key);
                 info!(%key, ?outcome, "early refresh asked for");
                 let _ = reply.try_send(outcome);
             }
             Command::RefreshIfCurrent(refused, reply) => {
-                let outcome = self.pool.refresh_if_current(now(), key, &refused);
+                let outcome = self.pool.refresh_if_current(now, key, &refused);
                 debug!(%key, ?outcome, "a resource server refused a token");
                 let _ = reply.try_send(outcome);
             }
             Command::Shutdown => {
                 info!(%key, "shutdown asked for");
-                self.pool.remove(now(), key);
+                self.pool.remove(now, key);
             }
             Command::Status(reply) => {
-                let _ = reply.try_send(self.pool.status(key, now()));
+                let _ = reply.try_send(self.pool.status(key, now));
             }
         }
     }
@@ -831,7 +834,8 @@ impl<R: Runtime> Driver<R> {
             inbox.close();
         }
         self.keys_waiting = false;
-        self.pool.shutdown(now());
+        let at = self.now();
+        self.pool.shutdown(at);
     }
 
     async fn finish(mut self) {
@@ -967,10 +971,14 @@ impl<R: Runtime> Driver<R> {
     }
 
     /// Refreshes the status snapshots of the keys whose refreshers changed.
+    /// The time of this turn (see `clock`).
+    fn now(&mut self) -> Now {
+        *self.clock.get_or_insert_with(now)
+    }
+
     fn publish_statuses(&mut self) {
         // The clock is read for the first key that needs it: most calls
         // find no key touched (the drain calls this every turn of its loop).
-        let mut at = None;
         while let Some(key) = self.pool.poll_touched() {
             let Some(state) = self.keys.get_mut(&key) else {
                 continue;
@@ -979,7 +987,8 @@ impl<R: Runtime> Driver<R> {
             if !state.publisher.wants_status() {
                 continue;
             }
-            if let Some(status) = self.pool.status(key, *at.get_or_insert_with(now)) {
+            let at = *self.clock.get_or_insert_with(now);
+            if let Some(status) = self.pool.status(key, at) {
                 state.publisher.status(status);
             }
         }
@@ -1194,9 +1203,7 @@ impl<R: Runtime> Driver<R> {
             .inline
             .take_if(|inline| inline.iter().any(|f| f.key == key))
         {
-            let kept: FuturesUnordered<KeyedFetch> =
-                inline.into_iter().filter(|f| f.key != key).collect();
-            self.inline = (!kept.is_empty()).then_some(kept);
+            self.inline = Some(inline.into_iter().filter(|f| f.key != key).collect());
         }
     }
 

@@ -26,7 +26,7 @@ use crate::error::{SpawnError, TokenError, WatcherStopped};
 use crate::http::{HttpSettings, SharedExchange};
 use crate::publish::Publisher;
 use crate::runtime::{self, Runtime, Waited, timeout, wait};
-use crate::shared::{Command, Commands, Shared, now};
+use crate::shared::{Command, Commands, First, Shared, now};
 use crate::source::Source;
 use crate::watcher::{Token, read};
 use crate::{BlockingCacheLayer, CacheLayer};
@@ -337,13 +337,6 @@ impl<K: Hash + Eq, R> fmt::Debug for TokenPool<K, R> {
     }
 }
 
-/// Whether a key's first wait is over.
-enum First {
-    Token,
-    Refused(tokenkeeper_core::FetchError),
-    Stopped,
-}
-
 impl<K, R> TokenPool<K, R>
 where
     K: Hash + Eq + Clone + Send + Sync + 'static,
@@ -380,16 +373,7 @@ where
                 return Ok(token);
             }
             let waited = self.inner.first_token_timeout;
-            let first = shared.wait(|state| {
-                if state.latest.is_some() && !state.closed {
-                    Some(First::Token)
-                } else if state.closed {
-                    Some(First::Stopped)
-                } else {
-                    state.refused.as_deref().cloned().map(First::Refused)
-                }
-            });
-            match timeout(&self.inner.runtime, waited, first).await {
+            match timeout(&self.inner.runtime, waited, shared.first_token()).await {
                 Some(First::Token) => match read(&shared) {
                     Ok(token) => Ok(token),
                     Err(_) => Err(SpawnError::Stopped),
@@ -657,7 +641,7 @@ where
             refresher: NewRefresher::ToBuild { config, seed },
             fetch,
             layers,
-            publisher: Publisher::new(Arc::clone(&shared), None, None),
+            publisher: Publisher::new(Arc::clone(&shared), None),
             forget: Some(forget),
         };
         Ok((parts, shared))

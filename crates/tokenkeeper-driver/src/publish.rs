@@ -1,11 +1,10 @@
 //! What the driver reports: every event of the refresher becomes a change of
 //! the shared state (a token published or withdrawn), a log line with safe
-//! fields only, a call of the user's event hook, and the end of `spawn`'s
-//! wait for a first token.
+//! fields only, and a call of the user's event hook.
 
 use std::sync::Arc;
 
-use tokenkeeper_core::{ErrorClass, Event, FetchError, Origin, Status};
+use tokenkeeper_core::{ErrorClass, Event, Origin, Status};
 use tracing::{debug, error, info, warn};
 
 use crate::shared::Shared;
@@ -13,31 +12,22 @@ use crate::shared::Shared;
 /// A user's hook, called with every event of the refresher.
 pub(crate) type EventHook = Arc<dyn Fn(&Event) + Send + Sync>;
 
-/// How `spawn`'s wait for a first token ends.
-pub(crate) type FirstToken = async_channel::Sender<Result<(), FetchError>>;
-
 /// Publishes what the refresher reports to the handles. Dropping it (when the
 /// driver ends, even by a panic, or when its runtime drops it) marks the
 /// watcher stopped.
 pub(crate) struct Publisher {
     shared: Arc<Shared>,
-    first: Option<FirstToken>,
     hook: Option<EventHook>,
     #[cfg(feature = "metrics")]
     metrics: crate::metrics::WatcherMetrics,
 }
 
 impl Publisher {
-    pub(crate) fn new(
-        shared: Arc<Shared>,
-        first: Option<FirstToken>,
-        hook: Option<EventHook>,
-    ) -> Self {
+    pub(crate) fn new(shared: Arc<Shared>, hook: Option<EventHook>) -> Self {
         Publisher {
             #[cfg(feature = "metrics")]
             metrics: crate::metrics::WatcherMetrics::new(shared.name()),
             shared,
-            first,
             hook,
         }
     }
@@ -89,9 +79,6 @@ impl Publisher {
                     "new token"
                 );
                 self.shared.publish(token);
-                if let Some(first) = self.first.take() {
-                    let _ = first.try_send(Ok(()));
-                }
             }
             Event::TokenExpired { expiry } => {
                 warn!(%expiry, "the token expired before it could be replaced");
@@ -106,10 +93,8 @@ impl Publisher {
                 if class == ErrorClass::Permanent {
                     error!(%error, consecutive_failures, %retry_at, "the token source refused");
                     if self.shared.current().is_none() {
-                        self.shared.refuse(error.clone());
-                        if let Some(first) = self.first.take() {
-                            let _ = first.try_send(Err(error));
-                        }
+                        // Ends the wait for a first token.
+                        self.shared.refuse(error);
                     }
                 } else {
                     warn!(%error, consecutive_failures, %retry_at, "fetching a token failed");

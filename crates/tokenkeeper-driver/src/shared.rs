@@ -200,6 +200,13 @@ impl Snapshot {
     }
 }
 
+/// How a key's wait for its first token ended.
+pub(crate) enum First {
+    Token,
+    Refused(FetchError),
+    Stopped,
+}
+
 /// State shared by the handles and the driver.
 pub(crate) struct Shared {
     slot: Slot,
@@ -354,6 +361,11 @@ impl Shared {
     /// under the lock each time it may have changed. Runtime-agnostic (an
     /// [`Event`]), so every wait style can use it.
     pub(crate) async fn wait<T>(&self, mut done: impl FnMut(&ChangeState) -> Option<T>) -> T {
+        // Done already (a `spawn` whose token came in its own turn of the
+        // driver): no listener is made, which would allocate.
+        if let Some(value) = done(&self.change_state()) {
+            return value;
+        }
         loop {
             // Listen before looking, so that no notification is missed.
             let listener = self.changed.listen();
@@ -362,6 +374,22 @@ impl Shared {
             }
             listener.await;
         }
+    }
+
+    /// Waits until the key has its first token, was refused for good
+    /// before getting one, or has stopped: the end of a `spawn` and of a
+    /// pool's first `get` alike.
+    pub(crate) async fn first_token(&self) -> First {
+        self.wait(|state| {
+            if state.latest.is_some() && !state.closed {
+                Some(First::Token)
+            } else if state.closed {
+                Some(First::Stopped)
+            } else {
+                state.refused.as_deref().cloned().map(First::Refused)
+            }
+        })
+        .await
     }
 
     /// The status as of now: the driver's snapshot, with the token readers

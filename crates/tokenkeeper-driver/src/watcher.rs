@@ -84,6 +84,10 @@ impl<R> TokenWatcher<R> {
         }
     }
 
+    pub(crate) fn shared(&self) -> &Shared {
+        &self.shared
+    }
+
     /// The current token, without waiting and without a lock: one atomic
     /// load, the same cost in every adapter.
     ///

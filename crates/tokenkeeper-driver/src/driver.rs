@@ -31,8 +31,8 @@ use tokenkeeper_core::Health;
 use tokenkeeper_core::oauth2::TokenRequest;
 use tokenkeeper_core::pool::{KeyId, KeyIdMap, RefresherPool, Removal};
 use tokenkeeper_core::{
-    CacheError, CacheErrorKind, Effect, EffectId, EncodedRecord, ErrorClass, FetchError, Input,
-    LeaseOutcome, Now, RefreshToken, Refresher, TokenGrant,
+    CacheError, CacheErrorKind, Effect, EffectId, EncodedRecord, ErrorClass, Event, FetchError,
+    Input, LeaseOutcome, Now, RefreshToken, Refresher, TokenGrant,
 };
 use tracing::{Instrument, Span, debug, error, info, info_span, trace, warn};
 
@@ -52,6 +52,11 @@ const GRACE: Duration = Duration::from_secs(5);
 /// The most queued requests, answers, and new keys taken in one turn of the
 /// loop.
 pub(crate) const BATCH: usize = 256;
+
+/// The most events the driver's buffer keeps between turns: a turn that
+/// publishes a watcher's first token allocates none, and one a burst grew
+/// is given back.
+const EVENTS_KEPT: usize = 16;
 
 /// How the refresher's fetches are carried out.
 // One per key, inside its `KeyState`, whose size a unit test pins: the
@@ -395,6 +400,9 @@ pub(crate) struct Driver<R: Runtime> {
     keys_waiting: bool,
     /// Keys taken from the inbox, being added (a buffer kept between turns).
     taken: Vec<KeyParts>,
+    /// Events to publish once a drain has carried out every effect (a
+    /// buffer kept between turns while small).
+    events: Vec<(KeyId, Event)>,
     /// Fetches in tasks of their own (runtimes whose fetches may block),
     /// with the key each is for: aborted when their key leaves.
     fetches: Vec<(KeyId, Task)>,
@@ -445,6 +453,7 @@ impl<R: Runtime> Driver<R> {
             inbox: parts.inbox,
             keys_waiting: false,
             taken: Vec::new(),
+            events: Vec::new(),
             fetches: Vec::new(),
             inline: None,
             timer: None,
@@ -668,7 +677,7 @@ impl<R: Runtime> Driver<R> {
     /// Statuses are refreshed before effects are carried out too: whoever
     /// sees a request arrive at the authority sees the status that sent it.
     fn drain(&mut self) {
-        let mut events = Vec::new();
+        let mut events = std::mem::take(&mut self.events);
         loop {
             let mut idle = true;
             self.publish_statuses();
@@ -693,11 +702,14 @@ impl<R: Runtime> Driver<R> {
             }
             removed.push((gone.key, gone.why));
         }
-        for (key, event) in events {
+        for (key, event) in events.drain(..) {
             let span = self.key_span(key);
             if let Some(state) = self.keys.get_mut(&key) {
                 span.in_scope(|| state.publisher.event(event));
             }
+        }
+        if events.capacity() <= EVENTS_KEPT {
+            self.events = events;
         }
         for (key, why) in removed {
             self.let_go(key, why);

@@ -18,6 +18,8 @@ pub(crate) type EventHook = Arc<dyn Fn(&Event) + Send + Sync>;
 pub(crate) struct Publisher {
     shared: Arc<Shared>,
     hook: Option<EventHook>,
+    /// Whether [`status`](Self::status) has a use, fixed when made.
+    wants_status: bool,
     #[cfg(feature = "metrics")]
     metrics: crate::metrics::WatcherMetrics,
 }
@@ -27,6 +29,7 @@ impl Publisher {
         Publisher {
             #[cfg(feature = "metrics")]
             metrics: crate::metrics::WatcherMetrics::new(shared.name()),
+            wants_status: cfg!(feature = "metrics") || shared.keeps_status(),
             shared,
             hook,
         }
@@ -44,7 +47,7 @@ impl Publisher {
     /// status snapshot, a pool's does not (but its metrics, when on, count
     /// from every status).
     pub(crate) fn wants_status(&self) -> bool {
-        cfg!(feature = "metrics") || self.shared.keeps_status()
+        self.wants_status
     }
 
     pub(crate) fn status(&mut self, status: Status) {

@@ -298,6 +298,11 @@ fn key_ids_hash_apart_and_spread_over_the_high_bits() {
     assert_eq!(distinct.len(), hashes.len());
     let tags: HashSet<u64> = hashes.iter().map(|h| h >> 57).collect();
     assert_eq!(tags.len(), 128);
+    // The bits a table picks its bucket with are the id's: consecutive ids
+    // go to consecutive buckets, whatever the table's size.
+    for mask in [0xff, 0xfff, 0xffff] {
+        assert!(hashes.windows(2).all(|w| (w[1] & mask) == ((w[0] + 1) & mask)));
+    }
     // Keys of several parts depend on every part, and on their order.
     let pair = |a, b| build.hash_one((KeyId::new(a), KeyId::new(b)));
     assert_ne!(pair(1, 2), pair(2, 1));

@@ -242,6 +242,18 @@ struct Slot {
     leaving: Option<Removal>,
 }
 
+impl Slot {
+    /// When the key wants to be woken (milliseconds, schedule axis).
+    fn due(&self) -> Option<u64> {
+        self.refresher
+            .next_wake()
+            .map(millis)
+            .into_iter()
+            .chain(self.idle_check.get())
+            .min()
+    }
+}
+
 /// The most entries the list of touched keys keeps between turns.
 const TOUCHED_KEPT: usize = 64;
 
@@ -269,6 +281,12 @@ pub struct RefresherPool {
     /// Keys whose refresher was called since the driver last asked: their
     /// status may have changed.
     touched: Vec<KeyId>,
+    /// Keys whose deadline may differ from the one they are filed under:
+    /// filed once the pool is next asked when to wake. A key settles a few
+    /// times a turn (a new watcher: taken in, then its first token), and
+    /// each filing is a push onto a heap of every key, left behind as a
+    /// stale entry that a pop, a walk down that heap, later removes.
+    unfiled: Vec<KeyId>,
     peak_in_flight: usize,
 }
 
@@ -320,6 +338,7 @@ impl RefresherPool {
             events: VecDeque::new(),
             removed: VecDeque::new(),
             touched: Vec::new(),
+            unfiled: Vec::new(),
             peak_in_flight: 0,
         }
     }
@@ -436,6 +455,7 @@ impl RefresherPool {
     pub fn handle_timeout(&mut self, now: impl Into<Now>, mut was_used: impl FnMut(KeyId) -> bool) {
         let now = now.into();
         let at = millis(now.sched());
+        self.file_deadlines();
         while let Some(&Reverse((deadline, id))) = self.timers.peek() {
             if deadline > at {
                 break;
@@ -466,6 +486,8 @@ impl RefresherPool {
             }
             slot.refresher.handle_timeout(now);
             self.settle(id);
+            // A deadline that has come already is handled in this call.
+            self.file_deadlines();
         }
         self.release_queued();
         self.compact();
@@ -557,6 +579,7 @@ impl RefresherPool {
     #[must_use]
     pub fn poll_sleep(&mut self, now: impl Into<Now>) -> Option<Duration> {
         let at = millis(now.into().sched());
+        self.file_deadlines();
         while let Some(&Reverse((deadline, id))) = self.timers.peek() {
             if self
                 .slots
@@ -622,18 +645,27 @@ impl RefresherPool {
             });
             return;
         }
-        let due = slot
-            .refresher
-            .next_wake()
-            .map(millis)
-            .into_iter()
-            .chain(slot.idle_check.get())
-            .min();
-        if due != slot.filed.get() {
-            slot.filed = Ms::new(due);
-            if let Some(due) = due {
-                self.timers.push(Reverse((due, id)));
+        if slot.due() != slot.filed.get() {
+            self.unfiled.push(id);
+        }
+    }
+
+    /// Files the keys whose deadline changed under their deadline now.
+    fn file_deadlines(&mut self) {
+        for id in self.unfiled.drain(..) {
+            let Some(slot) = self.slots.get_mut(&id) else {
+                continue;
+            };
+            let due = slot.due();
+            if due != slot.filed.get() {
+                slot.filed = Ms::new(due);
+                if let Some(due) = due {
+                    self.timers.push(Reverse((due, id)));
+                }
             }
+        }
+        if self.unfiled.capacity() > TOUCHED_KEPT {
+            self.unfiled = Vec::new();
         }
     }
 

@@ -301,7 +301,11 @@ fn key_ids_hash_apart_and_spread_over_the_high_bits() {
     // The bits a table picks its bucket with are the id's: consecutive ids
     // go to consecutive buckets, whatever the table's size.
     for mask in [0xff, 0xfff, 0xffff] {
-        assert!(hashes.windows(2).all(|w| (w[1] & mask) == ((w[0] + 1) & mask)));
+        assert!(
+            hashes
+                .windows(2)
+                .all(|w| (w[1] & mask) == ((w[0] + 1) & mask))
+        );
     }
     // Keys of several parts depend on every part, and on their order.
     let pair = |a, b| build.hash_one((KeyId::new(a), KeyId::new(b)));
@@ -315,4 +319,39 @@ fn key_ids_hash_apart_and_spread_over_the_high_bits() {
     }
     assert!((0..1_000).all(|n| map.get(&KeyId::new(n)) == Some(&(n * 2))));
     assert_eq!(map.get(&KeyId::new(1_000)), None);
+}
+
+#[test]
+fn a_key_is_filed_under_its_last_deadline_of_a_turn_only() {
+    // A new key settles twice before the driver next asks when to wake:
+    // taken in (its fetch's deadline), then its token (the refresh). Only
+    // the second goes onto the timer heap; the first would be a stale
+    // entry that a walk down a heap of every key removes later.
+    let now = at(0);
+    let mut pool = RefresherPool::new(PoolConfig::default());
+    let key = KeyId::new(7);
+    pool.insert(now, key, refresher(7, Jitter::none(), now))
+        .unwrap();
+    let [(_, id)] = drain_fetches(&mut pool)[..] else {
+        panic!("one fetch");
+    };
+    pool.handle(
+        now,
+        key,
+        Input::Grant {
+            id,
+            result: Ok(grant(key, 1, HOUR)),
+        },
+    )
+    .unwrap();
+    assert!(
+        pool.timers.is_empty(),
+        "filed when asked, not at each settle"
+    );
+    let sleep = pool.poll_sleep(now).expect("a deadline");
+    assert_eq!(pool.timers.len(), 1);
+    // The refresh, not the fetch's deadline, and the key is refreshed then.
+    assert!(sleep > HOUR / 2, "{sleep:?}");
+    pool.handle_timeout(at(u64::try_from(sleep.as_millis()).unwrap()), |_| true);
+    assert_eq!(drain_fetches(&mut pool).len(), 1);
 }

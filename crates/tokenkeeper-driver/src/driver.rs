@@ -224,14 +224,15 @@ struct Leaving {
 /// How much earlier than asked a kept timer may fire: a turn that asks for
 /// a deadline this close after the kept timer's keeps it (and may wake
 /// this much early, to find nothing due and sleep the rest).
-const TIMER_SLACK: Duration = Duration::from_millis(5);
+const TIMER_SLACK_MS: u64 = 5;
 
 /// The driver's timer and when it fires. Most turns ask for the deadline
 /// the last one asked for (the wake interval, or the same refresh), a few
 /// microseconds later: keeping the timer spares the runtime a timer made,
 /// registered and cancelled per turn (a `spawn` runs a turn or two).
 struct Timer {
-    fires_at: Instant,
+    /// Milliseconds on the turn clock's monotonic axis (see `clock`).
+    fires_at: u64,
     sleep: BoxFuture<'static, ()>,
 }
 
@@ -575,6 +576,11 @@ impl<R: Runtime> Driver<R> {
     /// finished effect or change, the deadline; the fetches the driver polls
     /// itself make progress meanwhile (their answers come as finished effects).
     async fn wait(&mut self, sleep_for: Duration) -> Wake {
+        // The turn's clock: compared only with the kept timer's, to the
+        // millisecond, so one more reading of the clock would buy nothing.
+        let fires_at = u64::try_from(sleep_for.as_millis())
+            .ok()
+            .and_then(|ms| self.now().mono.as_millis().checked_add(ms));
         let Driver {
             requests,
             answers_rx,
@@ -607,17 +613,16 @@ impl<R: Runtime> Driver<R> {
         };
         // Made (unless the kept one will do) only once everything else is
         // pending; dropped once it has fired.
-        let fires_at = Instant::now().checked_add(sleep_for);
         let deadline = std::future::poll_fn(|cx| {
             let keep = matches!((&*timer, fires_at), (Some(kept), Some(at))
-                if kept.fires_at <= at && at - kept.fires_at <= TIMER_SLACK);
+                if kept.fires_at <= at && at - kept.fires_at <= TIMER_SLACK_MS);
             let sleep = match (keep, fires_at) {
                 (true, _) => timer.as_mut().map(|kept| &mut kept.sleep),
                 (false, Some(fires_at)) => {
                     let sleep = runtime.sleep(sleep_for);
                     Some(&mut timer.insert(Timer { fires_at, sleep }).sleep)
                 }
-                // Beyond what an `Instant` can hold: a timer not kept.
+                // Beyond what the clock can count: a timer not kept.
                 (false, None) => {
                     *timer = None;
                     None

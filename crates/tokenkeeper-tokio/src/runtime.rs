@@ -2,6 +2,7 @@
 //! tokio runtime, tokio sockets, TLS by tokio-rustls.
 
 use std::fmt;
+use std::hash::{Hash, Hasher};
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -17,6 +18,38 @@ use tokio::net::TcpStream;
 use tokio::runtime::Handle;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
+
+/// A runtime's number. tokio shows it only to print or to hash; every
+/// spawn asks for it, so the hash (of one `u64`) is read as written rather
+/// than the number printed and parsed. Should an `Id` ever hash otherwise,
+/// its printed form is parsed.
+fn runtime_number(id: tokio::runtime::Id) -> Option<u64> {
+    #[derive(Default)]
+    struct Written {
+        value: Option<u64>,
+        other: bool,
+    }
+    impl Hasher for Written {
+        fn write(&mut self, _: &[u8]) {
+            self.other = true;
+        }
+        fn write_u64(&mut self, n: u64) {
+            self.other |= self.value.replace(n).is_some();
+        }
+        fn finish(&self) -> u64 {
+            0
+        }
+    }
+    let mut written = Written::default();
+    id.hash(&mut written);
+    match written {
+        Written {
+            value: Some(n),
+            other: false,
+        } => Some(n),
+        _ => id.to_string().parse().ok(),
+    }
+}
 
 /// The tokio runtime a watcher runs on.
 ///
@@ -96,9 +129,8 @@ impl Runtime for TokioRuntime {
 
     fn driver_key(&self) -> Option<u64> {
         // One driver per runtime, and apart for watchers bound to it by a
-        // handle, whose fetches are not polled inline. tokio shows a
-        // runtime's id only as a number to print.
-        let id: u64 = self.handle.as_ref()?.id().to_string().parse().ok()?;
+        // handle, whose fetches are not polled inline.
+        let id = runtime_number(self.handle.as_ref()?.id())?;
         Some(id << 1 | u64::from(self.ambient))
     }
 
@@ -283,5 +315,25 @@ mod tests {
         let other = runtime();
         let named_elsewhere = TokioRuntime::from_handle(other.handle().clone());
         assert!(!rt.block_on(async { named_elsewhere.bind().unwrap().polls_fetches_inline() }));
+    }
+
+    /// A runtime's number is the one tokio prints, each runtime its own.
+    #[test]
+    fn a_runtimes_number_is_the_printed_one() {
+        let (one, two) = (runtime(), runtime());
+        for rt in [&one, &two] {
+            let id = rt.handle().id();
+            assert_eq!(runtime_number(id), id.to_string().parse().ok());
+        }
+        assert_ne!(
+            runtime_number(one.handle().id()),
+            runtime_number(two.handle().id())
+        );
+        // Watchers bound by a handle get a driver apart from the ambient's.
+        let ambient = one.block_on(async { TokioRuntime::default().bind().unwrap() });
+        let named = TokioRuntime::from_handle(one.handle().clone())
+            .bind()
+            .unwrap();
+        assert_ne!(ambient.driver_key(), named.driver_key());
     }
 }

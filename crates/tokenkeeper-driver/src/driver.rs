@@ -538,6 +538,14 @@ impl<R: Runtime> Driver<R> {
                     _ => break,
                 }
             }
+            // Fetches that answer at once (an in-memory source, a token
+            // another key's request brought) are taken in this turn: a
+            // `spawn` then has its token in one turn, and its key is filed
+            // under its refresh only, not under its fetch's deadline first.
+            if self.poll_fetches_once().await {
+                self.take_queued();
+                continue;
+            }
             // Measured on the monotonic clock: a wall clock that steps
             // cannot stretch or shrink it. One sleep for every key; none
             // while new keys wait (only what is ready already is taken in).
@@ -637,6 +645,22 @@ impl<R: Runtime> Driver<R> {
             }
         });
         fetching.or(command).or(answer).or(deadline).await
+    }
+
+    /// Polls the fetches the driver polls itself, once; whether any ended
+    /// (its answer is queued).
+    async fn poll_fetches_once(&mut self) -> bool {
+        let Some(running) = self.inline.as_mut() else {
+            return false;
+        };
+        std::future::poll_fn(|cx| {
+            let mut ended = false;
+            while let Poll::Ready(Some(())) = Pin::new(&mut *running).poll_next(cx) {
+                ended = true;
+            }
+            Poll::Ready(ended)
+        })
+        .await
     }
 
     /// Takes in the requests and answers already queued, up to a bound, so

@@ -44,6 +44,13 @@ impl<T> Items<T> {
             Items::Many(items) => items,
         }
     }
+
+    fn into_first(self) -> Option<T> {
+        match self {
+            Items::One(item) => Some(item),
+            Items::Many(items) => items.into_iter().next(),
+        }
+    }
 }
 
 impl<T> LazyVec<T> {
@@ -79,37 +86,31 @@ impl<T> LazyVec<T> {
     }
 
     fn take_at(&mut self, at: usize, take: fn(&mut Vec<T>, usize) -> T) -> T {
-        let items = self.0.as_deref_mut().expect("an item at a valid index");
-        let item = match items {
-            Items::Many(many) => take(many, at),
-            Items::One(_) => {
-                assert_eq!(at, 0, "an item at a valid index");
-                let Some(Items::One(item)) = self.0.take().map(|items| *items) else {
-                    unreachable!("matched as one item just above")
-                };
-                return item;
+        if let Some(Items::Many(many)) = self.0.as_deref_mut() {
+            let item = take(many, at);
+            if many.is_empty() {
+                self.0 = None;
             }
-        };
-        if self.is_empty() {
-            self.0 = None;
+            return item;
         }
-        item
+        // One item (or none): taken with its box.
+        assert_eq!(at, 0, "an item at a valid index");
+        self.0
+            .take()
+            .and_then(|items| items.into_first())
+            .expect("an item at a valid index")
     }
 
     /// The first item. A list of several keeps its buffer until it is
     /// found empty, so that a burst of pushes allocates once.
     pub(crate) fn pop_front(&mut self) -> Option<T> {
-        match self.0.as_deref_mut() {
-            Some(Items::Many(many)) if !many.is_empty() => Some(many.remove(0)),
-            Some(Items::One(_)) => match self.0.take().map(|items| *items) {
-                Some(Items::One(item)) => Some(item),
-                _ => None,
-            },
-            _ => {
-                self.0 = None;
-                None
-            }
+        if let Some(Items::Many(many)) = self.0.as_deref_mut()
+            && !many.is_empty()
+        {
+            return Some(many.remove(0));
         }
+        // One item, taken with its box; or none, and an empty buffer freed.
+        self.0.take().and_then(|items| items.into_first())
     }
 
     pub(crate) fn take_all(&mut self) -> Vec<T> {

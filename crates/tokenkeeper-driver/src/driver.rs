@@ -90,85 +90,7 @@ pub(crate) enum FetchWith {
 pub(crate) type RequestSender = futures_channel::mpsc::UnboundedSender<Request>;
 /// The driver's end of it.
 pub(crate) type RequestReceiver = futures_channel::mpsc::UnboundedReceiver<Request>;
-/// Where answers wait for the loop: one queue for everything that answers
-/// (fetches, cache layers, change feeds), and the loop's waker. A channel
-/// allocated a node a message (and the answer a box, to keep the node
-/// small); this queue's buffer is kept while small.
-struct Answers {
-    queue: std::sync::Mutex<VecDeque<Answer>>,
-    waker: futures_util::task::AtomicWaker,
-    /// The driver has gone: nobody will read what is sent.
-    closed: AtomicBool,
-}
-
-/// The most answers the queue keeps room for between turns.
-const ANSWERS_KEPT: usize = 16;
-
-impl Answers {
-    fn queue(&self) -> std::sync::MutexGuard<'_, VecDeque<Answer>> {
-        self.queue
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-}
-
-/// Sends answers to the loop.
-#[derive(Clone)]
-struct AnswerSender(Arc<Answers>);
-
-impl AnswerSender {
-    /// Queues `answer` and wakes the loop; `Err` (the answer dropped) once
-    /// the driver has gone.
-    fn send(&self, answer: Answer) -> Result<(), Closed> {
-        if self.0.closed.load(Ordering::Acquire) {
-            return Err(Closed);
-        }
-        self.0.queue().push_back(answer);
-        self.0.waker.wake();
-        Ok(())
-    }
-}
-
-/// The loop's end of the answers.
-struct AnswerReceiver(Arc<Answers>);
-
-impl AnswerReceiver {
-    fn try_recv(&self) -> Option<Answer> {
-        let mut queue = self.0.queue();
-        let answer = queue.pop_front();
-        if answer.is_none() && queue.capacity() > ANSWERS_KEPT {
-            *queue = VecDeque::new();
-        }
-        answer
-    }
-
-    fn poll_recv(&self, cx: &mut std::task::Context<'_>) -> Poll<Answer> {
-        if let Some(answer) = self.try_recv() {
-            return Poll::Ready(answer);
-        }
-        // Registered before looking again: an answer sent meanwhile wakes it.
-        self.0.waker.register(cx.waker());
-        self.try_recv().map_or(Poll::Pending, Poll::Ready)
-    }
-}
-
-impl Drop for AnswerReceiver {
-    fn drop(&mut self) {
-        self.0.closed.store(true, Ordering::Release);
-        // Dropped outside the lock.
-        let unread = std::mem::take(&mut *self.0.queue());
-        drop(unread);
-    }
-}
-
-fn answers() -> (AnswerSender, AnswerReceiver) {
-    let answers = Arc::new(Answers {
-        queue: std::sync::Mutex::new(VecDeque::new()),
-        waker: futures_util::task::AtomicWaker::new(),
-        closed: AtomicBool::new(false),
-    });
-    (AnswerSender(Arc::clone(&answers)), AnswerReceiver(answers))
-}
+type AnswerSender = futures_channel::mpsc::UnboundedSender<Answer>;
 
 /// A new queue of requests.
 pub(crate) fn requests() -> (RequestSender, RequestReceiver) {
@@ -177,8 +99,10 @@ pub(crate) fn requests() -> (RequestSender, RequestReceiver) {
 
 /// Something that happened outside the loop, on its way back to it.
 enum Answer {
-    /// An answer for a key's refresher.
-    Input(KeyId, Input),
+    /// An answer for a key's refresher. Boxed: the queue keeps its last
+    /// node for good, and a node sized for an `Input` (about 200 bytes)
+    /// would be kept by every watcher's driver.
+    Input(KeyId, Box<Input>),
     /// A cache layer of a key announced a change.
     Changed(KeyId, usize),
 }
@@ -217,7 +141,7 @@ impl Reply {
 
     fn send(mut self, input: Input) {
         if let Some(answers) = self.answers.take() {
-            let _ = answers.send(Answer::Input(self.key, input));
+            let _ = answers.unbounded_send(Answer::Input(self.key, Box::new(input)));
         }
     }
 }
@@ -225,7 +149,7 @@ impl Reply {
 impl Drop for Reply {
     fn drop(&mut self) {
         if let (Some(answers), Some(input)) = (self.answers.take(), self.otherwise.take()) {
-            let _ = answers.send(Answer::Input(self.key, input));
+            let _ = answers.unbounded_send(Answer::Input(self.key, Box::new(input)));
         }
     }
 }
@@ -345,7 +269,7 @@ pub(crate) struct Inbox {
     keys: std::sync::Mutex<Option<VecDeque<KeyParts>>>,
 }
 
-/// The driver has gone, or no longer takes keys.
+/// The driver no longer takes keys.
 pub(crate) struct Closed;
 
 impl Inbox {
@@ -470,7 +394,7 @@ pub(crate) struct Driver<R: Runtime> {
     /// the driver `Sync`).
     subscriptions: std::sync::Mutex<Vec<(KeyId, Box<dyn Send>)>>,
     answers_tx: AnswerSender,
-    answers_rx: AnswerReceiver,
+    answers_rx: futures_channel::mpsc::UnboundedReceiver<Answer>,
     requests: Option<RequestReceiver>,
     inbox: Option<Arc<Inbox>>,
     /// The inbox holds keys the driver has not taken yet.
@@ -505,7 +429,7 @@ pub(crate) struct Driver<R: Runtime> {
 
 impl<R: Runtime> Driver<R> {
     pub(crate) fn new(parts: DriverParts<R>) -> Self {
-        let (answers_tx, answers_rx) = answers();
+        let (answers_tx, answers_rx) = futures_channel::mpsc::unbounded();
         let span = if parts.ends_when_empty {
             // Watchers, which share their runtime's driver: each key's
             // spans name its watcher.
@@ -688,8 +612,13 @@ impl<R: Runtime> Driver<R> {
                 None => std::future::pending().await,
             }
         };
-        let answer =
-            async { Wake::Answer(std::future::poll_fn(|cx| answers_rx.poll_recv(cx)).await) };
+        let answer = async {
+            match answers_rx.next().await {
+                Some(answer) => Wake::Answer(answer),
+                // The loop holds a sender: never closed.
+                None => std::future::pending().await,
+            }
+        };
         // Made (unless the kept one will do) only once everything else is
         // pending; dropped once it has fired.
         let deadline = std::future::poll_fn(|cx| {
@@ -747,15 +676,15 @@ impl<R: Runtime> Driver<R> {
         }
         for _ in 0..BATCH {
             match self.answers_rx.try_recv() {
-                Some(answer) => self.answer(answer),
-                None => break,
+                Ok(answer) => self.answer(answer),
+                Err(_) => break,
             }
         }
     }
 
     fn answer(&mut self, answer: Answer) {
         match answer {
-            Answer::Input(key, input) => self.feed(key, input),
+            Answer::Input(key, input) => self.feed(key, *input),
             Answer::Changed(key, layer) => {
                 trace!(%key, layer, "a cache layer announced a change");
                 self.feed(key, Input::CacheChanged { layer });
@@ -1030,7 +959,7 @@ impl<R: Runtime> Driver<R> {
                         "cache change feed",
                         async move {
                             while feed.next().await.is_some() {
-                                if answers.send(Answer::Changed(key, index)).is_err() {
+                                if answers.unbounded_send(Answer::Changed(key, index)).is_err() {
                                     break;
                                 }
                             }
@@ -1043,7 +972,7 @@ impl<R: Runtime> Driver<R> {
                 AnyLayer::Blocking(layer) => {
                     let answers = self.answers_tx.clone();
                     let notify = Box::new(move || {
-                        let _ = answers.send(Answer::Changed(key, index));
+                        let _ = answers.unbounded_send(Answer::Changed(key, index));
                     });
                     let subscribed =
                         std::panic::catch_unwind(AssertUnwindSafe(|| layer.subscribe(notify)))
@@ -1476,7 +1405,7 @@ async fn serve_layer<R: Runtime>(
                 continue;
             }
         };
-        let _ = answers.send(Answer::Input(key, input));
+        let _ = answers.unbounded_send(Answer::Input(key, Box::new(input)));
     }
     // A lease granted while the watcher was stopping is never known to the
     // refresher; give it back here.

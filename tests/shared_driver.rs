@@ -26,6 +26,9 @@ use tokenkeeper_driver::{
 struct Counting<R> {
     inner: R,
     spawned: Arc<AtomicUsize>,
+    /// Timers of ten minutes or more made: the driver's, waiting for a
+    /// refresh (a first token's wait and a fetch's deadline are shorter).
+    long_sleeps: Arc<AtomicUsize>,
     inline: Option<bool>,
     lag: Option<Duration>,
     eager: bool,
@@ -60,6 +63,7 @@ impl<R: Runtime> Runtime for Counting<R> {
         Some(Counting {
             inner: self.inner.bind()?,
             spawned: Arc::clone(&self.spawned),
+            long_sleeps: Arc::clone(&self.long_sleeps),
             inline: self.inline,
             lag: self.lag,
             eager: self.eager,
@@ -89,6 +93,9 @@ impl<R: Runtime> Runtime for Counting<R> {
     }
 
     fn sleep(&self, duration: Duration) -> BoxFuture<'static, ()> {
+        if duration >= Duration::from_secs(600) {
+            self.long_sleeps.fetch_add(1, Ordering::SeqCst);
+        }
         self.inner.sleep(duration)
     }
 
@@ -135,6 +142,7 @@ fn watchers_share_one_driver_and_stop_alone<F: Flavor>() {
     let runtime = Counting {
         inner: F::runtime(),
         spawned: Arc::clone(&spawned),
+        long_sleeps: Arc::default(),
         inline: None,
         lag: None,
         eager: false,
@@ -285,6 +293,7 @@ fn threads_a_spawn_that_drove_the_driver_hands_it_back() {
     let runtime = Counting {
         inner: tokenkeeper_blocking::ThreadRuntime,
         spawned: Arc::default(),
+        long_sleeps: Arc::default(),
         // Fetches polled by whoever polls the driver: the caller, here.
         inline: Some(true),
         // The driver's own thread is always second to poll it.
@@ -446,6 +455,7 @@ fn the_status_is_published_before_the_request_goes_out<F: Flavor>() {
     let runtime = Counting {
         inner: F::runtime(),
         spawned: Arc::default(),
+        long_sleeps: Arc::default(),
         // Fetches in tasks of their own, run at once by `spawn`.
         inline: Some(false),
         lag: None,
@@ -506,7 +516,55 @@ fn the_status_is_published_before_the_request_goes_out<F: Flavor>() {
     F::block_on(watcher.shutdown());
 }
 
+/// Turns of the driver that ask for the deadline the last one asked for
+/// keep its timer: watchers joining a driver whose earliest refresh stays
+/// the first watcher's make no timer each (the runtime's timers are
+/// registered, cancelled and made again otherwise, a few a spawn).
+fn turns_that_ask_for_the_same_deadline_keep_the_timer<F: Flavor>() {
+    let long_sleeps = Arc::new(AtomicUsize::new(0));
+    let runtime = Counting {
+        inner: F::runtime(),
+        spawned: Arc::default(),
+        long_sleeps: Arc::clone(&long_sleeps),
+        // Fetches answered in the turn that started them, on every driver.
+        inline: Some(true),
+        lag: None,
+        eager: false,
+    };
+    // A wake interval of its own keeps it off the other tests' drivers, and
+    // longer than the refreshes, so that the deadline is the refresh.
+    let spawn = |n: usize, lifetime: Duration| {
+        let builder =
+            TokenWatcherBuilder::new(runtime.clone(), numbered(n, lifetime, Arc::default()))
+                .lifetime_policy(stale_at_half_life())
+                .jitter(Jitter::none())
+                .wake_interval(Duration::from_secs(5 * 3600 + 17));
+        F::block_on(builder.spawn()).unwrap_or_else(|e| panic!("{}: spawn failed: {e:?}", F::NAME))
+    };
+    // Refreshed in an hour: the driver's deadline from now on.
+    let first = spawn(0, Duration::from_secs(2 * 3600));
+    let after_first = long_sleeps.load(Ordering::SeqCst);
+    assert!(
+        after_first >= 1,
+        "{}: the driver waits for the refresh",
+        F::NAME
+    );
+    // Refreshed in two hours: the earliest deadline stays the first's.
+    let later: Vec<_> = (1..=20)
+        .map(|n| spawn(n, Duration::from_secs(4 * 3600)))
+        .collect();
+    let made = long_sleeps.load(Ordering::SeqCst) - after_first;
+    assert!(
+        made <= 1,
+        "{}: {made} timers made for 20 watchers whose refresh comes later",
+        F::NAME
+    );
+    drop(later);
+    drop(first);
+}
+
 per_driver!(
+    turns_that_ask_for_the_same_deadline_keep_the_timer,
     the_status_is_published_before_the_request_goes_out,
     watchers_share_one_driver_and_stop_alone,
     a_stopped_watchers_request_in_flight_is_dropped,

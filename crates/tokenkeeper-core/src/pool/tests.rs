@@ -31,6 +31,12 @@ fn grant(key: KeyId, serial: u64, lifetime: Duration) -> TokenGrant {
     )
 }
 
+/// Answers `key`'s fetch `id` with its first token, lasting an hour.
+fn grant_first(pool: &mut RefresherPool, now: Now, key: KeyId, id: EffectId) {
+    let result = Ok(grant(key, 1, HOUR));
+    pool.handle(now, key, Input::Grant { id, result }).unwrap();
+}
+
 /// Fetches handed out, in order.
 fn drain_fetches(pool: &mut RefresherPool) -> Vec<(KeyId, EffectId)> {
     let mut fetches = Vec::new();
@@ -110,15 +116,7 @@ fn a_queued_fetch_given_up_on_is_never_sent() {
     // The hung fetch ends (late): its room is free, and the given-up fetch
     // is dropped rather than sent.
     let (key, id) = first[0];
-    pool.handle(
-        later,
-        key,
-        Input::Grant {
-            id,
-            result: Ok(grant(key, 1, HOUR)),
-        },
-    )
-    .unwrap();
+    grant_first(&mut pool, later, key, id);
     assert_eq!(pool.in_flight(), 0);
     assert_eq!(pool.queued(), 0);
     assert!(drain_fetches(&mut pool).is_empty());
@@ -144,15 +142,7 @@ fn an_answer_for_a_removed_key_frees_its_room() {
     assert!(removed.status.shut_down);
     assert!(!pool.contains(key));
     assert!(drain_fetches(&mut pool).is_empty());
-    pool.handle(
-        now,
-        key,
-        Input::Grant {
-            id,
-            result: Ok(grant(key, 1, HOUR)),
-        },
-    )
-    .unwrap();
+    grant_first(&mut pool, now, key, id);
     assert_eq!(
         drain_fetches(&mut pool).len(),
         1,
@@ -335,15 +325,7 @@ fn a_key_is_filed_under_its_last_deadline_of_a_turn_only() {
     let [(_, id)] = drain_fetches(&mut pool)[..] else {
         panic!("one fetch");
     };
-    pool.handle(
-        now,
-        key,
-        Input::Grant {
-            id,
-            result: Ok(grant(key, 1, HOUR)),
-        },
-    )
-    .unwrap();
+    grant_first(&mut pool, now, key, id);
     assert!(
         pool.timers.is_empty(),
         "filed when asked, not at each settle"

@@ -254,8 +254,9 @@ impl Slot {
     }
 }
 
-/// The most entries the list of touched keys keeps between turns.
-const TOUCHED_KEPT: usize = 64;
+/// The most entries a list of keys (touched, or waiting to be filed under
+/// their deadline) keeps between turns.
+const KEY_LIST_KEPT: usize = 64;
 
 /// The most entries a queue of effects or events, or the set of fetches in
 /// flight, keeps between turns: the first allocation each, so that a turn
@@ -566,7 +567,7 @@ impl RefresherPool {
         let key = self.touched.pop();
         // One list per pool: a small one is kept for the next turn (drivers
         // drain it every turn); one a burst grew is given back.
-        if key.is_none() && self.touched.capacity() > TOUCHED_KEPT {
+        if key.is_none() && self.touched.capacity() > KEY_LIST_KEPT {
             self.touched = Vec::new();
         }
         key
@@ -664,7 +665,7 @@ impl RefresherPool {
                 }
             }
         }
-        if self.unfiled.capacity() > TOUCHED_KEPT {
+        if self.unfiled.capacity() > KEY_LIST_KEPT {
             self.unfiled = Vec::new();
         }
     }

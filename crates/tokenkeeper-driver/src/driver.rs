@@ -600,10 +600,7 @@ impl<R: Runtime> Driver<R> {
         // Drives the fetches the driver polls itself; they answer through
         // the answers channel, so this never completes.
         let fetching = std::future::poll_fn(|cx| {
-            if let Some(running) = inline.as_mut() {
-                // Until all have ended (`None`) or none is ready.
-                while let Poll::Ready(Some(())) = Pin::new(&mut *running).poll_next(cx) {}
-            }
+            poll_inline(inline, cx);
             Poll::Pending
         });
         let command = async {
@@ -650,17 +647,10 @@ impl<R: Runtime> Driver<R> {
     /// Polls the fetches the driver polls itself, once; whether any ended
     /// (its answer is queued).
     async fn poll_fetches_once(&mut self) -> bool {
-        let Some(running) = self.inline.as_mut() else {
+        if self.inline.is_none() {
             return false;
-        };
-        std::future::poll_fn(|cx| {
-            let mut ended = false;
-            while let Poll::Ready(Some(())) = Pin::new(&mut *running).poll_next(cx) {
-                ended = true;
-            }
-            Poll::Ready(ended)
-        })
-        .await
+        }
+        std::future::poll_fn(|cx| Poll::Ready(poll_inline(&mut self.inline, cx))).await
     }
 
     /// Takes in the requests and answers already queued, up to a bound, so
@@ -1021,15 +1011,18 @@ impl<R: Runtime> Driver<R> {
         // The clock is read for the first key that needs it: most calls
         // find no key touched (the drain calls this every turn of its loop).
         while let Some(key) = self.pool.poll_touched() {
-            let Some(state) = self.keys.get_mut(&key) else {
-                continue;
-            };
             // A pool's keys keep no snapshot: no status is worked out for them.
-            if !state.publisher.wants_status() {
+            if !self
+                .keys
+                .get(&key)
+                .is_some_and(|state| state.publisher.wants_status())
+            {
                 continue;
             }
-            let at = *self.clock.get_or_insert_with(now);
-            if let Some(status) = self.pool.status(key, at) {
+            let at = self.now();
+            if let (Some(status), Some(state)) =
+                (self.pool.status(key, at), self.keys.get_mut(&key))
+            {
                 state.publisher.status(status);
             }
         }
@@ -1310,6 +1303,22 @@ impl<R: Runtime> Driver<R> {
             .instrument(span),
         );
     }
+}
+
+/// Polls the fetches a driver polls itself until none is ready or all have
+/// ended; whether any ended (its answer is queued).
+fn poll_inline(
+    inline: &mut Option<FuturesUnordered<KeyedFetch>>,
+    cx: &mut std::task::Context<'_>,
+) -> bool {
+    let Some(running) = inline.as_mut() else {
+        return false;
+    };
+    let mut ended = false;
+    while let Poll::Ready(Some(())) = Pin::new(&mut *running).poll_next(cx) {
+        ended = true;
+    }
+    ended
 }
 
 /// Calls a custom source; `None` when it panicked.

@@ -674,9 +674,7 @@ pub(crate) fn prepare_key(
         config = config.layer(layer.layer());
     }
     let request_timeout = settings.request_timeout;
-    config = config
-        .fetch_timeout(fetch_deadline(request_timeout))
-        .share_tuning_with(default_tuning());
+    config = config.fetch_timeout_shared_with(fetch_deadline(request_timeout), default_tuning());
     let fetch = match &source.0 {
         SourceKind::OAuth2(client) => FetchWith::Http {
             exchange: exchange()?,

@@ -127,15 +127,24 @@ enum Wake {
 struct Reply {
     answers: Option<AnswerSender>,
     key: KeyId,
-    otherwise: Option<Input>,
+    id: EffectId,
+    /// The answer when the work never gave one: made only then, since its
+    /// message is an allocation every fetch would otherwise pay for.
+    otherwise: fn(EffectId) -> Input,
 }
 
 impl Reply {
-    fn new(answers: &AnswerSender, key: KeyId, otherwise: Input) -> Self {
+    fn new(
+        answers: &AnswerSender,
+        key: KeyId,
+        id: EffectId,
+        otherwise: fn(EffectId) -> Input,
+    ) -> Self {
         Reply {
             answers: Some(answers.clone()),
             key,
-            otherwise: Some(otherwise),
+            id,
+            otherwise,
         }
     }
 
@@ -148,7 +157,8 @@ impl Reply {
 
 impl Drop for Reply {
     fn drop(&mut self) {
-        if let (Some(answers), Some(input)) = (self.answers.take(), self.otherwise.take()) {
+        if let Some(answers) = self.answers.take() {
+            let input = (self.otherwise)(self.id);
             let _ = answers.unbounded_send(Answer::Input(self.key, Box::new(input)));
         }
     }
@@ -1083,16 +1093,12 @@ impl<R: Runtime> Driver<R> {
     }
 
     fn send_request(&mut self, key: KeyId, id: EffectId, request: TokenRequest, max_body: usize) {
-        let reply = Reply::new(
-            &self.answers_tx,
-            key,
-            Input::FetchFailed {
-                id,
-                error: FetchError::Transport {
-                    message: "the request was abandoned".into(),
-                },
+        let reply = Reply::new(&self.answers_tx, key, id, |id| Input::FetchFailed {
+            id,
+            error: FetchError::Transport {
+                message: "the request was abandoned".into(),
             },
-        );
+        });
         let Some(FetchWith::Http {
             exchange,
             dpop,
@@ -1242,17 +1248,13 @@ impl<R: Runtime> Driver<R> {
     }
 
     fn fetch_from_source(&mut self, key: KeyId, id: EffectId, refresh_token: Option<RefreshToken>) {
-        let reply = Reply::new(
-            &self.answers_tx,
-            key,
-            Input::Grant {
-                id,
-                result: Err(FetchError::Source {
-                    message: "the token source panicked or was cancelled".into(),
-                    class: ErrorClass::Transient,
-                }),
-            },
-        );
+        let reply = Reply::new(&self.answers_tx, key, id, |id| Input::Grant {
+            id,
+            result: Err(FetchError::Source {
+                message: "the token source panicked or was cancelled".into(),
+                class: ErrorClass::Transient,
+            }),
+        });
         let Some(FetchWith::Source {
             source,
             timeout: limit,

@@ -75,8 +75,21 @@ impl Commands {
 ///
 /// Not padded to a cache line of its own: the rest of [`Shared`] is written
 /// rarely (a status snapshot per refresh), and a pool holds one per key.
+///
+/// With it, the flag a read sets: in declared order and 16 bytes in all, so
+/// that a read of a key not in the CPU's caches misses one line of
+/// [`Shared`], not two (laid out freely, the flag landed 90 bytes from the
+/// pointer). The handle count and the stopped flag fill the rest.
+#[repr(C)]
 struct Slot {
     current: ArcSwap<TokenRecord>,
+    /// Read since the driver last asked (a pool evicts keys nobody reads).
+    used: AtomicBool,
+    stopped: AtomicBool,
+    /// A watcher's handles: the last one dropped stops the key (a pool's
+    /// keys have none). 32 bits, packed with the flags: four billion live
+    /// handles would take a hundred gigabytes first.
+    handles: AtomicU32,
 }
 
 /// The "no token" placeholder.
@@ -95,6 +108,9 @@ impl Slot {
     fn empty() -> Self {
         Slot {
             current: ArcSwap::new(Arc::clone(placeholder())),
+            used: AtomicBool::new(true),
+            stopped: AtomicBool::new(false),
+            handles: AtomicU32::new(0),
         }
     }
 }
@@ -208,15 +224,13 @@ pub(crate) enum First {
 }
 
 /// State shared by the handles and the driver.
+///
+/// In declared order, the slot first: 16 bytes at a 16-byte boundary of
+/// its allocation, so that they never straddle two cache lines.
+#[repr(C)]
 pub(crate) struct Shared {
+    /// The token, and the flags and count that share its cache line.
     slot: Slot,
-    /// Read since the driver last asked (a pool evicts keys nobody reads).
-    used: AtomicBool,
-    /// A watcher's handles: the last one dropped stops the key (a pool's
-    /// keys have none). 32 bits, packed with the flags: four billion live
-    /// handles would take a hundred gigabytes first.
-    handles: AtomicU32,
-    stopped: AtomicBool,
     changes: Mutex<ChangeState>,
     changed: Event,
     /// The key's number in its driver.
@@ -248,9 +262,6 @@ impl Shared {
                 ..ChangeState::default()
             }),
             changed: Event::new(),
-            stopped: AtomicBool::new(false),
-            used: AtomicBool::new(true),
-            handles: AtomicU32::new(0),
             id,
             key,
             name: name.into(),
@@ -313,7 +324,7 @@ impl Shared {
     }
 
     pub(crate) fn is_stopped(&self) -> bool {
-        self.stopped.load(Ordering::Acquire)
+        self.slot.stopped.load(Ordering::Acquire)
     }
 
     pub(crate) fn key(&self) -> &CacheKey {
@@ -333,24 +344,24 @@ impl Shared {
     /// after each check, so that readers do not fight over the line.
     #[inline]
     pub(crate) fn mark_used(&self) {
-        if !self.used.load(Ordering::Relaxed) {
-            self.used.store(true, Ordering::Relaxed);
+        if !self.slot.used.load(Ordering::Relaxed) {
+            self.slot.used.store(true, Ordering::Relaxed);
         }
     }
 
     /// One more handle of a watcher.
     pub(crate) fn hold(&self) {
-        self.handles.fetch_add(1, Ordering::Relaxed);
+        self.slot.handles.fetch_add(1, Ordering::Relaxed);
     }
 
     /// One handle fewer; whether it was the last.
     pub(crate) fn release(&self) -> bool {
-        self.handles.fetch_sub(1, Ordering::AcqRel) == 1
+        self.slot.handles.fetch_sub(1, Ordering::AcqRel) == 1
     }
 
     /// Whether it was read since the last call.
     pub(crate) fn take_used(&self) -> bool {
-        self.used.swap(false, Ordering::Relaxed)
+        self.slot.used.swap(false, Ordering::Relaxed)
     }
 
     pub(crate) fn version(&self) -> u64 {
@@ -476,7 +487,7 @@ impl Shared {
         if let Some(kept) = &mut self.change_state().status {
             kept.shut_down = true;
         }
-        self.stopped.store(true, Ordering::Release);
+        self.slot.stopped.store(true, Ordering::Release);
         {
             let mut state = self.change_state();
             state.closed = true;
@@ -549,6 +560,16 @@ mod tests {
         );
         assert!(size_of::<Snapshot>() <= 56, "{}", size_of::<Snapshot>());
         assert_eq!(size_of::<Option<Timestamp>>(), 8);
+    }
+
+    #[test]
+    fn what_a_read_touches_lies_in_one_cache_line() {
+        // 16 bytes at the start of a 16-byte aligned allocation (an `Arc`'s
+        // counts are 16 bytes): never split across two 64-byte lines.
+        assert_eq!(std::mem::offset_of!(Shared, slot), 0);
+        assert_eq!(std::mem::size_of::<Slot>(), 16);
+        assert!(std::mem::offset_of!(Slot, used) < 16);
+        assert!(std::mem::align_of::<Shared>() <= 16);
     }
 
     fn shared() -> Arc<Shared> {

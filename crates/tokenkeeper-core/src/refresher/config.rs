@@ -108,6 +108,25 @@ pub(crate) struct Tuning {
     pub(crate) shutdown_grace: Duration,
 }
 
+impl Tuning {
+    /// The default tuning, one copy for every configuration made (a driver
+    /// makes one per key, and most keep the defaults).
+    fn default_shared() -> std::sync::Arc<Tuning> {
+        static DEFAULT: std::sync::OnceLock<std::sync::Arc<Tuning>> = std::sync::OnceLock::new();
+        std::sync::Arc::clone(DEFAULT.get_or_init(|| {
+            std::sync::Arc::new(Tuning {
+                policy: LifetimePolicy::default(),
+                jitter: Jitter::default(),
+                backoff: BackoffPolicy::default(),
+                refresh_now_min_interval: Duration::from_secs(10),
+                cache_timeout: Duration::from_secs(10),
+                fetch_timeout: Duration::from_secs(60),
+                shutdown_grace: Duration::from_secs(5),
+            })
+        }))
+    }
+}
+
 /// The shortest effect timeout: a deadline always lies after the instant the
 /// effect was asked for.
 const MIN_TIMEOUT: Duration = Duration::from_millis(1);
@@ -176,15 +195,7 @@ impl RefresherConfig {
             key,
             layers: Vec::new(),
             initial_refresh_token: None,
-            tuning: std::sync::Arc::new(Tuning {
-                policy: LifetimePolicy::default(),
-                jitter: Jitter::default(),
-                backoff: BackoffPolicy::default(),
-                refresh_now_min_interval: Duration::from_secs(10),
-                cache_timeout: Duration::from_secs(10),
-                fetch_timeout: Duration::from_secs(60),
-                shutdown_grace: Duration::from_secs(5),
-            }),
+            tuning: Tuning::default_shared(),
         }
     }
 
@@ -246,6 +257,16 @@ impl RefresherConfig {
         self.tune(|t| t.fetch_timeout = timeout.max(MIN_TIMEOUT))
     }
 
+    /// [`fetch_timeout`](Self::fetch_timeout), then
+    /// [`share_tuning_with`](Self::share_tuning_with) `template`, with no
+    /// copy of the tuning made in between: what a driver does for each key
+    /// it builds.
+    pub fn fetch_timeout_shared_with(self, timeout: Duration, template: &RefresherConfig) -> Self {
+        self.tune_like(Some(template), |t| {
+            t.fetch_timeout = timeout.max(MIN_TIMEOUT)
+        })
+    }
+
     /// How long [`Refresher::shutdown`](super::Refresher::shutdown) waits for
     /// an outstanding fetch that spends a refresh token, and for the writes of
     /// the rotated token it brings, before stopping anyway (default 5 s; zero
@@ -289,11 +310,29 @@ impl RefresherConfig {
     }
 
     /// Changes the tuning; a change that changes nothing keeps it shared.
-    fn tune(mut self, change: impl FnOnce(&mut Tuning)) -> Self {
+    fn tune(self, change: impl FnOnce(&mut Tuning)) -> Self {
+        self.tune_like(None, change)
+    }
+
+    /// Changes the tuning, then shares `template`'s if they are the same.
+    /// Worked out on a copy on the stack: a new tuning is allocated only
+    /// when it is one (or changed in place when not shared).
+    fn tune_like(
+        mut self,
+        template: Option<&RefresherConfig>,
+        change: impl FnOnce(&mut Tuning),
+    ) -> Self {
         let mut tuning = (*self.tuning).clone();
         change(&mut tuning);
-        if tuning != *self.tuning {
-            self.tuning = std::sync::Arc::new(tuning);
+        match template {
+            Some(template) if tuning == *template.tuning => {
+                self.tuning = std::sync::Arc::clone(&template.tuning);
+            }
+            _ if tuning == *self.tuning => {}
+            _ => match std::sync::Arc::get_mut(&mut self.tuning) {
+                Some(own) => *own = tuning,
+                None => self.tuning = std::sync::Arc::new(tuning),
+            },
         }
         self
     }
@@ -342,5 +381,27 @@ mod tests {
             .share_tuning_with(&template);
         assert!(!std::sync::Arc::ptr_eq(&other.tuning, &template.tuning));
         assert_eq!(other.get_fetch_timeout(), Duration::from_secs(36));
+    }
+
+    #[test]
+    fn a_fetch_timeout_shared_with_a_template_takes_its_tuning_or_keeps_its_own() {
+        // Fresh configurations share the default tuning until changed.
+        let fresh = RefresherConfig::custom(CacheKey::custom("a", &[]));
+        let also_fresh = RefresherConfig::custom(CacheKey::custom("b", &[]));
+        assert!(std::sync::Arc::ptr_eq(&fresh.tuning, &also_fresh.tuning));
+        let template = RefresherConfig::custom(CacheKey::custom("template", &[]))
+            .fetch_timeout(Duration::from_secs(35));
+        assert!(!std::sync::Arc::ptr_eq(&template.tuning, &fresh.tuning));
+        let alike = fresh.fetch_timeout_shared_with(Duration::from_secs(35), &template);
+        assert!(std::sync::Arc::ptr_eq(&alike.tuning, &template.tuning));
+        let other = also_fresh
+            .jitter(Jitter::none())
+            .fetch_timeout_shared_with(Duration::from_secs(35), &template);
+        assert!(!std::sync::Arc::ptr_eq(&other.tuning, &template.tuning));
+        assert_eq!(other.get_fetch_timeout(), Duration::from_secs(35));
+        assert_eq!(other.tuning.jitter, Jitter::none());
+        // The default itself is never changed by a change to a copy.
+        let untouched = RefresherConfig::custom(CacheKey::custom("c", &[]));
+        assert_eq!(untouched.get_fetch_timeout(), Duration::from_secs(60));
     }
 }

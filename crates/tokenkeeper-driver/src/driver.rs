@@ -53,10 +53,10 @@ const GRACE: Duration = Duration::from_secs(5);
 /// loop.
 pub(crate) const BATCH: usize = 256;
 
-/// The most events the driver's buffer keeps between turns: a turn that
-/// publishes a watcher's first token allocates none, and one a burst grew
-/// is given back.
-const EVENTS_KEPT: usize = 16;
+/// The most entries a buffer of the driver's (events to publish, fetches
+/// not polled yet) keeps between turns: a turn that gives a watcher its
+/// first token allocates neither, and what a burst grew is given back.
+const BUFFER_KEPT: usize = 16;
 
 /// How the refresher's fetches are carried out.
 // One per key, inside its `KeyState`, whose size a unit test pins: the
@@ -421,6 +421,10 @@ pub(crate) struct Driver<R: Runtime> {
     /// made for the first and kept (a node of its own, once per driver,
     /// rather than made again for each watcher's first fetch).
     inline: Option<FuturesUnordered<KeyedFetch>>,
+    /// Fetches started this turn, not polled yet (a buffer kept between
+    /// turns): first polled once the turn's drain is done, so that a key
+    /// that left in the same turn never makes its request.
+    fresh: Vec<KeyedFetch>,
     /// The deadline's timer, kept between turns (see [`Timer`]).
     timer: Option<Timer>,
     /// The time of this turn: read when first needed after the driver last
@@ -467,6 +471,7 @@ impl<R: Runtime> Driver<R> {
             events: Vec::new(),
             fetches: Vec::new(),
             inline: None,
+            fresh: Vec::new(),
             timer: None,
             clock: None,
             wake_interval: parts.wake_interval,
@@ -656,11 +661,32 @@ impl<R: Runtime> Driver<R> {
 
     /// Polls the fetches the driver polls itself, once; whether any ended
     /// (its answer is queued).
+    ///
+    /// A fetch started this turn is polled first on its own, with no waker:
+    /// one that ends at once (an in-memory source) then never takes a place
+    /// in the queue. One that waits is queued, and the queue polls it again,
+    /// with its waker, straight after.
     async fn poll_fetches_once(&mut self) -> bool {
-        if self.inline.is_none() {
-            return false;
+        let mut ended = false;
+        if !self.fresh.is_empty() {
+            let mut at_once = std::task::Context::from_waker(std::task::Waker::noop());
+            for mut fetch in self.fresh.drain(..) {
+                if fetch.future.as_mut().poll(&mut at_once).is_ready() {
+                    ended = true;
+                } else {
+                    self.inline
+                        .get_or_insert_with(FuturesUnordered::new)
+                        .push(fetch);
+                }
+            }
+            if self.fresh.capacity() > BUFFER_KEPT {
+                self.fresh = Vec::new();
+            }
         }
-        std::future::poll_fn(|cx| Poll::Ready(poll_inline(&mut self.inline, cx))).await
+        if self.inline.is_none() {
+            return ended;
+        }
+        std::future::poll_fn(|cx| Poll::Ready(poll_inline(&mut self.inline, cx))).await || ended
     }
 
     /// Takes in the requests and answers already queued, up to a bound, so
@@ -737,7 +763,7 @@ impl<R: Runtime> Driver<R> {
                 span.in_scope(|| state.publisher.event(event));
             }
         }
-        if events.capacity() <= EVENTS_KEPT {
+        if events.capacity() <= BUFFER_KEPT {
             self.events = events;
         }
         for (key, why) in removed {
@@ -885,6 +911,7 @@ impl<R: Runtime> Driver<R> {
         }
         // Nothing still running is needed any more: every refresher has finished.
         self.inline = None;
+        self.fresh.clear();
         for task in self.fetches.iter().map(|(_, task)| task).chain(&self.feeds) {
             task.abort();
         }
@@ -1163,7 +1190,7 @@ impl<R: Runtime> Driver<R> {
                     Ok(request) => request,
                     Err(error) => return reply.send(Input::FetchFailed { id, error }),
                 };
-                let started = Instant::now();
+                let started = LogTimer::start();
                 let mut result = exchange.send(request, max_body).await;
                 if let (Some(bare), Ok(answer)) = (again, &result)
                     && crate::token_exchange::is_invalid_grant(answer.status, &answer.body)
@@ -1178,7 +1205,7 @@ impl<R: Runtime> Driver<R> {
                         };
                     }
                 }
-                let elapsed_ms = started.elapsed().as_millis() as u64;
+                let elapsed_ms = started.elapsed_ms();
                 let input = match result {
                     Ok(answer) => {
                         debug!(
@@ -1211,8 +1238,7 @@ impl<R: Runtime> Driver<R> {
     /// its own. A panic is caught either way; its `Reply` then answers.
     fn start_fetch(&mut self, key: KeyId, fetch: impl Future<Output = ()> + Send + 'static) {
         if self.runtime.polls_fetches_inline() {
-            let inline = self.inline.get_or_insert_with(FuturesUnordered::new);
-            inline.push(KeyedFetch {
+            self.fresh.push(KeyedFetch {
                 key,
                 future: Box::pin(async move {
                     if AssertUnwindSafe(fetch).catch_unwind().await.is_err() {
@@ -1239,6 +1265,7 @@ impl<R: Runtime> Driver<R> {
         // A queue of futures cannot give one back: it is rebuilt without
         // them, which is rare (a key leaving mid-request) and small (the cap
         // on fetches in flight).
+        self.fresh.retain(|f| f.key != key);
         if let Some(inline) = self
             .inline
             .take_if(|inline| inline.iter().any(|f| f.key == key))
@@ -1276,7 +1303,7 @@ impl<R: Runtime> Driver<R> {
             key,
             async move {
                 debug!("asking the token source");
-                let started = Instant::now();
+                let started = LogTimer::start();
                 let call = call_source(&runtime, source, refresh_token);
                 let Some(result) = timeout(&runtime, limit, call).await else {
                     reply.send(Input::Grant {
@@ -1290,7 +1317,7 @@ impl<R: Runtime> Driver<R> {
                     warn!("the token source panicked");
                     return;
                 };
-                let elapsed_ms = started.elapsed().as_millis() as u64;
+                let elapsed_ms = started.elapsed_ms();
                 match &result {
                     Ok(grant) => debug!(
                         token = %grant.access_token.fingerprint(),
@@ -1304,6 +1331,26 @@ impl<R: Runtime> Driver<R> {
             }
             .instrument(span),
         );
+    }
+}
+
+/// How long a fetch took, for its log lines: the clock is read only when
+/// they can be written (two readings a fetch, for an in-memory source a
+/// good part of its cost).
+struct LogTimer(Option<Instant>);
+
+impl LogTimer {
+    fn start() -> Self {
+        LogTimer(
+            (tracing::level_filters::LevelFilter::current() >= tracing::Level::WARN)
+                .then(Instant::now),
+        )
+    }
+
+    /// `None` (the field left out) when the logs were off at the start.
+    fn elapsed_ms(&self) -> Option<u64> {
+        self.0
+            .map(|started| u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX))
     }
 }
 

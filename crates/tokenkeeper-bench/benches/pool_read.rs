@@ -152,16 +152,21 @@ fn pool_read(c: &mut Criterion) {
 }
 
 /// Rounds of reads per side in [`paired_rounds`].
-const ROUNDS: usize = 21;
-/// Reads per thread per side in a round: some 50 to 150 ms here.
-const READS_PER_ROUND: u64 = 200_000;
+const ROUNDS: usize = 41;
+/// Reads per thread per side in a round: one pass over every key (the
+/// stride visits all of them), some 20 to 60 ms here. Fewer would read the
+/// same keys every round (each round's threads start at the same key), which stay
+/// in the CPU's caches and flatter both sides.
+const READS_PER_ROUND: u64 = KEYS as u64;
 
 /// The ratio of the pool's reads to the floor's, measured in pairs: each
 /// round times both, one right after the other (in turn, which goes first),
 /// and the median of the rounds' ratios is printed. On a shared machine
 /// the floor alone moved from 180 to 550 ns between runs minutes apart,
-/// which swamps the ratio criterion's two separate figures give; what
-/// slows one side of a round slows the other alike.
+/// which swamps the ratio of criterion's two separate figures; what slows
+/// one side of a round mostly slows the other alike. To run only this:
+/// `cargo bench -p tokenkeeper-bench --bench pool_read -- paired`, a filter
+/// that matches none of criterion's benchmarks.
 fn paired_rounds<F: Fn() -> usize + Sync, P: Fn() -> usize + Sync>(floor: &F, pool: &P) {
     for threads in [1usize, 2] {
         let mut ratios: Vec<f64> = (0..ROUNDS)

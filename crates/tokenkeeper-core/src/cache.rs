@@ -164,9 +164,14 @@ impl CacheKey {
     /// A key for a custom token source: a namespace and any distinguishing parts.
     pub fn custom(namespace: &str, parts: &[&str]) -> Self {
         // Serialized as it stands, with no JSON tree built first: a pool may
-        // make a key per tenant. The text is what `json!` would make.
-        let description = serde_json::to_string(&("custom", namespace, parts))
-            .unwrap_or_else(|_| serde_json::json!(["custom", namespace, parts]).to_string());
+        // make a key per tenant. The text is what `json!` would make, into
+        // a buffer of its length when nothing needs escaping (the usual
+        // case), which then needs no shrinking: `["custom","NS",["P",...]]`.
+        let mut text = Vec::with_capacity(custom_text_len(namespace, parts));
+        let description = serde_json::to_writer(&mut text, &("custom", namespace, parts))
+            .ok()
+            .and_then(|()| String::from_utf8(text).ok())
+            .unwrap_or_else(|| serde_json::json!(["custom", namespace, parts]).to_string());
         Self::from_description(description)
     }
 
@@ -203,6 +208,14 @@ impl CacheKey {
     fn owns_source(&self, source: &str) -> bool {
         source == self.0.description || hash_id(source) == self.0.id
     }
+}
+
+/// The length of a custom key's text when nothing in it needs escaping.
+fn custom_text_len(namespace: &str, parts: &[&str]) -> usize {
+    // `["custom","",[]]` is 16; each part adds its quotes and a comma, but
+    // the first has no comma.
+    16 + namespace.len() + parts.iter().map(|part| part.len() + 3).sum::<usize>()
+        - usize::from(!parts.is_empty())
 }
 
 /// The 32-character hex id of a full key description.
@@ -562,6 +575,15 @@ mod tests {
         assert_eq!(key.description(), earlier);
         let hash = crate::hash::fnv1a_128(earlier.as_bytes());
         assert_eq!(key.id(), format!("{hash:032x}"));
+        // Without escapes the text is as long as worked out beforehand.
+        for parts in [&["tenant-0000001"][..], &["a", "bc", ""], &[]] {
+            let key = CacheKey::custom("bench", parts);
+            assert_eq!(
+                key.description(),
+                serde_json::json!(["custom", "bench", parts]).to_string()
+            );
+            assert_eq!(custom_text_len("bench", parts), key.description().len());
+        }
         let small = CacheKey::custom("", &[]);
         assert_eq!(small.description(), r#"["custom","",[]]"#);
         assert_eq!(small.id().len(), 32);

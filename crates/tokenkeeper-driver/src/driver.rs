@@ -56,7 +56,7 @@ pub(crate) const BATCH: usize = 256;
 /// The most entries a buffer of the driver's (events to publish, fetches
 /// not polled yet) keeps between turns: a turn that gives a watcher its
 /// first token allocates neither, and what a burst grew is given back.
-const BUFFER_KEPT: usize = 16;
+const TURN_BUFFER_KEPT: usize = 16;
 
 /// How the refresher's fetches are carried out.
 // One per key, inside its `KeyState`, whose size a unit test pins: the
@@ -679,7 +679,7 @@ impl<R: Runtime> Driver<R> {
                         .push(fetch);
                 }
             }
-            if self.fresh.capacity() > BUFFER_KEPT {
+            if self.fresh.capacity() > TURN_BUFFER_KEPT {
                 self.fresh = Vec::new();
             }
         }
@@ -763,7 +763,7 @@ impl<R: Runtime> Driver<R> {
                 span.in_scope(|| state.publisher.event(event));
             }
         }
-        if events.capacity() <= BUFFER_KEPT {
+        if events.capacity() <= TURN_BUFFER_KEPT {
             self.events = events;
         }
         for (key, why) in removed {

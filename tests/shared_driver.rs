@@ -126,6 +126,25 @@ fn numbered(n: usize, lifetime: Duration, calls: Arc<AtomicUsize>) -> Source {
     )
 }
 
+/// [`numbered`], but each call waits a turn (its first poll is pending,
+/// waking itself): a `spawn` cannot have the token from its own first poll
+/// of the source, and drives the driver until it comes.
+fn numbered_after_a_turn(n: usize, lifetime: Duration, calls: Arc<AtomicUsize>) -> Source {
+    Source::from_fn(
+        CacheKey::custom("shared-driver", &[&n.to_string()]),
+        move |_| {
+            let call = calls.fetch_add(1, Ordering::SeqCst);
+            async move {
+                futures_lite::future::yield_now().await;
+                Ok(TokenGrant::bearer(
+                    AccessToken::new(format!("token-{n}-{call}")),
+                    Some(lifetime),
+                ))
+            }
+        },
+    )
+}
+
 /// Tokens go stale at half their (short) lifetime.
 fn stale_at_half_life() -> LifetimePolicy {
     LifetimePolicy::builder()
@@ -317,7 +336,8 @@ fn threads_a_spawn_that_drove_the_driver_hands_it_back() {
     // hook holds that poll for 300 ms: the driver's own thread, woken by
     // the fetch's answer, polls meanwhile and finds the driver busy.
     let calls = Arc::new(AtomicUsize::new(0));
-    let slow = numbered(101, Duration::from_millis(1000), Arc::clone(&calls));
+    // Answered a turn later: the caller drives the driver to get it.
+    let slow = numbered_after_a_turn(101, Duration::from_millis(1000), Arc::clone(&calls));
     let held = Arc::new(AtomicUsize::new(0));
     let second = TokenWatcherBuilder::new(runtime, slow)
         .wake_interval(apart)
@@ -533,22 +553,26 @@ fn turns_that_ask_for_the_same_deadline_keep_the_timer<F: Flavor>() {
     };
     // A wake interval of its own keeps it off the other tests' drivers, and
     // longer than the refreshes, so that the deadline is the refresh.
+    // Sources that answer a turn later: each spawn drives the driver.
     let spawn = |n: usize, lifetime: Duration| {
-        let builder =
-            TokenWatcherBuilder::new(runtime.clone(), numbered(n, lifetime, Arc::default()))
-                .lifetime_policy(stale_at_half_life())
-                .jitter(Jitter::none())
-                .wake_interval(Duration::from_secs(5 * 3600 + 17));
+        let source = numbered_after_a_turn(n, lifetime, Arc::default());
+        let builder = TokenWatcherBuilder::new(runtime.clone(), source)
+            .lifetime_policy(stale_at_half_life())
+            .jitter(Jitter::none())
+            .wake_interval(Duration::from_secs(5 * 3600 + 17));
         F::block_on(builder.spawn()).unwrap_or_else(|e| panic!("{}: spawn failed: {e:?}", F::NAME))
     };
-    // Refreshed in an hour: the driver's deadline from now on.
+    // Refreshed in an hour: the driver's deadline from now on (set by the
+    // driver's own task if the spawn's turn did not reach it).
     let first = spawn(0, Duration::from_secs(2 * 3600));
-    let after_first = long_sleeps.load(Ordering::SeqCst);
     assert!(
-        after_first >= 1,
+        eventually(Duration::from_secs(5), || long_sleeps
+            .load(Ordering::SeqCst)
+            >= 1),
         "{}: the driver waits for the refresh",
         F::NAME
     );
+    let after_first = long_sleeps.load(Ordering::SeqCst);
     // Refreshed in two hours: the earliest deadline stays the first's.
     let later: Vec<_> = (1..=20)
         .map(|n| spawn(n, Duration::from_secs(4 * 3600)))
@@ -563,7 +587,117 @@ fn turns_that_ask_for_the_same_deadline_keep_the_timer<F: Flavor>() {
     drop(first);
 }
 
+/// A `spawn` whose source answers at once has its token from its own
+/// first poll of the source, and leaves its key to the driver's task,
+/// waking it only if it would not wake in time by itself. A key whose
+/// refresh comes before the driver's next wake-up wakes it: the watcher
+/// is refreshed on time.
+fn a_token_from_the_spawn_itself_is_refreshed_on_time<F: Flavor>() {
+    let runtime = Counting {
+        inner: F::runtime(),
+        spawned: Arc::default(),
+        long_sleeps: Arc::default(),
+        // The caller's first turn is taken on every driver.
+        inline: Some(true),
+        lag: None,
+        eager: false,
+    };
+    // A wake interval of its own keeps it off the other tests' drivers.
+    let apart = Duration::from_secs(4 * 3600 + 23);
+    let spawn = |source: Source| {
+        let builder = TokenWatcherBuilder::new(runtime.clone(), source)
+            .lifetime_policy(stale_at_half_life())
+            .jitter(Jitter::none())
+            .wake_interval(apart);
+        F::block_on(builder.spawn()).unwrap_or_else(|e| panic!("{}: spawn failed: {e:?}", F::NAME))
+    };
+    // The driver's next wake-up: this one's refresh, in an hour.
+    let first = spawn(numbered(300, Duration::from_secs(2 * 3600), Arc::default()));
+    assert!(
+        eventually(Duration::from_secs(5), || runtime
+            .long_sleeps
+            .load(Ordering::SeqCst)
+            >= 1),
+        "{}: the driver waits for the refresh",
+        F::NAME
+    );
+    // Stale in half a second, long before the driver would wake.
+    let calls = Arc::new(AtomicUsize::new(0));
+    let second = spawn(numbered(301, Duration::from_secs(1), Arc::clone(&calls)));
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "{}", F::NAME);
+    let token = second.token().expect("a token at once");
+    assert_eq!(token.access_token.expose_secret(), "token-301-0");
+    assert!(
+        eventually(Duration::from_secs(5), || calls.load(Ordering::SeqCst) >= 2),
+        "{}: not refreshed: the driver was not woken for it",
+        F::NAME
+    );
+    F::block_on(second.shutdown());
+    F::block_on(first.shutdown());
+}
+
+/// Keys whose tokens came in their own `spawn` wait in the driver's inbox
+/// until it wakes (up to a batch of them): a command sent for one right
+/// after its spawn, or a watcher dropped at once, still finds it.
+fn commands_right_after_spawn_find_their_keys<F: Flavor>() {
+    let runtime = Counting {
+        inner: F::runtime(),
+        spawned: Arc::default(),
+        long_sleeps: Arc::default(),
+        inline: Some(true),
+        lag: None,
+        eager: false,
+    };
+    let apart = Duration::from_secs(4 * 3600 + 29);
+    // More than a batch (256): some keys wait in the inbox, unannounced.
+    let calls: Vec<Arc<AtomicUsize>> = (0..300).map(|_| Arc::default()).collect();
+    let watchers: Vec<_> = calls
+        .iter()
+        .enumerate()
+        .map(|(n, calls)| {
+            let source = numbered(400 + n, Duration::from_secs(4 * 3600), Arc::clone(calls));
+            let builder = TokenWatcherBuilder::new(runtime.clone(), source).wake_interval(apart);
+            F::block_on(builder.spawn())
+                .unwrap_or_else(|e| panic!("{}: spawn failed: {e:?}", F::NAME))
+        })
+        .collect();
+    // Asked from the last spawned back, so the first asked are the ones
+    // most likely still waiting in the inbox.
+    for (n, watcher) in watchers.iter().enumerate().rev().step_by(2) {
+        let asked = F::block_on(watcher.refresh_now());
+        assert!(
+            matches!(asked, Ok(tokenkeeper_core::RefreshNow::Started)),
+            "{}: watcher {n}: {asked:?}",
+            F::NAME
+        );
+    }
+    for (n, watcher) in watchers.iter().enumerate().rev().step_by(2) {
+        assert!(
+            eventually(Duration::from_secs(5), || {
+                watcher
+                    .token()
+                    .is_ok_and(|t| t.access_token.expose_secret().ends_with("-1"))
+            }),
+            "{}: watcher {n} not refreshed",
+            F::NAME
+        );
+    }
+    // The others are shut down, each found, and none asked for more.
+    for (n, watcher) in watchers.iter().enumerate().filter(|(n, _)| n % 2 == 0) {
+        F::block_on(watcher.shutdown());
+        assert!(watcher.is_stopped(), "{}: watcher {n}", F::NAME);
+        assert_eq!(
+            calls[n].load(Ordering::SeqCst),
+            1,
+            "{}: watcher {n}",
+            F::NAME
+        );
+    }
+}
+
 per_driver!(
+    a_token_from_the_spawn_itself_is_refreshed_on_time,
+    commands_right_after_spawn_find_their_keys,
     turns_that_ask_for_the_same_deadline_keep_the_timer,
     the_status_is_published_before_the_request_goes_out,
     watchers_share_one_driver_and_stop_alone,

@@ -380,6 +380,28 @@ impl RefresherPool {
         Ok(())
     }
 
+    /// Adds a refresher whose fetch `fetching` its driver has started
+    /// already (a watcher's first, started on the caller's thread before
+    /// its key reached the pool): the fetch counts as in flight from now,
+    /// beyond the cap if need be, since it runs and cannot be queued. Its
+    /// answer goes to [`handle`](Self::handle) as any other.
+    pub fn insert_fetching(
+        &mut self,
+        now: impl Into<Now>,
+        id: KeyId,
+        refresher: impl Into<Box<Refresher>>,
+        fetching: EffectId,
+    ) -> Result<(), DuplicateKey> {
+        let refresher = refresher.into();
+        let waits = refresher.effect_deadline(fetching).is_some();
+        self.insert(now, id, refresher)?;
+        if waits {
+            self.in_flight.insert((id, fetching));
+            self.peak_in_flight = self.peak_in_flight.max(self.in_flight.len());
+        }
+        Ok(())
+    }
+
     /// How many keys the pool holds (keys shutting down included).
     pub fn len(&self) -> usize {
         self.slots.len()

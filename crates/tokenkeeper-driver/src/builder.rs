@@ -14,7 +14,7 @@ use tokenkeeper_fs::{FileCache, FileLayer};
 
 use crate::cache::{AnyLayer, BlockingCacheLayer, CacheLayer};
 use crate::dpop::DpopKey;
-use crate::driver::{FetchWith, KeyParts, NewRefresher};
+use crate::driver::{FetchWith, FirstTurn, KeyParts, NewRefresher};
 use crate::error::SpawnError;
 use crate::http::{HttpSettings, HttpSetupError};
 use crate::publish::{EventHook, Publisher};
@@ -325,15 +325,26 @@ impl<R: Runtime> TokenWatcherBuilder<R> {
     /// the last error) when the wait runs out. Either way the watcher is
     /// stopped and makes no further request.
     ///
-    /// While it waits, the future drives the driver its runtime's watchers
-    /// share, on the caller's thread, so a token that comes at once costs
-    /// no hand-off between threads.
+    /// A custom source without cache layers is asked first on the
+    /// caller's thread: when it answers at once (a token it holds, one made
+    /// in memory), the watcher is returned with it, and the driver its
+    /// runtime's watchers share takes the key in on its own thread, woken
+    /// for it only if the key's refresh comes before the driver would wake
+    /// anyway (or every 256 such keys). Otherwise, while it waits, the
+    /// future drives that driver on the caller's thread, so a token that
+    /// comes at once costs no hand-off between threads. The event hook
+    /// may be called on either.
     pub fn spawn(self) -> Waited<'static, R, Result<TokenWatcher<R>, SpawnError>> {
         let waited = self.first_token_timeout;
         // Started when first polled, as an `async fn` would be: the runtime
         // is bound where the future runs (tokio: `rt.block_on(b.spawn())`).
         wait::<R, _>(async move {
-            let (watcher, driving) = self.launch()?;
+            let (watcher, driving) = self.launch(true)?;
+            // The caller's own first turn brought the token: the driver
+            // takes the key in on its own thread.
+            if driving.is_none() && watcher.shared().current().is_some() {
+                return Ok(watcher);
+            }
             // The caller drives the driver too while it waits (see
             // `hub::Running`); the driver's own task goes on when it stops.
             // Driven first: a token that comes in the caller's own turn is
@@ -369,12 +380,18 @@ impl<R: Runtime> TokenWatcherBuilder<R> {
     /// Fails with [`SpawnError::NoRuntime`] when the runtime cannot start a
     /// driver from here (tokio: outside a tokio runtime).
     pub fn start(self) -> Result<TokenWatcher<R>, SpawnError> {
-        self.launch().map(|(watcher, _)| watcher)
+        self.launch(false).map(|(watcher, _)| watcher)
     }
 
     /// Hands the watcher's key to its runtime's watchers' driver
-    /// ([`hub`](crate::hub)); returns its handle and the driver.
-    fn launch(self) -> Result<(TokenWatcher<R>, Option<crate::hub::Driving>), SpawnError> {
+    /// ([`hub`](crate::hub)); returns its handle, and the driver for a
+    /// `spawn` to drive while it waits. A `spawn` (`first`) takes the key's
+    /// first turn itself ([`first_turn`](crate::driver::first_turn)) and
+    /// needs the driver only if that brought no token.
+    fn launch(
+        self,
+        first: bool,
+    ) -> Result<(TokenWatcher<R>, Option<crate::hub::Driving>), SpawnError> {
         let TokenWatcherBuilder {
             runtime,
             source,
@@ -419,21 +436,36 @@ impl<R: Runtime> TokenWatcherBuilder<R> {
         let layer_names = layers.iter().map(|l| l.layer().name().to_owned()).collect();
 
         let start = now();
-        let refresher = Refresher::new(config, seed.unwrap_or_else(|| fastrand::u64(..)), start);
+        let mut refresher =
+            Refresher::new(config, seed.unwrap_or_else(|| fastrand::u64(..)), start);
         let status = refresher.status(start);
-        let (joined, shared) = crate::hub::join(&runtime, wake_interval, |id| {
-            let shared = Arc::new(Shared::new(id, key, name, layer_names, Some(status), dpop));
-            let publisher = Publisher::new(Arc::clone(&shared), on_event);
-            let parts = KeyParts {
-                id,
-                refresher: NewRefresher::Built(Box::new(refresher)),
-                fetch,
-                layers,
-                publisher,
-                forget: None,
-            };
-            (parts, shared)
-        });
+        let id = crate::hub::key_id();
+        let shared = Arc::new(Shared::new(id, key, name, layer_names, Some(status), dpop));
+        let mut publisher = Publisher::new(Arc::clone(&shared), on_event);
+        let turn = if first && layers.is_empty() {
+            crate::driver::first_turn(&runtime, &mut refresher, &fetch, &mut publisher)
+        } else {
+            FirstTurn::Left
+        };
+        // A `spawn` drives the driver while it waits for a first token, and
+        // only then: one the first turn brought needs no driving.
+        let (fetching, needs_driver_by, drive) = match turn {
+            FirstTurn::Answered { needs_driver_by } if shared.current().is_some() => {
+                (None, needs_driver_by, false)
+            }
+            FirstTurn::Answered { .. } | FirstTurn::Left => (None, None, first),
+            FirstTurn::Waiting(id, fetch) => (Some((id, fetch)), None, first),
+        };
+        let parts = KeyParts {
+            id,
+            refresher: NewRefresher::Built(Box::new(refresher)),
+            fetch,
+            layers,
+            publisher,
+            forget: None,
+            fetching,
+        };
+        let joined = crate::hub::join(&runtime, wake_interval, parts, drive, needs_driver_by);
         let commands = Commands::new(joined.requests, shared.id());
         Ok((TokenWatcher::new(shared, commands, runtime), joined.driving))
     }

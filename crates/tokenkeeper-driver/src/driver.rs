@@ -18,7 +18,7 @@
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
@@ -186,6 +186,9 @@ pub(crate) struct KeyParts {
     pub(crate) publisher: Publisher,
     /// Run once the key has left the driver (a pool forgets it).
     pub(crate) forget: Option<Box<dyn FnOnce() + Send + Sync>>,
+    /// The refresher's fetch its caller began (see [`first_turn`]), and
+    /// the effect it answers, when it did not end at once.
+    pub(crate) fetching: Option<(EffectId, StartedFetch)>,
 }
 
 /// A new key's refresher, or what the driver builds it from.
@@ -260,23 +263,42 @@ impl Future for KeyedFetch {
     }
 }
 
-/// A pool's new keys on their way to its driver.
+/// New keys on their way to a driver (a pool's, or the watchers').
 ///
 /// Keys are created on the callers' threads, often many at once: through
 /// the request queue each would cost a message (a node allocated by the
 /// caller and freed by the driver, which contends for the caller's
 /// allocator arena) and a wake-up. Here a key is one push under a lock the
-/// driver takes once per turn; only the push that finds the inbox empty
-/// sends [`Request::Added`], and the buffer is reused, never freed on the
-/// other thread.
+/// driver takes once per turn, and the buffer is reused, never freed on
+/// the other thread.
 ///
-/// Order is kept: the inbox holds keys only while an `Added` not yet acted
-/// on is queued (or while the driver is part-way through them), and the
-/// driver takes every waiting key in before it acts on any other request,
-/// so a command for a key always finds it added.
+/// Only a key that wants the driver before it would wake by itself sends
+/// [`Request::Added`] (one per batch taken in): a watcher whose `spawn`
+/// brought its first token itself needs the driver only by its refresh,
+/// and a thousand such spawns in a row wake the driver's thread every
+/// [`BATCH`] keys rather than every key (a wake-up is a system call on the
+/// caller's thread). The driver says when it will wake ([`Inbox::plan`])
+/// and looks at the inbox at every turn and before it waits: a key pushed
+/// after that look sees the plan it waits by.
+///
+/// Order is kept: the driver takes every waiting key in before it acts on
+/// any request, so a command for a key always finds it added.
 pub(crate) struct Inbox {
     /// `None` once the driver stopped taking keys.
-    keys: std::sync::Mutex<Option<VecDeque<KeyParts>>>,
+    keys: std::sync::Mutex<Option<Waiting>>,
+    /// Keys wait: set by a push and cleared by the driver's take, under the
+    /// lock, and read by the driver without it.
+    has_keys: AtomicBool,
+    /// When the driver will wake by itself (on the monotonic clock, in
+    /// milliseconds): `0` until it first waits, `u64::MAX` when it waits
+    /// for nothing but its queues.
+    plan: AtomicU64,
+}
+
+struct Waiting {
+    keys: VecDeque<KeyParts>,
+    /// An `Added` was sent since the driver last took keys.
+    announced: bool,
 }
 
 /// The driver no longer takes keys.
@@ -285,17 +307,22 @@ pub(crate) struct Closed;
 impl Inbox {
     pub(crate) fn new() -> Self {
         Inbox {
-            keys: std::sync::Mutex::new(Some(VecDeque::new())),
+            keys: std::sync::Mutex::new(Some(Waiting {
+                keys: VecDeque::new(),
+                announced: false,
+            })),
+            has_keys: AtomicBool::new(false),
+            plan: AtomicU64::new(0),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<VecDeque<KeyParts>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Waiting>> {
         self.keys
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Hands `keys` to the driver, waking it if it has none waiting.
+    /// Hands `keys` to the driver and wakes it.
     pub(crate) fn push(
         &self,
         keys: impl IntoIterator<Item = KeyParts>,
@@ -311,14 +338,29 @@ impl Inbox {
             *inbox = None;
             return Err(Closed);
         }
-        let was_empty = waiting.is_empty();
-        waiting.extend(keys);
-        if was_empty && !waiting.is_empty() && requests.unbounded_send(Request::Added).is_err() {
+        let before = waiting.keys.len();
+        waiting.keys.extend(keys);
+        if waiting.keys.len() == before {
+            return Ok(());
+        }
+        self.has_keys.store(true, Ordering::SeqCst);
+        if !self.announce(waiting, requests) {
             // The driver has ended: these keys will never be taken.
             *inbox = None;
             return Err(Closed);
         }
         Ok(())
+    }
+
+    /// Sends `Added` unless one is on its way; whether the driver is there.
+    fn announce(&self, waiting: &mut Waiting, requests: &RequestSender) -> bool {
+        if !waiting.announced {
+            if requests.unbounded_send(Request::Added).is_err() {
+                return false;
+            }
+            waiting.announced = true;
+        }
+        true
     }
 
     /// Up to `n` waiting keys, into `into`; whether more are left.
@@ -327,21 +369,41 @@ impl Inbox {
         let Some(waiting) = inbox.as_mut() else {
             return false;
         };
-        let n = n.min(waiting.len());
-        into.extend(waiting.drain(..n));
-        if waiting.is_empty() && waiting.capacity() > 4 * BATCH {
+        let n = n.min(waiting.keys.len());
+        into.extend(waiting.keys.drain(..n));
+        waiting.announced = false;
+        if waiting.keys.is_empty() && waiting.keys.capacity() > 4 * BATCH {
             // A burst is over: its room is not kept for the pool's life.
-            *waiting = VecDeque::new();
+            waiting.keys = VecDeque::new();
         }
-        !waiting.is_empty()
+        let more = !waiting.keys.is_empty();
+        self.has_keys.store(more, Ordering::SeqCst);
+        more
+    }
+
+    /// Whether keys wait (read without the lock).
+    fn has_keys(&self) -> bool {
+        self.has_keys.load(Ordering::SeqCst)
+    }
+
+    /// The driver will wake by `at` (see [`Inbox::plan`]) if nothing
+    /// wakes it sooner; whether keys wait, pushed before it said so, that
+    /// it must take in first.
+    fn plan(&self, at: Option<u64>) -> bool {
+        self.plan.store(at.unwrap_or(u64::MAX), Ordering::SeqCst);
+        self.has_keys()
     }
 
     /// Hands `parts` to the driver, or gives them back when it no longer
-    /// takes keys.
+    /// takes keys. `needs_driver_by` is when the key first needs its
+    /// driver (on the monotonic clock, in milliseconds): the driver is
+    /// woken only if it would not wake by then anyway, or if many keys
+    /// wait; `None` wakes it.
     pub(crate) fn push_one(
         &self,
         parts: KeyParts,
         requests: &RequestSender,
+        needs_driver_by: Option<u64>,
     ) -> Result<(), Box<KeyParts>> {
         let mut inbox = self.lock();
         let Some(waiting) = inbox.as_mut() else {
@@ -351,18 +413,31 @@ impl Inbox {
             *inbox = None;
             return Err(Box::new(parts));
         }
-        if waiting.is_empty() && requests.unbounded_send(Request::Added).is_err() {
+        waiting.keys.push_back(parts);
+        // Stored before the plan is read, as the driver stores its plan
+        // before it looks for keys: one of the two sees the other.
+        self.has_keys.store(true, Ordering::SeqCst);
+        let wanted = waiting.keys.len() >= BATCH
+            || needs_driver_by.is_none_or(|by| by < self.plan.load(Ordering::SeqCst));
+        if wanted && !self.announce(waiting, requests) {
+            let parts = waiting.keys.pop_back();
             *inbox = None;
-            return Err(Box::new(parts));
+            self.has_keys.store(false, Ordering::SeqCst);
+            return match parts {
+                Some(parts) => Err(Box::new(parts)),
+                None => Ok(()),
+            };
         }
-        waiting.push_back(parts);
         Ok(())
     }
 
     /// Closes the inbox if no key waits in it; whether it did.
     fn close_if_empty(&self) -> bool {
         let mut inbox = self.lock();
-        if inbox.as_ref().is_some_and(|waiting| !waiting.is_empty()) {
+        if inbox
+            .as_ref()
+            .is_some_and(|waiting| !waiting.keys.is_empty())
+        {
             return false;
         }
         *inbox = None;
@@ -373,6 +448,7 @@ impl Inbox {
     /// stopped).
     fn close(&self) {
         let waiting = self.lock().take();
+        self.has_keys.store(false, Ordering::SeqCst);
         drop(waiting);
     }
 }
@@ -490,6 +566,7 @@ impl<R: Runtime> Driver<R> {
             layers,
             publisher,
             forget,
+            fetching,
         } = parts;
         let mut layers = (!layers.is_empty()).then(|| {
             Box::new(KeyLayers {
@@ -515,7 +592,17 @@ impl<R: Runtime> Driver<R> {
             NewRefresher::Built(refresher) => refresher,
             NewRefresher::ToBuild { config, seed } => Box::new(Refresher::new(config, seed, at)),
         };
-        if self.pool.insert(at, id, refresher).is_err() {
+        let inserted = match fetching {
+            Some((effect, fetch)) => {
+                let inserted = self.pool.insert_fetching(at, id, refresher, effect);
+                if inserted.is_ok() {
+                    self.start_started(id, effect, fetch);
+                }
+                inserted
+            }
+            None => self.pool.insert(at, id, refresher),
+        };
+        if inserted.is_err() {
             error!(%id, "driver bug: a key id used twice");
         }
     }
@@ -537,7 +624,7 @@ impl<R: Runtime> Driver<R> {
     async fn run_loop(&mut self) {
         info!(keys = self.keys.len(), "started");
         loop {
-            if self.keys_waiting {
+            if self.keys_waiting || self.inbox_has_keys() {
                 self.take_added(false);
             }
             self.drain();
@@ -572,7 +659,19 @@ impl<R: Runtime> Driver<R> {
                     .poll_sleep(at)
                     .map_or(self.wake_interval, |sleep| sleep.min(self.wake_interval))
             };
-            let woke = self.wait(sleep_for).await;
+            let fires_at = wake_ms(self.now(), sleep_for);
+            // Said before the driver waits, then the inbox looked at: a key
+            // pushed since the last look either is seen now, or saw this
+            // plan and woke the driver if it needs it sooner.
+            if self
+                .inbox
+                .as_ref()
+                .is_some_and(|inbox| inbox.plan(fires_at))
+            {
+                self.keys_waiting = true;
+                continue;
+            }
+            let woke = self.wait(sleep_for, fires_at).await;
             self.clock = None;
             match woke {
                 Wake::Request(request) => {
@@ -598,12 +697,9 @@ impl<R: Runtime> Driver<R> {
     /// The first of: a command (first, so a shutdown is never starved), a
     /// finished effect or change, the deadline; the fetches the driver polls
     /// itself make progress meanwhile (their answers come as finished effects).
-    async fn wait(&mut self, sleep_for: Duration) -> Wake {
-        // The turn's clock: compared only with the kept timer's, to the
-        // millisecond, so one more reading of the clock would buy nothing.
-        let fires_at = u64::try_from(sleep_for.as_millis())
-            .ok()
-            .and_then(|ms| self.now().mono.as_millis().checked_add(ms));
+    ///
+    /// `fires_at` is when `sleep_for` ends, from [`wake_ms`].
+    async fn wait(&mut self, sleep_for: Duration, fires_at: Option<u64>) -> Wake {
         let Driver {
             requests,
             answers_rx,
@@ -833,8 +929,14 @@ impl<R: Runtime> Driver<R> {
         self.taken = taken;
     }
 
+    /// Whether keys wait in the inbox, announced or not.
+    fn inbox_has_keys(&self) -> bool {
+        self.inbox.as_ref().is_some_and(|inbox| inbox.has_keys())
+    }
+
     fn request(&mut self, request: Option<Request>) {
-        if self.keys_waiting && !matches!(request, Some(Request::Added)) {
+        let waiting = self.keys_waiting || self.inbox_has_keys();
+        if waiting && !matches!(request, Some(Request::Added)) {
             // Whatever was asked after a key was pushed finds it added.
             self.take_added(true);
         }
@@ -1281,63 +1383,186 @@ impl<R: Runtime> Driver<R> {
     }
 
     fn fetch_from_source(&mut self, key: KeyId, id: EffectId, refresh_token: Option<RefreshToken>) {
-        let reply = Reply::new(&self.answers_tx, key, id, |id| Input::Grant {
-            id,
-            result: Err(FetchError::Source {
-                message: "the token source panicked or was cancelled".into(),
-                class: ErrorClass::Transient,
-            }),
-        });
-        let Some(FetchWith::Source {
-            source,
-            timeout: limit,
-        }) = self.keys.get(&key).map(|k| &k.fetch)
+        let Some(FetchWith::Source { source, timeout }) = self.keys.get(&key).map(|k| &k.fetch)
         else {
             error!("driver bug: a custom fetch for an OAuth2 source");
             return;
         };
-        let (source, limit) = (source.clone(), *limit);
-        let runtime = self.runtime.clone();
-        let span = info_span!(
-            "tokenkeeper.fetch",
-            %key,
-            effect = %id,
-            source = "custom",
-            refresh_token = ?refresh_token.as_ref().map(|t| t.fingerprint()),
+        let span = fetch_span(key, id, refresh_token.as_ref());
+        let fetch = source_fetch(
+            self.runtime.clone(),
+            source.clone(),
+            *timeout,
+            id,
+            refresh_token,
         );
-        self.start_fetch(
-            key,
-            async move {
-                debug!("asking the token source");
-                let started = LogTimer::start();
-                let call = call_source(&runtime, source, refresh_token);
-                let Some(result) = timeout(&runtime, limit, call).await else {
-                    reply.send(Input::Grant {
-                        id,
-                        result: Err(FetchError::Timeout { after: limit }),
-                    });
-                    return;
-                };
-                let Some(result) = result else {
-                    // It panicked: `reply` answers as it drops.
-                    warn!("the token source panicked");
-                    return;
-                };
-                let elapsed_ms = started.elapsed_ms();
-                match &result {
-                    Ok(grant) => debug!(
-                        token = %grant.access_token.fingerprint(),
-                        expires_in = ?grant.expires_in,
-                        elapsed_ms,
-                        "the token source answered"
-                    ),
-                    Err(error) => warn!(%error, elapsed_ms, "the token source failed"),
-                }
-                reply.send(Input::Grant { id, result });
-            }
-            .instrument(span),
-        );
+        self.start_started(key, id, Box::pin(fetch.instrument(span)));
     }
+
+    /// Runs a custom source's fetch begun elsewhere (or here) to its end;
+    /// its answer comes back as any other.
+    fn start_started(&mut self, key: KeyId, id: EffectId, fetch: StartedFetch) {
+        let reply = Reply::new(&self.answers_tx, key, id, source_gave_nothing);
+        self.start_fetch(key, async move { reply.send(fetch.await) });
+    }
+}
+
+/// When a sleep of `sleep_for` from `now` ends, on the monotonic clock in
+/// milliseconds (`None` beyond what it counts): the turn's clock, since a
+/// plan or a kept timer is compared to the millisecond, and one more
+/// reading of the clock would buy nothing.
+pub(crate) fn wake_ms(now: Now, sleep_for: Duration) -> Option<u64> {
+    u64::try_from(sleep_for.as_millis())
+        .ok()
+        .and_then(|ms| now.mono.as_millis().checked_add(ms))
+}
+
+/// A custom source's fetch, already under way: its answer for the
+/// refresher.
+pub(crate) type StartedFetch = Pin<Box<dyn Future<Output = Input> + Send + 'static>>;
+
+/// The answer to a custom source's fetch that never gave one.
+fn source_gave_nothing(id: EffectId) -> Input {
+    Input::Grant {
+        id,
+        result: Err(FetchError::Source {
+            message: "the token source panicked or was cancelled".into(),
+            class: ErrorClass::Transient,
+        }),
+    }
+}
+
+/// The span a custom source's fetch logs in.
+fn fetch_span(key: KeyId, id: EffectId, refresh_token: Option<&RefreshToken>) -> Span {
+    info_span!(
+        "tokenkeeper.fetch",
+        %key,
+        effect = %id,
+        source = "custom",
+        refresh_token = ?refresh_token.map(|t| t.fingerprint()),
+    )
+}
+
+/// Calls a custom source for the refresher's fetch `id`, within `limit`;
+/// a source that panics is answered as one that failed.
+async fn source_fetch<R: Runtime>(
+    runtime: R,
+    source: SourceKind,
+    limit: Duration,
+    id: EffectId,
+    refresh_token: Option<RefreshToken>,
+) -> Input {
+    debug!("asking the token source");
+    let started = LogTimer::start();
+    let call = call_source(&runtime, source, refresh_token);
+    let Some(result) = timeout(&runtime, limit, call).await else {
+        return Input::Grant {
+            id,
+            result: Err(FetchError::Timeout { after: limit }),
+        };
+    };
+    let Some(result) = result else {
+        warn!("the token source panicked");
+        return source_gave_nothing(id);
+    };
+    let elapsed_ms = started.elapsed_ms();
+    match &result {
+        Ok(grant) => debug!(
+            token = %grant.access_token.fingerprint(),
+            expires_in = ?grant.expires_in,
+            elapsed_ms,
+            "the token source answered"
+        ),
+        Err(error) => warn!(%error, elapsed_ms, "the token source failed"),
+    }
+    Input::Grant { id, result }
+}
+
+/// A watcher's first turn, taken by its `spawn` on the caller's thread
+/// before the key reaches the driver: when the refresher's first effect is
+/// a custom source's fetch, the caller starts it and polls it once. A
+/// source that answers at once (one in memory, one with a token to hand)
+/// gives the watcher its token with no turn of the driver: the driver's
+/// task takes the key in afterwards, on a thread of its own, so that its
+/// filing, timers and snapshots cost the caller nothing (as a runtime's
+/// `spawn` leaves a task's first poll to a worker). A fetch that waits is
+/// given back, to be handed to the driver with the key.
+///
+/// For keys without cache layers on runtimes whose driver polls fetches
+/// itself; any other key, or a first effect of another kind, is left to
+/// the driver untouched.
+pub(crate) fn first_turn<R: Runtime>(
+    runtime: &R,
+    refresher: &mut Refresher,
+    fetch: &FetchWith,
+    publisher: &mut Publisher,
+) -> FirstTurn {
+    let FetchWith::Source { source, timeout } = fetch else {
+        return FirstTurn::Left;
+    };
+    if !runtime.polls_fetches_inline()
+        || !matches!(refresher.peek_effect(), Some(Effect::Fetch { .. }))
+    {
+        return FirstTurn::Left;
+    }
+    let Some(Effect::Fetch { id, refresh_token }) = refresher.poll_effect() else {
+        return FirstTurn::Left;
+    };
+    let shared = publisher.shared();
+    let span = info_span!("tokenkeeper.watcher", name = %shared.name(), key = %shared.key());
+    let _entered = span.enter();
+    let fetch_span = fetch_span(shared.id(), id, refresh_token.as_ref());
+    // Its metrics time the refresh from a status that shows it under way,
+    // as the driver's would.
+    #[cfg(feature = "metrics")]
+    publisher.status(refresher.status(now()));
+    let source_fetch = source_fetch(runtime.clone(), source.clone(), *timeout, id, refresh_token);
+    let mut started: StartedFetch = Box::pin(source_fetch.instrument(fetch_span));
+    // Caught as the driver catches its fetches' panics: a spawn fails on
+    // what its source says, never on a panic in it.
+    let polled = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        let mut at_once = std::task::Context::from_waker(std::task::Waker::noop());
+        started.as_mut().poll(&mut at_once)
+    }));
+    let input = match polled {
+        Ok(Poll::Ready(input)) => input,
+        Ok(Poll::Pending) => return FirstTurn::Waiting(id, started),
+        Err(_) => {
+            error!(task = "fetch", "a tokenkeeper task panicked");
+            source_gave_nothing(id)
+        }
+    };
+    let at = now();
+    if let Err(e) = refresher.handle(at, input) {
+        error!(error = %e, "driver bug: the refresher refused its first answer");
+    }
+    // The status first, as the driver publishes them: whoever sees the
+    // token sees the status that goes with it.
+    if publisher.wants_status() {
+        publisher.status(refresher.status(at));
+    }
+    while let Some(event) = refresher.poll_event() {
+        publisher.event(event);
+    }
+    // Effects the answer asked for are the driver's, at once.
+    let needs_driver_by = match refresher.peek_effect() {
+        Some(_) => None,
+        None => refresher
+            .poll_sleep(at)
+            .and_then(|sleep| wake_ms(at, sleep)),
+    };
+    FirstTurn::Answered { needs_driver_by }
+}
+
+/// What a watcher's [`first_turn`] did.
+pub(crate) enum FirstTurn {
+    /// Nothing: the key's first effect is the driver's to carry out.
+    Left,
+    /// Started the fetch, which waits: it goes to the driver with the key.
+    Waiting(EffectId, StartedFetch),
+    /// The fetch answered, and its answer was handled and published: the
+    /// key needs its driver by this time (see [`Inbox::push_one`]).
+    Answered { needs_driver_by: Option<u64> },
 }
 
 /// How long a fetch took, for its log lines: the clock is read only when
@@ -1383,10 +1608,13 @@ async fn call_source<R: Runtime>(
     refresh_token: Option<RefreshToken>,
 ) -> Option<Result<TokenGrant, FetchError>> {
     match source {
-        SourceKind::Custom { source, .. } => AssertUnwindSafe(source.fetch(refresh_token.as_ref()))
-            .catch_unwind()
-            .await
-            .ok(),
+        SourceKind::Custom { source, .. } => {
+            // A source may panic when called as well as when polled.
+            let call =
+                std::panic::catch_unwind(AssertUnwindSafe(|| source.fetch(refresh_token.as_ref())))
+                    .ok()?;
+            AssertUnwindSafe(call).catch_unwind().await.ok()
+        }
         SourceKind::Blocking { source, .. } => {
             unblock(runtime, move || source.fetch(refresh_token.as_ref()))
                 .await

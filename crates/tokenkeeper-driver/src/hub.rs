@@ -249,12 +249,11 @@ impl Drop for Driving {
     }
 }
 
-/// A running watchers' driver: its queue, its inbox, its next key number,
-/// and the driver itself (weakly: it ends with its runtime's task).
+/// A running watchers' driver: its queue, its inbox, and the driver
+/// itself (weakly: it ends with its runtime's task).
 struct Hub {
     requests: RequestSender,
     inbox: Arc<Inbox>,
-    next_id: AtomicU64,
     running: Weak<Driven>,
 }
 
@@ -263,8 +262,8 @@ pub(crate) struct Joined {
     /// The driver's queue.
     pub(crate) requests: RequestSender,
     /// The driver, to poll while waiting for the first token (see
-    /// [`Running`]); `None` if it has ended already. Dropping it hands the
-    /// driver back to its task.
+    /// [`Running`]), when asked for and still running. Dropping it hands
+    /// the driver back to its task.
     pub(crate) driving: Option<Driving>,
 }
 
@@ -280,18 +279,32 @@ struct HubKey {
 /// interval), so a vector searched in order.
 static HUBS: Mutex<Vec<(HubKey, Arc<Hub>)>> = Mutex::new(Vec::new());
 
-/// Hands the key `parts(id)` makes to the driver of `runtime`'s watchers,
-/// starting one if none runs. `parts` is called once, with the key's number
-/// in that driver.
-pub(crate) fn join<R: Runtime, T>(
+/// Every watcher's key number, whichever driver holds it: drawn before the
+/// key knows its driver (a `spawn` takes its first turn before it joins
+/// one, see [`first_turn`](crate::driver::first_turn)), and unique in any
+/// driver it may end up in.
+static NEXT_KEY: AtomicU64 = AtomicU64::new(0);
+
+/// A number for a new watcher's key.
+pub(crate) fn key_id() -> KeyId {
+    KeyId::new(NEXT_KEY.fetch_add(1, Ordering::Relaxed))
+}
+
+/// Hands `parts` to the driver of `runtime`'s watchers, starting one if
+/// none runs. With `drive`, the caller gets the driver to poll while it
+/// waits for a first token; without, the driver's task takes the key in,
+/// woken for it if it would not wake by `needs_driver_by` anyway (see
+/// [`Inbox::push_one`]).
+pub(crate) fn join<R: Runtime>(
     runtime: &R,
     wake_interval: Duration,
-    parts: impl FnOnce(KeyId) -> (KeyParts, T),
-) -> (Joined, T) {
+    parts: KeyParts,
+    drive: bool,
+    needs_driver_by: Option<u64>,
+) -> Joined {
     let Some(driver) = runtime.driver_key() else {
-        let (parts, extra) = parts(KeyId::new(0));
-        let (hub, driving) = start(runtime, wake_interval, parts);
-        return (hub.joined(driving), extra);
+        let (hub, driving) = start(runtime, wake_interval, parts, drive);
+        return hub.joined(driving);
     };
     let key = HubKey {
         runtime: TypeId::of::<R>(),
@@ -302,28 +315,29 @@ pub(crate) fn join<R: Runtime, T>(
     // Hubs whose driver has ended (its last watcher left, or its runtime
     // was dropped) are forgotten.
     hubs.retain(|(_, hub)| !hub.requests.is_closed());
-    let (parts, extra) = match hubs.iter().position(|(k, _)| *k == key) {
+    let parts = match hubs.iter().position(|(k, _)| *k == key) {
         Some(found) => {
             let hub = &hubs[found].1;
-            let id = KeyId::new(hub.next_id.fetch_add(1, Ordering::Relaxed));
-            let (parts, extra) = parts(id);
-            let driving = hub.running.upgrade().map(|driven| Running(driven).drive());
-            match hub.inbox.push_one(parts, &hub.requests) {
-                Ok(()) => return (hub.joined(driving), extra),
-                // Ended meanwhile: the key starts a driver of its own, under
-                // the number it has.
+            let driving = if drive {
+                hub.running.upgrade().map(|driven| Running(driven).drive())
+            } else {
+                None
+            };
+            match hub.inbox.push_one(parts, &hub.requests, needs_driver_by) {
+                Ok(()) => return hub.joined(driving),
+                // Ended meanwhile: the key starts a driver of its own.
                 Err(parts) => {
                     hubs.swap_remove(found);
-                    (*parts, extra)
+                    *parts
                 }
             }
         }
-        None => parts(KeyId::new(0)),
+        None => parts,
     };
-    let (hub, driving) = start(runtime, wake_interval, parts);
+    let (hub, driving) = start(runtime, wake_interval, parts, drive);
     let joined = hub.joined(driving);
     hubs.push((key, hub));
-    (joined, extra)
+    joined
 }
 
 impl Hub {
@@ -335,16 +349,16 @@ impl Hub {
     }
 }
 
-/// Starts a watchers' driver holding `first`, driven by the caller until it
-/// drops the [`Driving`].
+/// Starts a watchers' driver holding `first`, driven by the caller (with
+/// `drive`) until it drops the [`Driving`], else by its task at once.
 fn start<R: Runtime>(
     runtime: &R,
     wake_interval: Duration,
     first: KeyParts,
+    drive: bool,
 ) -> (Arc<Hub>, Option<Driving>) {
     let (requests_tx, requests_rx) = crate::driver::requests();
     let inbox = Arc::new(Inbox::new());
-    let next_id = first.id.get() + 1;
     let mut driver = Driver::new(DriverParts {
         runtime: runtime.clone(),
         // Watchers were never capped together: each is its own client.
@@ -370,13 +384,12 @@ fn start<R: Runtime>(
     );
     let running = Running::new(run);
     let weak = Arc::downgrade(&running.0);
-    let driving = running.drive();
+    let driving = drive.then(|| running.drive());
     runtime::spawn_detached(runtime, "watchers", TaskSide(running.0));
     let hub = Arc::new(Hub {
         requests: requests_tx,
         inbox,
-        next_id: AtomicU64::new(next_id),
         running: weak,
     });
-    (hub, Some(driving))
+    (hub, driving)
 }

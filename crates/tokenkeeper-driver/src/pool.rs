@@ -643,6 +643,7 @@ where
             layers,
             publisher: Publisher::new(Arc::clone(&shared), None),
             forget: Some(forget),
+            fetching: None,
         };
         Ok((parts, shared))
     }

@@ -337,3 +337,36 @@ fn a_key_is_filed_under_its_last_deadline_of_a_turn_only() {
     pool.handle_timeout(at(u64::try_from(sleep.as_millis()).unwrap()), |_| true);
     assert_eq!(drain_fetches(&mut pool).len(), 1);
 }
+
+#[test]
+fn a_fetch_started_before_its_key_joined_counts_in_flight_until_answered() {
+    let now = at(0);
+    let mut pool = RefresherPool::new(PoolConfig::default().max_in_flight(1));
+    pool.insert(now, KeyId::new(0), refresher(0, Jitter::default(), now))
+        .unwrap();
+    let first = drain_fetches(&mut pool);
+    assert_eq!(first.len(), 1);
+    // A watcher's first fetch, started by its caller: the key's refresher
+    // asked for it, and the caller took the effect out itself.
+    let mut started = refresher(1, Jitter::default(), now);
+    let id = match started.peek_effect() {
+        Some(Effect::Fetch { id, .. }) => *id,
+        other => panic!("a first fetch, not {other:?}"),
+    };
+    assert!(matches!(started.poll_effect(), Some(Effect::Fetch { .. })));
+    assert!(started.peek_effect().is_none(), "peeking took nothing");
+    pool.insert_fetching(now, KeyId::new(1), started, id)
+        .unwrap();
+    assert_eq!(pool.in_flight(), 2, "beyond the cap: it runs already");
+    assert_eq!(pool.peak_in_flight(), 2);
+    assert!(drain_fetches(&mut pool).is_empty(), "not handed out again");
+    grant_first(&mut pool, now, KeyId::new(1), id);
+    assert_eq!(pool.in_flight(), 1, "its answer frees its room");
+    assert!(pool.get(KeyId::new(1)).unwrap().token().is_some());
+    assert!(
+        pool.insert_fetching(now, KeyId::new(1), refresher(1, Jitter::default(), now), id)
+            .is_err(),
+        "an id in use is refused"
+    );
+    assert_eq!(pool.in_flight(), 1, "and counts nothing");
+}

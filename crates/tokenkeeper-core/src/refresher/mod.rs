@@ -363,6 +363,14 @@ impl Refresher {
         self.effects.pop_front()
     }
 
+    /// The next effect [`poll_effect`](Self::poll_effect) would give, left
+    /// in place: for a driver that carries out only some kinds of effect
+    /// itself and hands the refresher on otherwise.
+    #[must_use]
+    pub fn peek_effect(&self) -> Option<&Effect> {
+        self.effects.first()
+    }
+
     /// The next event to report.
     #[must_use]
     pub fn poll_event(&mut self) -> Option<Event> {

@@ -255,8 +255,10 @@ impl Slot {
 }
 
 /// The most entries a list of keys (touched, or waiting to be filed under
-/// their deadline) keeps between turns.
-const KEY_LIST_KEPT: usize = 64;
+/// their deadline) keeps between turns: a driver's batch of new keys (256)
+/// fits, so that a burst of them does not grow and free both lists on
+/// every turn (2 KiB each, once per pool).
+const KEY_LIST_KEPT: usize = 256;
 
 /// The most entries a queue of effects or events, or the set of fetches in
 /// flight, keeps between turns: the first allocation each, so that a turn

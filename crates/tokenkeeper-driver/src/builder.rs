@@ -443,7 +443,7 @@ impl<R: Runtime> TokenWatcherBuilder<R> {
         let shared = Arc::new(Shared::new(id, key, name, layer_names, Some(status), dpop));
         let mut publisher = Publisher::new(Arc::clone(&shared), on_event);
         let turn = if first && layers.is_empty() {
-            crate::driver::first_turn(&runtime, &mut refresher, &fetch, &mut publisher)
+            crate::driver::first_turn(&runtime, start, &mut refresher, &fetch, &mut publisher)
         } else {
             FirstTurn::Left
         };

@@ -1491,8 +1491,12 @@ async fn source_fetch<R: Runtime>(
 /// For keys without cache layers on runtimes whose driver polls fetches
 /// itself; any other key, or a first effect of another kind, is left to
 /// the driver untouched.
+///
+/// `at` is the time the refresher was made: its first answer, which comes
+/// at once, is taken in at that time too (one reading of the clock less).
 pub(crate) fn first_turn<R: Runtime>(
     runtime: &R,
+    at: Now,
     refresher: &mut Refresher,
     fetch: &FetchWith,
     publisher: &mut Publisher,
@@ -1515,7 +1519,7 @@ pub(crate) fn first_turn<R: Runtime>(
     // Its metrics time the refresh from a status that shows it under way,
     // as the driver's would.
     #[cfg(feature = "metrics")]
-    publisher.status(refresher.status(now()));
+    publisher.status(refresher.status(at));
     let source_fetch = source_fetch(runtime.clone(), source.clone(), *timeout, id, refresh_token);
     let mut started: StartedFetch = Box::pin(source_fetch.instrument(fetch_span));
     // Caught as the driver catches its fetches' panics: a spawn fails on
@@ -1532,7 +1536,6 @@ pub(crate) fn first_turn<R: Runtime>(
             source_gave_nothing(id)
         }
     };
-    let at = now();
     if let Err(e) = refresher.handle(at, input) {
         error!(error = %e, "driver bug: the refresher refused its first answer");
     }

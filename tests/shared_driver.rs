@@ -34,6 +34,20 @@ struct Counting<R> {
     eager: bool,
 }
 
+impl<R> Counting<R> {
+    /// `inner`, counting, with a driver that polls fetches itself.
+    fn inline(inner: R) -> Self {
+        Counting {
+            inner,
+            spawned: Arc::default(),
+            long_sleeps: Arc::default(),
+            inline: Some(true),
+            lag: None,
+            eager: false,
+        }
+    }
+}
+
 /// A task whose every poll comes `lag` late.
 struct Lagging {
     task: BoxFuture<'static, ()>,
@@ -593,15 +607,8 @@ fn turns_that_ask_for_the_same_deadline_keep_the_timer<F: Flavor>() {
 /// refresh comes before the driver's next wake-up wakes it: the watcher
 /// is refreshed on time.
 fn a_token_from_the_spawn_itself_is_refreshed_on_time<F: Flavor>() {
-    let runtime = Counting {
-        inner: F::runtime(),
-        spawned: Arc::default(),
-        long_sleeps: Arc::default(),
-        // The caller's first turn is taken on every driver.
-        inline: Some(true),
-        lag: None,
-        eager: false,
-    };
+    // The caller's first turn is taken on every driver.
+    let runtime = Counting::inline(F::runtime());
     // A wake interval of its own keeps it off the other tests' drivers.
     let apart = Duration::from_secs(4 * 3600 + 23);
     let spawn = |source: Source| {
@@ -638,16 +645,9 @@ fn a_token_from_the_spawn_itself_is_refreshed_on_time<F: Flavor>() {
 
 /// Keys whose tokens came in their own `spawn` wait in the driver's inbox
 /// until it wakes (up to a batch of them): a command sent for one right
-/// after its spawn, or a watcher dropped at once, still finds it.
+/// after its spawn (a forced refresh, a shutdown) still finds it.
 fn commands_right_after_spawn_find_their_keys<F: Flavor>() {
-    let runtime = Counting {
-        inner: F::runtime(),
-        spawned: Arc::default(),
-        long_sleeps: Arc::default(),
-        inline: Some(true),
-        lag: None,
-        eager: false,
-    };
+    let runtime = Counting::inline(F::runtime());
     let apart = Duration::from_secs(4 * 3600 + 29);
     // More than a batch (256): some keys wait in the inbox, unannounced.
     let calls: Vec<Arc<AtomicUsize>> = (0..300).map(|_| Arc::default()).collect();
